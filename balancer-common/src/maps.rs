@@ -1,0 +1,47 @@
+//! Map names and capacities: the one place both sides spell them.
+
+/// `HashMap<ServiceKey, Service>`: the VIPs.
+pub const SERVICES: &str = "SERVICES";
+/// `Array<Backend>` indexed by backend id.
+pub const BACKENDS: &str = "BACKENDS";
+/// `Array<u32>` of backend ids: every service's two Maglev table halves.
+pub const MAGLEV: &str = "MAGLEV";
+/// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack).
+pub const CONNTRACK: &str = "CONNTRACK";
+/// `LruHashMap<FlowKey, ReverseNat>`: backend → client flows (the reply path).
+pub const REVERSE_NAT: &str = "REVERSE_NAT";
+/// `LruHashMap<AffinityKey, Affinity>`: client (masked) → backend.
+pub const AFFINITY: &str = "AFFINITY";
+/// `PerCpuArray<BackendStats>` indexed by backend id.
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
+/// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+/// `DevMapHash` ifindex → ifindex: the interfaces XDP may redirect to.
+pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
+
+/// Every map the kernel object must define (checked by a test).
+pub const ALL: &[&str] = &[
+    SERVICES,
+    BACKENDS,
+    MAGLEV,
+    CONNTRACK,
+    REVERSE_NAT,
+    AFFINITY,
+    BACKEND_STATS,
+    COUNTERS,
+    REDIRECT_DEVS,
+];
+
+/// Program names in the object.
+pub const PROG_XDP: &str = "balancer_xdp";
+
+pub const MAX_SERVICES: u32 = 256;
+/// Backend ids are `0..MAX_BACKENDS`, unique across services.
+pub const MAX_BACKENDS: u32 = 4096;
+/// At least 1M flows each way.
+pub const MAX_FLOWS: u32 = 1 << 20;
+pub const MAX_AFFINITY: u32 = 1 << 20;
+pub const MAX_REDIRECT_DEVS: u32 = 64;
+/// The MAGLEV array's size in the object; userspace resizes it at load time
+/// to the sum of `2 × table_size` over the configured services.
+pub const MAGLEV_DEFAULT_ENTRIES: u32 = 2 * 65537;

@@ -1,0 +1,8 @@
+//! `aya::Pod` for every map type: they are `repr(C)`, `Copy`, and have no
+//! implicit padding (asserted in `types`).
+use crate::types::*;
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
+}
+pod!(ServiceKey, Service, Backend, FlowKey, Flow, ReverseNat, AffinityKey, Affinity, BackendStats);

@@ -1,0 +1,191 @@
+//! The values stored in the maps. All `#[repr(C)]`, `Copy`, without implicit
+//! padding (explicit `_pad` fields), each size pinned by a const assert so the
+//! kernel and userspace layouts cannot drift apart.
+//!
+//! Addresses are `[u32; 4]` holding the address bytes in network order (the
+//! packet's bytes loaded as native words); an IPv4 address uses word 0 and
+//! leaves the others zero. Ports are in network byte order too, as they sit
+//! in the packet, so the kernel never byte-swaps on the fast path.
+
+use core::mem::size_of;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of `SERVICES`: a VIP `addr:port/proto`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// `Service::flags`: hash the 4-tuple instead of the (masked) source address,
+/// and keep no affinity entry.
+pub const SERVICE_FOUR_TUPLE: u32 = 1;
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of this service (also the hash seed and part of affinity keys).
+    pub id: u32,
+    /// `SERVICE_*` bits.
+    pub flags: u32,
+    /// Start of each of the two table halves in `MAGLEV`.
+    pub table_offset: [u32; 2],
+    /// Which half packets read now (0 or 1); userspace writes the other half
+    /// then flips this, so no packet sees a half-written table.
+    pub active_table: u32,
+    /// `M`, a prime; 0 while the service has no usable backend.
+    pub table_size: u32,
+    pub affinity_timeout_ns: u64,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<Service>() == 40);
+
+/// `Backend::state` bits.
+pub const BACKEND_UP: u8 = 1;
+/// Up but taking no new clients: existing flows and affinities stay.
+pub const BACKEND_DRAINING: u8 = 2;
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_*` bits; 0 for an unused slot or a backend that is down.
+    pub state: u8,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+impl Backend {
+    #[inline(always)]
+    pub const fn is_up(&self) -> bool {
+        self.state & BACKEND_UP != 0
+    }
+}
+
+/// Key of `CONNTRACK` (client → VIP) and `REVERSE_NAT` (backend → client),
+/// the 5-tuple as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// `Flow::tcp_state` bits, set by the kernel as it sees FIN and RST.
+pub const TCP_FIN_FROM_CLIENT: u32 = 1;
+pub const TCP_FIN_FROM_BACKEND: u32 = 2;
+pub const TCP_RST: u32 = 4;
+
+/// Is a connection with these `tcp_state` bits over?
+#[inline(always)]
+pub const fn tcp_closed(state: u32) -> bool {
+    state & TCP_RST != 0
+        || state & (TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND)
+            == (TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND)
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+    /// `TCP_*` bits (always 0 for UDP).
+    pub tcp_state: u32,
+    /// `bpf_ktime_get_ns()` of the last client packet.
+    pub last_seen_ns: u64,
+    /// When this flow last refreshed its client's affinity entry; a
+    /// long-lived connection keeps its affinity alive without a map write per
+    /// packet.
+    pub affinity_touched_ns: u64,
+    /// `bpf_ktime_get_ns()` of creation.
+    pub created_ns: u64,
+}
+const _: () = assert!(size_of::<Flow>() == 32);
+
+/// Value of `REVERSE_NAT`: what to write back into a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+    /// `bpf_ktime_get_ns()` of the last backend packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<ReverseNat>() == 32);
+
+/// Key of `AFFINITY`: a service and a client address masked to the
+/// service's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub client: [u32; 4],
+}
+const _: () = assert!(size_of::<AffinityKey>() == 24);
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<Affinity>() == 16);
+
+/// Value of `BACKEND_STATS` (per CPU), indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub connections_total: u64,
+    /// Client → backend.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Backend → client.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+const _: () = assert!(size_of::<BackendStats>() == 40);
+
+impl BackendStats {
+    /// Sum of the per-CPU values.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a BackendStats>) -> BackendStats {
+        per_cpu.into_iter().fold(BackendStats::default(), |a, b| BackendStats {
+            connections_total: a.connections_total + b.connections_total,
+            packets_in: a.packets_in + b.packets_in,
+            bytes_in: a.bytes_in + b.bytes_in,
+            packets_out: a.packets_out + b.packets_out,
+            bytes_out: a.bytes_out + b.bytes_out,
+        })
+    }
+}
