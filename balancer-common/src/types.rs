@@ -53,6 +53,14 @@ pub struct Service {
 }
 const _: () = assert!(size_of::<Service>() == 40);
 
+impl Service {
+    /// The affinity prefix for a client of `family`.
+    #[inline(always)]
+    pub const fn source_prefix(&self, family: u8) -> u8 {
+        if family == FAMILY_V4 { self.prefix_v4 } else { self.prefix_v6 }
+    }
+}
+
 /// `Backend::state` bits.
 pub const BACKEND_UP: u8 = 1;
 /// Up but taking no new clients: existing flows and affinities stay.

@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test entry points (DESIGN.md,
+//! "Building and testing — contract").
+
+mod bootstrap;
+mod build;
+mod cmd;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build and test the XDP balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (rust-src for nightly, bpf-linker), then build
+    /// the kernel object and the `balancer` binary.
+    Build(build::Options),
+    /// Unit tests, BPF_PROG_TEST_RUN tests and network-namespace tests (needs root).
+    Test(test::Options),
+    /// A throwaway netns topology with the balancer and client traffic (not implemented yet).
+    Demo,
+    /// The performance figures (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Build(opts) => build::run(&opts),
+        Command::Test(opts) => test::run(&opts),
+        Command::Demo => not_implemented("demo"),
+        Command::Bench => not_implemented("bench"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_implemented(what: &str) -> anyhow::Result<()> {
+    bail!("`cargo xtask {what}` is not implemented yet")
+}

@@ -1,0 +1,64 @@
+//! The maps (names, types and sizes from `balancer_common::maps`; a test
+//! checks that the object defines every one) and the lookups on them.
+//!
+//! All are pinned by name, so a restarted daemon finds the same flows,
+//! affinities and counters.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use balancer_common::{
+    counters::COUNTER_COUNT,
+    maps::{MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_REDIRECT_DEVS, MAX_SERVICES},
+    types::{Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, ReverseNat, Service, ServiceKey},
+};
+
+use crate::parse::Packet;
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_DEFAULT_ENTRIES, 0);
+
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map]
+pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[map]
+pub static REDIRECT_DEVS: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_DEVS, 0);
+
+/// The service whose VIP this packet is addressed to.
+#[inline(always)]
+pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
+    let key = ServiceKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+    unsafe { SERVICES.get(&key) }
+}
+
+/// The reverse NAT entry if this packet is a backend's reply in a balanced flow.
+#[inline(always)]
+pub fn reverse_nat_for(pkt: &Packet) -> Option<*mut ReverseNat> {
+    REVERSE_NAT.get_ptr_mut(&pkt.key)
+}
+
+/// A backend by id, if that slot is in use and up (draining counts as up).
+#[inline(always)]
+pub fn backend_if_up(id: u32, service_id: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(id)?;
+    (backend.is_up() && backend.service_id == service_id).then_some(backend)
+}

@@ -1,0 +1,205 @@
+//! The two balanced paths: client → backend (pick a backend, DNAT, forward)
+//! and backend → client (SNAT back to the VIP, forward).
+//!
+//! Backend choice for a client packet, in order:
+//! 1. its conntrack entry, while that backend is up;
+//! 2. the client's affinity entry (source-ip services), while it is fresh
+//!    and its backend up (draining backends keep their clients);
+//! 3. the service's Maglev table, at `flow_hash % M`.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use balancer_common::{
+    addr::mask,
+    counters::Counter,
+    hash::{flow_hash, slot},
+    types::{
+        Affinity, AffinityKey, Backend, Flow, FlowKey, ReverseNat, SERVICE_FOUR_TUPLE, Service,
+        TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
+    },
+};
+
+use crate::{
+    forward::{forward, ttl_expired},
+    maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
+    nat::{End, rewrite},
+    parse::{Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST},
+    stats::{self, Direction},
+};
+
+/// A long-lived flow refreshes its client's affinity at most this often, so
+/// an open WebSocket keeps the client's later connections on its backend
+/// without a map write per packet.
+const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// `TCP_*` state bits a packet's flags add, seen from `fin_bit`'s side.
+#[inline(always)]
+fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
+    let mut bits = 0;
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        bits |= fin_bit;
+    }
+    if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+        bits |= TCP_RST;
+    }
+    bits
+}
+
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u32, ()> {
+    if ttl_expired(pkt) {
+        return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (backend_id, backend, new_connection) = match existing_flow(pkt, service, now) {
+        Some((id, backend)) => (id, backend, false),
+        None => match new_flow(pkt, service, now) {
+            Ok((id, backend)) => (id, backend, true),
+            Err(counter) => return Ok(stats::drop(counter)),
+        },
+    };
+    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
+    rewrite(ctx, pkt, End::Destination, backend.addr[0], backend.port)?;
+    stats::count(Counter::ForwardToBackend);
+    Ok(forward(ctx, pkt))
+}
+
+/// The flow's backend from conntrack, if the flow is known, its backend up,
+/// and the packet is not a new SYN on a closed connection (port reuse).
+#[inline(always)]
+fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
+    let flow = unsafe { &mut *CONNTRACK.get_ptr_mut(&pkt.key)? };
+    if pkt.is_syn() && tcp_closed(flow.tcp_state) {
+        return None;
+    }
+    let backend = backend_if_up(flow.backend_id, service.id)?;
+    flow.last_seen_ns = now;
+    if pkt.is_tcp() {
+        flow.tcp_state |= tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT);
+    }
+    if service.flags & SERVICE_FOUR_TUPLE == 0 && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS {
+        flow.affinity_touched_ns = now;
+        let key = affinity_key(pkt, service);
+        if let Some(a) = AFFINITY.get_ptr_mut(&key) {
+            let a = unsafe { &mut *a };
+            if a.backend_id == flow.backend_id {
+                a.last_seen_ns = now;
+            }
+        } else {
+            let _ = AFFINITY.insert(&key, &Affinity { backend_id: flow.backend_id, _pad: 0, last_seen_ns: now }, 0);
+        }
+    }
+    Some((flow.backend_id, backend))
+}
+
+#[inline(always)]
+fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
+    AffinityKey {
+        service_id: service.id,
+        family: pkt.key.family,
+        _pad: [0; 3],
+        client: mask(pkt.key.src, pkt.key.family, service.source_prefix(pkt.key.family)),
+    }
+}
+
+/// Choose a backend for a flow conntrack does not know, and remember it.
+#[inline(always)]
+fn new_flow(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
+    let four_tuple = service.flags & SERVICE_FOUR_TUPLE != 0;
+    let affinity_key = affinity_key(pkt, service);
+    let sticky = if four_tuple { None } else { fresh_affinity(&affinity_key, service, now) };
+    let (backend_id, backend) = match sticky {
+        Some(found) => found,
+        None => {
+            let found = maglev_pick(pkt, service, &affinity_key)?;
+            if !four_tuple {
+                let value = Affinity { backend_id: found.0, _pad: 0, last_seen_ns: now };
+                let _ = AFFINITY.insert(&affinity_key, &value, 0);
+            }
+            found
+        }
+    };
+    let flow = Flow {
+        backend_id,
+        tcp_state: if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 },
+        last_seen_ns: now,
+        affinity_touched_ns: now,
+        created_ns: now,
+    };
+    let _ = CONNTRACK.insert(&pkt.key, &flow, 0);
+    let reply_key = FlowKey {
+        src: backend.addr,
+        dst: pkt.key.src,
+        sport: backend.port,
+        dport: pkt.key.sport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    let reverse = ReverseNat { vip: pkt.key.dst, vip_port: pkt.key.dport, _pad: 0, backend_id, last_seen_ns: now };
+    let _ = REVERSE_NAT.insert(&reply_key, &reverse, 0);
+    Ok((backend_id, backend))
+}
+
+/// The client's affinity, if it is younger than the service's timeout and
+/// its backend is still up; refreshed on use.
+#[inline(always)]
+fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
+    let affinity = unsafe { &mut *AFFINITY.get_ptr_mut(key)? };
+    if now.saturating_sub(affinity.last_seen_ns) > service.affinity_timeout_ns {
+        return None;
+    }
+    let backend = backend_if_up(affinity.backend_id, service.id)?;
+    affinity.last_seen_ns = now;
+    Some((affinity.backend_id, backend))
+}
+
+#[inline(always)]
+fn maglev_pick(pkt: &Packet, service: &Service, affinity_key: &AffinityKey) -> Result<(u32, &'static Backend), Counter> {
+    if service.table_size == 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    let client = if service.flags & SERVICE_FOUR_TUPLE != 0 { &pkt.key.src } else { &affinity_key.client };
+    let hash = flow_hash(service.id, service.flags, client, pkt.key.sport);
+    let index = service.table_offset[(service.active_table & 1) as usize] + slot(hash, service.table_size);
+    let backend_id = *MAGLEV.get(index).ok_or(Counter::DropNoBackend)?;
+    let backend = backend_if_up(backend_id, service.id).ok_or(Counter::DropBackendDown)?;
+    Ok((backend_id, backend))
+}
+
+#[inline(always)]
+pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Result<u32, ()> {
+    if ttl_expired(pkt) {
+        return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    let reverse = unsafe { &mut *reverse };
+    reverse.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
+    if pkt.is_tcp() {
+        let bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
+        if bits != 0 {
+            mark_client_flow(pkt, vip, vip_port, bits);
+        }
+    }
+    stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
+    rewrite(ctx, pkt, End::Source, vip[0], vip_port)?;
+    stats::count(Counter::ForwardToClient);
+    Ok(forward(ctx, pkt))
+}
+
+/// Record a backend's FIN or RST on the client-side conntrack entry, which
+/// is what connection counts are read from.
+#[inline(always)]
+fn mark_client_flow(pkt: &Packet, vip: [u32; 4], vip_port: u16, bits: u32) {
+    let key = FlowKey {
+        src: pkt.key.dst,
+        dst: vip,
+        sport: pkt.key.dport,
+        dport: vip_port,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    };
+    if let Some(flow) = CONNTRACK.get_ptr_mut(&key) {
+        unsafe { (*flow).tcp_state |= bits };
+    }
+}

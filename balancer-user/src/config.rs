@@ -1,0 +1,964 @@
+//! The daemon's config file (TOML): its types, parsing and validation.
+//!
+//! The format is the contract in DESIGN.md ("Config (TOML) — contract"); see
+//! [`EXAMPLE_CONFIG`]. On top of it, one optional section of ours:
+//!
+//! ```toml
+//! [control]
+//! socket = "/run/balancer/control.sock"   # the CLI's control socket; this is the default
+//! ```
+//!
+//! Parsing validates: [`Config::from_file`] and [`Config::from_str`] return
+//! either a config the daemon can apply as it is, or a [`ConfigError`] whose
+//! `Display` is one line naming the offending field, e.g.
+//! `services[1].backends[0].address: invalid socket address "1.2.3:80" (...) (line 27, column 11)`.
+//! Unknown keys are errors, so a misspelt key never silently falls back to a
+//! default.
+//!
+//! Defaults for keys left out:
+//!
+//! | key | default |
+//! |---|---|
+//! | `interfaces.backends` | `interfaces.clients` (one-arm) |
+//! | `interfaces.mode` | `"xdp"` |
+//! | `metrics.listen` | `"127.0.0.1:9090"` |
+//! | `bpf.pin_dir` | `"/sys/fs/bpf/balancer"` |
+//! | `control.socket` | `"/run/balancer/control.sock"` |
+//! | `services.protocol` | `"tcp"` |
+//! | `services.affinity` | `"source-ip"` |
+//! | `services.source_prefix_v4` / `_v6` | `32` / `128` |
+//! | `services.affinity_timeout` | `"10m"` |
+//! | `services.table_size` | `65537` (a prime, at most [`MAX_TABLE_SIZE`]) |
+//! | `services.health.check` | `"tcp"` |
+//! | `services.health.path` | `"/"` |
+//! | `services.health.expect_status` | `200` |
+//! | `services.health.interval` / `timeout` | `"2s"` / `"1s"` |
+//! | `services.health.rise` / `fall` | `2` / `3` |
+//! | `services.backends.weight` | `1` (1..=65535) |
+//!
+//! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`
+//! (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`); they serialize the same way.
+
+use std::{
+    collections::HashSet,
+    fmt, io,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use balancer_common::{
+    maglev::is_prime,
+    maps::{MAX_BACKENDS, MAX_SERVICES},
+    types::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
+};
+use serde::{Serialize, Serializer};
+
+use self::document::Section;
+
+mod document;
+pub mod duration;
+#[cfg(test)]
+mod tests;
+
+/// The contract's example config (DESIGN.md); it parses as it is.
+pub const EXAMPLE_CONFIG: &str = r#"[interfaces]
+clients = "eth0"          # where traffic for the VIPs arrives
+backends = "eth1"         # where backends are reached (may equal clients)
+mode = "xdp"              # "xdp" | "tc"
+
+[metrics]
+listen = "127.0.0.1:9090"
+
+[bpf]
+pin_dir = "/sys/fs/bpf/balancer"   # must be on a bpffs; the default if left out
+
+[[services]]
+name = "chat"
+vip = "198.18.0.100:80"
+protocol = "tcp"          # "tcp" | "udp"
+affinity = "source-ip"    # "source-ip" | "four-tuple"
+source_prefix_v4 = 32     # 24 behaves like nginx ip_hash
+source_prefix_v6 = 128
+affinity_timeout = "10m"
+table_size = 65537        # prime
+
+[services.health]
+check = "http"            # "http" | "tcp" | "none"
+path = "/health"
+expect_status = 200
+interval = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+
+[[services.backends]]
+address = "198.18.1.11:3000"
+weight = 1
+"#;
+
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
+/// Also the CLI's default `--socket`.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/control.sock";
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Maglev's usual `M`: about 1% imbalance up to ~650 backends.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// The largest prime below 2^20. Each service keeps two tables of `u32`s (the
+/// double buffer), so this is 8 MiB of kernel memory, and still gives ~1%
+/// imbalance with 10,000 backends (Maglev wants `M` ≥ 100 × backends).
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+/// Cap on the sum of `2 × table_size` over all services: the `MAGLEV` array
+/// is sized to that sum, and this keeps it within 256 MiB.
+pub const MAX_MAGLEV_ENTRIES: u64 = 1 << 26;
+pub const MAX_WEIGHT: u32 = 65535;
+/// Service names show up in metric labels and CLI arguments; keep them short.
+pub const MAX_NAME_LEN: usize = 64;
+/// `IFNAMSIZ - 1`.
+const MAX_IFNAME_LEN: usize = 15;
+/// `sizeof(sun_path) - 1`.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub interfaces: Interfaces,
+    pub metrics: Metrics,
+    pub bpf: Bpf,
+    pub control: Control,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[interfaces]`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Interfaces {
+    /// Where traffic for the VIPs arrives.
+    pub clients: String,
+    /// Where backends are reached; the same as `clients` if left out.
+    pub backends: String,
+    pub mode: Mode,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Address of the HTTP endpoint (`/metrics`, `/status`, `/`).
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
+}
+
+/// `[bpf]`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bpf {
+    /// Where maps and links are pinned; must be an absolute path on a bpffs
+    /// (the daemon checks the filesystem when it starts).
+    pub pin_dir: PathBuf,
+}
+
+impl Default for Bpf {
+    fn default() -> Self {
+        Bpf {
+            pin_dir: DEFAULT_PIN_DIR.into(),
+        }
+    }
+}
+
+/// `[control]`: not in the contract's example, optional, ours.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Control {
+    /// The Unix socket the daemon serves the CLI on (`balancer status`,
+    /// `balancer backend add`, ...): the CLI's `--socket` must match it.
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: DEFAULT_CONTROL_SOCKET.into(),
+        }
+    }
+}
+
+/// `[[services]]`: one VIP.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceConfig {
+    /// Unique, `[A-Za-z0-9_.-]{1,64}`.
+    pub name: String,
+    /// Unique together with `protocol`.
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub affinity: AffinityMode,
+    /// Clients in the same IPv4 /N share a backend (`source-ip` affinity).
+    pub source_prefix_v4: u8,
+    /// Clients in the same IPv6 /N share a backend (`source-ip` affinity).
+    pub source_prefix_v6: u8,
+    /// An affinity entry idle longer than this is ignored and replaced.
+    #[serde(serialize_with = "duration::serialize")]
+    pub affinity_timeout: Duration,
+    /// Maglev table size `M`: a prime, at least the number of backends.
+    pub table_size: u32,
+    pub health: HealthConfig,
+    /// May be empty: backends can be added at run time with the CLI.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl ServiceConfig {
+    /// A service with every optional key at its default and no backends.
+    pub fn new(name: impl Into<String>, vip: SocketAddr) -> Self {
+        ServiceConfig {
+            name: name.into(),
+            vip,
+            protocol: Protocol::default(),
+            affinity: AffinityMode::default(),
+            source_prefix_v4: 32,
+            source_prefix_v6: 128,
+            affinity_timeout: DEFAULT_AFFINITY_TIMEOUT,
+            table_size: DEFAULT_TABLE_SIZE,
+            health: HealthConfig::default(),
+            backends: Vec::new(),
+        }
+    }
+
+    /// `FAMILY_V4` or `FAMILY_V6`: the VIP's, and so every backend's.
+    pub fn family(&self) -> u8 {
+        if self.vip.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        }
+    }
+
+    /// The source prefix that applies to this service's clients (its family's).
+    pub fn source_prefix(&self) -> u8 {
+        if self.vip.is_ipv4() {
+            self.source_prefix_v4
+        } else {
+            self.source_prefix_v6
+        }
+    }
+
+    /// Can `backend` join this service as it is now? The checks `validate`
+    /// makes on each configured backend, for `balancer backend add`. The
+    /// error's field is `backend` or `backend.<key>`.
+    pub fn check_new_backend(&self, backend: &BackendConfig) -> Result<(), ConfigError> {
+        check_backend(self, "backend", backend, &self.backends)?;
+        if self.backends.len() >= self.table_size as usize {
+            return Err(ConfigError::invalid(
+                "backend",
+                format!(
+                    "service {:?} already has {} backends, as many as its table_size allows",
+                    self.name,
+                    self.backends.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[services.health]`, with HAProxy's semantics: a backend goes up after
+/// `rise` passing checks in a row and down after `fall` failing ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthConfig {
+    pub check: HealthCheckKind,
+    /// The `http` check's request path; starts with `/`.
+    pub path: String,
+    /// The `http` check's expected status (100..=599).
+    pub expect_status: u16,
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
+    /// May exceed `interval`, as in HAProxy.
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheckKind::default(),
+            path: "/".to_owned(),
+            expect_status: 200,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// `[[services.backends]]`
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendConfig {
+    /// Same family as the VIP; unique within the service.
+    pub address: SocketAddr,
+    /// Relative share of new clients, 1..=[`MAX_WEIGHT`]. To stop sending a
+    /// backend new clients, drain it (`balancer backend drain`).
+    pub weight: u32,
+}
+
+impl BackendConfig {
+    pub fn new(address: SocketAddr) -> Self {
+        BackendConfig { address, weight: 1 }
+    }
+}
+
+/// The keyword enums' shared plumbing: `ALL`, `as_str`, `Display`, `FromStr`
+/// (whose error is `expected "a" or "b", got "c"`) and `Serialize` (as the
+/// keyword), all from one table of variant ↔ keyword.
+macro_rules! keywords {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The keyword the config file uses.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| k.as_str() == s)
+                    .ok_or_else(|| expected_one_of($name::ALL.iter().map(|k| k.as_str()), s))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `expected "a", "b" or "c", got "d"`
+fn expected_one_of<'a>(choices: impl Iterator<Item = &'a str>, got: &str) -> String {
+    let choices: Vec<String> = choices.map(|c| format!("{c:?}")).collect();
+    let list = match choices.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => choices.join(""),
+    };
+    format!("expected {list}, got {got:?}")
+}
+
+/// `interfaces.mode`: how the programs attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// XDP, native where the driver supports it.
+    #[default]
+    Xdp,
+    /// TC (cls_bpf, direct action): the fallback where XDP cannot redirect.
+    Tc,
+}
+keywords!(Mode { Xdp => "xdp", Tc => "tc" });
+
+/// `services.protocol`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+keywords!(Protocol { Tcp => "tcp", Udp => "udp" });
+
+impl Protocol {
+    /// The IP protocol number (`PROTO_TCP`, `PROTO_UDP`).
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+/// `services.affinity`: what picks the backend of a new flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AffinityMode {
+    /// The client's address masked to the service's source prefix; sticky
+    /// across connections (what Socket.IO needs).
+    #[default]
+    SourceIp,
+    /// The flow's 4-tuple: plain consistent hashing, no affinity entries.
+    FourTuple,
+}
+keywords!(AffinityMode { SourceIp => "source-ip", FourTuple => "four-tuple" });
+
+/// `services.health.check`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HealthCheckKind {
+    /// `GET path`, passing on `expect_status`.
+    Http,
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// No checks: backends are always up.
+    None,
+}
+keywords!(HealthCheckKind { Http => "http", Tcp => "tcp", None => "none" });
+
+/// Why a config was refused. `Display` is one line (no newline), naming the
+/// field for [`ConfigError::Invalid`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    /// Not TOML.
+    #[error("TOML syntax error: {message}{at}")]
+    Syntax { message: String, at: Location },
+    /// TOML, but not a valid config.
+    #[error("{field}: {message}{at}")]
+    Invalid {
+        /// The key's dotted path, e.g. `services[1].backends[0].address`.
+        field: String,
+        message: String,
+        at: Location,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+            at: Location::default(),
+        }
+    }
+
+    /// The offending key's dotted path, for [`ConfigError::Invalid`].
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// 1-based (line, column) in the file, where known.
+    pub fn line_column(&self) -> Option<(usize, usize)> {
+        match self {
+            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => at.line,
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    fn at_mut(&mut self) -> Option<&mut Location> {
+        match self {
+            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => Some(at),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// Where in which file; displays as ` (FILE:LINE:COLUMN)`, ` (line L, column
+/// C)`, ` (in FILE)` or nothing, so it can follow a message directly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub file: Option<PathBuf>,
+    /// 1-based line and column (in characters).
+    pub line: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some((line, column))) => {
+                write!(f, " ({}:{line}:{column})", file.display())
+            }
+            (None, Some((line, column))) => write!(f, " (line {line}, column {column})"),
+            (Some(file), None) => write!(f, " (in {})", file.display()),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        text.parse().map_err(|mut e: ConfigError| {
+            if let Some(at) = e.at_mut() {
+                at.file = Some(path.to_owned());
+            }
+            e
+        })
+    }
+
+    /// Checks everything parsing cannot: ranges, names, uniqueness, address
+    /// families, the kernel's limits. Parsing calls it; call it again after
+    /// changing a config in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_interface("interfaces.clients", &self.interfaces.clients)?;
+        check_interface("interfaces.backends", &self.interfaces.backends)?;
+        if !self.bpf.pin_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "bpf.pin_dir",
+                format!("{:?} is not an absolute path", self.bpf.pin_dir),
+            ));
+        }
+        let socket_len = self.control.socket.as_os_str().len();
+        if socket_len == 0 || socket_len > MAX_SOCKET_PATH_LEN {
+            return Err(ConfigError::invalid(
+                "control.socket",
+                format!(
+                    "{:?} must be a path of 1 to {MAX_SOCKET_PATH_LEN} bytes (a Unix socket's limit)",
+                    self.control.socket
+                ),
+            ));
+        }
+        if self.services.is_empty() {
+            return Err(ConfigError::invalid("services", "no [[services]] defined"));
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err(ConfigError::invalid(
+                "services",
+                format!(
+                    "{} services, at most {MAX_SERVICES} are supported",
+                    self.services.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut vips = HashSet::new();
+        let mut backends_total = 0usize;
+        let mut maglev_entries = 0u64;
+        for (i, service) in self.services.iter().enumerate() {
+            let path = format!("services[{i}]");
+            check_service(&path, service)?;
+            if !names.insert(service.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    format!("duplicate service name {:?}", service.name),
+                ));
+            }
+            if !vips.insert((service.vip, service.protocol)) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.vip"),
+                    format!(
+                        "{}/{} is already the VIP of another service",
+                        service.vip, service.protocol
+                    ),
+                ));
+            }
+            backends_total += service.backends.len();
+            if backends_total > MAX_BACKENDS as usize {
+                return Err(ConfigError::invalid(
+                    format!("{path}.backends"),
+                    format!("more than {MAX_BACKENDS} backends in all services together"),
+                ));
+            }
+            maglev_entries += 2 * u64::from(service.table_size);
+            if maglev_entries > MAX_MAGLEV_ENTRIES {
+                return Err(ConfigError::invalid(
+                    format!("{path}.table_size"),
+                    format!(
+                        "the Maglev tables of all services together would need more than \
+                         {MAX_MAGLEV_ENTRIES} entries (2 × table_size each); use smaller tables"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the TOML tree into a `Config`: types, keywords, addresses and
+    /// durations; `validate` does the rest.
+    fn read(root: &document::Table) -> Result<Config, ConfigError> {
+        let root = Section::root(
+            root,
+            &["interfaces", "metrics", "bpf", "control", "services"],
+        )?;
+
+        let section = root.section("interfaces", &["clients", "backends", "mode"])?;
+        let interfaces = section.ok_or_else(|| {
+            ConfigError::invalid("interfaces", "required section [interfaces] is missing")
+        })?;
+        let clients = interfaces.required("clients", interfaces.string("clients")?)?;
+        let interfaces = Interfaces {
+            clients: clients.to_owned(),
+            backends: interfaces.string("backends")?.unwrap_or(clients).to_owned(),
+            mode: interfaces
+                .parsed("mode", Mode::from_str)?
+                .unwrap_or_default(),
+        };
+
+        let metrics = match root.section("metrics", &["listen"])? {
+            None => Metrics::default(),
+            Some(s) => Metrics {
+                listen: s
+                    .parsed("listen", parse_socket_addr)?
+                    .unwrap_or(DEFAULT_METRICS_LISTEN),
+            },
+        };
+        let bpf = match root.section("bpf", &["pin_dir"])? {
+            None => Bpf::default(),
+            Some(s) => Bpf {
+                pin_dir: s.string("pin_dir")?.unwrap_or(DEFAULT_PIN_DIR).into(),
+            },
+        };
+        let control = match root.section("control", &["socket"])? {
+            None => Control::default(),
+            Some(s) => Control {
+                socket: s.string("socket")?.unwrap_or(DEFAULT_CONTROL_SOCKET).into(),
+            },
+        };
+        let services = root
+            .sections("services", SERVICE_KEYS)?
+            .iter()
+            .map(read_service)
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            interfaces,
+            metrics,
+            bpf,
+            control,
+            services,
+        })
+    }
+}
+
+impl FromStr for Config {
+    type Err = ConfigError;
+
+    /// Parses and validates config text; errors carry a line and column but
+    /// no file (see [`Config::from_file`]).
+    fn from_str(text: &str) -> Result<Config, ConfigError> {
+        let root = document::parse(text)?;
+        Config::read(&root)
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|mut e| {
+                if let ConfigError::Invalid { field, at, .. } = &mut e {
+                    at.line = document::span_of(&root, field)
+                        .map(|span| document::line_column(text, span.start));
+                }
+                e
+            })
+    }
+}
+
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "vip",
+    "protocol",
+    "affinity",
+    "source_prefix_v4",
+    "source_prefix_v6",
+    "affinity_timeout",
+    "table_size",
+    "health",
+    "backends",
+];
+
+fn read_service(s: &Section<'_>) -> Result<ServiceConfig, ConfigError> {
+    let name = s.required("name", s.string("name")?)?;
+    let vip = s.required("vip", s.parsed("vip", parse_socket_addr)?)?;
+    let defaults = ServiceConfig::new(name, vip);
+    let health_keys = &[
+        "check",
+        "path",
+        "expect_status",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+    ];
+    let health = match s.section("health", health_keys)? {
+        None => HealthConfig::default(),
+        Some(h) => {
+            let d = HealthConfig::default();
+            HealthConfig {
+                check: h
+                    .parsed("check", HealthCheckKind::from_str)?
+                    .unwrap_or(d.check),
+                path: h.string("path")?.map_or(d.path, str::to_owned),
+                expect_status: h
+                    .integer("expect_status", status)?
+                    .unwrap_or(d.expect_status),
+                interval: h.parsed("interval", duration::parse)?.unwrap_or(d.interval),
+                timeout: h.parsed("timeout", duration::parse)?.unwrap_or(d.timeout),
+                rise: h.integer("rise", count)?.unwrap_or(d.rise),
+                fall: h.integer("fall", count)?.unwrap_or(d.fall),
+            }
+        }
+    };
+    let backends = s
+        .sections("backends", &["address", "weight"])?
+        .iter()
+        .map(|b| {
+            Ok(BackendConfig {
+                address: b.required("address", b.parsed("address", parse_socket_addr)?)?,
+                weight: b.integer("weight", weight)?.unwrap_or(1),
+            })
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(ServiceConfig {
+        protocol: s
+            .parsed("protocol", Protocol::from_str)?
+            .unwrap_or(defaults.protocol),
+        affinity: s
+            .parsed("affinity", AffinityMode::from_str)?
+            .unwrap_or(defaults.affinity),
+        source_prefix_v4: s
+            .integer("source_prefix_v4", prefix(32))?
+            .unwrap_or(defaults.source_prefix_v4),
+        source_prefix_v6: s
+            .integer("source_prefix_v6", prefix(128))?
+            .unwrap_or(defaults.source_prefix_v6),
+        affinity_timeout: s
+            .parsed("affinity_timeout", duration::parse)?
+            .unwrap_or(defaults.affinity_timeout),
+        table_size: s
+            .integer("table_size", table_size)?
+            .unwrap_or(defaults.table_size),
+        health,
+        backends,
+        ..defaults
+    })
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(r#"invalid socket address {s:?} (expected IP:PORT, e.g. "198.18.0.100:80" or "[2001:db8::1]:80")"#)
+    })
+}
+
+// Per-field checks of integers, shared by parsing (on the file's i64) and
+// `validate` (on the typed value), so both give the same message.
+
+fn out_of_range(v: i64, lo: i64, hi: i64) -> String {
+    format!("{v} is out of range {lo}..={hi}")
+}
+
+fn prefix(max: u8) -> impl Fn(i64) -> Result<u8, String> {
+    move |v| {
+        u8::try_from(v)
+            .ok()
+            .filter(|&p| p <= max)
+            .ok_or_else(|| out_of_range(v, 0, max.into()))
+    }
+}
+
+fn table_size(v: i64) -> Result<u32, String> {
+    let m = u32::try_from(v)
+        .ok()
+        .filter(|m| (2..=MAX_TABLE_SIZE).contains(m))
+        .ok_or_else(|| format!("{v} is out of range 2..={MAX_TABLE_SIZE} (and must be a prime)"))?;
+    if is_prime(m) {
+        return Ok(m);
+    }
+    let next = (m..=MAX_TABLE_SIZE).find(|&n| is_prime(n));
+    let hint = next
+        .map(|n| format!("; the next prime is {n}"))
+        .unwrap_or_default();
+    Err(format!("{m} is not a prime{hint}"))
+}
+
+fn weight(v: i64) -> Result<u32, String> {
+    if v == 0 {
+        return Err(format!(
+            "0 is not a valid weight (1..={MAX_WEIGHT}); to stop sending new clients to a \
+             backend, drain it: `balancer backend drain SERVICE ADDR`"
+        ));
+    }
+    u32::try_from(v)
+        .ok()
+        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+        .ok_or_else(|| out_of_range(v, 1, MAX_WEIGHT.into()))
+}
+
+fn status(v: i64) -> Result<u16, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .ok_or_else(|| out_of_range(v, 100, 599))
+}
+
+/// `rise`, `fall`.
+fn count(v: i64) -> Result<u32, String> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| out_of_range(v, 1, u32::MAX.into()))
+}
+
+fn check<T>(field: impl FnOnce() -> String, result: Result<T, String>) -> Result<(), ConfigError> {
+    result
+        .map(drop)
+        .map_err(|m| ConfigError::invalid(field(), m))
+}
+
+/// Linux's `dev_valid_name`.
+fn check_interface(field: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if valid {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        field,
+        format!(
+            "{name:?} is not a valid interface name (1 to {MAX_IFNAME_LEN} bytes, no '/', ':' or spaces)"
+        ),
+    ))
+}
+
+/// Not 0.0.0.0, ::, multicast or broadcast, and not port 0.
+fn check_endpoint(field: &str, what: &str, addr: SocketAddr) -> Result<(), ConfigError> {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{addr} cannot be {what}: not a unicast address"),
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{addr} cannot be {what}: port 0"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_positive(field: impl FnOnce() -> String, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::invalid(field(), "must be longer than 0s"));
+    }
+    if d > duration::MAX {
+        return Err(ConfigError::invalid(field(), "must be at most 365d"));
+    }
+    Ok(())
+}
+
+fn check_service(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
+    let field = |key: &str| format!("{path}.{key}");
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if s.name.is_empty() || s.name.len() > MAX_NAME_LEN || !s.name.chars().all(name_ok) {
+        return Err(ConfigError::invalid(
+            field("name"),
+            format!(
+                "{:?} is not a valid name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -)",
+                s.name
+            ),
+        ));
+    }
+    check_endpoint(&field("vip"), "a VIP", s.vip)?;
+    check(
+        || field("source_prefix_v4"),
+        prefix(32)(s.source_prefix_v4.into()),
+    )?;
+    check(
+        || field("source_prefix_v6"),
+        prefix(128)(s.source_prefix_v6.into()),
+    )?;
+    check_positive(|| field("affinity_timeout"), s.affinity_timeout)?;
+    check(|| field("table_size"), table_size(s.table_size.into()))?;
+    if s.backends.len() > s.table_size as usize {
+        return Err(ConfigError::invalid(
+            field("table_size"),
+            format!(
+                "{} is smaller than the number of backends ({}); Maglev wants about 100 × backends",
+                s.table_size,
+                s.backends.len()
+            ),
+        ));
+    }
+
+    let h = &s.health;
+    if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(
+            field("health.path"),
+            format!("{:?} must start with '/' and contain no spaces", h.path),
+        ));
+    }
+    check(
+        || field("health.expect_status"),
+        status(h.expect_status.into()),
+    )?;
+    check_positive(|| field("health.interval"), h.interval)?;
+    check_positive(|| field("health.timeout"), h.timeout)?;
+    check(|| field("health.rise"), count(h.rise.into()))?;
+    check(|| field("health.fall"), count(h.fall.into()))?;
+
+    for (j, backend) in s.backends.iter().enumerate() {
+        check_backend(
+            s,
+            &format!("{path}.backends[{j}]"),
+            backend,
+            &s.backends[..j],
+        )?;
+    }
+    Ok(())
+}
+
+/// `backend` as a member of `service`, next to the `others` already in it.
+fn check_backend(
+    service: &ServiceConfig,
+    path: &str,
+    backend: &BackendConfig,
+    others: &[BackendConfig],
+) -> Result<(), ConfigError> {
+    let address = format!("{path}.address");
+    check_endpoint(&address, "a backend", backend.address)?;
+    if backend.address.is_ipv4() != service.vip.is_ipv4() {
+        let family = |a: SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(ConfigError::invalid(
+            address,
+            format!(
+                "{} is {} but the VIP {} is {}",
+                backend.address,
+                family(backend.address),
+                service.vip,
+                family(service.vip)
+            ),
+        ));
+    }
+    if backend.address.ip() == service.vip.ip() {
+        return Err(ConfigError::invalid(
+            address,
+            format!("{} is on the VIP's own address", backend.address),
+        ));
+    }
+    if others.iter().any(|o| o.address == backend.address) {
+        return Err(ConfigError::invalid(
+            address,
+            format!(
+                "duplicate backend {} in service {:?}",
+                backend.address, service.name
+            ),
+        ));
+    }
+    check(|| format!("{path}.weight"), weight(backend.weight.into()))
+}

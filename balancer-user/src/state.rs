@@ -1,0 +1,191 @@
+//! The daemon's view of what the data plane should hold: services with their
+//! ids and Maglev table regions, backends with their ids and states. Pure
+//! logic, turned into map values here and written by `dataplane`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use balancer_common::{
+    addr::{mask, to_words},
+    hash::{flow_hash, slot},
+    maglev::{self, MaglevBackend},
+    types::{
+        BACKEND_DRAINING, BACKEND_UP, Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service,
+        ServiceKey,
+    },
+};
+
+use crate::config::{AffinityMode, Config, Protocol, ServiceConfig};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendState {
+    pub id: u32,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// Health: passes checks (or has no checks).
+    pub up: bool,
+    /// Admin: keeps its clients, takes no new ones.
+    pub draining: bool,
+}
+
+impl BackendState {
+    /// The `BACKENDS` value.
+    pub fn map_value(&self, service_id: u32) -> Backend {
+        let (addr, family) = to_words(self.address.ip());
+        let mut state = 0;
+        if self.up {
+            state |= BACKEND_UP;
+            if self.draining {
+                state |= BACKEND_DRAINING;
+            }
+        }
+        Backend { addr, port: self.address.port().to_be(), family, state, service_id }
+    }
+
+    /// In the Maglev table: up and not draining.
+    pub fn takes_new_clients(&self) -> bool {
+        self.up && !self.draining
+    }
+
+    fn maglev_identity(&self) -> [u32; 6] {
+        let (a, family) = to_words(self.address.ip());
+        [a[0], a[1], a[2], a[3], u32::from(self.address.port()), u32::from(family)]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceState {
+    pub id: u32,
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub affinity: AffinityMode,
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+    pub affinity_timeout: Duration,
+    pub table_size: u32,
+    /// First `MAGLEV` index of this service's two table halves.
+    pub table_base: u32,
+    pub backends: Vec<BackendState>,
+}
+
+impl ServiceState {
+    pub fn key(&self) -> ServiceKey {
+        let (addr, family) = to_words(self.vip.ip());
+        let proto = match self.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        };
+        ServiceKey { addr, port: self.vip.port().to_be(), proto, family }
+    }
+
+    /// The `SERVICES` value pointing packets at table half `active`.
+    /// `table_size` is 0 when no backend takes new clients, which the kernel
+    /// reads as "no backend".
+    pub fn map_value(&self, active: u32, has_table: bool) -> Service {
+        Service {
+            id: self.id,
+            flags: match self.affinity {
+                AffinityMode::SourceIp => 0,
+                AffinityMode::FourTuple => SERVICE_FOUR_TUPLE,
+            },
+            table_offset: [self.table_base, self.table_base + self.table_size],
+            active_table: active,
+            table_size: if has_table { self.table_size } else { 0 },
+            affinity_timeout_ns: u64::try_from(self.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
+            prefix_v4: self.source_prefix_v4,
+            prefix_v6: self.source_prefix_v6,
+            _pad: [0; 6],
+        }
+    }
+
+    /// The Maglev table as backend ids; empty when no backend takes new
+    /// clients.
+    pub fn maglev_table(&self) -> Vec<u32> {
+        let input: Vec<MaglevBackend> = self
+            .backends
+            .iter()
+            .map(|b| MaglevBackend {
+                identity: b.maglev_identity(),
+                weight: if b.takes_new_clients() { b.weight } else { 0 },
+            })
+            .collect();
+        maglev::build(&input, self.table_size).into_iter().map(|i| self.backends[i as usize].id).collect()
+    }
+
+    /// The backend a new client gets from `table` (this service's
+    /// [`Self::maglev_table`]), computed exactly as the kernel does: the same
+    /// mask, the same hash, the same slot. Affinity and conntrack can keep a
+    /// client elsewhere; this is the answer for a client they do not know.
+    pub fn predict(&self, table: &[u32], client: IpAddr, sport: u16) -> Option<u32> {
+        if table.is_empty() {
+            return None;
+        }
+        let value = self.map_value(0, true);
+        let (words, family) = to_words(client);
+        let key_addr = if value.flags & SERVICE_FOUR_TUPLE != 0 {
+            words
+        } else {
+            mask(words, family, value.source_prefix(family))
+        };
+        let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
+        Some(table[slot(hash, self.table_size) as usize])
+    }
+
+    pub fn backend_by_id(&self, id: u32) -> Option<&BackendState> {
+        self.backends.iter().find(|b| b.id == id)
+    }
+
+    pub fn backend(&self, address: SocketAddr) -> Option<&BackendState> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+}
+
+/// Services and backends with ids assigned in config order; backends start
+/// up (health checks take them down).
+pub fn from_config(config: &Config) -> Vec<ServiceState> {
+    let mut next_backend = 0u32;
+    let mut table_base = 0u32;
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let service = service_state(i as u32, s, table_base, &mut next_backend);
+            table_base += 2 * s.table_size;
+            service
+        })
+        .collect()
+}
+
+fn service_state(id: u32, s: &ServiceConfig, table_base: u32, next_backend: &mut u32) -> ServiceState {
+    let backends = s
+        .backends
+        .iter()
+        .map(|b| {
+            let id = *next_backend;
+            *next_backend += 1;
+            BackendState { id, address: b.address, weight: b.weight, up: true, draining: false }
+        })
+        .collect();
+    ServiceState {
+        id,
+        name: s.name.clone(),
+        vip: s.vip,
+        protocol: s.protocol,
+        affinity: s.affinity,
+        source_prefix_v4: s.source_prefix_v4,
+        source_prefix_v6: s.source_prefix_v6,
+        affinity_timeout: s.affinity_timeout,
+        table_size: s.table_size,
+        table_base,
+        backends,
+    }
+}
+
+/// `MAGLEV` entries the services need: two halves each.
+pub fn maglev_entries(services: &[ServiceState]) -> u32 {
+    services.iter().map(|s| 2 * s.table_size).sum::<u32>().max(1)
+}

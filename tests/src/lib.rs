@@ -1,0 +1,19 @@
+//! Network-namespace test harness for the balancer (DESIGN.md, "Test topology
+//! conventions"): namespaces that clean up after themselves, the gateway
+//! topology, in-process backend servers and clients that bind a chosen
+//! source address.
+//!
+//! Everything here needs root and panics on setup failures (like aya's own
+//! tests), so a broken environment fails loudly with a backtrace instead of
+//! being skipped.
+
+pub mod packet;
+pub mod netns;
+pub mod servers;
+pub mod topology;
+
+pub use netns::{NetNs, require_root};
+pub use servers::{
+    Answer, Server, TIMEOUT, ask, tcp_ask, tcp_connect, tcp_whoami, udp_ask, udp_whoami,
+};
+pub use topology::{Backend, Topology, TopologyOpts};
