@@ -16,7 +16,7 @@ use aya::{
 use balancer_common::{
     counters::{COUNTER_COUNT, Counter},
     maps,
-    types::{Backend, BackendStats, Service, ServiceKey},
+    types::{Backend, BackendStats, Flow, FlowKey, Service, ServiceKey},
 };
 use tracing::{info, warn};
 
@@ -39,6 +39,7 @@ pub struct DataPlane {
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
+    conntrack: HashMap<MapData, FlowKey, Flow>,
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
@@ -68,6 +69,7 @@ impl DataPlane {
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
+            conntrack: take_map(&mut ebpf, maps::CONNTRACK)?,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
         })
@@ -89,6 +91,15 @@ impl DataPlane {
     pub fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
         debug_assert!((counter as u32) < COUNTER_COUNT);
         Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
+
+    /// The conntrack entry of a client → VIP flow.
+    pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
+        match self.conntrack.get(key, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading CONNTRACK"),
+        }
     }
 
     /// A backend's counters, summed over CPUs.

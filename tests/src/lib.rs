@@ -7,6 +7,7 @@
 //! tests), so a broken environment fails loudly with a backtrace instead of
 //! being skipped.
 
+pub mod bpffs;
 pub mod packet;
 pub mod netns;
 pub mod servers;

@@ -1,0 +1,48 @@
+//! A private bpffs for one test, mounted in a temp dir of the root mount
+//! namespace, so it is visible inside every `ip netns exec` (which remounts
+//! `/sys`) and outlives any one daemon process: what restart adoption needs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::netns::random_suffix;
+
+pub struct TempBpffs {
+    root: PathBuf,
+}
+
+impl TempBpffs {
+    pub fn new() -> Self {
+        let root = std::env::temp_dir().join(format!("lbt-bpffs-{}", random_suffix()));
+        std::fs::create_dir_all(&root).expect("create bpffs mount point");
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&root).status().expect("run mount");
+        assert!(status.success(), "mount -t bpf {} failed", root.display());
+        TempBpffs { root }
+    }
+
+    /// The mount point (pin under a subdirectory, like `/sys/fs/bpf/balancer`).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// A `[bpf] pin_dir` inside this bpffs.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.root.join("balancer")
+    }
+}
+
+impl Default for TempBpffs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempBpffs {
+    fn drop(&mut self) {
+        // Unmounting drops every pin in it, so programs pinned there detach.
+        let _ = Command::new("umount").arg("-l").arg(&self.root).status();
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}

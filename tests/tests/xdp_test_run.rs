@@ -1,0 +1,437 @@
+//! BPF_PROG_TEST_RUN on crafted frames: the loaded program (real maps,
+//! written by the real loader) gets one frame at a time (repeat = 1), and
+//! the verdict and every rewritten byte are checked, checksums recomputed
+//! from scratch.
+//!
+//! Runs in a namespace of its own with two veths (client side, backend side)
+//! and permanent neighbour entries, so `bpf_fib_lookup` succeeds and the
+//! full fast path (NAT, TTL, MACs, redirect) is exercised.
+
+use std::{net::IpAddr, str::FromStr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use balancer_common::{
+    addr::to_words,
+    counters::Counter,
+    types::{FlowKey, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, tcp_closed},
+};
+use balancer_tests::{
+    NetNs,
+    bpffs::TempBpffs,
+    packet::{ETH_LEN, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, assert_checksums_valid, parse},
+    require_root,
+};
+use balancer_user::{
+    config::Config,
+    dataplane::{DataPlane, Interface},
+    state::{self, ServiceState},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+const BACKEND_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+fn backend_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, i]
+}
+
+struct Fixture {
+    dataplane: DataPlane,
+    services: Vec<ServiceState>,
+    client_if: u32,
+    backend_if: u32,
+}
+
+impl Fixture {
+    fn service(&self, name: &str) -> &ServiceState {
+        self.services.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Run the program once on `frame` arriving on `ifindex`.
+    fn run_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> =
+            [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
+        let result = self
+            .dataplane
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn from_client(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_on(self.client_if, frame)
+    }
+
+    fn from_backend(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_on(self.backend_if, frame)
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.dataplane.counter(c).unwrap()
+    }
+}
+
+const CONFIG: &str = r#"
+[interfaces]
+clients = "veth0"
+backends = "veth1"
+
+[bpf]
+pin_dir = "PIN_DIR"
+
+[[services]]
+name = "web"
+vip = "198.18.0.100:80"
+table_size = 65537
+[[services.backends]]
+address = "198.18.1.11:3000"
+[[services.backends]]
+address = "198.18.1.12:3000"
+[[services.backends]]
+address = "198.18.1.13:3000"
+
+[[services]]
+name = "web-24"
+vip = "198.18.0.100:8080"
+source_prefix_v4 = 24
+table_size = 251
+[[services.backends]]
+address = "198.18.1.11:3001"
+[[services.backends]]
+address = "198.18.1.12:3001"
+[[services.backends]]
+address = "198.18.1.13:3001"
+
+[[services]]
+name = "dns"
+vip = "198.18.0.100:53"
+protocol = "udp"
+table_size = 251
+[[services.backends]]
+address = "198.18.1.11:5353"
+[[services.backends]]
+address = "198.18.1.12:5353"
+
+[[services]]
+name = "empty"
+vip = "198.18.0.100:81"
+table_size = 251
+"#;
+
+/// Build the namespace, load and attach the program, write the config's
+/// services, then hand the fixture to `test` (inside the namespace).
+fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
+    require_root();
+    let ns = NetNs::new("xdprun");
+    let mut lines = vec![
+        format!(
+            "link add veth0 address {} type veth peer name veth1 address {}",
+            mac(CLIENT_IF_MAC),
+            mac(BACKEND_IF_MAC)
+        ),
+        "addr add 198.18.0.254/24 dev veth0".into(),
+        "addr add 198.18.1.254/24 dev veth1".into(),
+        "link set veth0 up".into(),
+        "link set veth1 up".into(),
+    ];
+    for i in 0..=255u8 {
+        lines.push(format!("neigh replace 198.18.0.{i} lladdr {} dev veth0 nud permanent", mac(client_mac(i))));
+    }
+    for i in 11..=13u8 {
+        lines.push(format!("neigh replace 198.18.1.{i} lladdr {} dev veth1 nud permanent", mac(backend_mac(i))));
+    }
+    ns.ip_batch(&lines);
+    ns.sysctl(&[("net.ipv4.ip_forward", "1")]);
+    let client_if = ns.ifindex("veth0");
+    let backend_if = ns.ifindex("veth1");
+    let bpffs = TempBpffs::new();
+    let config = CONFIG.replace("PIN_DIR", bpffs.pin_dir().to_str().unwrap());
+    ns.run(move || {
+        let config = Config::from_str(&config).unwrap();
+        std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
+        let services = state::from_config(&config);
+        let mut dataplane = DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&services)).unwrap();
+        for s in &services {
+            dataplane.write_service(s).unwrap();
+        }
+        dataplane
+            .attach(&[
+                Interface { field: "interfaces.clients", name: "veth0".into(), ifindex: client_if },
+                Interface { field: "interfaces.backends", name: "veth1".into(), ifindex: backend_if },
+            ])
+            .unwrap();
+        test(&Fixture { dataplane, services, client_if, backend_if });
+    });
+    drop(bpffs);
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn client_mac(i: u8) -> [u8; 6] {
+    if i == 1 { CLIENT_MAC } else { [0x02, 0, 0, 0, 0x02, i] }
+}
+
+/// The backend `service` gives a new client, predicted in userspace.
+fn predicted(service: &ServiceState, client: &str, sport: u16) -> std::net::SocketAddr {
+    let table = service.maglev_table();
+    let id = service.predict(&table, IpAddr::from_str(client).unwrap(), sport).unwrap();
+    service.backend_by_id(id).unwrap().address
+}
+
+fn backend_index(addr: std::net::IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn vip_syn_is_natted_to_the_predicted_backend_and_forwarded() {
+    with_fixture(|fx| {
+        let frame = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_SYN).build();
+        let (verdict, out) = fx.from_client(&frame);
+        assert_eq!(verdict, XDP_REDIRECT, "VIP SYN is redirected to the backend side");
+        let want = predicted(fx.service("web"), "198.18.0.1", 40000);
+        let p = parse(&out);
+        assert_eq!(IpAddr::V4(p.dst), want.ip(), "DNAT to the predicted backend");
+        assert_eq!(p.dport, want.port());
+        assert_eq!((p.src.to_string().as_str(), p.sport), ("198.18.0.1", 40000), "source untouched");
+        assert_eq!(p.ttl, 63, "TTL decremented once");
+        assert_eq!(p.dst_mac, backend_mac(backend_index(want.ip())), "next hop MAC from the FIB");
+        assert_eq!(p.src_mac, BACKEND_IF_MAC, "egress interface MAC");
+        assert_eq!(out.len(), frame.len());
+        assert_eq!(&out[ETH_LEN + 20 + 20..], &frame[ETH_LEN + 20 + 20..], "payload untouched");
+        assert_checksums_valid(&out);
+
+        // The same flow's next packet takes the conntrack path to the same
+        // backend; so does a second connection from the same client.
+        let data = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_ACK | TCP_PSH).build();
+        let (verdict, out) = fx.from_client(&data);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(IpAddr::V4(parse(&out).dst), want.ip());
+        assert_checksums_valid(&out);
+        let id = fx.service("web").backend(want).unwrap().id;
+        let stats = fx.dataplane.backend_stats(id).unwrap();
+        assert_eq!(stats.connections_total, 1, "one new connection counted");
+        assert_eq!(stats.packets_in, 2);
+        assert_eq!(stats.bytes_in, (frame.len() + data.len()) as u64);
+    });
+}
+
+#[test]
+fn backend_reply_is_natted_back_to_the_vip() {
+    with_fixture(|fx| {
+        let syn = Frame::tcp("198.18.0.1", 40001, "198.18.0.100", 80, TCP_SYN).build();
+        let (_, out) = fx.from_client(&syn);
+        let backend = parse(&out);
+
+        let reply = Frame {
+            src_mac: backend_mac(backend_index(IpAddr::V4(backend.dst))),
+            dst_mac: BACKEND_IF_MAC,
+            ..Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.1", 40001, TCP_SYN | TCP_ACK)
+        }
+        .build();
+        let (verdict, out) = fx.from_backend(&reply);
+        assert_eq!(verdict, XDP_REDIRECT, "reply redirected to the client side");
+        let p = parse(&out);
+        assert_eq!((p.src.to_string().as_str(), p.sport), ("198.18.0.100", 80), "SNAT back to the VIP");
+        assert_eq!((p.dst.to_string().as_str(), p.dport), ("198.18.0.1", 40001));
+        assert_eq!(p.dst_mac, CLIENT_MAC);
+        assert_eq!(p.src_mac, CLIENT_IF_MAC);
+        assert_eq!(p.ttl, 63);
+        assert_checksums_valid(&out);
+        assert_eq!(fx.counter(Counter::ForwardToClient), 1);
+    });
+}
+
+#[test]
+fn udp_vip_is_natted_with_and_without_checksum() {
+    with_fixture(|fx| {
+        let frame = Frame::udp("198.18.0.7", 5000, "198.18.0.100", 53).build();
+        let (verdict, out) = fx.from_client(&frame);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let want = predicted(fx.service("dns"), "198.18.0.7", 5000);
+        let p = parse(&out);
+        assert_eq!((IpAddr::V4(p.dst), p.dport), (want.ip(), want.port()));
+        assert_checksums_valid(&out);
+
+        let no_sum = Frame { udp_no_checksum: true, ..Frame::udp("198.18.0.7", 5001, "198.18.0.100", 53) }.build();
+        let (verdict, out) = fx.from_client(&no_sum);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(parse(&out).l4_checksum, 0, "a UDP checksum of 0 (none) stays 0");
+        assert_checksums_valid(&out);
+    });
+}
+
+#[test]
+fn ipv4_options_are_kept_and_the_packet_natted() {
+    with_fixture(|fx| {
+        let mut f = Frame::tcp("198.18.0.9", 40002, "198.18.0.100", 80, TCP_SYN);
+        // Record-route-ish NOPs and an end-of-options: 8 bytes, IHL 7.
+        f.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
+        let frame = f.build();
+        let (verdict, out) = fx.from_client(&frame);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let want = predicted(fx.service("web"), "198.18.0.9", 40002);
+        let p = parse(&out);
+        assert_eq!((IpAddr::V4(p.dst), p.dport), (want.ip(), want.port()));
+        assert_eq!(&out[ETH_LEN + 20..ETH_LEN + 28], &frame[ETH_LEN + 20..ETH_LEN + 28], "options kept");
+        assert_checksums_valid(&out);
+    });
+}
+
+#[test]
+fn traffic_not_for_a_vip_passes_untouched() {
+    with_fixture(|fx| {
+        let cases = [
+            ("to a backend's own address", Frame::tcp("198.18.0.1", 40000, "198.18.1.11", 3000, TCP_SYN).build()),
+            ("to the VIP on another port", Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 9999, TCP_SYN).build()),
+            ("UDP to a TCP VIP port", Frame::udp("198.18.0.1", 40000, "198.18.0.100", 80).build()),
+            (
+                "from a backend, not a balanced flow",
+                Frame::tcp("198.18.1.11", 3000, "198.18.0.1", 45555, TCP_ACK).build(),
+            ),
+        ];
+        for (what, frame) in cases {
+            let before = fx.counter(Counter::PassNotOurs);
+            let (verdict, out) = fx.from_client(&frame);
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_eq!(out, frame, "{what}: bytes untouched");
+            assert_eq!(fx.counter(Counter::PassNotOurs), before + 1, "{what}: counted");
+        }
+        let mut arp = Frame::tcp("198.18.0.1", 1, "198.18.0.100", 80, TCP_SYN).build();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(fx.from_client(&arp), (XDP_PASS, arp.clone()), "non-IP ethertype");
+    });
+}
+
+#[test]
+fn truncated_frames_at_every_length_pass_untouched() {
+    with_fixture(|fx| {
+        let full = Frame::tcp("198.18.0.1", 40003, "198.18.0.100", 80, TCP_SYN).build();
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        for len in ETH_LEN..full.len() {
+            let cut = &full[..len];
+            let before = fx.counter(Counter::PassTruncated);
+            let (verdict, out) = fx.from_client(cut);
+            assert_eq!(verdict, XDP_PASS, "cut at {len}");
+            assert_eq!(out, cut, "cut at {len}: untouched");
+            assert_eq!(fx.counter(Counter::PassTruncated), before + 1, "cut at {len}: counted as truncated");
+        }
+        // An IHL below 5 and a total length beyond the frame are malformed too.
+        let mut bad_ihl = full.clone();
+        bad_ihl[ETH_LEN] = 0x44;
+        assert_eq!(fx.from_client(&bad_ihl), (XDP_PASS, bad_ihl.clone()));
+        let mut long_total = full.clone();
+        long_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(fx.from_client(&long_total), (XDP_PASS, long_total.clone()));
+        assert_eq!(fx.counter(Counter::ForwardToBackend), 0, "nothing truncated was forwarded");
+    });
+}
+
+#[test]
+fn fragments_pass_untouched() {
+    with_fixture(|fx| {
+        let mut first = Frame::udp("198.18.0.1", 5000, "198.18.0.100", 53);
+        first.more_fragments = true;
+        let first = first.build();
+        let mut later = Frame::udp("198.18.0.1", 5000, "198.18.0.100", 53);
+        later.frag_offset = 185;
+        let later = later.build();
+        for (what, frame) in [("first fragment", first), ("non-first fragment", later)] {
+            let (verdict, out) = fx.from_client(&frame);
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_eq!(out, frame, "{what}: untouched");
+        }
+        assert_eq!(fx.counter(Counter::PassFragment), 2);
+    });
+}
+
+#[test]
+fn expiring_ttl_is_left_to_the_kernel() {
+    with_fixture(|fx| {
+        let mut f = Frame::tcp("198.18.0.1", 40004, "198.18.0.100", 80, TCP_SYN);
+        f.ttl = 1;
+        let frame = f.build();
+        assert_eq!(fx.from_client(&frame), (XDP_PASS, frame.clone()));
+        assert_eq!(fx.counter(Counter::PassTtlExpired), 1);
+    });
+}
+
+#[test]
+fn a_service_without_backends_drops_with_a_reason() {
+    with_fixture(|fx| {
+        let frame = Frame::tcp("198.18.0.1", 40005, "198.18.0.100", 81, TCP_SYN).build();
+        assert_eq!(fx.from_client(&frame).0, XDP_DROP);
+        assert_eq!(fx.counter(Counter::DropNoBackend), 1);
+    });
+}
+
+#[test]
+fn kernel_choice_matches_userspace_lookup_for_100_clients() {
+    with_fixture(|fx| {
+        let mut used = std::collections::HashSet::new();
+        for service in ["web", "web-24"] {
+            let svc = fx.service(service);
+            for i in 0..100u16 {
+                let client = format!("198.18.{}.{}", 100 + i / 50, 1 + i % 50);
+                let sport = 20000 + i;
+                let frame = Frame::tcp(&client, sport, "198.18.0.100", svc.vip.port(), TCP_SYN).build();
+                let (verdict, out) = fx.from_client(&frame);
+                assert_eq!(verdict, XDP_REDIRECT, "{client}");
+                let p = parse(&out);
+                let want = predicted(svc, &client, sport);
+                assert_eq!((IpAddr::V4(p.dst), p.dport), (want.ip(), want.port()), "{service}: {client}");
+                used.insert(want);
+            }
+        }
+        assert!(used.len() >= 4, "clients spread over backends: {used:?}");
+    });
+}
+
+#[test]
+fn fin_and_rst_are_recorded_and_a_new_syn_reopens() {
+    with_fixture(|fx| {
+        let syn = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_SYN).build();
+        let (_, out) = fx.from_client(&syn);
+        let backend = parse(&out);
+        let fin = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_FIN | TCP_ACK).build();
+        fx.from_client(&fin);
+        let reply_fin = Frame {
+            src_mac: backend_mac(backend_index(IpAddr::V4(backend.dst))),
+            ..Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.2", 40006, TCP_FIN | TCP_ACK)
+        }
+        .build();
+        assert_eq!(fx.from_backend(&reply_fin).0, XDP_REDIRECT);
+        let (src, _) = to_words("198.18.0.2".parse().unwrap());
+        let (vip, family) = to_words("198.18.0.100".parse().unwrap());
+        let key = FlowKey { src, dst: vip, sport: 40006u16.to_be(), dport: 80u16.to_be(), proto: 6, family, _pad: [0; 2] };
+        let flow = fx.dataplane.flow(&key).unwrap().expect("conntrack entry");
+        assert_eq!(flow.tcp_state, TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND);
+        assert!(tcp_closed(flow.tcp_state));
+        // Port reuse: a SYN on the closed flow counts as a new connection.
+        let id = fx.service("web").backend(std::net::SocketAddr::new(IpAddr::V4(backend.dst), backend.dport)).unwrap().id;
+        let before = fx.dataplane.backend_stats(id).unwrap().connections_total;
+        let (verdict, out) = fx.from_client(&syn);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(parse(&out).dst, backend.dst, "affinity keeps the client on its backend");
+        assert_eq!(fx.dataplane.backend_stats(id).unwrap().connections_total, before + 1);
+    });
+}
