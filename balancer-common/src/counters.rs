@@ -30,9 +30,11 @@ pub enum Counter {
     ForwardToClient = 10,
     /// Redirect to an interface not in REDIRECT_DEVS: passed to the kernel.
     PassNoRedirectDev = 11,
+    /// Reply forwarded to the client's learned MAC: the FIB had no neighbour.
+    NoNeighbourLearnedMac = 12,
 }
 
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -48,6 +50,7 @@ impl Counter {
         Counter::ForwardToBackend,
         Counter::ForwardToClient,
         Counter::PassNoRedirectDev,
+        Counter::NoNeighbourLearnedMac,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -74,6 +77,7 @@ impl Counter {
             Counter::ForwardToBackend => "forward_to_backend",
             Counter::ForwardToClient => "forward_to_client",
             Counter::PassNoRedirectDev => "pass_no_redirect_dev",
+            Counter::NoNeighbourLearnedMac => "forward_to_learned_mac",
         }
     }
 }

@@ -135,19 +135,31 @@ pub struct Flow {
 }
 const _: () = assert!(size_of::<Flow>() == 32);
 
-/// Value of `REVERSE_NAT`: what to write back into a reply.
+/// Value of `REVERSE_NAT`: what to write back into a reply, and the L2 path
+/// the client's first packet came by.
+///
+/// The L2 path is the reply's fallback when the FIB has no neighbour entry
+/// for the client: handing such a reply to the kernel does not work, because
+/// its source is the VIP, an address of the gateway itself, which the kernel
+/// drops as martian.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReverseNat {
     pub vip: [u32; 4],
     /// Network byte order.
     pub vip_port: u16,
+    /// Source MAC of the client's packet (the client or its router).
+    pub client_mac: [u8; 6],
+    /// Destination MAC of the client's packet (the gateway's interface).
+    pub gateway_mac: [u8; 6],
     pub _pad: u16,
     pub backend_id: u32,
+    /// Interface the client's packet arrived on.
+    pub client_ifindex: u32,
     /// `bpf_ktime_get_ns()` of the last backend packet.
     pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<ReverseNat>() == 32);
+const _: () = assert!(size_of::<ReverseNat>() == 48);
 
 /// Key of `AFFINITY`: a service and a client address masked to the
 /// service's prefix.

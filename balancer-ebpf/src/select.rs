@@ -8,6 +8,7 @@
 //! 3. the service's Maglev table, at `flow_hash % M`.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use network_types::eth::EthHdr;
 use balancer_common::{
     addr::mask,
     counters::Counter,
@@ -19,10 +20,11 @@ use balancer_common::{
 };
 
 use crate::{
-    forward::{forward, ttl_expired},
+    forward::{L2Path, forward, ttl_expired},
     maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
     nat::{End, rewrite},
     parse::{Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST},
+    ptr::ptr_at,
     stats::{self, Direction},
 };
 
@@ -46,13 +48,14 @@ fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
 
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u32, ()> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     if ttl_expired(pkt) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let (backend_id, backend, new_connection) = match existing_flow(pkt, service, now) {
         Some((id, backend)) => (id, backend, false),
-        None => match new_flow(pkt, service, now) {
+        None => match new_flow(pkt, service, now, unsafe { &*eth }, ctx.ingress_ifindex() as u32) {
             Ok((id, backend)) => (id, backend, true),
             Err(counter) => return Ok(stats::drop(counter)),
         },
@@ -60,7 +63,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u
     stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
     rewrite(ctx, pkt, End::Destination, backend.addr[0], backend.port)?;
     stats::count(Counter::ForwardToBackend);
-    Ok(forward(ctx, pkt))
+    Ok(forward(ctx, pkt, None))
 }
 
 /// The flow's backend from conntrack, if the flow is known, its backend up,
@@ -103,7 +106,13 @@ fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
 
 /// Choose a backend for a flow conntrack does not know, and remember it.
 #[inline(always)]
-fn new_flow(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
+fn new_flow(
+    pkt: &Packet,
+    service: &Service,
+    now: u64,
+    eth: &EthHdr,
+    ifindex: u32,
+) -> Result<(u32, &'static Backend), Counter> {
     let four_tuple = service.flags & SERVICE_FOUR_TUPLE != 0;
     let affinity_key = affinity_key(pkt, service);
     let sticky = if four_tuple { None } else { fresh_affinity(&affinity_key, service, now) };
@@ -135,7 +144,16 @@ fn new_flow(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static 
         family: pkt.key.family,
         _pad: [0; 2],
     };
-    let reverse = ReverseNat { vip: pkt.key.dst, vip_port: pkt.key.dport, _pad: 0, backend_id, last_seen_ns: now };
+    let reverse = ReverseNat {
+        vip: pkt.key.dst,
+        vip_port: pkt.key.dport,
+        client_mac: eth.src_addr,
+        gateway_mac: eth.dst_addr,
+        _pad: 0,
+        backend_id,
+        client_ifindex: ifindex,
+        last_seen_ns: now,
+    };
     let _ = REVERSE_NAT.insert(&reply_key, &reverse, 0);
     Ok((backend_id, backend))
 }
@@ -174,6 +192,8 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Re
     let reverse = unsafe { &mut *reverse };
     reverse.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
+    let client_path =
+        L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac };
     if pkt.is_tcp() {
         let bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
         if bits != 0 {
@@ -183,7 +203,7 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Re
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
     rewrite(ctx, pkt, End::Source, vip[0], vip_port)?;
     stats::count(Counter::ForwardToClient);
-    Ok(forward(ctx, pkt))
+    Ok(forward(ctx, pkt, Some(&client_path)))
 }
 
 /// Record a backend's FIN or RST on the client-side conntrack entry, which

@@ -8,6 +8,7 @@
 //! being skipped.
 
 pub mod bpffs;
+pub mod daemon;
 pub mod packet;
 pub mod netns;
 pub mod servers;

@@ -149,7 +149,8 @@ fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
         "link set veth0 up".into(),
         "link set veth1 up".into(),
     ];
-    for i in 0..=255u8 {
+    // 198.18.0.201-254 have no neighbour entry.
+    for i in 0..=200u8 {
         lines.push(format!("neigh replace 198.18.0.{i} lladdr {} dev veth0 nud permanent", mac(client_mac(i))));
     }
     for i in 11..=13u8 {
@@ -258,6 +259,24 @@ fn backend_reply_is_natted_back_to_the_vip() {
         assert_eq!(p.ttl, 63);
         assert_checksums_valid(&out);
         assert_eq!(fx.counter(Counter::ForwardToClient), 1);
+    });
+}
+
+#[test]
+fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac() {
+    with_fixture(|fx| {
+        let client_mac = [0x02, 0, 0, 0, 0x0c, 0xc9];
+        let syn = Frame { src_mac: client_mac, dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.201", 40010, "198.18.0.100", 80, TCP_SYN) }.build();
+        let (_, out) = fx.from_client(&syn);
+        let backend = parse(&out);
+        let reply = Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.201", 40010, TCP_SYN | TCP_ACK).build();
+        let (verdict, out) = fx.from_backend(&reply);
+        assert_eq!(verdict, XDP_REDIRECT, "not handed to the kernel, which would drop a VIP-sourced packet");
+        let p = parse(&out);
+        assert_eq!((p.dst_mac, p.src_mac), (client_mac, CLIENT_IF_MAC), "the MACs of the client's own SYN, swapped");
+        assert_eq!(p.src.to_string(), "198.18.0.100");
+        assert_checksums_valid(&out);
+        assert_eq!(fx.counter(Counter::NoNeighbourLearnedMac), 1);
     });
 }
 

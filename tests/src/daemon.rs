@@ -1,0 +1,99 @@
+//! The real `balancer` binary, run as a daemon in the gateway namespace.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+/// The `balancer` binary under test: `$BALANCER_BIN` (set by `cargo xtask
+/// test`), else the workspace's release build.
+pub fn balancer_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BALANCER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/balancer");
+    assert!(bin.exists(), "no balancer binary at {}: run `cargo xtask build` or set BALANCER_BIN", bin.display());
+    bin
+}
+
+/// Run `balancer ARGS` in `ns` to completion.
+pub fn balancer(ns: &NetNs, args: &[&str]) -> Output {
+    let bin = balancer_bin();
+    let mut all = vec![bin.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ns.command(all[0], &all[1..]).output().expect("run balancer")
+}
+
+/// A running `balancer run`; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    child: Child,
+    config: PathBuf,
+}
+
+impl Daemon {
+    /// Write `config` to a temp file and start the daemon in `ns`; returns
+    /// once every link in `ready_pins` (names under `pin_dir`) is pinned.
+    pub fn start(ns: &NetNs, config: &str, pin_dir: &Path, ready_pins: &[&str]) -> Daemon {
+        let path = std::env::temp_dir().join(format!("lbt-config-{}.toml", crate::netns::random_suffix()));
+        std::fs::write(&path, config).expect("write config");
+        let bin = balancer_bin();
+        let child = ns
+            .command(bin.to_str().unwrap(), ["run", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn balancer run");
+        let mut daemon = Daemon { child, config: path };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready_pins.iter().all(|p| pin_dir.join(p).exists()) {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("balancer run exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "balancer run not ready after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Does `ip link show` report an XDP program on `ifname` in `ns`?
+pub fn xdp_attached(ns: &NetNs, ifname: &str) -> bool {
+    let out = Command::new("ip").args(["-n", ns.name(), "-d", "link", "show", ifname]).output().expect("ip link");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}

@@ -1,0 +1,190 @@
+//! The balancer as a user runs it: the real daemon in the gateway namespace,
+//! real TCP and UDP from many client addresses through real veths, to test
+//! servers in three backend namespaces (DESIGN.md, Topology).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use balancer_tests::{
+    TIMEOUT, Topology, TopologyOpts,
+    bpffs::TempBpffs,
+    daemon::{Daemon, balancer, xdp_attached},
+    require_root, tcp_ask, tcp_whoami,
+    topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
+    udp_ask, udp_whoami,
+};
+
+const WEB_PORT: u16 = 80;
+const SPREAD_PORT: u16 = 81;
+const DNS_PORT: u16 = 53;
+
+fn config(topo: &Topology, pin_dir: &std::path::Path) -> String {
+    let backends = |port: u16| {
+        topo.backends()
+            .iter()
+            .map(|b| format!("[[services.backends]]\naddress = \"{}:{port}\"\n", b.v4()))
+            .collect::<String>()
+    };
+    format!(
+        r#"
+[interfaces]
+clients = "{GW_CLIENT_IF}"
+backends = "{GW_BACKEND_IF}"
+
+[metrics]
+listen = "127.0.0.1:9090"
+
+[bpf]
+pin_dir = "{pin}"
+
+[[services]]
+name = "web"
+vip = "{VIP_V4}:{WEB_PORT}"
+affinity = "source-ip"
+[services.health]
+check = "none"
+{web}
+[[services]]
+name = "spread"
+vip = "{VIP_V4}:{SPREAD_PORT}"
+affinity = "four-tuple"
+[services.health]
+check = "none"
+{web}
+[[services]]
+name = "dns"
+vip = "{VIP_V4}:{DNS_PORT}"
+protocol = "udp"
+[services.health]
+check = "none"
+{dns}
+"#,
+        pin = pin_dir.display(),
+        web = backends(3000),
+        dns = backends(5353),
+    )
+}
+
+#[test]
+fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
+    require_root();
+    let topo = Topology::new(&TopologyOpts::default());
+    let bpffs = TempBpffs::new();
+    let tcp: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
+    let udp: Vec<_> = topo.backends().iter().map(|b| udp_whoami(b.ns(), b.name(), 5353)).collect();
+    let pin_dir = bpffs.pin_dir();
+    let daemon = Daemon::start(
+        topo.gw(),
+        &config(&topo, &pin_dir),
+        &pin_dir,
+        &["link_xdp_gwc", "link_xdp_gwb"],
+    );
+    assert!(xdp_attached(topo.gw(), GW_CLIENT_IF) && xdp_attached(topo.gw(), GW_BACKEND_IF));
+
+    // source-ip: every one of 10 new connections from a client lands on the
+    // same backend; the backend sees the client's own address; the client
+    // talks to the VIP (the handshake only completes if replies come back
+    // from VIP:80).
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), WEB_PORT);
+    let clients: Vec<IpAddr> = topo.clients_v4().iter().take(16).map(|&a| IpAddr::V4(a)).collect();
+    let mut chosen: HashMap<IpAddr, String> = HashMap::new();
+    for &client in &clients {
+        let mut seen = BTreeSet::new();
+        for i in 0..10 {
+            let answer = tcp_ask(topo.client(), client, vip, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{client} connection {i} to {vip}: {e}"));
+            assert_eq!(answer.seen.ip(), client, "the backend sees the real client address");
+            assert_eq!(answer.local.ip(), client);
+            seen.insert(answer.backend);
+        }
+        assert_eq!(seen.len(), 1, "{client}: 10 connections reached {seen:?}");
+        chosen.insert(client, seen.into_iter().next().unwrap());
+    }
+    let used: BTreeSet<_> = chosen.values().collect();
+    assert!(used.len() >= 2, "16 clients all went to {used:?}");
+    println!("source-ip: 16 clients x 10 connections, backends used: {used:?}");
+
+    // four-tuple: one client's connections spread.
+    let spread_vip = SocketAddr::new(IpAddr::V4(VIP_V4), SPREAD_PORT);
+    let one = clients[0];
+    let spread: BTreeSet<String> = (0..30)
+        .map(|i| tcp_ask(topo.client(), one, spread_vip, TIMEOUT).unwrap_or_else(|e| panic!("four-tuple {i}: {e}")).backend)
+        .collect();
+    assert!(spread.len() >= 2, "four-tuple: 30 connections from {one} reached only {spread:?}");
+    println!("four-tuple: 30 connections from one client reached {spread:?}");
+
+    // UDP, source-ip: each client's datagrams (new socket, new source port
+    // each time) reach one backend, and replies come from the VIP (the
+    // client's socket is connected to the VIP, so anything else is ignored).
+    let dns_vip = SocketAddr::new(IpAddr::V4(VIP_V4), DNS_PORT);
+    let mut udp_used = BTreeSet::new();
+    for &client in clients.iter().take(12) {
+        let seen: BTreeSet<String> = (0..5)
+            .map(|i| udp_ask(topo.client(), client, dns_vip, TIMEOUT).unwrap_or_else(|e| panic!("UDP {client} #{i}: {e}")))
+            .map(|a| {
+                assert_eq!(a.seen.ip(), client);
+                a.backend
+            })
+            .collect();
+        assert_eq!(seen.len(), 1, "UDP {client}: reached {seen:?}");
+        udp_used.extend(seen);
+    }
+    assert!(udp_used.len() >= 2, "UDP clients all went to {udp_used:?}");
+
+    // Traffic that is not for a VIP is routed by the gateway as before.
+    for b in topo.backends() {
+        let direct = SocketAddr::new(IpAddr::V4(b.v4()), 3000);
+        let answer = tcp_ask(topo.client(), clients[1], direct, TIMEOUT).expect("direct connection to a backend");
+        assert_eq!(answer.backend, b.name());
+        let answer = udp_ask(topo.client(), clients[1], SocketAddr::new(IpAddr::V4(b.v4()), 5353), TIMEOUT)
+            .expect("direct UDP to a backend");
+        assert_eq!(answer.backend, b.name());
+    }
+
+    // Stopping the daemon leaves the data plane forwarding (pinned), and
+    // clients keep their backends.
+    assert!(daemon.stop().success());
+    assert!(xdp_attached(topo.gw(), GW_CLIENT_IF), "the pinned link outlives the daemon");
+    for (&client, backend) in chosen.iter().take(4) {
+        let answer = tcp_ask(topo.client(), client, vip, TIMEOUT).expect("balanced with the daemon stopped");
+        assert_eq!(&answer.backend, backend);
+    }
+    // `balancer detach` removes it.
+    let out = balancer(topo.gw(), &["detach", "--pin-dir", pin_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF));
+    drop((tcp, udp));
+}
+
+#[test]
+fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
+    require_root();
+    let topo = Topology::new(&TopologyOpts { backends: 1, ..TopologyOpts::default() });
+    let bpffs = TempBpffs::new();
+    let pin_dir = bpffs.pin_dir();
+    let good = config(&topo, &pin_dir);
+    let not_bpffs = std::env::temp_dir().join("lbt-not-bpffs");
+    let cases = [
+        ("table size", good.replacen("name = \"web\"", "name = \"web\"\ntable_size = 65536", 1), "table_size"),
+        ("interface", good.replace("clients = \"gwc\"", "clients = \"nosuchif0\""), "interfaces.clients"),
+        ("mode", good.replace("[interfaces]", "[interfaces]\nmode = \"ebpf\""), "interfaces.mode"),
+        ("pin dir", good.replace(pin_dir.to_str().unwrap(), not_bpffs.to_str().unwrap()), "bpf.pin_dir"),
+        ("syntax", good.replace("[[services]]", "[[services]"), "TOML"),
+    ];
+    for (what, text, names) in cases {
+        let path = std::env::temp_dir().join(format!("lbt-bad-{}.toml", balancer_tests::netns::random_suffix()));
+        std::fs::write(&path, &text).unwrap();
+        let out = balancer(topo.gw(), &["run", "--config", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: exit status {}", out.status);
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
+        assert!(lines[0].contains(names), "{what}: {:?} should name {names}", lines[0]);
+        assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF), "{what}: attached");
+        assert!(!pin_dir.exists() || std::fs::read_dir(&pin_dir).unwrap().next().is_none(), "{what}: pinned something");
+        println!("{what}: {}", lines[0]);
+    }
+}
