@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod health;
+pub mod metrics;
 pub mod netif;
 pub mod object;
 pub mod pin;

@@ -1,0 +1,1 @@
+//! Metrics endpoint (placeholder; being written).
