@@ -160,7 +160,7 @@ impl DataPlane {
             self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
         }
         let table = service.maglev_table();
-        let base = service.table_base + next * service.table_size;
+        let base = service.table_base + next * service.config.table_size;
         for (slot, id) in table.iter().enumerate() {
             self.maglev.set(base + slot as u32, id, 0).context("writing MAGLEV")?;
         }

@@ -43,11 +43,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let mut dataplane = DataPlane::load(&pin_dir, state::maglev_entries(&services))?;
     for service in &services {
-        dataplane.write_service(service).with_context(|| format!("service {}", service.name))?;
+        dataplane.write_service(service).with_context(|| format!("service {}", service.config.name))?;
     }
     dataplane.attach(&interfaces)?;
     for service in &services {
-        info!(service = %service.name, vip = %service.vip, backends = service.backends.len(), "balancing");
+        info!(service = %service.config.name, vip = %service.config.vip, backends = service.backends.len(), "balancing");
     }
 
     let mut term = signal(SignalKind::terminate())?;

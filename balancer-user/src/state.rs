@@ -2,10 +2,7 @@
 //! ids and Maglev table regions, backends with their ids and states. Pure
 //! logic, turned into map values here and written by `dataplane`.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use balancer_common::{
     addr::{mask, to_words},
@@ -57,28 +54,24 @@ impl BackendState {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceState {
+    /// Index of the service: the hash seed and part of affinity keys.
     pub id: u32,
-    pub name: String,
-    pub vip: SocketAddr,
-    pub protocol: Protocol,
-    pub affinity: AffinityMode,
-    pub source_prefix_v4: u8,
-    pub source_prefix_v6: u8,
-    pub affinity_timeout: Duration,
-    pub table_size: u32,
     /// First `MAGLEV` index of this service's two table halves.
     pub table_base: u32,
+    /// The service as configured, without its backends: the live set (which
+    /// the CLI can change) is `backends`.
+    pub config: ServiceConfig,
     pub backends: Vec<BackendState>,
 }
 
 impl ServiceState {
     pub fn key(&self) -> ServiceKey {
-        let (addr, family) = to_words(self.vip.ip());
-        let proto = match self.protocol {
+        let (addr, family) = to_words(self.config.vip.ip());
+        let proto = match self.config.protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
         };
-        ServiceKey { addr, port: self.vip.port().to_be(), proto, family }
+        ServiceKey { addr, port: self.config.vip.port().to_be(), proto, family }
     }
 
     /// The `SERVICES` value pointing packets at table half `active`.
@@ -87,16 +80,16 @@ impl ServiceState {
     pub fn map_value(&self, active: u32, has_table: bool) -> Service {
         Service {
             id: self.id,
-            flags: match self.affinity {
+            flags: match self.config.affinity {
                 AffinityMode::SourceIp => 0,
                 AffinityMode::FourTuple => SERVICE_FOUR_TUPLE,
             },
-            table_offset: [self.table_base, self.table_base + self.table_size],
+            table_offset: [self.table_base, self.table_base + self.config.table_size],
             active_table: active,
-            table_size: if has_table { self.table_size } else { 0 },
-            affinity_timeout_ns: u64::try_from(self.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
-            prefix_v4: self.source_prefix_v4,
-            prefix_v6: self.source_prefix_v6,
+            table_size: if has_table { self.config.table_size } else { 0 },
+            affinity_timeout_ns: u64::try_from(self.config.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
+            prefix_v4: self.config.source_prefix_v4,
+            prefix_v6: self.config.source_prefix_v6,
             _pad: [0; 6],
         }
     }
@@ -112,7 +105,7 @@ impl ServiceState {
                 weight: if b.takes_new_clients() { b.weight } else { 0 },
             })
             .collect();
-        maglev::build(&input, self.table_size).into_iter().map(|i| self.backends[i as usize].id).collect()
+        maglev::build(&input, self.config.table_size).into_iter().map(|i| self.backends[i as usize].id).collect()
     }
 
     /// The backend a new client gets from `table` (this service's
@@ -131,7 +124,7 @@ impl ServiceState {
             mask(words, family, value.source_prefix(family))
         };
         let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
-        Some(table[slot(hash, self.table_size) as usize])
+        Some(table[slot(hash, self.config.table_size) as usize])
     }
 
     pub fn backend_by_id(&self, id: u32) -> Option<&BackendState> {
@@ -161,6 +154,7 @@ pub fn from_config(config: &Config) -> Vec<ServiceState> {
 }
 
 fn service_state(id: u32, s: &ServiceConfig, table_base: u32, next_backend: &mut u32) -> ServiceState {
+    let config = ServiceConfig { backends: Vec::new(), ..s.clone() };
     let backends = s
         .backends
         .iter()
@@ -170,22 +164,10 @@ fn service_state(id: u32, s: &ServiceConfig, table_base: u32, next_backend: &mut
             BackendState { id, address: b.address, weight: b.weight, up: true, draining: false }
         })
         .collect();
-    ServiceState {
-        id,
-        name: s.name.clone(),
-        vip: s.vip,
-        protocol: s.protocol,
-        affinity: s.affinity,
-        source_prefix_v4: s.source_prefix_v4,
-        source_prefix_v6: s.source_prefix_v6,
-        affinity_timeout: s.affinity_timeout,
-        table_size: s.table_size,
-        table_base,
-        backends,
-    }
+    ServiceState { id, table_base, config, backends }
 }
 
 /// `MAGLEV` entries the services need: two halves each.
 pub fn maglev_entries(services: &[ServiceState]) -> u32 {
-    services.iter().map(|s| 2 * s.table_size).sum::<u32>().max(1)
+    services.iter().map(|s| 2 * s.config.table_size).sum::<u32>().max(1)
 }

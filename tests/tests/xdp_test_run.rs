@@ -48,7 +48,7 @@ struct Fixture {
 
 impl Fixture {
     fn service(&self, name: &str) -> &ServiceState {
-        self.services.iter().find(|s| s.name == name).unwrap()
+        self.services.iter().find(|s| s.config.name == name).unwrap()
     }
 
     /// Run the program once on `frame` arriving on `ifindex`.
@@ -412,7 +412,7 @@ fn kernel_choice_matches_userspace_lookup_for_100_clients() {
             for i in 0..100u16 {
                 let client = format!("198.18.{}.{}", 100 + i / 50, 1 + i % 50);
                 let sport = 20000 + i;
-                let frame = Frame::tcp(&client, sport, "198.18.0.100", svc.vip.port(), TCP_SYN).build();
+                let frame = Frame::tcp(&client, sport, "198.18.0.100", svc.config.vip.port(), TCP_SYN).build();
                 let (verdict, out) = fx.from_client(&frame);
                 assert_eq!(verdict, XDP_REDIRECT, "{client}");
                 let p = parse(&out);
