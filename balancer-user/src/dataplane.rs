@@ -148,7 +148,7 @@ impl DataPlane {
     /// into the half packets are not reading, then flip the service to that
     /// half (one map update), then backends that went down. No packet sees a
     /// half-written table.
-    pub fn write_service(&mut self, service: &ServiceState) -> anyhow::Result<()> {
+    pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,
@@ -159,7 +159,7 @@ impl DataPlane {
         for b in service.backends.iter().filter(|b| b.up) {
             self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
         }
-        let table = service.maglev_table();
+        let table = service.next_table();
         let base = service.table_base + next * service.config.table_size;
         for (slot, id) in table.iter().enumerate() {
             self.maglev.set(base + slot as u32, id, 0).context("writing MAGLEV")?;
@@ -170,6 +170,7 @@ impl DataPlane {
         for b in service.backends.iter().filter(|b| !b.up) {
             self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
         }
+        service.table = table;
         Ok(())
     }
 }

@@ -39,10 +39,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::from_file(config_path)?;
     let interfaces = interfaces(&config)?;
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
-    let services = state::from_config(&config);
+    let mut services = state::from_config(&config);
 
     let mut dataplane = DataPlane::load(&pin_dir, state::maglev_entries(&services))?;
-    for service in &services {
+    for service in &mut services {
         dataplane.write_service(service).with_context(|| format!("service {}", service.config.name))?;
     }
     dataplane.attach(&interfaces)?;

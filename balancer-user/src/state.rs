@@ -2,7 +2,10 @@
 //! ids and Maglev table regions, backends with their ids and states. Pure
 //! logic, turned into map values here and written by `dataplane`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use balancer_common::{
     addr::{mask, to_words},
@@ -62,6 +65,10 @@ pub struct ServiceState {
     /// the CLI can change) is `backends`.
     pub config: ServiceConfig,
     pub backends: Vec<BackendState>,
+    /// The Maglev table (backend ids) that packets read now; empty until the
+    /// first write. The next table is rebuilt from it, so a change moves as
+    /// few clients as possible ([`maglev::rebuild`]).
+    pub table: Vec<u32>,
 }
 
 impl ServiceState {
@@ -94,9 +101,9 @@ impl ServiceState {
         }
     }
 
-    /// The Maglev table as backend ids; empty when no backend takes new
-    /// clients.
-    pub fn maglev_table(&self) -> Vec<u32> {
+    /// The next Maglev table as backend ids, rebuilt from the current one;
+    /// empty when no backend takes new clients.
+    pub fn next_table(&self) -> Vec<u32> {
         let input: Vec<MaglevBackend> = self
             .backends
             .iter()
@@ -105,14 +112,20 @@ impl ServiceState {
                 weight: if b.takes_new_clients() { b.weight } else { 0 },
             })
             .collect();
-        maglev::build(&input, self.config.table_size).into_iter().map(|i| self.backends[i as usize].id).collect()
+        let position: HashMap<u32, u32> = self.backends.iter().enumerate().map(|(i, b)| (b.id, i as u32)).collect();
+        let previous: Vec<u32> = self.table.iter().map(|id| position.get(id).copied().unwrap_or(u32::MAX)).collect();
+        maglev::rebuild(&previous, &input, self.config.table_size)
+            .into_iter()
+            .map(|i| self.backends[i as usize].id)
+            .collect()
     }
 
-    /// The backend a new client gets from `table` (this service's
-    /// [`Self::maglev_table`]), computed exactly as the kernel does: the same
-    /// mask, the same hash, the same slot. Affinity and conntrack can keep a
-    /// client elsewhere; this is the answer for a client they do not know.
-    pub fn predict(&self, table: &[u32], client: IpAddr, sport: u16) -> Option<u32> {
+    /// The backend id a new client gets from the current table, computed
+    /// exactly as the kernel does: the same mask, the same hash, the same
+    /// slot. Affinity and conntrack can keep a client elsewhere; this is the
+    /// answer for a client they do not know.
+    pub fn predict(&self, client: IpAddr, sport: u16) -> Option<u32> {
+        let table = &self.table;
         if table.is_empty() {
             return None;
         }
@@ -164,7 +177,7 @@ fn service_state(id: u32, s: &ServiceConfig, table_base: u32, next_backend: &mut
             BackendState { id, address: b.address, weight: b.weight, up: true, draining: false }
         })
         .collect();
-    ServiceState { id, table_base, config, backends }
+    ServiceState { id, table_base, config, backends, table: Vec::new() }
 }
 
 /// `MAGLEV` entries the services need: two halves each.

@@ -165,9 +165,9 @@ fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
     ns.run(move || {
         let config = Config::from_str(&config).unwrap();
         std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
-        let services = state::from_config(&config);
+        let mut services = state::from_config(&config);
         let mut dataplane = DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&services)).unwrap();
-        for s in &services {
+        for s in &mut services {
             dataplane.write_service(s).unwrap();
         }
         dataplane
@@ -191,8 +191,7 @@ fn client_mac(i: u8) -> [u8; 6] {
 
 /// The backend `service` gives a new client, predicted in userspace.
 fn predicted(service: &ServiceState, client: &str, sport: u16) -> std::net::SocketAddr {
-    let table = service.maglev_table();
-    let id = service.predict(&table, IpAddr::from_str(client).unwrap(), sport).unwrap();
+    let id = service.predict(IpAddr::from_str(client).unwrap(), sport).unwrap();
     service.backend_by_id(id).unwrap().address
 }
 
