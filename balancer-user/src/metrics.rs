@@ -1,1 +1,547 @@
-//! Metrics endpoint (placeholder; being written).
+//! Metrics: a plain [`Snapshot`] that the daemon fills from the kernel maps
+//! and the health checker, its Prometheus exposition ([`render_prometheus`]),
+//! and the HTTP endpoint ([`bind`], [`serve`]) that serves it as
+//! `GET /metrics`, as JSON at `GET /status`, and as a human page at `GET /`.
+//!
+//! The series are the DESIGN.md contract, names, types and labels alike.
+//! The values come from the kernel, so every scrape builds a fresh
+//! [`Registry`] whose one collector writes the snapshot's values as const
+//! counters and gauges, in the snapshot's order.
+
+mod http;
+mod page;
+
+use std::fmt;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{TypedMetric, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    http::{SnapshotSource, bind, serve},
+    page::render_html,
+};
+
+/// `Content-Type` of [`render_prometheus`]'s output (prometheus-client's text
+/// encoder writes OpenMetrics 1.0).
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything the metrics endpoint shows, read at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub services: Vec<ServiceSnapshot>,
+    /// Entries in the connection-tracking map.
+    pub conntrack_entries: u64,
+    /// Packets the kernel program dropped, by reason.
+    pub drops: Vec<(String, u64)>,
+    /// When the snapshot was taken, in seconds since the Unix epoch.
+    pub generated_at: u64,
+}
+
+/// One configured service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    pub name: String,
+    /// `ADDR:PORT` of the virtual IP.
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The affinity mode, as written in the configuration.
+    pub affinity: String,
+    /// Entries in this service's affinity (sticky-session) table.
+    pub affinity_entries: u64,
+    pub backends: Vec<BackendSnapshot>,
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendSnapshot {
+    /// `ADDR:PORT`.
+    pub address: String,
+    pub weight: u32,
+    pub up: bool,
+    pub draining: bool,
+    pub active_connections: u64,
+    pub connections_total: u64,
+    /// Client → backend.
+    pub packets_in: u64,
+    /// Backend → client.
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub health_passed: u64,
+    pub health_failed: u64,
+    /// The last health check in words, e.g. `"ok (200) 3 ms, 2s ago"`.
+    pub last_check: Option<String>,
+}
+
+/// The snapshot as Prometheus (OpenMetrics) text, served with
+/// [`PROMETHEUS_CONTENT_TYPE`]. Series come in the snapshot's order.
+pub fn render_prometheus(s: &Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(s.clone())));
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// Encodes one snapshot as the contract's series, values set directly.
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let backends = || {
+            s.services
+                .iter()
+                .flat_map(|svc| svc.backends.iter().map(move |b| (svc.name.as_str(), b)))
+        };
+        // Counters are named without `_total`: the encoder appends it.
+        family(
+            &mut enc,
+            "balancer_backend_up",
+            "Whether the backend is up (1) or down (0)",
+            backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(u64::from(b.up)))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_draining",
+            "Whether the backend is draining: no new sessions, existing ones kept (1) or not (0)",
+            backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(u64::from(b.draining)))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_active_connections",
+            "Connections currently tracked to the backend",
+            backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(b.active_connections))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_connections",
+            "Connections sent to the backend",
+            backends().map(|(svc, b)| (sb(svc, b), ConstCounter::new(b.connections_total))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_packets",
+            "Packets for the backend; direction in = client to backend, out = backend to client",
+            backends().flat_map(|(svc, b)| directed(svc, b, |b| (b.packets_in, b.packets_out))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_bytes",
+            "Bytes for the backend; direction in = client to backend, out = backend to client",
+            backends().flat_map(|(svc, b)| directed(svc, b, |b| (b.bytes_in, b.bytes_out))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_affinity_entries",
+            "Entries in the service's session-affinity table",
+            s.services.iter().map(|svc| {
+                (
+                    [("service", svc.name.as_str())],
+                    ConstGauge::new(svc.affinity_entries),
+                )
+            }),
+        )?;
+        let conntrack = ConstGauge::new(s.conntrack_entries);
+        conntrack.encode(enc.encode_descriptor(
+            "balancer_conntrack_entries",
+            "Entries in the connection-tracking table",
+            None,
+            conntrack.metric_type(),
+        )?)?;
+        family(
+            &mut enc,
+            "balancer_packets_dropped",
+            "Packets dropped by the kernel program, by reason",
+            s.drops
+                .iter()
+                .map(|(reason, n)| ([("reason", reason.as_str())], ConstCounter::new(*n))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_health_checks",
+            "Health checks of the backend, by result",
+            backends().flat_map(|(svc, b)| {
+                let address = b.address.as_str();
+                [("passed", b.health_passed), ("failed", b.health_failed)].map(|(result, n)| {
+                    (
+                        [("service", svc), ("backend", address), ("result", result)],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )
+    }
+}
+
+/// `{service, backend}`.
+fn sb<'a>(service: &'a str, b: &'a BackendSnapshot) -> [(&'static str, &'a str); 2] {
+    [("service", service), ("backend", b.address.as_str())]
+}
+
+/// `{service, backend, direction}` for direction `in` then `out`, from
+/// `pick`'s (in, out) pair.
+fn directed<'a>(
+    service: &'a str,
+    b: &'a BackendSnapshot,
+    pick: fn(&BackendSnapshot) -> (u64, u64),
+) -> [([(&'static str, &'a str); 3], ConstCounter); 2] {
+    let (i, o) = pick(b);
+    let address = b.address.as_str();
+    [("in", i), ("out", o)].map(|(direction, v)| {
+        (
+            [
+                ("service", service),
+                ("backend", address),
+                ("direction", direction),
+            ],
+            ConstCounter::new(v),
+        )
+    })
+}
+
+/// One metric family: its HELP and TYPE, then one sample per label set.
+fn family<L, M>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric + TypedMetric,
+{
+    let mut metric = enc.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{collections::BTreeMap, process::Command};
+
+    use super::*;
+
+    /// Two services with two backends each; every value distinct.
+    pub(crate) fn sample() -> Snapshot {
+        let backend = |address: &str, base: u64, up: bool, draining: bool| BackendSnapshot {
+            address: address.to_owned(),
+            weight: base as u32,
+            up,
+            draining,
+            active_connections: base + 1,
+            connections_total: base + 2,
+            packets_in: base + 3,
+            packets_out: base + 4,
+            bytes_in: base + 5,
+            bytes_out: base + 6,
+            health_passed: base + 7,
+            health_failed: base + 8,
+            last_check: Some(format!("ok (200) {base} ms, 2s ago")),
+        };
+        Snapshot {
+            services: vec![
+                ServiceSnapshot {
+                    name: "web".to_owned(),
+                    vip: "198.18.0.10:80".to_owned(),
+                    protocol: "tcp".to_owned(),
+                    affinity: "source-ip".to_owned(),
+                    affinity_entries: 11,
+                    backends: vec![
+                        backend("198.18.1.1:8080", 100, true, false),
+                        backend("198.18.1.2:8080", 200, false, false),
+                    ],
+                },
+                ServiceSnapshot {
+                    name: "dns".to_owned(),
+                    vip: "[2001:db8::53]:53".to_owned(),
+                    protocol: "udp".to_owned(),
+                    affinity: "none".to_owned(),
+                    affinity_entries: 22,
+                    backends: vec![
+                        backend("[2001:db8::1]:53", 300, true, true),
+                        backend("<script>alert(1)</script>", 400, true, false),
+                    ],
+                },
+            ],
+            conntrack_entries: 33,
+            drops: vec![("no_backend".to_owned(), 44), ("malformed".to_owned(), 55)],
+            generated_at: 1_700_000_000,
+        }
+    }
+
+    /// Parses `name{k="v",...} value` sample lines into
+    /// `(name, sorted labels) -> value`; `# ` lines give `name -> type`.
+    /// `(name, labels) -> value`.
+    type Samples = BTreeMap<(String, BTreeMap<String, String>), u64>;
+
+    fn parse(text: &str) -> (Samples, BTreeMap<String, String>) {
+        let mut samples = BTreeMap::new();
+        let mut types = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = rest.split_once(' ').expect("TYPE line");
+                types.insert(name.to_owned(), ty.to_owned());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let labels = body
+                        .split("\",")
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| {
+                            let (k, v) = kv.split_once("=\"").expect("label");
+                            (k.to_owned(), v.trim_end_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+                None => (series, BTreeMap::new()),
+            };
+            let value = value
+                .parse()
+                .unwrap_or_else(|e| panic!("value in {line:?}: {e}"));
+            assert!(
+                samples.insert((name.to_owned(), labels), value).is_none(),
+                "duplicate series {line:?}"
+            );
+        }
+        (samples, types)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn metrics_render_every_contract_series() {
+        let s = sample();
+        let text = render_prometheus(&s);
+        let (samples, types) = parse(&text);
+        let mut expected = BTreeMap::new();
+        let mut put = |name: &str, l: &[(&str, &str)], v: u64| {
+            expected.insert((name.to_owned(), labels(l)), v);
+        };
+        for svc in &s.services {
+            let service = svc.name.as_str();
+            put(
+                "balancer_affinity_entries",
+                &[("service", service)],
+                svc.affinity_entries,
+            );
+            for b in &svc.backends {
+                let sb = [("service", service), ("backend", b.address.as_str())];
+                put("balancer_backend_up", &sb, u64::from(b.up));
+                put("balancer_backend_draining", &sb, u64::from(b.draining));
+                put(
+                    "balancer_backend_active_connections",
+                    &sb,
+                    b.active_connections,
+                );
+                put(
+                    "balancer_backend_connections_total",
+                    &sb,
+                    b.connections_total,
+                );
+                for (dir, p, n) in [
+                    ("in", b.packets_in, b.bytes_in),
+                    ("out", b.packets_out, b.bytes_out),
+                ] {
+                    let l = [sb[0], sb[1], ("direction", dir)];
+                    put("balancer_backend_packets_total", &l, p);
+                    put("balancer_backend_bytes_total", &l, n);
+                }
+                for (result, n) in [("passed", b.health_passed), ("failed", b.health_failed)] {
+                    put(
+                        "balancer_health_checks_total",
+                        &[sb[0], sb[1], ("result", result)],
+                        n,
+                    );
+                }
+            }
+        }
+        put("balancer_conntrack_entries", &[], s.conntrack_entries);
+        for (reason, n) in &s.drops {
+            put("balancer_packets_dropped_total", &[("reason", reason)], *n);
+        }
+        assert_eq!(samples, expected, "rendered:\n{text}");
+
+        // Types as the contract says (OpenMetrics names a counter's family
+        // without `_total`).
+        let want_types: BTreeMap<String, String> = [
+            ("balancer_backend_up", "gauge"),
+            ("balancer_backend_draining", "gauge"),
+            ("balancer_backend_active_connections", "gauge"),
+            ("balancer_backend_connections", "counter"),
+            ("balancer_backend_packets", "counter"),
+            ("balancer_backend_bytes", "counter"),
+            ("balancer_affinity_entries", "gauge"),
+            ("balancer_conntrack_entries", "gauge"),
+            ("balancer_packets_dropped", "counter"),
+            ("balancer_health_checks", "counter"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(types, want_types);
+        assert!(!text.contains("_total_total"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn metrics_empty_snapshot_renders() {
+        let text = render_prometheus(&Snapshot::default());
+        let (samples, _) = parse(&text);
+        assert_eq!(
+            samples.into_iter().collect::<Vec<_>>(),
+            vec![(
+                ("balancer_conntrack_entries".to_owned(), BTreeMap::new()),
+                0
+            )]
+        );
+    }
+
+    #[test]
+    fn metrics_label_values_are_escaped() {
+        let mut s = Snapshot::default();
+        s.drops.push(("a\"b\\c\nd".to_owned(), 1));
+        let text = render_prometheus(&s);
+        assert!(
+            text.contains(r#"balancer_packets_dropped_total{reason="a\"b\\c\nd"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// Runs `promtool ARGS` with `stdin`; panics with a clear message when
+    /// promtool is missing (Debian's `prometheus` package).
+    fn promtool(args: &[&str], stdin: &str) -> std::process::Output {
+        use std::{io::Write as _, process::Stdio};
+
+        let mut child = match Command::new("promtool")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "promtool is not on PATH: install Debian's `prometheus` package \
+                 (apt-get install prometheus); this test does not skip"
+            ),
+            Err(e) => panic!("running promtool: {e}"),
+        };
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writing to promtool");
+        child.wait_with_output().expect("waiting for promtool")
+    }
+
+    /// `promtool check metrics` lints the exposition. Its linter reads the
+    /// Prometheus 0.0.4 text format, where a counter's HELP names the
+    /// sample (`x_total`); OpenMetrics names the family (`x`), so promtool
+    /// reports exactly "`x_total` no help text" for each counter `x` (exit
+    /// 3). That report, and only that, is allowed; anything else fails.
+    #[test]
+    fn metrics_promtool_check_metrics() {
+        let text = render_prometheus(&sample());
+        let out = promtool(&["check", "metrics"], &text);
+        let report = format!(
+            "promtool check metrics ({}):\nstdout: {}\nstderr: {}\ninput:\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let counters: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        assert_eq!(counters.len(), 5, "{report}");
+        match out.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                for problem in stderr.lines().filter(|l| !l.is_empty()) {
+                    let allowed = problem
+                        .strip_suffix("_total no help text")
+                        .is_some_and(|family| counters.contains(&family));
+                    assert!(allowed, "unexpected lint problem {problem:?}\n{report}");
+                }
+            }
+            _ => panic!("{report}"),
+        }
+        assert!(out.stdout.is_empty(), "{report}");
+    }
+
+    /// promtool's OpenMetrics parser (the backfill importer, which wants a
+    /// timestamp on each sample) accepts the exposition.
+    #[test]
+    fn metrics_promtool_parses_openmetrics() {
+        let text = render_prometheus(&sample());
+        let stamped: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with('#') {
+                    format!("{l}\n")
+                } else {
+                    format!("{l} 1700000000\n")
+                }
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("balancer-metrics-om-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let input = dir.join("metrics.om");
+        std::fs::write(&input, &stamped).expect("write input");
+        let input = input.to_str().expect("utf-8 path").to_owned();
+        let blocks = dir.join("blocks");
+        let blocks = blocks.to_str().expect("utf-8 path").to_owned();
+        let out = promtool(
+            &[
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                "-q",
+                &input,
+                &blocks,
+            ],
+            "",
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "promtool rejected the OpenMetrics text ({}):\n{}{}\ninput:\n{stamped}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+
+    #[test]
+    fn metrics_snapshot_json_round_trips() {
+        let s = sample();
+        let json = serde_json::to_string(&s).expect("serialize");
+        let back: Snapshot = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
+    }
+}
