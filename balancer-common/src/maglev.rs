@@ -257,16 +257,19 @@ mod tests {
         }
     }
 
+    /// `table` (indices into `old`) re-indexed into `new`'s positions, as the
+    /// daemon does through backend ids; `u32::MAX` where the backend left.
+    fn reindex(table: &[u32], old: &[MaglevBackend], new: &[MaglevBackend]) -> Vec<u32> {
+        table
+            .iter()
+            .map(|&i| new.iter().position(|b| b.identity == old[i as usize].identity).map_or(u32::MAX, |p| p as u32))
+            .collect()
+    }
+
     /// `before` and `after` tables as identities, and the fraction that differs.
     fn moved_incremental(before: &[MaglevBackend], after: &[MaglevBackend]) -> (f64, Vec<u32>, Vec<u32>) {
         let t1 = build(before, M);
-        // Re-index the old table into `after`'s positions, as the daemon does
-        // through backend ids.
-        let reindexed: Vec<u32> = t1
-            .iter()
-            .map(|&i| after.iter().position(|b| b.identity == before[i as usize].identity).map_or(u32::MAX, |p| p as u32))
-            .collect();
-        let t2 = rebuild(&reindexed, after, M);
+        let t2 = rebuild(&reindex(&t1, before, after), after, M);
         let n = t1.iter().zip(&t2).filter(|(x, y)| before[**x as usize].identity != after[**y as usize].identity).count();
         (n as f64 / f64::from(M), t1, t2)
     }
@@ -311,11 +314,7 @@ mod tests {
             } else {
                 set.push(backend(100 + step, 1 + step % 4));
             }
-            let reindexed: Vec<u32> = table
-                .iter()
-                .map(|&i| set.iter().position(|b| b.identity == old[i as usize].identity).map_or(u32::MAX, |p| p as u32))
-                .collect();
-            table = rebuild(&reindexed, &set, M);
+            table = rebuild(&reindex(&table, &old, &set), &set, M);
             assert_within_1pct(&set, &table);
         }
         assert_eq!(rebuild(&table, &set, M), table, "no change, no move");
