@@ -48,14 +48,13 @@ fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
 
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u32, ()> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     if ttl_expired(pkt) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let (backend_id, backend, new_connection) = match existing_flow(pkt, service, now) {
         Some((id, backend)) => (id, backend, false),
-        None => match new_flow(pkt, service, now, unsafe { &*eth }, ctx.ingress_ifindex() as u32) {
+        None => match new_flow(ctx, pkt, service, now) {
             Ok((id, backend)) => (id, backend, true),
             Err(counter) => return Ok(stats::drop(counter)),
         },
@@ -106,13 +105,11 @@ fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
 
 /// Choose a backend for a flow conntrack does not know, and remember it.
 #[inline(always)]
-fn new_flow(
-    pkt: &Packet,
-    service: &Service,
-    now: u64,
-    eth: &EthHdr,
-    ifindex: u32,
-) -> Result<(u32, &'static Backend), Counter> {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
+    // The client's L2 path, remembered for replies (see `ReverseNat`); only
+    // new flows need it, so the conntrack fast path never reads it.
+    let eth = unsafe { &*ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)? };
+    let ifindex = ctx.ingress_ifindex() as u32;
     let four_tuple = service.flags & SERVICE_FOUR_TUPLE != 0;
     let affinity_key = affinity_key(pkt, service);
     let sticky = if four_tuple { None } else { fresh_affinity(&affinity_key, service, now) };
