@@ -65,6 +65,13 @@ impl Service {
 pub const BACKEND_UP: u8 = 1;
 /// Up but taking no new clients: existing flows and affinities stay.
 pub const BACKEND_DRAINING: u8 = 2;
+/// Draining by an operator's request, kept in the map (with the backend
+/// down as well) so a restarted daemon adopts it. The kernel reads only
+/// `BACKEND_UP` and `BACKEND_DRAINING`.
+pub const BACKEND_ADMIN_DRAIN: u8 = 4;
+/// Added at runtime (`balancer backend add`), not from the config file: a
+/// restarted daemon keeps it although the config does not list it.
+pub const BACKEND_RUNTIME: u8 = 8;
 
 /// Value of `BACKENDS`, indexed by backend id.
 #[repr(C)]
@@ -74,16 +81,26 @@ pub struct Backend {
     /// Network byte order.
     pub port: u16,
     pub family: u8,
-    /// `BACKEND_*` bits; 0 for an unused slot or a backend that is down.
+    /// `BACKEND_*` bits; no `BACKEND_UP` for a backend that is down.
     pub state: u8,
     pub service_id: u32,
+    /// Maglev weight, for the daemon only (a restarted daemon rebuilds
+    /// from it); 0 marks an unused slot.
+    pub weight: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend>() == 32);
 
 impl Backend {
     #[inline(always)]
     pub const fn is_up(&self) -> bool {
         self.state & BACKEND_UP != 0
+    }
+
+    /// Does this slot hold a backend (up or down)?
+    #[inline(always)]
+    pub const fn in_use(&self) -> bool {
+        self.weight != 0
     }
 }
 

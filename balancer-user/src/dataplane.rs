@@ -13,14 +13,20 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use aya::maps::PerCpuValues;
 use balancer_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps,
-    types::{Backend, BackendStats, Flow, FlowKey, Service, ServiceKey},
+    maps::{self, MAX_BACKENDS},
+    types::{Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, ReverseNat, Service, ServiceKey},
 };
 use tracing::{info, warn};
 
-use crate::{object::ebpf_object, pin, state::ServiceState};
+use crate::{
+    adopt::{Pinned, PinnedService},
+    object::ebpf_object,
+    pin,
+    state::ServiceState,
+};
 
 /// An interface to attach to: the config field it came from, its name and
 /// index.
@@ -40,6 +46,57 @@ pub struct DataPlane {
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
+    affinity: HashMap<MapData, AffinityKey, Affinity>,
+    maglev_capacity: u32,
+}
+
+/// Key and value sizes of every map, as this build defines them: a map
+/// pinned by another build with other layouts must not be reused.
+fn expected_layout(name: &str) -> (usize, usize) {
+    use std::mem::size_of as s;
+    match name {
+        maps::SERVICES => (s::<ServiceKey>(), s::<Service>()),
+        maps::BACKENDS => (s::<u32>(), s::<Backend>()),
+        maps::MAGLEV => (s::<u32>(), s::<u32>()),
+        // `struct bpf_devmap_val`: ifindex and a program fd.
+        maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>()),
+        maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>()),
+        maps::REVERSE_NAT => (s::<FlowKey>(), s::<ReverseNat>()),
+        maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>()),
+        maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>()),
+        maps::COUNTERS => (s::<u32>(), s::<u64>()),
+        _ => unreachable!("map {name} has no expected layout"),
+    }
+}
+
+/// Check every map pinned in `pin_dir` against this build's layouts, and
+/// return the pinned `MAGLEV`'s size (fixed once created) if there is one.
+fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
+    let mut maglev = None;
+    for &name in maps::ALL {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
+        let (key, value) = expected_layout(name);
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the pinned map {} has {}-byte keys and {}-byte values, this build uses {key} and {value}: \
+                 it was made by another version (`balancer detach --pin-dir {}` removes it, and the live flows)",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                pin_dir.display()
+            );
+        }
+        if name == maps::MAGLEV {
+            maglev = Some(info.max_entries());
+        }
+    }
+    Ok(maglev)
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
@@ -50,11 +107,13 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name:
 impl DataPlane {
     /// Load the object, reusing every map already pinned in `pin_dir` (so a
     /// restarted daemon sees the same flows and affinities) and pinning the
-    /// ones it creates.
+    /// ones it creates. A new `MAGLEV` gets `maglev_entries`; a pinned one
+    /// keeps its size ([`Self::maglev_capacity`]).
     pub fn load(pin_dir: &Path, maglev_entries: u32) -> anyhow::Result<Self> {
+        let maglev_capacity = check_pinned_maps(pin_dir)?.unwrap_or(maglev_entries);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .map_max_entries(maps::MAGLEV, maglev_entries)
+            .map_max_entries(maps::MAGLEV, maglev_capacity)
             .load(ebpf_object()?)
             .context("loading the kernel object")?;
         let program: &mut Xdp = ebpf
@@ -70,6 +129,8 @@ impl DataPlane {
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
             conntrack: take_map(&mut ebpf, maps::CONNTRACK)?,
+            affinity: take_map(&mut ebpf, maps::AFFINITY)?,
+            maglev_capacity,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
         })
@@ -100,6 +161,77 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading CONNTRACK"),
         }
+    }
+
+    /// The client's affinity entry, if it has one.
+    pub fn affinity(&self, key: &AffinityKey) -> anyhow::Result<Option<Affinity>> {
+        match self.affinity.get(key, 0) {
+            Ok(a) => Ok(Some(a)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading AFFINITY"),
+        }
+    }
+
+    /// Entries the `MAGLEV` array holds: every service's two table halves
+    /// must fit.
+    pub fn maglev_capacity(&self) -> u32 {
+        self.maglev_capacity
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// What a previous daemon left in the pinned maps: services with the
+    /// table half packets read now, and every backend slot in use.
+    pub fn read_pinned(&self) -> anyhow::Result<Pinned> {
+        let mut services = Vec::new();
+        for key in self.services.keys() {
+            let key = key.context("reading SERVICES")?;
+            let value = match self.services.get(&key, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading SERVICES"),
+            };
+            let size = value.table_offset[1].wrapping_sub(value.table_offset[0]);
+            let base = value.table_offset[(value.active_table & 1) as usize];
+            let table = if value.table_size == 0 || base.checked_add(size).is_none_or(|end| end > self.maglev_capacity)
+            {
+                Vec::new()
+            } else {
+                (base..base + size).map(|i| self.maglev.get(&i, 0)).collect::<Result<_, _>>().context("reading MAGLEV")?
+            };
+            services.push(PinnedService { key, value, table_size: size, table });
+        }
+        let mut backends = Vec::new();
+        for id in 0..MAX_BACKENDS {
+            let b = self.backends.get(&id, 0).context("reading BACKENDS")?;
+            if b.in_use() {
+                backends.push((id, b));
+            }
+        }
+        Ok(Pinned { services, backends, maglev_capacity: self.maglev_capacity })
+    }
+
+    /// Stop balancing a VIP that left the config.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> anyhow::Result<()> {
+        match self.services.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing from SERVICES"),
+        }
+    }
+
+    /// Free a backend slot: flows and affinities that name it find no
+    /// backend there and choose again on their next packet.
+    pub fn clear_backend(&mut self, id: u32) -> anyhow::Result<()> {
+        self.backends.set(id, Backend::default(), 0).context("clearing a BACKENDS slot")
+    }
+
+    /// Zero a backend id's counters before a new backend takes the id.
+    pub fn reset_backend_stats(&mut self, id: u32) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); cpus])?;
+        self.backend_stats.set(id, zeros, 0).context("zeroing BACKEND_STATS")
     }
 
     /// A backend's counters, summed over CPUs.

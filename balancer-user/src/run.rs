@@ -1,16 +1,28 @@
-//! `balancer run`: validate the config, load and attach the data plane, keep
-//! it current, and leave it running (pinned) when the daemon stops.
+//! `balancer run`: validate the config, load (or adopt) and attach the data
+//! plane, keep it current, and leave it running (pinned) when the daemon
+//! stops.
 
-use std::path::Path;
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, mpsc},
+};
 use tracing::info;
 
 use crate::{
+    accounting::{self, FlowTables, SharedCounts},
+    adopt,
     config::Config,
+    control,
+    daemon::Daemon,
     dataplane::{DataPlane, Interface},
-    netif, pin, state,
+    metrics, netif, pin, state,
 };
 
 /// The interfaces the config names, resolved; one entry when clients and
@@ -33,28 +45,101 @@ fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
     Ok(list)
 }
 
+/// Load the data plane against the pinned maps and write the config into
+/// it, keeping every id and table a previous daemon left that is still
+/// valid ([`adopt`]). Nothing is attached yet.
+fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Plan)> {
+    let mut dataplane = DataPlane::load(pin_dir, state::maglev_entries(config))?;
+    let pinned = dataplane.read_pinned()?;
+    let mut plan = adopt::plan(config, &pinned)?;
+    let adopted: HashSet<u32> = pinned.backends.iter().map(|(id, _)| *id).collect();
+    for service in &mut plan.services {
+        for b in service.backends.iter().filter(|b| !adopted.contains(&b.id)) {
+            dataplane.reset_backend_stats(b.id)?;
+        }
+        dataplane.write_service(service).with_context(|| format!("service {}", service.config.name))?;
+    }
+    for key in &plan.removed_services {
+        dataplane.remove_service(key)?;
+    }
+    for &id in &plan.freed_backends {
+        dataplane.clear_backend(id)?;
+    }
+    if !pinned.services.is_empty() {
+        info!(
+            services = pinned.services.len(),
+            backends = pinned.backends.len(),
+            "adopted the pinned data plane: flows, affinities and tables carry on"
+        );
+    }
+    Ok((dataplane, plan))
+}
+
+/// The daemon, for whichever task needs it; a panic elsewhere must not
+/// leave the data plane without anyone to manage it.
+fn lock(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
+    daemon.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    // Everything that can be wrong with the input is checked before the
-    // kernel is touched: a bad config attaches nothing.
+    // Everything that can be wrong with the input or the host is checked
+    // before the kernel is touched: a bad config attaches nothing.
     let config = Config::from_file(config_path)?;
     let interfaces = interfaces(&config)?;
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
-    let mut services = state::from_config(&config);
+    let metrics_listener = metrics::bind(config.metrics.listen).await?;
+    let control_socket = control::server::bind(&config.control.socket).await?;
 
-    let mut dataplane = DataPlane::load(&pin_dir, state::maglev_entries(&services))?;
-    for service in &mut services {
-        dataplane.write_service(service).with_context(|| format!("service {}", service.config.name))?;
-    }
+    let (mut dataplane, plan) = load(&config, &pin_dir)?;
     dataplane.attach(&interfaces)?;
-    for service in &services {
+    for service in &plan.services {
         info!(service = %service.config.name, vip = %service.config.vip, backends = service.backends.len(), "balancing");
     }
+
+    let tables = Arc::new(FlowTables::open(&pin_dir)?);
+    let counts = SharedCounts::default();
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let daemon = Daemon::new(dataplane, plan.services, plan.ids, health_tx, Arc::clone(&counts), Arc::clone(&tables));
+    let timeouts = daemon.affinity_timeouts();
+    let daemon = Arc::new(Mutex::new(daemon));
+
+    let health = {
+        let daemon = Arc::clone(&daemon);
+        async move {
+            while let Some(event) = health_rx.recv().await {
+                let daemon = Arc::clone(&daemon);
+                let applied = tokio::task::spawn_blocking(move || lock(&daemon).apply_health(&event)).await;
+                match applied {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("applying a health change: {e:#}"),
+                    Err(e) => tracing::error!("applying a health change: {e}"),
+                }
+            }
+        }
+    };
+    let source: metrics::SnapshotSource = {
+        let daemon = Arc::clone(&daemon);
+        Arc::new(move || lock(&daemon).snapshot())
+    };
+    let handler: control::server::Handler = {
+        let daemon = Arc::clone(&daemon);
+        Arc::new(move |request| lock(&daemon).handle(request))
+    };
+    let detached = Arc::new(Notify::new());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+        _ = detached.notified() => {
+            info!("detached on request: programs and pins removed");
+            return Ok(());
+        }
+        () = health => {},
+        () = accounting::run(tables, counts, move || timeouts.clone()) => {},
+        served = metrics::serve(metrics_listener, source) => served?,
+        () = control::server::serve(control_socket, handler, Arc::clone(&detached)) => {},
     }
     info!(pin_dir = %pin_dir.display(), "stopping; the data plane stays attached and pinned (`balancer detach` removes it)");
     Ok(())

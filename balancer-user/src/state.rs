@@ -12,12 +12,15 @@ use balancer_common::{
     hash::{flow_hash, slot},
     maglev::{self, MaglevBackend},
     types::{
-        BACKEND_DRAINING, BACKEND_UP, Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service,
+        BACKEND_ADMIN_DRAIN, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP, Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service,
         ServiceKey,
     },
 };
 
-use crate::config::{AffinityMode, Config, Protocol, ServiceConfig};
+use crate::{
+    adopt::Pinned,
+    config::{AffinityMode, Config, MAX_MAGLEV_ENTRIES, Protocol, ServiceConfig},
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendState {
@@ -28,6 +31,8 @@ pub struct BackendState {
     pub up: bool,
     /// Admin: keeps its clients, takes no new ones.
     pub draining: bool,
+    /// Added with `balancer backend add` rather than listed in the config.
+    pub runtime: bool,
 }
 
 impl BackendState {
@@ -41,7 +46,21 @@ impl BackendState {
                 state |= BACKEND_DRAINING;
             }
         }
-        Backend { addr, port: self.address.port().to_be(), family, state, service_id }
+        if self.draining {
+            state |= BACKEND_ADMIN_DRAIN;
+        }
+        if self.runtime {
+            state |= BACKEND_RUNTIME;
+        }
+        Backend {
+            addr,
+            port: self.address.port().to_be(),
+            family,
+            state,
+            service_id,
+            weight: self.weight,
+            _pad: 0,
+        }
     }
 
     /// In the Maglev table: up and not draining.
@@ -73,12 +92,17 @@ pub struct ServiceState {
 
 impl ServiceState {
     pub fn key(&self) -> ServiceKey {
-        let (addr, family) = to_words(self.config.vip.ip());
-        let proto = match self.config.protocol {
+        Self::key_of(&self.config)
+    }
+
+    /// The `SERVICES` key of a configured service: its VIP.
+    pub fn key_of(config: &ServiceConfig) -> ServiceKey {
+        let (addr, family) = to_words(config.vip.ip());
+        let proto = match config.protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
         };
-        ServiceKey { addr, port: self.config.vip.port().to_be(), proto, family }
+        ServiceKey { addr, port: config.vip.port().to_be(), proto, family }
     }
 
     /// The `SERVICES` value pointing packets at table half `active`.
@@ -125,8 +149,15 @@ impl ServiceState {
     /// slot. Affinity and conntrack can keep a client elsewhere; this is the
     /// answer for a client they do not know.
     pub fn predict(&self, client: IpAddr, sport: u16) -> Option<u32> {
-        let table = &self.table;
-        if table.is_empty() {
+        let slot = self.slot_for(client, sport)?;
+        self.table.get(slot as usize).copied()
+    }
+
+    /// The Maglev slot a new client hashes to, computed exactly as the
+    /// kernel does: the same mask, the same hash, the same slot. `None`
+    /// while the service has no table.
+    pub fn slot_for(&self, client: IpAddr, sport: u16) -> Option<u32> {
+        if self.table.is_empty() {
             return None;
         }
         let value = self.map_value(0, true);
@@ -137,7 +168,7 @@ impl ServiceState {
             mask(words, family, value.source_prefix(family))
         };
         let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
-        Some(table[slot(hash, self.config.table_size) as usize])
+        Some(slot(hash, self.config.table_size))
     }
 
     pub fn backend_by_id(&self, id: u32) -> Option<&BackendState> {
@@ -149,38 +180,18 @@ impl ServiceState {
     }
 }
 
-/// Services and backends with ids assigned in config order; backends start
-/// up (health checks take them down).
+/// Services and backends as a first start gives them (nothing pinned):
+/// ids in config order, every backend up until health checks say otherwise.
 pub fn from_config(config: &Config) -> Vec<ServiceState> {
-    let mut next_backend = 0u32;
-    let mut table_base = 0u32;
-    config
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let service = service_state(i as u32, s, table_base, &mut next_backend);
-            table_base += 2 * s.table_size;
-            service
-        })
-        .collect()
+    let pinned = Pinned { maglev_capacity: maglev_entries(config), ..Pinned::default() };
+    crate::adopt::plan(config, &pinned).expect("a fresh plan always fits").services
 }
 
-fn service_state(id: u32, s: &ServiceConfig, table_base: u32, next_backend: &mut u32) -> ServiceState {
-    let config = ServiceConfig { backends: Vec::new(), ..s.clone() };
-    let backends = s
-        .backends
-        .iter()
-        .map(|b| {
-            let id = *next_backend;
-            *next_backend += 1;
-            BackendState { id, address: b.address, weight: b.weight, up: true, draining: false }
-        })
-        .collect();
-    ServiceState { id, table_base, config, backends, table: Vec::new() }
-}
-
-/// `MAGLEV` entries the services need: two halves each.
-pub fn maglev_entries(services: &[ServiceState]) -> u32 {
-    services.iter().map(|s| 2 * s.config.table_size).sum::<u32>().max(1)
+/// The `MAGLEV` size for a first start: every service's two halves, and room
+/// for as much again, because the array's size is fixed once pinned and a
+/// restart with more services must still fit.
+pub fn maglev_entries(config: &Config) -> u32 {
+    let needed: u64 = config.services.iter().map(|s| 2 * u64::from(s.table_size)).sum();
+    let floor = 8 * u64::from(balancer_common::maps::MAGLEV_DEFAULT_ENTRIES);
+    (2 * needed).max(floor).min(MAX_MAGLEV_ENTRIES).max(needed) as u32
 }

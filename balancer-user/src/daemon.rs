@@ -1,0 +1,203 @@
+//! The running daemon's state and every change to it: health transitions
+//! and the operator's backend changes, each applied as one new Maglev table
+//! swapped in atomically ([`DataPlane::write_service`]).
+//!
+//! A change is made on a copy of the service and written; only a write that
+//! succeeded replaces the daemon's view, so a refused or failed change
+//! leaves `status` as it was.
+
+mod requests;
+mod snapshot;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, bail};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::info;
+
+use crate::{
+    accounting::{FlowTables, SharedCounts},
+    config::{BackendConfig, HealthCheckKind},
+    dataplane::DataPlane,
+    health::{HealthChecker, HealthEvent, HealthHandle},
+    ids::BackendIds,
+    state::{BackendState, ServiceState},
+};
+
+pub struct Daemon {
+    dataplane: DataPlane,
+    services: Vec<ServiceState>,
+    ids: BackendIds,
+    /// Health check tasks by backend id.
+    checks: HashMap<u32, HealthHandle>,
+    health_events: UnboundedSender<HealthEvent>,
+    counts: SharedCounts,
+    tables: Arc<FlowTables>,
+}
+
+impl Daemon {
+    /// Take over a data plane whose services are written; start their
+    /// health checks (each backend from the state it has now).
+    pub fn new(
+        dataplane: DataPlane,
+        services: Vec<ServiceState>,
+        ids: BackendIds,
+        health_events: UnboundedSender<HealthEvent>,
+        counts: SharedCounts,
+        tables: Arc<FlowTables>,
+    ) -> Self {
+        let mut daemon =
+            Daemon { dataplane, services, ids, checks: HashMap::new(), health_events, counts, tables };
+        let all: Vec<(usize, BackendState)> = daemon
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.backends.iter().map(move |b| (i, b.clone())))
+            .collect();
+        for (i, b) in all {
+            daemon.start_check(i, &b);
+        }
+        daemon
+    }
+
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Affinity timeouts by service id, for counting fresh entries.
+    pub fn affinity_timeouts(&self) -> HashMap<u32, u64> {
+        self.services
+            .iter()
+            .map(|s| (s.id, u64::try_from(s.config.affinity_timeout.as_nanos()).unwrap_or(u64::MAX)))
+            .collect()
+    }
+
+    fn start_check(&mut self, service: usize, b: &BackendState) {
+        let s = &self.services[service];
+        let handle = HealthChecker::spawn(
+            s.config.name.clone(),
+            b.address,
+            s.config.health.clone(),
+            b.up,
+            self.health_events.clone(),
+        );
+        self.checks.insert(b.id, handle);
+    }
+
+    fn service_index(&self, name: &str) -> anyhow::Result<usize> {
+        self.services.iter().position(|s| s.config.name == name).with_context(|| {
+            let names: Vec<&str> = self.services.iter().map(|s| s.config.name.as_str()).collect();
+            format!("unknown service {name:?} (services: {})", names.join(", "))
+        })
+    }
+
+    fn backend_index(&self, service: usize, address: SocketAddr) -> anyhow::Result<usize> {
+        let s = &self.services[service];
+        s.backends
+            .iter()
+            .position(|b| b.address == address)
+            .with_context(|| format!("service {:?} has no backend {address}", s.config.name))
+    }
+
+    /// Write `next` as service `index`'s new state; on success it replaces
+    /// the current one.
+    fn commit(&mut self, index: usize, mut next: ServiceState) -> anyhow::Result<()> {
+        self.dataplane
+            .write_service(&mut next)
+            .with_context(|| format!("service {}: writing the new table", next.config.name))?;
+        self.services[index] = next;
+        Ok(())
+    }
+
+    /// A health checker's transition.
+    pub fn apply_health(&mut self, event: &HealthEvent) -> anyhow::Result<()> {
+        let Ok(i) = self.service_index(&event.service) else { return Ok(()) };
+        let Ok(k) = self.backend_index(i, event.backend) else {
+            return Ok(()); // removed since the check started
+        };
+        if self.services[i].backends[k].up == event.up {
+            return Ok(());
+        }
+        let mut next = self.services[i].clone();
+        next.backends[k].up = event.up;
+        self.commit(i, next)
+    }
+
+    /// `balancer backend add`. With health checks the backend starts down
+    /// and takes clients once it passes `rise` checks: no client is sent to
+    /// a server nobody has seen answer.
+    pub fn add_backend(&mut self, service: &str, address: SocketAddr, weight: u32) -> anyhow::Result<String> {
+        let i = self.service_index(service)?;
+        let s = &self.services[i];
+        let mut check = s.config.clone();
+        check.backends = s.backends.iter().map(|b| BackendConfig { address: b.address, weight: b.weight }).collect();
+        check.check_new_backend(&BackendConfig { address, weight }).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let checked = s.config.health.check != HealthCheckKind::None;
+        let Some(id) = self.ids.allocate() else { bail!("no free backend id: all are in use") };
+        let result = self.dataplane.reset_backend_stats(id).and_then(|()| {
+            let mut next = self.services[i].clone();
+            let b = BackendState { id, address, weight, up: !checked, draining: false, runtime: true };
+            next.backends.push(b.clone());
+            self.commit(i, next)?;
+            Ok(b)
+        });
+        let b = match result {
+            Ok(b) => b,
+            Err(e) => {
+                self.ids.release(id);
+                return Err(e);
+            }
+        };
+        self.start_check(i, &b);
+        info!(service, backend = %address, weight, id, "backend added");
+        Ok(if checked {
+            format!("added {address} to {service} (weight {weight}); it takes clients once it passes {} health checks", self.services[i].config.health.rise)
+        } else {
+            format!("added {address} to {service} (weight {weight})")
+        })
+    }
+
+    /// `balancer backend remove`: out of the table, then its slot cleared,
+    /// so its flows and affinities choose again on their next packet.
+    pub fn remove_backend(&mut self, service: &str, address: SocketAddr) -> anyhow::Result<String> {
+        let i = self.service_index(service)?;
+        let k = self.backend_index(i, address)?;
+        let mut next = self.services[i].clone();
+        let removed = next.backends.remove(k);
+        self.commit(i, next)?;
+        self.dataplane.clear_backend(removed.id)?;
+        self.ids.release(removed.id);
+        if let Some(mut check) = self.checks.remove(&removed.id) {
+            check.stop();
+        }
+        info!(service, backend = %address, "backend removed");
+        Ok(format!("removed {address} from {service}; its clients move on their next packet"))
+    }
+
+    /// `balancer backend drain|undrain`.
+    pub fn set_draining(&mut self, service: &str, address: SocketAddr, draining: bool) -> anyhow::Result<String> {
+        let i = self.service_index(service)?;
+        let k = self.backend_index(i, address)?;
+        let verb = if draining { "draining" } else { "undrained" };
+        if self.services[i].backends[k].draining == draining {
+            return Ok(format!("{address} in {service} is already {}", if draining { "draining" } else { "not draining" }));
+        }
+        let mut next = self.services[i].clone();
+        next.backends[k].draining = draining;
+        self.commit(i, next)?;
+        info!(service, backend = %address, "backend {verb}");
+        Ok(if draining {
+            format!("draining {address} in {service}: its clients stay, new clients go elsewhere")
+        } else {
+            format!("undrained {address} in {service}: it takes new clients again")
+        })
+    }
+
+    /// Remove every pin: the programs detach, the maps go with the daemon.
+    pub fn detach(&mut self) -> anyhow::Result<usize> {
+        for check in self.checks.values_mut() {
+            check.stop();
+        }
+        crate::pin::remove_all(self.dataplane.pin_dir())
+    }
+}
