@@ -1,9 +1,16 @@
 //! The balancer daemon and CLI: configuration, loading the kernel object,
-//! keeping its maps current.
+//! keeping its maps current, and the control socket between them.
 
+pub mod accounting;
+pub mod adopt;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod ids;
+pub mod mapscan;
 pub mod metrics;
 pub mod netif;
 pub mod object;

@@ -2,6 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use balancer_user::cli::{
+    self, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs,
+    status::StatusArgs,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,12 +23,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Remove the programs and every pin (the data plane stops balancing).
-    Detach {
-        /// The bpffs directory the daemon pinned into (`[bpf] pin_dir`).
-        #[arg(long, default_value = "/sys/fs/bpf/balancer")]
-        pin_dir: PathBuf,
-    },
+    /// Services, backends, their states and counts.
+    Status(StatusArgs),
+    /// Add, remove, drain or undrain a backend of a service.
+    Backend(BackendArgs),
+    /// Which backend a new connection from a client gets now.
+    Lookup(LookupArgs),
+    /// The connection-tracking entries: which client talks to which backend.
+    Flows(FlowsArgs),
+    /// Remove the programs and every pin (the data plane stops balancing);
+    /// the daemon, if one is running, does it and stops.
+    Detach(DetachArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,9 +49,11 @@ fn main() -> ExitCode {
         Command::Run { config } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(balancer_user::run::run(&config))),
-        Command::Detach { pin_dir } => balancer_user::pin::remove_all(&pin_dir).map(|n| {
-            println!("removed {n} pins from {}", pin_dir.display());
-        }),
+        Command::Status(args) => cli::status::run(&args),
+        Command::Backend(args) => cli::backend::run(&args),
+        Command::Lookup(args) => cli::lookup::run(&args),
+        Command::Flows(args) => cli::flows::run(&args),
+        Command::Detach(args) => cli::detach::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

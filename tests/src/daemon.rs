@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_user::metrics::Snapshot;
+
 use crate::netns::NetNs;
 
 /// The `balancer` binary under test: `$BALANCER_BIN` (set by `cargo xtask
@@ -25,6 +27,29 @@ pub fn balancer(ns: &NetNs, args: &[&str]) -> Output {
     let mut all = vec![bin.to_str().unwrap()];
     all.extend_from_slice(args);
     ns.command(all[0], &all[1..]).output().expect("run balancer")
+}
+
+/// `balancer ARGS --socket SOCKET` in `ns`.
+pub fn cli(ns: &NetNs, socket: &Path, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--socket", socket.to_str().unwrap()]);
+    balancer(ns, &all)
+}
+
+/// `balancer ARGS`, which must succeed; its stdout.
+pub fn cli_ok(ns: &NetNs, socket: &Path, args: &[&str]) -> String {
+    let out = cli(ns, socket, args);
+    assert!(
+        out.status.success(),
+        "balancer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `balancer status --json`, parsed.
+pub fn status(ns: &NetNs, socket: &Path) -> Snapshot {
+    serde_json::from_str(&cli_ok(ns, socket, &["status", "--json"])).expect("status --json is a Snapshot")
 }
 
 /// A running `balancer run`; stopped (SIGTERM, then SIGKILL) on drop.
@@ -60,6 +85,28 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Wait until the daemon answers `balancer status` on `socket`: it has
+    /// attached and serves the control socket.
+    pub fn wait_serving(&mut self, ns: &NetNs, socket: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if cli(ns, socket, &["status", "--json"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("balancer run exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "balancer run not serving {} after 30 s", socket.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`: the daemon gets no chance to clean up.
+    pub fn kill9(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM and wait; the exit status.

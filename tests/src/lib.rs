@@ -9,6 +9,7 @@
 
 pub mod bpffs;
 pub mod daemon;
+pub mod http;
 pub mod packet;
 pub mod netns;
 pub mod servers;

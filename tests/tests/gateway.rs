@@ -39,6 +39,9 @@ listen = "127.0.0.1:9090"
 [bpf]
 pin_dir = "{pin}"
 
+[control]
+socket = "{pin}.sock"
+
 [[services]]
 name = "web"
 vip = "{VIP_V4}:{WEB_PORT}"

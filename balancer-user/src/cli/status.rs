@@ -1,0 +1,196 @@
+//! `balancer status [--json]`: services, backends, their states and counts.
+
+use clap::Args;
+
+use super::{
+    SocketArg,
+    format::{self, Align, Table},
+    unexpected,
+};
+use crate::{
+    control::{Reply, Request, client},
+    metrics::{BackendSnapshot, Snapshot},
+};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the daemon's status as JSON (the same document as `GET /status`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
+    let snapshot = match client::request(&args.socket.socket, &Request::Status)? {
+        Reply::Status(s) => s,
+        other => return Err(unexpected("status", &other)),
+    };
+    format::print(&if args.json {
+        format::json(&snapshot)
+    } else {
+        render(&snapshot)
+    })
+}
+
+/// One block per service: a header line, then a table of its backends;
+/// then the conntrack count and the drop reasons that counted anything.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for (i, svc) in s.services.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{}  {}/{}  affinity {}  affinity entries {}\n",
+            svc.name, svc.vip, svc.protocol, svc.affinity, svc.affinity_entries
+        ));
+        if svc.backends.is_empty() {
+            out.push_str("  no backends\n");
+            continue;
+        }
+        let mut table = Table::new(&[
+            ("BACKEND", Align::Left),
+            ("WEIGHT", Align::Right),
+            ("STATE", Align::Left),
+            ("ACTIVE", Align::Right),
+            ("TOTAL", Align::Right),
+            ("PKTS IN/OUT", Align::Right),
+            ("BYTES IN/OUT", Align::Right),
+            ("LAST CHECK", Align::Left),
+        ]);
+        for b in &svc.backends {
+            table.row(vec![
+                b.address.clone(),
+                b.weight.to_string(),
+                state(b).to_owned(),
+                b.active_connections.to_string(),
+                b.connections_total.to_string(),
+                format!("{}/{}", b.packets_in, b.packets_out),
+                format!(
+                    "{}/{}",
+                    format::bytes(b.bytes_in),
+                    format::bytes(b.bytes_out)
+                ),
+                b.last_check.clone().unwrap_or_else(|| "-".to_owned()),
+            ]);
+        }
+        out.push_str(&table.render("  "));
+    }
+    if s.services.is_empty() {
+        out.push_str("no services\n");
+    }
+    out.push_str(&format!("\nconntrack entries {}\n", s.conntrack_entries));
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !drops.is_empty() {
+        out.push_str(&format!("dropped packets: {}\n", drops.join(", ")));
+    }
+    out
+}
+
+/// `up`, `down`, `draining` or `down+draining`.
+fn state(b: &BackendSnapshot) -> &'static str {
+    match (b.up, b.draining) {
+        (true, false) => "up",
+        (true, true) => "draining",
+        (false, false) => "down",
+        (false, true) => "down+draining",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ServiceSnapshot;
+
+    fn backend(address: &str, up: bool, draining: bool) -> BackendSnapshot {
+        BackendSnapshot {
+            address: address.to_owned(),
+            weight: 1,
+            up,
+            draining,
+            ..BackendSnapshot::default()
+        }
+    }
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            services: vec![
+                ServiceSnapshot {
+                    name: "chat".to_owned(),
+                    vip: "198.18.0.100:80".to_owned(),
+                    protocol: "tcp".to_owned(),
+                    affinity: "source-ip".to_owned(),
+                    affinity_entries: 12,
+                    backends: vec![
+                        BackendSnapshot {
+                            weight: 10,
+                            active_connections: 3,
+                            connections_total: 1500,
+                            packets_in: 120,
+                            packets_out: 118,
+                            bytes_in: 10_035,
+                            bytes_out: 1_258_291,
+                            last_check: Some("ok (200) 3 ms, 2s ago".to_owned()),
+                            ..backend("198.18.1.11:3000", true, false)
+                        },
+                        backend("198.18.1.12:3000", true, true),
+                        backend("198.18.1.13:3000", false, false),
+                        backend("198.18.1.14:3000", false, true),
+                    ],
+                },
+                ServiceSnapshot {
+                    name: "dns".to_owned(),
+                    vip: "[2001:db8::53]:53".to_owned(),
+                    protocol: "udp".to_owned(),
+                    affinity: "four-tuple".to_owned(),
+                    affinity_entries: 0,
+                    backends: vec![],
+                },
+            ],
+            conntrack_entries: 42,
+            drops: vec![("malformed".to_owned(), 0), ("no_backend".to_owned(), 7)],
+            generated_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn cli_status_renders_services_backends_and_trailer() {
+        let got = render(&sample());
+        let want = "\
+chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12
+  BACKEND           WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
+  198.18.1.11:3000      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
+  198.18.1.12:3000       1  draining            0      0          0/0          0 B/0 B  -
+  198.18.1.13:3000       1  down                0      0          0/0          0 B/0 B  -
+  198.18.1.14:3000       1  down+draining       0      0          0/0          0 B/0 B  -
+
+dns  [2001:db8::53]:53/udp  affinity four-tuple  affinity entries 0
+  no backends
+
+conntrack entries 42
+dropped packets: no_backend 7
+";
+        assert_eq!(got, want, "got:\n{got}");
+    }
+
+    #[test]
+    fn cli_status_empty_snapshot() {
+        assert_eq!(
+            render(&Snapshot::default()),
+            "no services\n\nconntrack entries 0\n"
+        );
+    }
+
+    #[test]
+    fn cli_status_json_round_trips() {
+        let s = sample();
+        let back: Snapshot = serde_json::from_str(&format::json(&s)).unwrap();
+        assert_eq!(back, s);
+    }
+}
