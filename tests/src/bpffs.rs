@@ -27,6 +27,13 @@ impl TempBpffs {
         &self.root
     }
 
+    /// A `[control] socket` path beside the mount (a bpffs holds no
+    /// sockets), removed with it: each test's daemon has its own, so no test
+    /// ever talks to the host's `/run/balancer/control.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        control_socket_of(&self.pin_dir())
+    }
+
     /// A `[bpf] pin_dir` inside this bpffs.
     pub fn pin_dir(&self) -> PathBuf {
         self.root.join("balancer")
@@ -44,5 +51,12 @@ impl Drop for TempBpffs {
         // Unmounting drops every pin in it, so programs pinned there detach.
         let _ = Command::new("umount").arg("-l").arg(&self.root).status();
         let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_file(self.control_socket());
     }
+}
+
+/// The control socket that goes with a pin dir made by [`TempBpffs`].
+pub fn control_socket_of(pin_dir: &Path) -> PathBuf {
+    let root = pin_dir.parent().expect("pin dir inside the mount");
+    PathBuf::from(format!("{}.sock", root.display()))
 }

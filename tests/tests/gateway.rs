@@ -40,7 +40,7 @@ listen = "127.0.0.1:9090"
 pin_dir = "{pin}"
 
 [control]
-socket = "{pin}.sock"
+socket = "{sock}"
 
 [[services]]
 name = "web"
@@ -65,6 +65,7 @@ check = "none"
 {dns}
 "#,
         pin = pin_dir.display(),
+        sock = balancer_tests::bpffs::control_socket_of(pin_dir).display(),
         web = backends(3000),
         dns = backends(5353),
     )
@@ -155,7 +156,10 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
         assert_eq!(&answer.backend, backend);
     }
     // `balancer detach` removes it.
-    let out = balancer(topo.gw(), &["detach", "--pin-dir", pin_dir.to_str().unwrap()]);
+    // With the daemon stopped, its (stale) socket refuses and the CLI removes
+    // the pins itself.
+    let socket = bpffs.control_socket();
+    let out = balancer(topo.gw(), &["detach", "--pin-dir", pin_dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF));
     drop((tcp, udp));

@@ -15,7 +15,10 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use super::{PROMETHEUS_CONTENT_TYPE, Snapshot, page::render_html, render_prometheus};
+use super::{
+    PROMETHEUS_CONTENT_TYPE, Snapshot, TEXT_CONTENT_TYPE, page::render_html, render_prometheus,
+    render_prometheus_text,
+};
 
 /// Where the endpoint gets a fresh [`Snapshot`] for each request. It is
 /// called on a blocking-task thread, so it may read the kernel maps directly.
@@ -78,6 +81,11 @@ async fn handle<B>(
         return Ok(resp);
     }
     let path = path.to_owned();
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let snapshot = match tokio::task::spawn_blocking(move || source()).await {
         Ok(s) => s,
         Err(e) => {
@@ -89,7 +97,10 @@ async fn handle<B>(
         }
     };
     Ok(match path.as_str() {
-        "/metrics" => body(PROMETHEUS_CONTENT_TYPE, render_prometheus(&snapshot)),
+        // Prometheus asks for OpenMetrics; curl, promtool and older
+        // scrapers get the classic text format.
+        "/metrics" if openmetrics => body(PROMETHEUS_CONTENT_TYPE, render_prometheus(&snapshot)),
+        "/metrics" => body(TEXT_CONTENT_TYPE, render_prometheus_text(&snapshot)),
         "/status" => match serde_json::to_string_pretty(&snapshot) {
             Ok(json) => body("application/json", json + "\n"),
             Err(e) => {
@@ -127,8 +138,13 @@ mod tests {
 
     /// One HTTP/1.1 request over a plain socket: (status, head, body).
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        request_with(addr, method, path, "").await
+    }
+
+    /// [`request`] with extra header lines (each ending in `\r\n`).
+    async fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await.expect("write");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read");
@@ -148,14 +164,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, Arc::new(sample)));
 
-        let (status, head, body) = request(addr, "GET", "/metrics").await;
+        // What Prometheus sends: OpenMetrics preferred.
+        let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
+        let (status, head, body) = request_with(addr, "GET", "/metrics", accept).await;
         assert_eq!(status, 200, "{head}");
-        assert!(
-            head.contains(&format!("content-type: {PROMETHEUS_CONTENT_TYPE}")),
-            "{head}"
-        );
+        assert!(head.contains(&format!("content-type: {PROMETHEUS_CONTENT_TYPE}")), "{head}");
         assert_eq!(body, render_prometheus(&sample()));
         assert!(body.contains(r#"balancer_backend_up{service="web",backend="198.18.1.1:8080"} 1"#));
+        // Anyone else: the classic text format.
+        let (status, head, body) = request(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains(&format!("content-type: {TEXT_CONTENT_TYPE}")), "{head}");
+        assert_eq!(body, render_prometheus_text(&sample()));
 
         let (status, head, body) = request(addr, "GET", "/status").await;
         assert_eq!(status, 200, "{head}");
