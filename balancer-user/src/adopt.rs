@@ -70,7 +70,7 @@ pub struct Plan {
 /// from `pinned` where they are still valid.
 pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
     let by_key: HashMap<ServiceKey, &PinnedService> = pinned.services.iter().map(|p| (p.key, p)).collect();
-    let keys: Vec<ServiceKey> = config.services.iter().map(|s| ServiceState::key_of(s)).collect();
+    let keys: Vec<ServiceKey> = config.services.iter().map(ServiceState::key_of).collect();
 
     // Service ids: adopted, then the lowest free ones.
     let mut used_ids: BTreeSet<u32> =

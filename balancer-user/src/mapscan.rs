@@ -290,7 +290,7 @@ fn scan_batch<K: Pod, V: Pod>(
         // at least a key or 8 bytes, and all of them outlive the call.
         let result = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let last = match result {
-            Ok(()) => false,
+            Ok(_) => false,
             // The end: this call's entries (possibly none) are still valid.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             // The next bucket holds more than `chunk` entries (none were
@@ -407,7 +407,7 @@ fn next_key<K: Pod>(fd: BorrowedFd<'_>, key: Option<&K>) -> Result<Option<K>, Sc
     // SAFETY: `key` and `next` are the map's key size and outlive the call.
     match unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
         // SAFETY: the kernel wrote the next key.
-        Ok(()) => Ok(Some(unsafe { next.assume_init() })),
+        Ok(_) => Ok(Some(unsafe { next.assume_init() })),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(io_error) => Err(ScanError::Syscall {
             call: "BPF_MAP_GET_NEXT_KEY",
@@ -430,7 +430,7 @@ fn lookup<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> Result<Option<V>, Scan
     // the call.
     match unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
         // SAFETY: the kernel wrote the value.
-        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(io_error) => Err(ScanError::Syscall {
             call: "BPF_MAP_LOOKUP_ELEM",
@@ -444,13 +444,14 @@ fn bytes_of<T: Pod>(value: &T) -> &[u8] {
     unsafe { slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), mem::size_of::<T>()) }
 }
 
-/// `bpf(cmd, attr, sizeof *attr)`.
+/// `bpf(cmd, attr, sizeof *attr)`: its non-negative result (an fd for
+/// `BPF_MAP_CREATE`), or the errno.
 ///
 /// # Safety
 ///
 /// `A` is the member of `union bpf_attr` that `cmd` reads, and every pointer
 /// in it is valid for what the kernel reads and writes through it.
-unsafe fn sys_bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<()> {
+pub unsafe fn sys_bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live `A` of the size passed; the caller vouches
     // for the pointers inside it.
     let ret = unsafe {
@@ -464,6 +465,6 @@ unsafe fn sys_bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
 }

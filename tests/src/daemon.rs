@@ -103,6 +103,18 @@ impl Daemon {
         }
     }
 
+    /// Wait (at most `limit`) for the daemon to exit by itself.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "balancer run still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9`: the daemon gets no chance to clean up.
     pub fn kill9(mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };

@@ -67,7 +67,7 @@ impl Frame {
 
     pub fn build(&self) -> Vec<u8> {
         let mut options = self.ip_options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0);
         }
         let ihl = 5 + options.len() / 4;

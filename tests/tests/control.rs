@@ -13,7 +13,7 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
-    daemon::{Daemon, cli, cli_ok, status},
+    daemon::{Daemon, cli, cli_ok, status, xdp_attached},
     http::{self, metric, metric_sum},
     require_root, tcp_ask, tcp_connect, tcp_whoami,
     servers::Server,
@@ -525,4 +525,34 @@ fn bad_control_requests_get_one_line_and_change_nothing() {
         assert!(error.starts_with("malformed request") && !error.contains('\n'), "{garbage:?}: {error}");
     }
     assert_eq!((view(&rig.status()), lookups(&rig)), before, "a bad request changed the state");
+}
+
+#[test]
+fn the_cli_shows_status_and_flows_and_detach_removes_everything() {
+    let mut rig = Rig::new(TopologyOpts { clients_v4: 10, ..TopologyOpts::default() }, 3);
+    rig.wait_all_up();
+    let client = rig.topo.clients_v4()[3];
+    let held = rig.connect(client);
+    let backend = ask(&held).unwrap().backend;
+
+    let table = rig.cli_ok(&["status"]);
+    assert!(table.contains("web") && table.contains(&format!("{VIP_V4}:80")), "{table}");
+    for b in ["b1", "b2", "b3"] {
+        let row = table.lines().find(|l| l.contains(&rig.addr(b))).unwrap_or_else(|| panic!("no row for {b}:\n{table}"));
+        assert!(row.contains("up"), "{row}");
+    }
+    let flows = rig.cli_ok(&["flows"]);
+    let row = flows.lines().find(|l| l.contains(&client.to_string())).unwrap_or_else(|| panic!("{client} not in\n{flows}"));
+    assert!(row.contains(&rig.addr(&backend)) && row.contains("open"), "{row}");
+    let lookup = rig.cli_ok(&["lookup", "web", &client.to_string()]);
+    assert!(lookup.contains(&rig.addr(&backend)) && lookup.contains("affinity"), "{lookup}");
+
+    let out = rig.cli_ok(&["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    let status = rig.daemon.take().unwrap().wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "the daemon exits cleanly after detach: {status}");
+    assert!(!xdp_attached(rig.topo.gw(), GW_CLIENT_IF) && !xdp_attached(rig.topo.gw(), GW_BACKEND_IF), "still attached");
+    assert!(!rig.bpffs.pin_dir().exists(), "pins left behind");
+    assert!(!rig.socket().exists(), "the control socket is removed");
+    drop(held);
 }

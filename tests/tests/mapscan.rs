@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapData, MapType};
 use balancer_common::types::{Flow, FlowKey};
 use balancer_tests::require_root;
-use balancer_user::mapscan::{self, Method, ScanError, ScanOptions, ScanStats};
+use balancer_user::mapscan::{self, Method, ScanError, ScanOptions, ScanStats, sys_bpf};
 
 // include/uapi/linux/bpf.h
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -48,25 +48,6 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// # Safety
-///
-/// `A` is what `cmd` reads; its pointers are valid for the call.
-unsafe fn bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: as the caller vouches.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            ptr::from_mut(attr),
-            mem::size_of::<A>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// A map of `FlowKey` → `Flow` of `map_type`, closed on drop.
 fn create_map(map_type: u32, max_entries: u32) -> MapData {
@@ -79,7 +60,7 @@ fn create_map(map_type: u32, max_entries: u32) -> MapData {
         map_flags: 0,
     };
     // SAFETY: BPF_MAP_CREATE reads no pointers from these fields.
-    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.expect("BPF_MAP_CREATE");
+    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &mut attr) }.expect("BPF_MAP_CREATE");
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     MapData::from_fd(fd).expect("MapData::from_fd")
@@ -124,7 +105,7 @@ fn elem(map: &MapData, cmd: libc::c_int, i: u32, flags: u64) -> io::Result<()> {
     };
     // SAFETY: `k` and `v` are the map's key and value size and outlive the
     // call; the kernel only reads them.
-    unsafe { bpf(cmd, &mut attr) }.map(drop)
+    unsafe { sys_bpf(cmd, &mut attr) }.map(drop)
 }
 
 fn insert(map: &MapData, i: u32) -> io::Result<()> {
