@@ -13,6 +13,7 @@ pub mod http;
 pub mod packet;
 pub mod netns;
 pub mod servers;
+pub mod socketio;
 pub mod topology;
 
 pub use netns::{NetNs, require_root};

@@ -4,6 +4,7 @@
 mod bootstrap;
 mod build;
 mod cmd;
+mod npm;
 mod test;
 
 use std::process::ExitCode;

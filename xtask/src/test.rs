@@ -5,7 +5,7 @@ use anyhow::{Result, bail, ensure};
 use crate::{
     bootstrap,
     build::{self, Profile, USER_PACKAGE},
-    cmd,
+    cmd, npm,
 };
 
 /// The integration tests (BPF_PROG_TEST_RUN and network namespaces).
@@ -39,6 +39,7 @@ pub fn run(opts: &Options) -> Result<()> {
          BPF programs and create namespaces"
     );
     bootstrap::ensure()?;
+    npm::ensure_socketio_packages()?;
 
     step(1, "host unit tests (balancer-common)");
     cmd::run(cmd::cargo().args(["test", "-p", COMMON_PACKAGE, "--features", "user"]))?;
@@ -54,7 +55,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     step(
         4,
-        "BPF_PROG_TEST_RUN and network-namespace tests (balancer-tests)",
+        "BPF_PROG_TEST_RUN, network-namespace and Socket.IO tests (balancer-tests)",
     );
     cmd::run(
         cmd::cargo()

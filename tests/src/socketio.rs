@@ -1,0 +1,203 @@
+//! Real Socket.IO (npm's `socket.io` and `socket.io-client`, installed into
+//! `tests/socketio/node_modules` by `cargo xtask test`): server processes in
+//! backend namespaces and a client driver in the client namespace whose
+//! JSON-lines report says, per session, which servers it reached and every
+//! error a user would have seen (see `tests/socketio/driver.js`).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::netns::{NetNs, random_suffix};
+
+fn dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "no npm packages in {}: `cargo xtask test` installs them (npm ci --prefix tests/socketio)",
+        dir.display()
+    );
+    dir
+}
+
+/// A `node server.js NAME PORT` in a backend namespace; killed on drop.
+pub struct SocketIoServer {
+    child: Child,
+}
+
+impl SocketIoServer {
+    /// Start it and wait until it listens.
+    pub fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        let script = dir().join("server.js");
+        let mut child = ns
+            .command("node", [script.to_str().unwrap(), name, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node server.js");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("server output");
+        assert!(line.starts_with("ready"), "{name}: server.js said {line:?}");
+        SocketIoServer { child }
+    }
+
+    /// Kill the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SocketIoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client session to drive.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionSpec {
+    pub address: IpAddr,
+    /// Long-polling only (never upgrades).
+    pub polling: bool,
+}
+
+#[derive(Serialize)]
+struct DriverConfig<'a> {
+    url: String,
+    sessions: &'a [SessionSpec],
+    duration_ms: u64,
+    interval_ms: u64,
+    ack_timeout_ms: u64,
+    reconnection_delay_ms: u64,
+    ready_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SessionError {
+    pub kind: String,
+    pub detail: String,
+    pub at_ms: u64,
+    /// The session's server when it happened.
+    pub server: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Reconnect {
+    pub from: Option<String>,
+    pub to: String,
+    pub after_ms: u64,
+}
+
+/// One session's report.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Session {
+    pub id: usize,
+    pub address: String,
+    pub polling: bool,
+    /// The server holding the session at the end.
+    pub server: Option<String>,
+    /// Every server it was on, in order.
+    pub servers: Vec<String>,
+    pub acks: u64,
+    pub upgraded: bool,
+    /// The first few errors (all are counted in `error_count`).
+    pub errors: Vec<SessionError>,
+    pub error_count: usize,
+    pub reconnects: Vec<Reconnect>,
+    pub connected: bool,
+}
+
+/// A running `node driver.js`.
+pub struct Driver {
+    child: Child,
+    lines: Receiver<serde_json::Value>,
+    config: PathBuf,
+}
+
+impl Driver {
+    /// Drive `sessions` against `url` (the VIP) for `duration` after they
+    /// are all connected; every session sends an acknowledged message every
+    /// 200 ms.
+    pub fn start(ns: &NetNs, vip: SocketAddr, sessions: &[SessionSpec], duration: Duration) -> Self {
+        let config = std::env::temp_dir().join(format!("lbt-sio-{}.json", random_suffix()));
+        let cfg = DriverConfig {
+            url: format!("http://{vip}"),
+            sessions,
+            duration_ms: duration.as_millis() as u64,
+            interval_ms: 200,
+            ack_timeout_ms: 3000,
+            reconnection_delay_ms: 200,
+            ready_timeout_ms: 15_000,
+        };
+        std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let script = dir().join("driver.js");
+        let mut child = ns
+            .command("node", [script.to_str().unwrap(), config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node driver.js");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("driver: {line}"),
+                }
+            }
+        });
+        Driver { child, lines, config }
+    }
+
+    /// Wait for event `name` (other events are passed over); panics after
+    /// `limit`.
+    pub fn wait_for(&self, name: &str, limit: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if v["event"] == name => return v,
+                Ok(_) => {}
+                Err(e) => panic!("driver: no {name:?} event within {limit:?} ({e})"),
+            }
+        }
+    }
+
+    /// Wait for the end of the run; every session's report.
+    pub fn finish(self) -> Vec<Session> {
+        let summary = self.wait_for("summary", Duration::from_secs(120));
+        serde_json::from_value(summary["sessions"].clone()).expect("driver summary")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Session errors in all, every one counted.
+pub fn error_total(sessions: &[Session]) -> usize {
+    sessions.iter().map(|s| s.error_count).sum()
+}
+
+/// The errors kept of every session (the first few of each).
+pub fn errors(sessions: &[Session]) -> Vec<(usize, &SessionError)> {
+    sessions.iter().flat_map(|s| s.errors.iter().map(move |e| (s.id, e))).collect()
+}

@@ -1,0 +1,295 @@
+//! Socket.IO end to end, the problem the balancer exists for: three (then
+//! four) plain Socket.IO servers with no sticky adapter and no shared state,
+//! behind the balancer; sessions from many client addresses, each making
+//! several TCP connections (long-polling requests, then the WebSocket
+//! upgrade; some stay on long-polling). Any request of a session that
+//! reaches another server than the one holding it gets `400 Session ID
+//! unknown`, and the driver counts it, with every other error a user sees.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{
+    Topology, TopologyOpts,
+    bpffs::TempBpffs,
+    daemon::{Daemon, cli_ok, status},
+    http::{self, metric},
+    require_root,
+    socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
+    topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
+};
+
+const PORT: u16 = 3000;
+const METRICS: &str = "127.0.0.1:9100";
+const INTERVAL_MS: u64 = 500;
+const TIMEOUT_MS: u64 = 300;
+const FALL: u64 = 3;
+
+struct Rig {
+    topo: Topology,
+    bpffs: TempBpffs,
+    servers: BTreeMap<String, SocketIoServer>,
+    _daemon: Daemon,
+}
+
+impl Rig {
+    /// Socket.IO servers on three backends behind a `web` service with
+    /// `affinity` (and `extra` service keys), http health checks on
+    /// `/health`.
+    fn new(affinity: &str, extra: &str, opts: TopologyOpts) -> Rig {
+        require_root();
+        let topo = Topology::new(&opts);
+        let bpffs = TempBpffs::new();
+        let servers =
+            topo.backends().iter().map(|b| (b.name().to_owned(), SocketIoServer::start(b.ns(), b.name(), PORT))).collect();
+        let backends: String = topo
+            .backends()
+            .iter()
+            .map(|b| format!("[[services.backends]]\naddress = \"{}:{PORT}\"\n", b.v4()))
+            .collect();
+        let config = format!(
+            r#"
+[interfaces]
+clients = "{GW_CLIENT_IF}"
+backends = "{GW_BACKEND_IF}"
+[metrics]
+listen = "{METRICS}"
+[bpf]
+pin_dir = "{pin}"
+[control]
+socket = "{socket}"
+[[services]]
+name = "web"
+vip = "{VIP_V4}:80"
+affinity = "{affinity}"
+{extra}
+[services.health]
+check = "http"
+path = "/health"
+interval = "{INTERVAL_MS}ms"
+timeout = "{TIMEOUT_MS}ms"
+rise = 2
+fall = {FALL}
+{backends}"#,
+            pin = bpffs.pin_dir().display(),
+            socket = bpffs.control_socket().display(),
+        );
+        let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
+        daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+        let rig = Rig { topo, bpffs, servers, _daemon: daemon };
+        rig.wait_up(3);
+        rig
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.bpffs.control_socket()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        cli_ok(self.topo.gw(), &self.socket(), args)
+    }
+
+    /// Wait until `n` backends are up.
+    fn wait_up(&self, n: usize) {
+        let start = Instant::now();
+        while status(self.topo.gw(), &self.socket()).services[0].backends.iter().filter(|b| b.up).count() != n {
+            assert!(start.elapsed() < Duration::from_secs(10), "{n} backends not up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn addr(&self, name: &str) -> String {
+        let b = self.topo.backends().iter().find(|b| b.name() == name).unwrap();
+        format!("{}:{PORT}", b.v4())
+    }
+
+    /// Sessions from `addresses`: for each, one long-polling-only session
+    /// and `default_per_address` with the default transports.
+    fn sessions(addresses: &[Ipv4Addr], default_per_address: usize) -> Vec<SessionSpec> {
+        addresses
+            .iter()
+            .flat_map(|&a| {
+                let polling = SessionSpec { address: IpAddr::V4(a), polling: true };
+                let default = SessionSpec { address: IpAddr::V4(a), polling: false };
+                std::iter::once(polling).chain(std::iter::repeat_n(default, default_per_address))
+            })
+            .collect()
+    }
+
+    fn drive(&self, sessions: &[SessionSpec], duration: Duration) -> Driver {
+        Driver::start(self.topo.client(), vip(), sessions, duration)
+    }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP_V4), 80)
+}
+
+/// Prints the run's totals; returns the number of session errors.
+fn report(scenario: &str, sessions: &[Session]) -> usize {
+    let errs = errors(sessions);
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, e) in &errs {
+        *by_kind.entry(e.kind.as_str()).or_default() += 1;
+    }
+    let mut per_server: BTreeMap<String, usize> = BTreeMap::new();
+    for s in sessions {
+        *per_server.entry(s.servers.first().cloned().unwrap_or_else(|| "none".into())).or_default() += 1;
+    }
+    let acks: u64 = sessions.iter().map(|s| s.acks).sum();
+    let connections = sessions.iter().filter(|s| s.connected).count();
+    let upgraded = sessions.iter().filter(|s| s.upgraded).count();
+    println!(
+        "{scenario}: {} sessions ({} polling-only, {upgraded} upgraded to WebSocket), {connections} connected, {acks} acked messages, sessions per first server {per_server:?}, session errors {} (kinds, first 10 per session: {by_kind:?})",
+        sessions.len(),
+        sessions.iter().filter(|s| s.polling).count(),
+        error_total(sessions),
+    );
+    for (id, e) in errs.iter().take(5) {
+        println!("  e.g. session {id}: {} {} (on {:?}, at {} ms)", e.kind, e.detail, e.server, e.at_ms);
+    }
+    error_total(sessions)
+}
+
+fn assert_clean(scenario: &str, sessions: &[Session]) {
+    let n = report(scenario, sessions);
+    assert_eq!(n, 0, "{scenario}: session errors");
+    for s in sessions {
+        assert!(s.connected && s.servers.len() == 1 && s.acks > 0, "{scenario}: session {s:?}");
+    }
+}
+
+#[test]
+fn four_tuple_affinity_breaks_socketio_sessions() {
+    // The control case: without source affinity, a session's requests are
+    // spread over the servers, and Socket.IO fails.
+    let rig = Rig::new("four-tuple", "", TopologyOpts { clients_v4: 12, ..TopologyOpts::default() });
+    let sessions = Rig::sessions(&rig.topo.clients_v4()[..12], 1);
+    let report_ = rig.drive(&sessions, Duration::from_secs(4)).finish();
+    let n = report("four-tuple (control)", &report_);
+    assert!(n > 0, "four-tuple balancing produced no session error: the suite would not notice broken affinity");
+    let kinds: BTreeSet<&str> = errors(&report_).iter().map(|(_, e)| e.kind.as_str()).collect();
+    println!("four-tuple error kinds: {kinds:?}");
+}
+
+#[test]
+fn source_ip_sessions_survive_scale_out() {
+    let mut opts = TopologyOpts { clients_v4: 40, ..TopologyOpts::default() };
+    opts.backends = 3;
+    let mut rig = Rig::new("source-ip", "", opts);
+    let clients = rig.topo.clients_v4().to_vec();
+    // 60 live sessions (20 long-polling only) from 20 addresses.
+    let live = Rig::sessions(&clients[..20], 2);
+    let driver = rig.drive(&live, Duration::from_secs(8));
+    let ready = driver.wait_for("ready", Duration::from_secs(20));
+    assert_eq!(ready["connected"], 60, "{ready}");
+
+    // Add a fourth backend while they poll.
+    let b4 = rig.topo.add_backend();
+    let (b4_name, b4_ns) = (b4.name().to_owned(), b4.ns());
+    let server = SocketIoServer::start(b4_ns, &b4_name, PORT);
+    rig.servers.insert(b4_name.clone(), server);
+    let b4_addr = rig.addr(&b4_name);
+    println!("{}", rig.cli_ok(&["backend", "add", "web", &b4_addr]).trim());
+    rig.wait_up(4);
+    // New sessions, from new addresses, while the old ones still run.
+    let fresh = Rig::sessions(&clients[20..40], 0);
+    let newcomers = rig.drive(&fresh, Duration::from_secs(2)).finish();
+    let live = driver.finish();
+    assert_clean("scale-out, live sessions", &live);
+    assert_clean("scale-out, new sessions", &newcomers);
+    let on_b4 = newcomers.iter().filter(|s| s.server.as_deref() == Some(b4_name.as_str())).count();
+    assert!(on_b4 > 0, "no new session reached {b4_name}");
+    println!("scale-out: {on_b4} of {} new sessions on {b4_name}", newcomers.len());
+}
+
+#[test]
+fn source_ip_sessions_survive_drain() {
+    let rig = Rig::new("source-ip", "", TopologyOpts { clients_v4: 40, ..TopologyOpts::default() });
+    let clients = rig.topo.clients_v4().to_vec();
+    let live = Rig::sessions(&clients[..20], 2);
+    let driver = rig.drive(&live, Duration::from_secs(6));
+    driver.wait_for("ready", Duration::from_secs(20));
+    let b1 = rig.addr("b1");
+    println!("{}", rig.cli_ok(&["backend", "drain", "web", &b1]).trim());
+    let fresh = Rig::sessions(&clients[20..40], 0);
+    let newcomers = rig.drive(&fresh, Duration::from_secs(2)).finish();
+    let live = driver.finish();
+    assert_clean("drain, live sessions", &live);
+    assert_clean("drain, new sessions", &newcomers);
+    let kept = live.iter().filter(|s| s.server.as_deref() == Some("b1")).count();
+    assert!(kept > 0, "no live session was on b1 to drain");
+    assert!(newcomers.iter().all(|s| s.server.as_deref() != Some("b1")), "a new session landed on the draining b1");
+    // Its sessions are over: its active count falls to 0.
+    let start = Instant::now();
+    loop {
+        let (_, m) = http::get(rig.topo.gw(), METRICS.parse().unwrap(), "/metrics").unwrap();
+        let active = metric(&m, "balancer_backend_active_connections", &[("backend", b1.as_str())]).unwrap();
+        if active == 0.0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "b1 still has {active} active connections");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("drain: {kept} sessions finished on b1 without error, 0 of {} new sessions on it, its active count 0 after {:?}", newcomers.len(), start.elapsed());
+}
+
+#[test]
+fn a_dead_servers_sessions_reconnect_elsewhere_and_no_other_is_disturbed() {
+    let mut rig = Rig::new("source-ip", "", TopologyOpts { clients_v4: 20, ..TopologyOpts::default() });
+    let clients = rig.topo.clients_v4().to_vec();
+    let live = Rig::sessions(&clients[..20], 2);
+    let driver = rig.drive(&live, Duration::from_secs(8));
+    driver.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = "b2";
+    let killed_at = Instant::now();
+    rig.servers.remove(victim).unwrap().kill();
+    let sessions = driver.finish();
+    let _ = killed_at;
+    report("failure", &sessions);
+    let bound = Duration::from_millis(FALL * INTERVAL_MS + TIMEOUT_MS + 1000);
+    let mut moved = 0;
+    for s in &sessions {
+        if s.servers.first().map(String::as_str) == Some(victim) {
+            let r = s.reconnects.first().unwrap_or_else(|| panic!("session {} on {victim} never reconnected: {s:?}", s.id));
+            assert_ne!(r.to, victim);
+            // Socket.IO retries every 200-400 ms: allow one retry interval.
+            assert!(
+                Duration::from_millis(r.after_ms) <= bound + Duration::from_millis(400),
+                "session {} reconnected after {} ms (bound {bound:?})",
+                s.id,
+                r.after_ms
+            );
+            moved += 1;
+        } else {
+            assert!(s.error_count == 0, "session {} on {:?} was disturbed: {:?}", s.id, s.servers, s.errors);
+        }
+    }
+    assert!(moved > 0, "no session was on {victim}");
+    let worst = sessions.iter().flat_map(|s| &s.reconnects).map(|r| r.after_ms).max().unwrap();
+    let undisturbed = sessions.len() - moved;
+    println!("failure: {moved} sessions on {victim} reconnected elsewhere (slowest {worst} ms, bound {bound:?} + one retry); {undisturbed} others had 0 errors");
+}
+
+#[test]
+fn a_slash_24_prefix_puts_a_whole_network_on_one_backend() {
+    let opts = TopologyOpts { clients_v4: 1, extra_nets: vec![2, 3, 4, 5], clients_per_extra_net: 5, ..TopologyOpts::default() };
+    let rig = Rig::new("source-ip", "source_prefix_v4 = 24", opts);
+    let addresses = rig.topo.clients_extra_v4().to_vec();
+    let sessions = rig.drive(&Rig::sessions(&addresses, 1), Duration::from_secs(3)).finish();
+    assert_clean("/24 prefix", &sessions);
+    let mut by_net: BTreeMap<u8, BTreeSet<String>> = BTreeMap::new();
+    for s in &sessions {
+        let ip: Ipv4Addr = s.address.parse().unwrap();
+        by_net.entry(ip.octets()[2]).or_default().insert(s.server.clone().unwrap());
+    }
+    for (net, servers) in &by_net {
+        assert_eq!(servers.len(), 1, "198.18.{net}.0/24 spread over {servers:?}");
+    }
+    println!("/24 prefix: {} sessions from {} networks, one backend each: {by_net:?}", sessions.len(), by_net.len());
+}
