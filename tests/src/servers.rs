@@ -271,10 +271,13 @@ fn serve_tcp(stream: TcpStream, name: &str, peer: SocketAddr) {
             format!("{name}\n")
         };
         if (&stream).write_all(answer.as_bytes()).is_err() {
-            return;
+            break;
         }
         line.clear();
     }
+    // Close now, as a real server does: the clone `accept_loop` keeps for
+    // stopping would otherwise hold the socket open, and the FIN back.
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 fn udp_loop(socket: &UdpSocket, name: &str, stop: &AtomicBool) {

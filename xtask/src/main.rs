@@ -4,6 +4,7 @@
 mod bootstrap;
 mod build;
 mod cmd;
+mod demo;
 mod npm;
 mod test;
 
@@ -30,7 +31,8 @@ enum Command {
     Build(build::Options),
     /// Unit tests, BPF_PROG_TEST_RUN tests and network-namespace tests (needs root).
     Test(test::Options),
-    /// A throwaway netns topology with the balancer and client traffic (not implemented yet).
+    /// A throwaway netns topology (clients, gateway, three backends) with the
+    /// balancer and client traffic, until Ctrl-C; then removes it all.
     Demo,
     /// The performance figures (not implemented yet).
     Bench,
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Build(opts) => build::run(&opts),
         Command::Test(opts) => test::run(&opts),
-        Command::Demo => not_implemented("demo"),
+        Command::Demo => demo::run(),
         Command::Bench => not_implemented("bench"),
     };
     match result {
