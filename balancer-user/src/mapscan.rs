@@ -83,14 +83,14 @@ const _: () = assert!(mem::size_of::<BatchAttr>() == 56);
 /// The member of `union bpf_attr` for the `BPF_MAP_*_ELEM` and
 /// `BPF_MAP_GET_NEXT_KEY` commands.
 #[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
+pub struct ElemAttr {
+    pub map_fd: u32,
+    pub _pad: u32,
     /// 0 (NULL) for `BPF_MAP_GET_NEXT_KEY`'s first key.
-    key: u64,
+    pub key: u64,
     /// `value`, or `next_key` for `BPF_MAP_GET_NEXT_KEY`.
-    value: u64,
-    flags: u64,
+    pub value: u64,
+    pub flags: u64,
 }
 const _: () = assert!(mem::size_of::<ElemAttr>() == 32);
 

@@ -16,10 +16,10 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
-    daemon::{Daemon, cli, cli_ok},
+    daemon::{Daemon, backends_toml, cli, cli_ok, config_head},
     netns::NetNs,
     tcp_ask, tcp_whoami,
-    topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
+    topology::VIP_V4,
 };
 
 const METRICS_IN_GW: &str = "127.0.0.1:9100";
@@ -42,19 +42,10 @@ fn main() {
     let bpffs = TempBpffs::new();
     let servers: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
     let socket = bpffs.control_socket();
-    let backends: String =
-        topo.backends().iter().map(|b| format!("[[services.backends]]\naddress = \"{}:3000\"\n", b.v4())).collect();
+    let backends = backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), 3000)));
     let config = format!(
         r#"# The demo's config: one source-ip service, tcp health checks.
-[interfaces]
-clients = "{GW_CLIENT_IF}"
-backends = "{GW_BACKEND_IF}"
-[metrics]
-listen = "{METRICS_IN_GW}"
-[bpf]
-pin_dir = "{pin}"
-[control]
-socket = "{socket}"
+{head}
 [[services]]
 name = "demo"
 vip = "{VIP_V4}:80"
@@ -65,8 +56,7 @@ check = "tcp"
 interval = "1s"
 timeout = "500ms"
 {backends}"#,
-        pin = bpffs.pin_dir().display(),
-        socket = socket.display(),
+        head = config_head(&bpffs, METRICS_IN_GW),
     );
     println!("{config}");
     let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);

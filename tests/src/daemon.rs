@@ -8,7 +8,11 @@ use std::{
 
 use balancer_user::metrics::Snapshot;
 
-use crate::netns::NetNs;
+use crate::{
+    bpffs::TempBpffs,
+    netns::NetNs,
+    topology::{GW_BACKEND_IF, GW_CLIENT_IF},
+};
 
 /// The `balancer` binary under test: `$BALANCER_BIN` (set by `cargo xtask
 /// test`), else the workspace's release build.
@@ -27,6 +31,26 @@ pub fn balancer(ns: &NetNs, args: &[&str]) -> Output {
     let mut all = vec![bin.to_str().unwrap()];
     all.extend_from_slice(args);
     ns.command(all[0], &all[1..]).output().expect("run balancer")
+}
+
+/// The config sections every test daemon shares: the topology's gateway
+/// interfaces, metrics on `metrics` (inside the gateway namespace), and the
+/// pin dir and control socket of `bpffs` (each test its own). Services
+/// follow.
+pub fn config_head(bpffs: &TempBpffs, metrics: &str) -> String {
+    format!(
+        "[interfaces]\nclients = \"{GW_CLIENT_IF}\"\nbackends = \"{GW_BACKEND_IF}\"\n\
+         [metrics]\nlisten = \"{metrics}\"\n\
+         [bpf]\npin_dir = \"{}\"\n\
+         [control]\nsocket = \"{}\"\n",
+        bpffs.pin_dir().display(),
+        bpffs.control_socket().display()
+    )
+}
+
+/// `[[services.backends]]` entries, one per address.
+pub fn backends_toml(addresses: impl IntoIterator<Item = std::net::SocketAddr>) -> String {
+    addresses.into_iter().map(|a| format!("[[services.backends]]\naddress = \"{a}\"\n")).collect()
 }
 
 /// `balancer ARGS --socket SOCKET` in `ns`.

@@ -13,7 +13,7 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
-    daemon::{Daemon, cli, cli_ok, status, xdp_attached},
+    daemon::{Daemon, backends_toml, cli, cli_ok, config_head, status, xdp_attached},
     http::{self, metric, metric_sum},
     require_root, tcp_ask, tcp_connect, tcp_whoami,
     servers::Server,
@@ -48,21 +48,9 @@ impl Rig {
         let bpffs = TempBpffs::new();
         let servers =
             topo.backends().iter().map(|b| (b.name().to_owned(), Some(tcp_whoami(b.ns(), b.name(), PORT)))).collect();
-        let backends: String = topo.backends()[..in_config]
-            .iter()
-            .map(|b| format!("[[services.backends]]\naddress = \"{}:{PORT}\"\n", b.v4()))
-            .collect();
+        let backends = backends_toml(topo.backends()[..in_config].iter().map(|b| SocketAddr::new(b.v4().into(), PORT)));
         let config = format!(
-            r#"
-[interfaces]
-clients = "{GW_CLIENT_IF}"
-backends = "{GW_BACKEND_IF}"
-[metrics]
-listen = "{METRICS}"
-[bpf]
-pin_dir = "{pin}"
-[control]
-socket = "{socket}"
+            r#"{head}
 [[services]]
 name = "web"
 vip = "{VIP_V4}:80"
@@ -75,8 +63,7 @@ timeout = "{timeout}ms"
 rise = {RISE}
 fall = {FALL}
 {backends}"#,
-            pin = bpffs.pin_dir().display(),
-            socket = bpffs.control_socket().display(),
+            head = config_head(&bpffs, METRICS),
             interval = INTERVAL.as_millis(),
             timeout = CHECK_TIMEOUT.as_millis(),
         );

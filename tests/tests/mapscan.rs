@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapData, MapType};
 use balancer_common::types::{Flow, FlowKey};
 use balancer_tests::require_root;
-use balancer_user::mapscan::{self, Method, ScanError, ScanOptions, ScanStats, sys_bpf};
+use balancer_user::mapscan::{self, Method, ScanError, ScanOptions, ScanStats, sys_bpf, ElemAttr};
 
 // include/uapi/linux/bpf.h
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -38,15 +38,6 @@ struct CreateAttr {
     map_flags: u32,
 }
 
-/// `union bpf_attr` for the `BPF_MAP_*_ELEM` commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 
 /// A map of `FlowKey` → `Flow` of `map_type`, closed on drop.

@@ -16,11 +16,11 @@ use std::{
 use balancer_tests::{
     Topology, TopologyOpts,
     bpffs::TempBpffs,
-    daemon::{Daemon, cli_ok, status},
+    daemon::{Daemon, backends_toml, cli_ok, config_head, status},
     http::{self, metric},
     require_root,
     socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
-    topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
+    topology::VIP_V4,
 };
 
 const PORT: u16 = 3000;
@@ -46,22 +46,9 @@ impl Rig {
         let bpffs = TempBpffs::new();
         let servers =
             topo.backends().iter().map(|b| (b.name().to_owned(), SocketIoServer::start(b.ns(), b.name(), PORT))).collect();
-        let backends: String = topo
-            .backends()
-            .iter()
-            .map(|b| format!("[[services.backends]]\naddress = \"{}:{PORT}\"\n", b.v4()))
-            .collect();
+        let backends = backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), PORT)));
         let config = format!(
-            r#"
-[interfaces]
-clients = "{GW_CLIENT_IF}"
-backends = "{GW_BACKEND_IF}"
-[metrics]
-listen = "{METRICS}"
-[bpf]
-pin_dir = "{pin}"
-[control]
-socket = "{socket}"
+            r#"{head}
 [[services]]
 name = "web"
 vip = "{VIP_V4}:80"
@@ -75,8 +62,7 @@ timeout = "{TIMEOUT_MS}ms"
 rise = 2
 fall = {FALL}
 {backends}"#,
-            pin = bpffs.pin_dir().display(),
-            socket = bpffs.control_socket().display(),
+            head = config_head(&bpffs, METRICS),
         );
         let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
         daemon.wait_serving(topo.gw(), &bpffs.control_socket());

@@ -73,11 +73,11 @@ impl Fixture {
         (result.return_value, out)
     }
 
-    fn from_client(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_client_frame(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_on(self.client_if, frame)
     }
 
-    fn from_backend(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_backend_frame(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_on(self.backend_if, frame)
     }
 
@@ -206,7 +206,7 @@ fn backend_index(addr: std::net::IpAddr) -> u8 {
 fn vip_syn_is_natted_to_the_predicted_backend_and_forwarded() {
     with_fixture(|fx| {
         let frame = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_SYN).build();
-        let (verdict, out) = fx.from_client(&frame);
+        let (verdict, out) = fx.run_client_frame(&frame);
         assert_eq!(verdict, XDP_REDIRECT, "VIP SYN is redirected to the backend side");
         let want = predicted(fx.service("web"), "198.18.0.1", 40000);
         let p = parse(&out);
@@ -223,7 +223,7 @@ fn vip_syn_is_natted_to_the_predicted_backend_and_forwarded() {
         // The same flow's next packet takes the conntrack path to the same
         // backend; so does a second connection from the same client.
         let data = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_ACK | TCP_PSH).build();
-        let (verdict, out) = fx.from_client(&data);
+        let (verdict, out) = fx.run_client_frame(&data);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(IpAddr::V4(parse(&out).dst), want.ip());
         assert_checksums_valid(&out);
@@ -239,7 +239,7 @@ fn vip_syn_is_natted_to_the_predicted_backend_and_forwarded() {
 fn backend_reply_is_natted_back_to_the_vip() {
     with_fixture(|fx| {
         let syn = Frame::tcp("198.18.0.1", 40001, "198.18.0.100", 80, TCP_SYN).build();
-        let (_, out) = fx.from_client(&syn);
+        let (_, out) = fx.run_client_frame(&syn);
         let backend = parse(&out);
 
         let reply = Frame {
@@ -248,7 +248,7 @@ fn backend_reply_is_natted_back_to_the_vip() {
             ..Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.1", 40001, TCP_SYN | TCP_ACK)
         }
         .build();
-        let (verdict, out) = fx.from_backend(&reply);
+        let (verdict, out) = fx.run_backend_frame(&reply);
         assert_eq!(verdict, XDP_REDIRECT, "reply redirected to the client side");
         let p = parse(&out);
         assert_eq!((p.src.to_string().as_str(), p.sport), ("198.18.0.100", 80), "SNAT back to the VIP");
@@ -266,10 +266,10 @@ fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac() {
     with_fixture(|fx| {
         let client_mac = [0x02, 0, 0, 0, 0x0c, 0xc9];
         let syn = Frame { src_mac: client_mac, dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.201", 40010, "198.18.0.100", 80, TCP_SYN) }.build();
-        let (_, out) = fx.from_client(&syn);
+        let (_, out) = fx.run_client_frame(&syn);
         let backend = parse(&out);
         let reply = Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.201", 40010, TCP_SYN | TCP_ACK).build();
-        let (verdict, out) = fx.from_backend(&reply);
+        let (verdict, out) = fx.run_backend_frame(&reply);
         assert_eq!(verdict, XDP_REDIRECT, "not handed to the kernel, which would drop a VIP-sourced packet");
         let p = parse(&out);
         assert_eq!((p.dst_mac, p.src_mac), (client_mac, CLIENT_IF_MAC), "the MACs of the client's own SYN, swapped");
@@ -283,7 +283,7 @@ fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac() {
 fn udp_vip_is_natted_with_and_without_checksum() {
     with_fixture(|fx| {
         let frame = Frame::udp("198.18.0.7", 5000, "198.18.0.100", 53).build();
-        let (verdict, out) = fx.from_client(&frame);
+        let (verdict, out) = fx.run_client_frame(&frame);
         assert_eq!(verdict, XDP_REDIRECT);
         let want = predicted(fx.service("dns"), "198.18.0.7", 5000);
         let p = parse(&out);
@@ -291,7 +291,7 @@ fn udp_vip_is_natted_with_and_without_checksum() {
         assert_checksums_valid(&out);
 
         let no_sum = Frame { udp_no_checksum: true, ..Frame::udp("198.18.0.7", 5001, "198.18.0.100", 53) }.build();
-        let (verdict, out) = fx.from_client(&no_sum);
+        let (verdict, out) = fx.run_client_frame(&no_sum);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse(&out).l4_checksum, 0, "a UDP checksum of 0 (none) stays 0");
         assert_checksums_valid(&out);
@@ -305,7 +305,7 @@ fn ipv4_options_are_kept_and_the_packet_natted() {
         // Record-route-ish NOPs and an end-of-options: 8 bytes, IHL 7.
         f.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
         let frame = f.build();
-        let (verdict, out) = fx.from_client(&frame);
+        let (verdict, out) = fx.run_client_frame(&frame);
         assert_eq!(verdict, XDP_REDIRECT);
         let want = predicted(fx.service("web"), "198.18.0.9", 40002);
         let p = parse(&out);
@@ -329,14 +329,14 @@ fn traffic_not_for_a_vip_passes_untouched() {
         ];
         for (what, frame) in cases {
             let before = fx.counter(Counter::PassNotOurs);
-            let (verdict, out) = fx.from_client(&frame);
+            let (verdict, out) = fx.run_client_frame(&frame);
             assert_eq!(verdict, XDP_PASS, "{what}");
             assert_eq!(out, frame, "{what}: bytes untouched");
             assert_eq!(fx.counter(Counter::PassNotOurs), before + 1, "{what}: counted");
         }
         let mut arp = Frame::tcp("198.18.0.1", 1, "198.18.0.100", 80, TCP_SYN).build();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert_eq!(fx.from_client(&arp), (XDP_PASS, arp.clone()), "non-IP ethertype");
+        assert_eq!(fx.run_client_frame(&arp), (XDP_PASS, arp.clone()), "non-IP ethertype");
     });
 }
 
@@ -348,7 +348,7 @@ fn truncated_frames_at_every_length_pass_untouched() {
         for len in ETH_LEN..full.len() {
             let cut = &full[..len];
             let before = fx.counter(Counter::PassTruncated);
-            let (verdict, out) = fx.from_client(cut);
+            let (verdict, out) = fx.run_client_frame(cut);
             assert_eq!(verdict, XDP_PASS, "cut at {len}");
             assert_eq!(out, cut, "cut at {len}: untouched");
             assert_eq!(fx.counter(Counter::PassTruncated), before + 1, "cut at {len}: counted as truncated");
@@ -356,10 +356,10 @@ fn truncated_frames_at_every_length_pass_untouched() {
         // An IHL below 5 and a total length beyond the frame are malformed too.
         let mut bad_ihl = full.clone();
         bad_ihl[ETH_LEN] = 0x44;
-        assert_eq!(fx.from_client(&bad_ihl), (XDP_PASS, bad_ihl.clone()));
+        assert_eq!(fx.run_client_frame(&bad_ihl), (XDP_PASS, bad_ihl.clone()));
         let mut long_total = full.clone();
         long_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&2000u16.to_be_bytes());
-        assert_eq!(fx.from_client(&long_total), (XDP_PASS, long_total.clone()));
+        assert_eq!(fx.run_client_frame(&long_total), (XDP_PASS, long_total.clone()));
         assert_eq!(fx.counter(Counter::ForwardToBackend), 0, "nothing truncated was forwarded");
     });
 }
@@ -374,7 +374,7 @@ fn fragments_pass_untouched() {
         later.frag_offset = 185;
         let later = later.build();
         for (what, frame) in [("first fragment", first), ("non-first fragment", later)] {
-            let (verdict, out) = fx.from_client(&frame);
+            let (verdict, out) = fx.run_client_frame(&frame);
             assert_eq!(verdict, XDP_PASS, "{what}");
             assert_eq!(out, frame, "{what}: untouched");
         }
@@ -388,7 +388,7 @@ fn expiring_ttl_is_left_to_the_kernel() {
         let mut f = Frame::tcp("198.18.0.1", 40004, "198.18.0.100", 80, TCP_SYN);
         f.ttl = 1;
         let frame = f.build();
-        assert_eq!(fx.from_client(&frame), (XDP_PASS, frame.clone()));
+        assert_eq!(fx.run_client_frame(&frame), (XDP_PASS, frame.clone()));
         assert_eq!(fx.counter(Counter::PassTtlExpired), 1);
     });
 }
@@ -397,7 +397,7 @@ fn expiring_ttl_is_left_to_the_kernel() {
 fn a_service_without_backends_drops_with_a_reason() {
     with_fixture(|fx| {
         let frame = Frame::tcp("198.18.0.1", 40005, "198.18.0.100", 81, TCP_SYN).build();
-        assert_eq!(fx.from_client(&frame).0, XDP_DROP);
+        assert_eq!(fx.run_client_frame(&frame).0, XDP_DROP);
         assert_eq!(fx.counter(Counter::DropNoBackend), 1);
     });
 }
@@ -412,7 +412,7 @@ fn kernel_choice_matches_userspace_lookup_for_100_clients() {
                 let client = format!("198.18.{}.{}", 100 + i / 50, 1 + i % 50);
                 let sport = 20000 + i;
                 let frame = Frame::tcp(&client, sport, "198.18.0.100", svc.config.vip.port(), TCP_SYN).build();
-                let (verdict, out) = fx.from_client(&frame);
+                let (verdict, out) = fx.run_client_frame(&frame);
                 assert_eq!(verdict, XDP_REDIRECT, "{client}");
                 let p = parse(&out);
                 let want = predicted(svc, &client, sport);
@@ -428,16 +428,16 @@ fn kernel_choice_matches_userspace_lookup_for_100_clients() {
 fn fin_and_rst_are_recorded_and_a_new_syn_reopens() {
     with_fixture(|fx| {
         let syn = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_SYN).build();
-        let (_, out) = fx.from_client(&syn);
+        let (_, out) = fx.run_client_frame(&syn);
         let backend = parse(&out);
         let fin = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_FIN | TCP_ACK).build();
-        fx.from_client(&fin);
+        fx.run_client_frame(&fin);
         let reply_fin = Frame {
             src_mac: backend_mac(backend_index(IpAddr::V4(backend.dst))),
             ..Frame::tcp(&backend.dst.to_string(), backend.dport, "198.18.0.2", 40006, TCP_FIN | TCP_ACK)
         }
         .build();
-        assert_eq!(fx.from_backend(&reply_fin).0, XDP_REDIRECT);
+        assert_eq!(fx.run_backend_frame(&reply_fin).0, XDP_REDIRECT);
         let (src, _) = to_words("198.18.0.2".parse().unwrap());
         let (vip, family) = to_words("198.18.0.100".parse().unwrap());
         let key = FlowKey { src, dst: vip, sport: 40006u16.to_be(), dport: 80u16.to_be(), proto: 6, family, _pad: [0; 2] };
@@ -447,7 +447,7 @@ fn fin_and_rst_are_recorded_and_a_new_syn_reopens() {
         // Port reuse: a SYN on the closed flow counts as a new connection.
         let id = fx.service("web").backend(std::net::SocketAddr::new(IpAddr::V4(backend.dst), backend.dport)).unwrap().id;
         let before = fx.dataplane.backend_stats(id).unwrap().connections_total;
-        let (verdict, out) = fx.from_client(&syn);
+        let (verdict, out) = fx.run_client_frame(&syn);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse(&out).dst, backend.dst, "affinity keeps the client on its backend");
         assert_eq!(fx.dataplane.backend_stats(id).unwrap().connections_total, before + 1);
