@@ -155,7 +155,7 @@ impl Collector for SnapshotCollector {
         family(
             &mut enc,
             "balancer_backend_active_connections",
-            "Connections currently tracked to the backend",
+            "Open connections to the backend: not closed by FIN from both sides or RST, and not idle past the timeout (recounted from conntrack)",
             backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(b.active_connections))),
         )?;
         family(
