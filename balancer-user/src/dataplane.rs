@@ -47,6 +47,8 @@ pub struct DataPlane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
+    /// `MAGLEV` again, untyped, for batched table writes.
+    maglev_batch: MapData,
     maglev_capacity: u32,
 }
 
@@ -130,6 +132,7 @@ impl DataPlane {
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
             conntrack: take_map(&mut ebpf, maps::CONNTRACK)?,
             affinity: take_map(&mut ebpf, maps::AFFINITY)?,
+            maglev_batch: MapData::from_pin(pin_dir.join(maps::MAGLEV)).context("opening the pinned MAGLEV")?,
             maglev_capacity,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -161,6 +164,19 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading CONNTRACK"),
         }
+    }
+
+    /// Write a table half at `base`: batched, or slot by slot on a kernel
+    /// without batch updates.
+    fn write_table(&mut self, base: u32, table: &[u32]) -> anyhow::Result<()> {
+        let slots: Vec<u32> = (base..base + table.len() as u32).collect();
+        if crate::mapscan::update_batch(&self.maglev_batch, &slots, table).context("writing MAGLEV")? {
+            return Ok(());
+        }
+        for (&slot, id) in slots.iter().zip(table) {
+            self.maglev.set(slot, id, 0).context("writing MAGLEV")?;
+        }
+        Ok(())
     }
 
     /// The client's affinity entry, if it has one.
@@ -293,9 +309,7 @@ impl DataPlane {
         }
         let table = service.next_table();
         let base = service.table_base + next * service.config.table_size;
-        for (slot, id) in table.iter().enumerate() {
-            self.maglev.set(base + slot as u32, id, 0).context("writing MAGLEV")?;
-        }
+        self.write_table(base, &table)?;
         self.services
             .insert(key, service.map_value(next, !table.is_empty()), 0)
             .context("writing SERVICES")?;
