@@ -32,9 +32,13 @@ pub enum Counter {
     PassNoRedirectDev = 11,
     /// Reply forwarded to the client's learned MAC: the FIB had no neighbour.
     NoNeighbourLearnedMac = 12,
+    /// Aborted (XDP_ABORTED, a drop): a header the parser had checked was
+    /// out of bounds when rewritten. Should stay 0; counted so that no drop
+    /// goes unexplained.
+    DropInternal = 13,
 }
 
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -51,6 +55,7 @@ impl Counter {
         Counter::ForwardToClient,
         Counter::PassNoRedirectDev,
         Counter::NoNeighbourLearnedMac,
+        Counter::DropInternal,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -59,6 +64,7 @@ impl Counter {
             Counter::DropNoBackend => Some("no_backend"),
             Counter::DropBackendDown => Some("backend_down"),
             Counter::DropMalformed => Some("malformed"),
+            Counter::DropInternal => Some("internal_error"),
             _ => None,
         }
     }
@@ -78,6 +84,7 @@ impl Counter {
             Counter::ForwardToClient => "forward_to_client",
             Counter::PassNoRedirectDev => "pass_no_redirect_dev",
             Counter::NoNeighbourLearnedMac => "forward_to_learned_mac",
+            Counter::DropInternal => "drop_internal",
         }
     }
 }

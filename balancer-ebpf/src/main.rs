@@ -28,7 +28,10 @@ use crate::parse::{Parsed, parse};
 pub fn balancer_xdp(ctx: XdpContext) -> u32 {
     match try_balancer(&ctx) {
         Ok(action) => action,
-        Err(()) => xdp_action::XDP_ABORTED,
+        Err(()) => {
+            stats::count(Counter::DropInternal);
+            xdp_action::XDP_ABORTED
+        }
     }
 }
 

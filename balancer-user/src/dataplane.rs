@@ -52,21 +52,24 @@ pub struct DataPlane {
     maglev_capacity: u32,
 }
 
-/// Key and value sizes of every map, as this build defines them: a map
-/// pinned by another build with other layouts must not be reused.
-fn expected_layout(name: &str) -> (usize, usize) {
+/// Key size, value size and capacity of every map, as this build defines
+/// them (capacity `None` for `MAGLEV`, sized at creation): a map pinned by
+/// another build with another layout must not be reused.
+fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
     use std::mem::size_of as s;
+
+    use balancer_common::maps::{MAX_AFFINITY, MAX_FLOWS, MAX_REDIRECT_DEVS, MAX_SERVICES};
     match name {
-        maps::SERVICES => (s::<ServiceKey>(), s::<Service>()),
-        maps::BACKENDS => (s::<u32>(), s::<Backend>()),
-        maps::MAGLEV => (s::<u32>(), s::<u32>()),
+        maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
+        maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
+        maps::MAGLEV => (s::<u32>(), s::<u32>(), None),
         // `struct bpf_devmap_val`: ifindex and a program fd.
-        maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>()),
-        maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>()),
-        maps::REVERSE_NAT => (s::<FlowKey>(), s::<ReverseNat>()),
-        maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>()),
-        maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>()),
-        maps::COUNTERS => (s::<u32>(), s::<u64>()),
+        maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>(), Some(MAX_REDIRECT_DEVS)),
+        maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>(), Some(MAX_FLOWS)),
+        maps::REVERSE_NAT => (s::<FlowKey>(), s::<ReverseNat>(), Some(MAX_FLOWS)),
+        maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(MAX_AFFINITY)),
+        maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>(), Some(MAX_BACKENDS)),
+        maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_COUNT)),
         _ => unreachable!("map {name} has no expected layout"),
     }
 }
@@ -83,14 +86,17 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
-        let (key, value) = expected_layout(name);
-        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+        let (key, value, entries) = expected_layout(name);
+        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if (found.0, found.1) != (key, value) || entries.is_some_and(|n| n != found.2) {
             bail!(
-                "the pinned map {} has {}-byte keys and {}-byte values, this build uses {key} and {value}: \
-                 it was made by another version (`balancer detach --pin-dir {}` removes it, and the live flows)",
+                "the pinned map {} has {}-byte keys, {}-byte values and {} entries, this build uses {key}, {value} \
+                 and {}: it was made by another version (`balancer detach --pin-dir {}` removes it, and the live flows)",
                 path.display(),
-                info.key_size(),
-                info.value_size(),
+                found.0,
+                found.1,
+                found.2,
+                entries.map_or_else(|| "any".to_owned(), |n| n.to_string()),
                 pin_dir.display()
             );
         }

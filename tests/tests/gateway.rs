@@ -195,3 +195,30 @@ fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
         println!("{what}: {}", lines[0]);
     }
 }
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
+    require_root();
+    let topo = Topology::new(&TopologyOpts { backends: 1, ..TopologyOpts::default() });
+    let bpffs = TempBpffs::new();
+    let pin_dir = bpffs.pin_dir();
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    // As an older build left it: a counter array one entry short.
+    let counters = aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(
+        balancer_common::counters::COUNTER_COUNT - 1,
+        0,
+    )
+    .expect("create a per-CPU array");
+    counters.pin(pin_dir.join(balancer_common::maps::COUNTERS)).expect("pin it");
+    let path = std::env::temp_dir().join(format!("lbt-old-{}.toml", balancer_tests::netns::random_suffix()));
+    std::fs::write(&path, config(&topo, &pin_dir)).unwrap();
+    let out = balancer(topo.gw(), &["run", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got {stderr:?}");
+    assert!(lines[0].contains("COUNTERS") && lines[0].contains("another version"), "{}", lines[0]);
+    assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF));
+    println!("{}", lines[0]);
+}
