@@ -15,6 +15,7 @@ pub mod netns;
 pub mod servers;
 pub mod socketio;
 pub mod topology;
+pub mod xdp_fixture;
 
 pub use netns::{NetNs, require_root};
 pub use servers::{
