@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod npm;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -29,7 +30,8 @@ enum Command {
     /// Install what is missing (rust-src for nightly, bpf-linker), then build
     /// the kernel object and the `balancer` binary.
     Build(build::Options),
-    /// Unit tests, BPF_PROG_TEST_RUN tests and network-namespace tests (needs root).
+    /// Unit tests, BPF_PROG_TEST_RUN tests and network-namespace tests (needs
+    /// root); with --vm, the integration suite in QEMU on Debian kernels.
     Test(test::Options),
     /// A throwaway netns topology (clients, gateway, three backends) with the
     /// balancer and client traffic, until Ctrl-C; then removes it all.

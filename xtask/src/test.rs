@@ -1,11 +1,13 @@
 //! `cargo xtask test`: every test tier on the host, in order, failing fast.
 
-use anyhow::{Result, bail, ensure};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
 
 use crate::{
     bootstrap,
     build::{self, Profile, USER_PACKAGE},
-    cmd, npm,
+    cmd, npm, vm,
 };
 
 /// The integration tests (BPF_PROG_TEST_RUN and network namespaces).
@@ -15,13 +17,17 @@ const STEPS: usize = 4;
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Run the integration suite inside a QEMU VM instead of on the host
-    /// (not implemented yet).
+    /// Run the integration suite inside a QEMU VM booting Debian kernel
+    /// packages instead of on the host (no root needed on the host).
     #[arg(long)]
     vm: bool,
-    /// With --vm: a Debian kernel version to boot (repeatable).
+    /// With --vm: a Debian kernel version to boot (repeatable): `6.1` picks
+    /// the newest linux-image-6.1.*-cloud-amd64. Default: 6.1 and 6.12.
     #[arg(long = "kernel", value_name = "VER", requires = "vm")]
     kernels: Vec<String>,
+    /// With --vm: the limit on one kernel's run, boot to power-off, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, requires = "vm")]
+    vm_timeout: u64,
     /// Arguments for the integration test binaries, after `--` (e.g. a test
     /// name filter, `--nocapture`).
     #[arg(last = true, value_name = "ARGS")]
@@ -30,7 +36,11 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     if opts.vm {
-        bail!("`cargo xtask test --vm` is not implemented yet");
+        return vm::run(&vm::Options {
+            kernels: &opts.kernels,
+            args: &opts.args,
+            timeout: Duration::from_secs(opts.vm_timeout),
+        });
     }
     ensure!(
         // SAFETY: geteuid has no preconditions and cannot fail.

@@ -1,0 +1,394 @@
+//! `cargo xtask test --vm`: the integration suite inside QEMU, booting
+//! Debian's cloud kernel packages, so it runs on kernels other than the
+//! host's and without root on the host.
+//!
+//! Per kernel: fetch and unpack the package ([`kernel`]), write a newc
+//! initramfs with the test binaries, the balancer, the tools they run and
+//! the modules they need ([`guest`], [`initramfs`]), boot it and read the
+//! result from the serial console ([`qemu`]).
+
+mod guest;
+mod initramfs;
+mod kernel;
+mod qemu;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::Stdio,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{
+    bootstrap,
+    build::{self, Profile},
+    cmd, npm,
+};
+use guest::{Payload, Run};
+use qemu::{End, Machine, Transcript};
+
+const TESTS_PACKAGE: &str = "balancer-tests";
+/// Guest memory: the initramfs (a few hundred MiB, unpacked into RAM) and
+/// the tests' namespaces, daemons and Node processes.
+const MEMORY_MIB: u32 = 4096;
+/// Modules the topologies need that cloud kernels build as modules.
+const MODULES: &[&str] = &["veth", "bridge"];
+/// Tools every integration test binary runs (DESIGN.md, "Test topology
+/// conventions").
+const TOOLS: &[&str] = &["ip", "ethtool", "mount", "umount", "sysctl"];
+
+/// What the suite leaves out in the VM, and why (README, "The suite in a
+/// VM"). `test: None` leaves the whole binary out.
+struct Exclusion {
+    binary: &'static str,
+    test: Option<&'static str>,
+    why: &'static str,
+}
+
+const EXCLUDED: &[Exclusion] = &[];
+
+pub struct Options<'a> {
+    /// Kernel versions (`6.1`, `6.12.117+deb12`); empty: [`kernel::DEFAULT`].
+    pub kernels: &'a [String],
+    /// Arguments for every test binary (a name filter, `--nocapture`).
+    pub args: &'a [String],
+    /// Bound on one guest run, boot to power-off.
+    pub timeout: Duration,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    check_host_tools()?;
+    bootstrap::ensure()?;
+    eprintln!("==> [1/3] the balancer binary and the integration test binaries");
+    let balancer = build::build_balancer(Profile::Release)?;
+    let binaries = build_test_binaries()?;
+    let payload = payload(balancer, binaries, opts.args)?;
+
+    let cache = cmd::target_dir()?.join("vm");
+    let wanted: Vec<String> = if opts.kernels.is_empty() {
+        kernel::DEFAULT.iter().map(|k| k.to_string()).collect()
+    } else {
+        opts.kernels.to_vec()
+    };
+    eprintln!("==> [2/3] kernels {}", wanted.join(", "));
+    let kernels = wanted
+        .iter()
+        .map(|w| kernel::fetch(w, &cache))
+        .collect::<Result<Vec<_>>>()?;
+
+    eprintln!("==> [3/3] the suite in QEMU, one boot per kernel");
+    let mut reports = Vec::new();
+    let mut failed = 0;
+    for kernel in &kernels {
+        let initrd = cache.join(format!("initramfs-{}.cpio", kernel.release));
+        guest::write_initramfs(kernel, &payload, &initrd)?;
+        let size = fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0);
+        eprintln!(
+            "==> booting {} with {} ({size} MiB)",
+            kernel.release,
+            initrd.display()
+        );
+        let machine = Machine {
+            kernel: kernel.vmlinuz(),
+            initrd,
+            memory_mib: MEMORY_MIB,
+            cpus: thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            timeout: opts.timeout,
+        };
+        let start = Instant::now();
+        let mut transcript = Transcript::default();
+        let end = machine.boot(&mut transcript, |line| eprintln!("{line}"))?;
+        let elapsed = start.elapsed();
+        let report = match verdict(&transcript, &end, opts.timeout) {
+            Ok(passed) => format!(
+                "kernel {}: {passed} tests passed in {} s",
+                transcript.kernel.as_deref().unwrap_or("?"),
+                elapsed.as_secs()
+            ),
+            Err(why) => {
+                failed += 1;
+                format!(
+                    "kernel {}: FAILED after {} s: {why}",
+                    transcript.kernel.as_deref().unwrap_or(&kernel.release),
+                    elapsed.as_secs()
+                )
+            }
+        };
+        eprintln!("==> {report}");
+        reports.push(report);
+    }
+    eprintln!();
+    for report in &reports {
+        println!("{report}");
+    }
+    for e in EXCLUDED {
+        let what = match e.test {
+            Some(test) => format!("{}::{test}", e.binary),
+            None => format!("{} (all of it)", e.binary),
+        };
+        println!("not run in the VM: {what}: {}", e.why);
+    }
+    if failed > 0 {
+        bail!("the suite failed on {failed} of {} kernels", kernels.len());
+    }
+    Ok(())
+}
+
+/// The number of tests that passed, or what went wrong.
+fn verdict(t: &Transcript, end: &End, timeout: Duration) -> Result<u32, String> {
+    let running = || {
+        t.binaries
+            .last()
+            .filter(|b| b.exit.is_none())
+            .map(|b| format!(" in {}", b.name))
+            .unwrap_or_default()
+    };
+    if let Some(step) = &t.setup_failed {
+        return Err(format!("guest setup failed: {step}"));
+    }
+    if let Some(panic) = &t.panic {
+        return Err(format!("{panic}{}", running()));
+    }
+    let mut problems = Vec::new();
+    for b in &t.binaries {
+        problems.extend(b.failures.iter().map(|f| format!("{}::{f}", b.name)));
+        match b.exit {
+            Some(0) => {}
+            Some(code) if b.failures.is_empty() => {
+                problems.push(format!("{} exited with {code}", b.name))
+            }
+            _ => {}
+        }
+    }
+    let done = match (end, t.done) {
+        (_, Some(status)) => Ok(status),
+        (End::TimedOut, None) => Err(format!(
+            "timed out after {} s{}",
+            timeout.as_secs(),
+            running()
+        )),
+        (End::Exited, None) => Err(format!(
+            "the guest stopped before the suite finished{}; its last lines:\n{}",
+            running(),
+            tail(t)
+        )),
+    };
+    let failed: u32 = t.binaries.iter().map(|b| b.failed).sum();
+    let passed: u32 = t.binaries.iter().map(|b| b.passed).sum();
+    let list = problems
+        .iter()
+        .map(|p| format!("\n    {p}"))
+        .collect::<String>();
+    match done {
+        Err(why) if problems.is_empty() => Err(why),
+        Err(why) => Err(format!("{why}; failed before that:{list}")),
+        Ok(_) if failed > 0 => Err(format!(
+            "{failed} of {} tests failed:{list}",
+            passed + failed
+        )),
+        Ok(_) if !problems.is_empty() => Err(format!("a test binary failed:{list}")),
+        Ok(0) if passed > 0 => Ok(passed),
+        Ok(0) => Err("no test ran (does the filter match any?)".to_owned()),
+        Ok(status) => Err(format!("the guest reported status {status}")),
+    }
+}
+
+fn tail(t: &Transcript) -> String {
+    t.tail
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Everything that goes into the guest, and the runs of its init.
+fn payload(
+    balancer: PathBuf,
+    binaries: Vec<(String, PathBuf)>,
+    args: &[String],
+) -> Result<Payload> {
+    let mut runs = Vec::new();
+    for (name, binary) in binaries {
+        if EXCLUDED
+            .iter()
+            .any(|e| e.binary == name && e.test.is_none())
+        {
+            continue;
+        }
+        let mut all = vec!["--test-threads=1".to_owned()];
+        for e in EXCLUDED.iter().filter(|e| e.binary == name) {
+            all.extend([
+                "--skip".to_owned(),
+                e.test
+                    .expect("whole binaries are left out above")
+                    .to_owned(),
+            ]);
+        }
+        all.extend(args.iter().cloned());
+        runs.push(Run {
+            name,
+            binary,
+            args: all,
+        });
+    }
+    let runs_binary = |name: &str| runs.iter().any(|r| r.name == name);
+    let mut tools: Vec<&str> = TOOLS.to_vec();
+    let mut dirs = Vec::new();
+    if runs_binary("control")
+        && !EXCLUDED
+            .iter()
+            .any(|e| e.test == Some("prometheus_scrapes_the_metrics"))
+    {
+        tools.extend(["promtool", "prometheus"]);
+    }
+    if runs_binary("socketio") {
+        npm::ensure_socketio_packages()?;
+        tools.push("node");
+        dirs.push(cmd::workspace_root().join(npm::SOCKETIO_DIR));
+    }
+    let tools = tools
+        .iter()
+        .map(|t| {
+            guest::find_program(t)
+                .with_context(|| format!("the tests in the VM run `{t}` from the host"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Payload {
+        balancer,
+        runs,
+        tools,
+        dirs,
+        modules: MODULES.to_vec(),
+    })
+}
+
+/// `cargo test --no-run` of the integration tests; their names and
+/// executables, from cargo's JSON messages.
+fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let mut cargo = cmd::cargo();
+    cargo.args([
+        "test",
+        "--release",
+        "-p",
+        TESTS_PACKAGE,
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("$ {}", cmd::display(&cargo));
+    let mut child = cargo
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo")?;
+    let mut binaries = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let message: serde_json::Value =
+            serde_json::from_str(&line?).context("cargo printed a line that is not JSON")?;
+        let test = message["reason"] == "compiler-artifact" && message["profile"]["test"] == true;
+        if let (true, Some(name), Some(exe)) = (
+            test,
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    let status = child.wait()?;
+    ensure!(
+        status.success(),
+        "building the test binaries failed ({status})"
+    );
+    ensure!(
+        !binaries.is_empty(),
+        "cargo built no test binary of {TESTS_PACKAGE}"
+    );
+    binaries.sort();
+    Ok(binaries)
+}
+
+/// QEMU, busybox and Debian's package tools; installed with apt when
+/// missing and running as root.
+fn check_host_tools() -> Result<()> {
+    let needed = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("apt-get", "apt"),
+        ("dpkg-deb", "dpkg"),
+        ("modinfo", "kmod"),
+        ("xz", "xz-utils"),
+        ("ldd", "libc-bin"),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(tool, _)| guest::find_program(tool).is_err())
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "`cargo xtask test --vm` needs {}: apt-get install {}",
+        missing.join(", "),
+        missing.join(" ")
+    );
+    eprintln!("==> installing {}", missing.join(" "));
+    cmd::run(
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{qemu::BinaryRun, *};
+
+    fn run(name: &str, exit: i32, passed: u32, failures: &[&str]) -> BinaryRun {
+        BinaryRun {
+            name: name.into(),
+            exit: Some(exit),
+            passed,
+            failed: failures.len() as u32,
+            failures: failures.iter().map(|f| f.to_string()).collect(),
+            ..BinaryRun::default()
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let limit = Duration::from_secs(60);
+        let mut t = Transcript::default();
+        t.done = Some(0);
+        t.binaries = vec![run("a", 0, 3, &[]), run("b", 0, 2, &[])];
+        assert_eq!(verdict(&t, &End::Exited, limit), Ok(5));
+
+        t.binaries.push(run("c", 101, 1, &["c_breaks"]));
+        t.done = Some(1);
+        assert_eq!(
+            verdict(&t, &End::Exited, limit),
+            Err("1 of 7 tests failed:\n    c::c_breaks".into())
+        );
+
+        t.binaries[2] = run("c", 139, 0, &[]);
+        assert_eq!(
+            verdict(&t, &End::Exited, limit),
+            Err("a test binary failed:\n    c exited with 139".into())
+        );
+
+        t.binaries[2].exit = None;
+        t.done = None;
+        assert_eq!(
+            verdict(&t, &End::TimedOut, limit),
+            Err("timed out after 60 s in c".into())
+        );
+
+        let mut empty = Transcript::default();
+        empty.done = Some(0);
+        assert!(verdict(&empty, &End::Exited, limit).is_err());
+    }
+}
