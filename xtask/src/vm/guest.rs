@@ -104,12 +104,12 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{XTASK}
 say() {{ echo "{MARKER} $*"; }}
 fail() {{ say setup-failed "$*"; poweroff -f; sleep 1000000; }}
 
+# The initramfs is already a writable tmpfs: /run and /tmp stay on it, so
+# nothing hides a workspace that lives below them.
 mkdir -p /proc /sys /dev /run /tmp /var
 mount -t proc proc /proc || fail mount /proc
 mount -t sysfs sysfs /sys || fail mount /sys
 mount -t devtmpfs devtmpfs /dev || fail mount /dev
-mount -t tmpfs tmpfs /run || fail mount /run
-mount -t tmpfs tmpfs /tmp || fail mount /tmp
 ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf || fail mount bpffs
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail mount cgroup2
