@@ -67,23 +67,24 @@ pub struct Options<'a> {
 
 pub fn run(opts: &Options) -> Result<()> {
     check_host_tools()?;
-    bootstrap::ensure()?;
-    eprintln!("==> [1/3] the balancer binary and the integration test binaries");
-    let balancer = build::build_balancer(Profile::Release)?;
-    let binaries = build_test_binaries()?;
-    let payload = payload(balancer, binaries, opts.args)?;
-
+    // Kernels first: a version apt does not know fails before any build.
     let cache = cmd::target_dir()?.join("vm");
     let wanted: Vec<String> = if opts.kernels.is_empty() {
         kernel::DEFAULT.iter().map(|k| k.to_string()).collect()
     } else {
         opts.kernels.to_vec()
     };
-    eprintln!("==> [2/3] kernels {}", wanted.join(", "));
+    eprintln!("==> [1/3] kernels {}", wanted.join(", "));
     let kernels = wanted
         .iter()
         .map(|w| kernel::fetch(w, &cache))
         .collect::<Result<Vec<_>>>()?;
+
+    bootstrap::ensure()?;
+    eprintln!("==> [2/3] the balancer binary and the integration test binaries");
+    let balancer = build::build_balancer(Profile::Release)?;
+    let binaries = build_test_binaries()?;
+    let payload = payload(balancer, binaries, opts.args)?;
 
     eprintln!("==> [3/3] the suite in QEMU, one boot per kernel");
     let mut reports = Vec::new();
