@@ -32,8 +32,8 @@ use guest::{Payload, Run};
 use qemu::{End, Machine, Transcript};
 
 const TESTS_PACKAGE: &str = "balancer-tests";
-/// Guest memory: the initramfs (a few hundred MiB, unpacked into RAM) and
-/// the tests' namespaces, daemons and Node processes.
+/// Guest memory: the initramfs (about 125 MiB, unpacked into RAM, twice
+/// while it unpacks), the tests' namespaces, daemons and Prometheus.
 const MEMORY_MIB: u32 = 4096;
 /// Modules the topologies need that cloud kernels build as modules.
 const MODULES: &[&str] = &["veth", "bridge"];
