@@ -39,6 +39,7 @@
 //! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`
 //! (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`); they serialize the same way.
 
+use crate::oneline::escape_controls;
 use std::{
     collections::HashSet,
     fmt, io,
@@ -424,13 +425,13 @@ keywords!(HealthCheckKind { Http => "http", Tcp => "tcp", None => "none" });
 /// field for [`ConfigError::Invalid`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {error}", path.display())]
+    #[error("cannot read config file {}: {error}", escape_controls(&path.display().to_string()))]
     Read { path: PathBuf, error: io::Error },
     /// Not TOML.
-    #[error("TOML syntax error: {message}{at}")]
+    #[error("TOML syntax error: {}{at}", escape_controls(message))]
     Syntax { message: String, at: Location },
     /// TOML, but not a valid config.
-    #[error("{field}: {message}{at}")]
+    #[error("{}: {}{at}", escape_controls(field), escape_controls(message))]
     Invalid {
         /// The key's dotted path, e.g. `services[1].backends[0].address`.
         field: String,

@@ -14,6 +14,7 @@ pub mod mapscan;
 pub mod metrics;
 pub mod netif;
 pub mod object;
+pub mod oneline;
 pub mod pin;
 pub mod run;
 pub mod state;

@@ -99,3 +99,18 @@ fn the_seeds_are_valid() {
     }
     Config::from_str(EXAMPLE_CONFIG).expect("the example config parses");
 }
+
+#[test]
+fn quoted_input_with_control_characters_stays_on_one_line() {
+    // A TOML key and a value holding a newline, echoed back in the error.
+    for text in [
+        "\"a\\nb\" = 1\n",
+        "[interfaces]\nclients = \"eth\\n0\"\nmode = \"x\\ny\"\n",
+        "[[services]]\nname = \"bad\\nname\"\nvip = \"198.18.0.100:80\"\n",
+    ] {
+        let e = Config::from_str(text).expect_err(text).to_string();
+        one_line(&e);
+    }
+    let e = parse(br#"{"request":"backend_dra\n","service":"chat","address":"x"}"#).unwrap_err();
+    one_line(&e);
+}

@@ -21,6 +21,8 @@ use tokio::{
     sync::Notify,
 };
 
+use crate::oneline::escape_controls;
+
 use super::protocol::{MAX_REQUEST_BYTES, Reply, Request, Response};
 
 /// A client that sends no complete line in this long is dropped.
@@ -126,7 +128,9 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
     if text.is_empty() {
         return Err("malformed request: empty".to_owned());
     }
-    serde_json::from_str(text).map_err(|e| format!("malformed request: {e}"))
+    // serde quotes what it refused (an unknown variant, say) as sent, so a
+    // name with a control character in it must not break the line.
+    serde_json::from_str(text).map_err(|e| format!("malformed request: {}", escape_controls(&e.to_string())))
 }
 
 #[cfg(test)]
@@ -147,6 +151,8 @@ mod tests {
             (br#"{"request":"reboot"}"#, "unknown variant"),
             (br#"{"request":"backend_drain","service":"chat","adress":"198.18.1.11:3000"}"#, "unknown field `adress`"),
             (br#"{"request":"backend_add","service":"chat"}"#, "missing field `address`"),
+            // Found by parsers_fuzz: a newline inside the variant's name.
+            (br#"{"request":"backend_dra\n","service":"chat","address":"[2001:db8::11]:3000"}"#, "unknown variant"),
         ] {
             let e = parse(garbage).unwrap_err();
             assert!(e.contains(says), "{garbage:?}: {e}");
