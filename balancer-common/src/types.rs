@@ -125,6 +125,9 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub const TCP_FIN_FROM_CLIENT: u32 = 1;
 pub const TCP_FIN_FROM_BACKEND: u32 = 2;
 pub const TCP_RST: u32 = 4;
+/// The backend answered the handshake (a SYN-ACK went back through the
+/// balancer). Without it a flow is a connection attempt, not a connection.
+pub const TCP_BACKEND_ANSWERED: u32 = 8;
 
 /// Is a connection with these `tcp_state` bits over?
 #[inline(always)]

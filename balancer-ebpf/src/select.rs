@@ -15,7 +15,7 @@ use balancer_common::{
     hash::{flow_hash, slot},
     types::{
         Affinity, AffinityKey, Backend, Flow, FlowKey, ReverseNat, SERVICE_FOUR_TUPLE, Service,
-        TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
+        TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
     },
 };
 
@@ -23,7 +23,7 @@ use crate::{
     forward::{L2Path, forward, ttl_expired},
     maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
     nat::{End, rewrite},
-    parse::{Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST},
+    parse::{Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
     ptr::ptr_at,
     stats::{self, Direction},
 };
@@ -192,7 +192,12 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Re
     let client_path =
         L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac };
     if pkt.is_tcp() {
-        let bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
+        let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
+        // Only the SYN-ACK marks the handshake answered: established
+        // traffic's replies cost no conntrack lookup.
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            bits |= TCP_BACKEND_ANSWERED;
+        }
         if bits != 0 {
             mark_client_flow(pkt, vip, vip_port, bits);
         }

@@ -21,7 +21,7 @@ use anyhow::Context;
 use aya::maps::MapData;
 use balancer_common::{
     maps,
-    types::{Affinity, AffinityKey, Flow, FlowKey, PROTO_TCP, tcp_closed},
+    types::{Affinity, AffinityKey, Flow, FlowKey, PROTO_TCP, TCP_BACKEND_ANSWERED, tcp_closed},
 };
 
 use crate::mapscan;
@@ -30,6 +30,10 @@ use crate::mapscan;
 /// backend vanished without FIN or RST). Socket.IO pings every 25 s, so a
 /// live session is never this idle.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// A TCP flow whose backend never answered the handshake (no SYN-ACK seen)
+/// stops counting after this long: a client that gave up (or exited) while
+/// connecting sends nothing more, and neither FIN nor RST would ever end it.
+pub const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP "connection" is a flow seen in the last minute.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,7 +52,8 @@ pub fn monotonic_ns() -> u64 {
 pub fn flow_active(key: &FlowKey, flow: &Flow, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(flow.last_seen_ns);
     if key.proto == PROTO_TCP {
-        !tcp_closed(flow.tcp_state) && idle < TCP_IDLE_TIMEOUT.as_nanos() as u64
+        let timeout = if flow.tcp_state & TCP_BACKEND_ANSWERED != 0 { TCP_IDLE_TIMEOUT } else { TCP_HANDSHAKE_TIMEOUT };
+        !tcp_closed(flow.tcp_state) && idle < timeout.as_nanos() as u64
     } else {
         idle < UDP_IDLE_TIMEOUT.as_nanos() as u64
     }
@@ -151,5 +156,42 @@ pub async fn run(
             }
         };
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use balancer_common::types::{PROTO_UDP, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn flow(proto: u8, tcp_state: u32, idle_s: u64, now: u64) -> (FlowKey, Flow) {
+        let key = FlowKey { proto, ..FlowKey::default() };
+        let last = now - idle_s * S;
+        (key, Flow { tcp_state, last_seen_ns: last, created_ns: last, ..Flow::default() })
+    }
+
+    #[test]
+    fn what_counts_as_an_open_connection() {
+        let now = 10_000 * S;
+        let answered = TCP_BACKEND_ANSWERED;
+        let cases = [
+            (PROTO_TCP, answered, 1, true, "established"),
+            (PROTO_TCP, answered, 599, true, "established, idle under 10 min"),
+            (PROTO_TCP, answered, 601, false, "idle past 10 min"),
+            (PROTO_TCP, answered | TCP_FIN_FROM_CLIENT, 1, true, "half closed"),
+            (PROTO_TCP, answered | TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND, 0, false, "closed both ways"),
+            (PROTO_TCP, answered | TCP_RST, 0, false, "reset"),
+            (PROTO_TCP, 0, 1, true, "handshake in progress"),
+            (PROTO_TCP, 0, 6, false, "a SYN the backend never answered"),
+            (PROTO_UDP, 0, 59, true, "UDP seen in the last minute"),
+            (PROTO_UDP, 0, 61, false, "UDP idle past a minute"),
+        ];
+        for (proto, state, idle, want, what) in cases {
+            let (k, f) = flow(proto, state, idle, now);
+            assert_eq!(flow_active(&k, &f, now), want, "{what}");
+        }
     }
 }

@@ -83,7 +83,8 @@ pub struct FlowEntry {
     pub client: String,
     /// `ADDR:PORT` of the backend (`"?"` for a backend id no longer known).
     pub backend: String,
-    /// `open`, `fin-client`, `fin-backend`, `closed`, `reset` (TCP);
+    /// `syn-sent` (no answer from the backend yet), `open`, `fin-client`,
+    /// `fin-backend`, `closed`, `reset` (TCP);
     /// `open` for UDP.
     pub state: String,
     /// Counted in `balancer_backend_active_connections`: not closed, and

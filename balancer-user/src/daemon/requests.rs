@@ -155,7 +155,7 @@ fn client_of(key: &FlowKey) -> SocketAddr {
 }
 
 fn tcp_state_name(key: &FlowKey, state: u32) -> &'static str {
-    use balancer_common::types::{TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST};
+    use balancer_common::types::{TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST};
     if key.proto != PROTO_TCP {
         return "open";
     }
@@ -167,6 +167,8 @@ fn tcp_state_name(key: &FlowKey, state: u32) -> &'static str {
         "fin-client"
     } else if state & TCP_FIN_FROM_BACKEND != 0 {
         "fin-backend"
+    } else if state & TCP_BACKEND_ANSWERED == 0 {
+        "syn-sent"
     } else {
         "open"
     }
