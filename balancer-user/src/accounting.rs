@@ -121,25 +121,21 @@ impl FlowTables {
     }
 
     /// Every conntrack entry, for `balancer flows`.
-    pub fn flows(&self, mut visit: impl FnMut(&FlowKey, &Flow)) -> anyhow::Result<()> {
-        mapscan::scan::<FlowKey, Flow>(&self.conntrack, |k, f| visit(k, f)).context("reading CONNTRACK")?;
+    pub fn flows(&self, visit: impl FnMut(&FlowKey, &Flow)) -> anyhow::Result<()> {
+        mapscan::scan::<FlowKey, Flow>(&self.conntrack, visit).context("reading CONNTRACK")?;
         Ok(())
     }
 }
 
 /// Recount into `shared` for as long as the task runs: every second, or
 /// ten times as long as a count takes when the tables are huge, so counting
-/// never takes more than a tenth of a CPU. `timeouts` gives the current
-/// affinity timeouts by service id.
-pub async fn run(
-    tables: Arc<FlowTables>,
-    shared: SharedCounts,
-    timeouts: impl Fn() -> HashMap<u32, u64> + Send + Sync + 'static,
-) {
-    let timeouts = Arc::new(timeouts);
+/// never takes more than a tenth of a CPU. `affinity_timeout_ns` is by
+/// service id (services come from the config, so it does not change).
+pub async fn run(tables: Arc<FlowTables>, shared: SharedCounts, affinity_timeout_ns: HashMap<u32, u64>) {
+    let timeouts = Arc::new(affinity_timeout_ns);
     loop {
         let (tables2, timeouts2) = (Arc::clone(&tables), Arc::clone(&timeouts));
-        let result = tokio::task::spawn_blocking(move || tables2.count(&timeouts2())).await;
+        let result = tokio::task::spawn_blocking(move || tables2.count(&timeouts2)).await;
         let period = match result {
             Ok(Ok(counts)) => {
                 let period = (counts.took * 10).max(MIN_PERIOD);

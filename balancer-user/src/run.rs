@@ -137,7 +137,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         () = health => {},
-        () = accounting::run(tables, counts, move || timeouts.clone()) => {},
+        () = accounting::run(tables, counts, timeouts) => {},
         served = metrics::serve(metrics_listener, source) => served?,
         () = control::server::serve(control_socket, handler, Arc::clone(&detached)) => {},
     }

@@ -161,14 +161,16 @@ impl ServiceState {
             return None;
         }
         let value = self.map_value(0, true);
-        let (words, family) = to_words(client);
-        let key_addr = if value.flags & SERVICE_FOUR_TUPLE != 0 {
-            words
-        } else {
-            mask(words, family, value.source_prefix(family))
-        };
+        let key_addr = if value.flags & SERVICE_FOUR_TUPLE != 0 { to_words(client).0 } else { self.masked(client).0 };
         let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
         Some(slot(hash, self.config.table_size))
+    }
+
+    /// `client` masked to the service's source prefix for its family, and
+    /// the family: what the kernel's affinity key and source-ip hash use.
+    pub fn masked(&self, client: IpAddr) -> ([u32; 4], u8) {
+        let (words, family) = to_words(client);
+        (mask(words, family, self.map_value(0, true).source_prefix(family)), family)
     }
 
     pub fn backend_by_id(&self, id: u32) -> Option<&BackendState> {

@@ -154,6 +154,11 @@ fn backend_state<'a>(s: &'a Snapshot, addr: &str) -> Option<&'a balancer_user::m
     s.services[0].backends.iter().find(|b| b.address == addr)
 }
 
+/// The backends as an operator sees them: address, up, draining, weight.
+fn view(s: &Snapshot) -> Vec<(String, bool, bool, u32)> {
+    s.services[0].backends.iter().map(|b| (b.address.clone(), b.up, b.draining, b.weight)).collect()
+}
+
 fn active_sum(metrics: &str) -> f64 {
     metric_sum(metrics, "balancer_backend_active_connections", &[("service", "web")])
 }
@@ -435,9 +440,6 @@ fn kill_9_loses_no_flow_and_a_restart_adopts_everything() {
     // Restart: the same state, the same choices, the counts still right.
     rig.start_daemon();
     let after = rig.status();
-    let view = |s: &Snapshot| -> Vec<(String, bool, bool, u32)> {
-        s.services[0].backends.iter().map(|b| (b.address.clone(), b.up, b.draining, b.weight)).collect()
-    };
     assert_eq!(view(&after), view(&before));
     for (i, (stream, backend)) in open.iter().enumerate() {
         assert_eq!(&ask(stream).unwrap().backend, backend, "open connection {i} after the restart");
@@ -468,9 +470,6 @@ fn bad_control_requests_get_one_line_and_change_nothing() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the control socket is owner-only");
 
-    let view = |s: &Snapshot| -> Vec<(String, bool, bool, u32)> {
-        s.services[0].backends.iter().map(|b| (b.address.clone(), b.up, b.draining, b.weight)).collect()
-    };
     let lookups = |rig: &Rig| -> Vec<Option<String>> {
         rig.topo.clients_v4().iter().map(|&c| rig.lookup(c).backend).collect()
     };

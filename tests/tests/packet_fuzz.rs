@@ -210,10 +210,10 @@ fn any_frame_gets_a_sane_verdict_and_nothing_is_misrouted() {
                 assert_eq!(*out_src.ip(), VIP, "reply not from the VIP: {}", case());
                 assert_eq!(out_dst, in_dst, "{}", case());
             }
-            if verify_checksums(&input).is_ok() {
-                if let Err(why) = verify_checksums(&out) {
-                    panic!("checksums broken by the rewrite ({why}): {}", case());
-                }
+            if verify_checksums(&input).is_ok()
+                && let Err(why) = verify_checksums(&out)
+            {
+                panic!("checksums broken by the rewrite ({why}): {}", case());
             }
         }
         let dropped = verdicts.get(&XDP_DROP).copied().unwrap_or(0);

@@ -103,7 +103,6 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<bool> {
     BufReader::new(read.take(limit)).read_until(b'\n', &mut line).await?;
     let response = match parse(&line) {
         Ok(request) => {
-            let handler = Arc::clone(&handler);
             tokio::task::spawn_blocking(move || handler(request))
                 .await
                 .unwrap_or_else(|e| Response::Error(format!("the request failed inside the daemon: {e}")))

@@ -1,18 +1,23 @@
 //! Control requests: arguments parsed here (any client may send anything),
 //! then handed to the daemon's change methods or answered from the maps.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::{Context, bail};
 use balancer_common::{
-    addr::{from_words, mask, to_words},
-    types::{AffinityKey, FlowKey, PROTO_TCP, SERVICE_FOUR_TUPLE, tcp_closed},
+    addr::from_words,
+    types::{AffinityKey, FlowKey, PROTO_TCP, SERVICE_FOUR_TUPLE, ServiceKey, tcp_closed},
 };
 
 use super::Daemon;
 use crate::{
     accounting::{flow_active, monotonic_ns},
     control::{FlowEntry, FlowList, LookupAnswer, Reply, Request, Response},
+    oneline::escape_controls,
+    state::ServiceState,
 };
 
 /// `balancer flows` lists at most this many entries unless told otherwise.
@@ -23,7 +28,7 @@ impl Daemon {
     pub fn handle(&mut self, request: Request) -> Response {
         match self.reply(request) {
             Ok(reply) => Response::Ok(reply),
-            Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
+            Err(e) => Response::Error(escape_controls(&format!("{e:#}"))),
         }
     }
 
@@ -71,13 +76,8 @@ impl Daemon {
             affinity_idle_ms: None,
         };
         if value.flags & SERVICE_FOUR_TUPLE == 0 {
-            let (words, family) = to_words(ip);
-            let key = AffinityKey {
-                service_id: s.id,
-                family,
-                _pad: [0; 3],
-                client: mask(words, family, value.source_prefix(family)),
-            };
+            let (client, family) = s.masked(ip);
+            let key = AffinityKey { service_id: s.id, family, _pad: [0; 3], client };
             if let Some(a) = self.dataplane.affinity(&key)? {
                 let idle = monotonic_ns().saturating_sub(a.last_seen_ns);
                 let up = s.backend_by_id(a.backend_id).filter(|b| b.up);
@@ -99,30 +99,30 @@ impl Daemon {
 
     /// Conntrack entries (of `service` only, if given), at most `limit`.
     fn flows(&self, service: Option<&str>, limit: Option<usize>) -> anyhow::Result<FlowList> {
-        let only = service.map(|name| self.service_index(name).map(|i| self.services[i].key())).transpose()?;
+        let only = service.map(|name| self.service_index(name)).transpose()?;
         let limit = limit.unwrap_or(DEFAULT_FLOW_LIMIT);
         let now = monotonic_ns();
+        // Looked up once per request, not once per conntrack entry.
+        let by_vip: HashMap<ServiceKey, &ServiceState> = self.services.iter().map(|s| (s.key(), s)).collect();
+        let backends: HashMap<u32, String> = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (b.id, b.address.to_string())))
+            .collect();
+        let wanted = only.map(|i| self.services[i].id);
         let mut list = FlowList { flows: Vec::new(), total: 0 };
         self.tables
             .flows(|key, flow| {
-                let Some(s) = self.services.iter().find(|s| {
-                    let k = s.key();
-                    (k.addr, k.port, k.proto, k.family) == (key.dst, key.dport, key.proto, key.family)
-                }) else {
-                    return;
-                };
-                if only.is_some_and(|k| k != s.key()) {
+                let vip = ServiceKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
+                let Some(s) = by_vip.get(&vip) else { return };
+                if wanted.is_some_and(|id| id != s.id) {
                     return;
                 }
                 list.total += 1;
                 if list.flows.len() >= limit {
                     return;
                 }
-                let backend = self
-                    .services
-                    .iter()
-                    .find_map(|s| s.backend_by_id(flow.backend_id))
-                    .map_or_else(|| "?".to_owned(), |b| b.address.to_string());
+                let backend = backends.get(&flow.backend_id).cloned().unwrap_or_else(|| "?".to_owned());
                 list.flows.push(FlowEntry {
                     service: s.config.name.clone(),
                     protocol: s.config.protocol.to_string(),
