@@ -16,7 +16,8 @@ pub enum Counter {
     PassNotOurs = 3,
     /// Passed: frame too short for the headers it announces.
     PassTruncated = 4,
-    /// Passed: an IP fragment (no L4 header to balance on).
+    /// Passed: a later IP fragment (no L4 header) whose first fragment was not
+    /// seen and whose service cannot place it by client address alone.
     PassFragment = 5,
     /// Passed after NAT: no neighbour entry yet, the kernel resolves it.
     PassNoNeighbour = 6,
@@ -36,9 +37,22 @@ pub enum Counter {
     /// out of bounds when rewritten. Should stay 0; counted so that no drop
     /// goes unexplained.
     DropInternal = 13,
+    /// Passed untouched: an 802.1Q/802.1ad tagged frame. XDP on the parent
+    /// interface cannot forward into a VLAN; attach to the VLAN interface
+    /// in `tc` mode instead.
+    PassVlan = 14,
+    /// Passed untouched: an IPv6 extension header the balancer does not walk
+    /// (AH, ESP, a routing header with segments left, or more than
+    /// `MAX_EXT_HEADERS`).
+    PassExtHeader = 15,
+    /// An ICMP error about a balanced flow, forwarded to that flow's backend
+    /// (or, from a backend, to its client).
+    ForwardIcmp = 16,
+    /// A later fragment of a balanced datagram, forwarded after its first.
+    ForwardFragment = 17,
 }
 
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -56,6 +70,10 @@ impl Counter {
         Counter::PassNoRedirectDev,
         Counter::NoNeighbourLearnedMac,
         Counter::DropInternal,
+        Counter::PassVlan,
+        Counter::PassExtHeader,
+        Counter::ForwardIcmp,
+        Counter::ForwardFragment,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -85,6 +103,10 @@ impl Counter {
             Counter::PassNoRedirectDev => "pass_no_redirect_dev",
             Counter::NoNeighbourLearnedMac => "forward_to_learned_mac",
             Counter::DropInternal => "drop_internal",
+            Counter::PassVlan => "pass_vlan",
+            Counter::PassExtHeader => "pass_ext_header",
+            Counter::ForwardIcmp => "forward_icmp",
+            Counter::ForwardFragment => "forward_fragment",
         }
     }
 }

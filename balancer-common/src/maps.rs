@@ -18,6 +18,13 @@ pub const BACKEND_STATS: &str = "BACKEND_STATS";
 pub const COUNTERS: &str = "COUNTERS";
 /// `DevMapHash` ifindex → ifindex: the interfaces XDP may redirect to.
 pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
+/// `LruHashMap<FragmentKey, FragmentNat>`: how the first fragment of a
+/// datagram was rewritten, for its later fragments (which carry no ports).
+pub const FRAGMENTS: &str = "FRAGMENTS";
+/// `HashMap<ServiceKey, ServiceKey>`: VIP address and protocol (port 0) →
+/// the one `source-ip` service there, so a later fragment seen before its
+/// first can still be placed by client address alone.
+pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 
 /// Every map the kernel object must define (checked by a test).
 pub const ALL: &[&str] = &[
@@ -30,10 +37,14 @@ pub const ALL: &[&str] = &[
     BACKEND_STATS,
     COUNTERS,
     REDIRECT_DEVS,
+    FRAGMENTS,
+    FRAGMENT_SERVICES,
 ];
 
 /// Program names in the object.
 pub const PROG_XDP: &str = "balancer_xdp";
+/// The same logic as a TC classifier (cls_bpf, direct-action), `mode = "tc"`.
+pub const PROG_TC: &str = "balancer_tc";
 
 pub const MAX_SERVICES: u32 = 256;
 /// Backend ids are `0..MAX_BACKENDS`, unique across services.
@@ -42,6 +53,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_AFFINITY: u32 = 1 << 20;
 pub const MAX_REDIRECT_DEVS: u32 = 64;
+/// Datagrams in flight in pieces at once.
+pub const MAX_FRAGMENTS: u32 = 1 << 16;
 /// The MAGLEV array's size in the object; userspace resizes it at load time
 /// to the sum of `2 × table_size` over the configured services.
 pub const MAGLEV_DEFAULT_ENTRIES: u32 = 2 * 65537;

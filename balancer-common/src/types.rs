@@ -181,6 +181,42 @@ pub struct ReverseNat {
 }
 const _: () = assert!(size_of::<ReverseNat>() == 48);
 
+/// Key of `FRAGMENTS`: one datagram in pieces, as its fragments arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// The IPv4 identification (16 bits) or IPv6 fragment id, as loaded.
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+
+/// `FragmentNat::direction`.
+pub const FRAGMENT_TO_BACKEND: u8 = 0;
+pub const FRAGMENT_TO_CLIENT: u8 = 1;
+
+/// Value of `FRAGMENTS`: what the first fragment's rewrite did to the
+/// address its later fragments carry too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentNat {
+    /// The new destination (to a backend) or source (to a client, the VIP).
+    pub addr: [u32; 4],
+    pub backend_id: u32,
+    /// For replies: the client's L2 path, as in [`ReverseNat`].
+    pub client_ifindex: u32,
+    pub client_mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+    /// `FRAGMENT_TO_*`.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragmentNat>() == 40);
+
 /// Key of `AFFINITY`: a service and a client address masked to the
 /// service's prefix.
 #[repr(C)]

@@ -1,6 +1,6 @@
 //! Sending a rewritten packet on: FIB lookup for the next hop, L2 rewrite,
-//! TTL decrement, then XDP_TX (same interface) or XDP_REDIRECT (the other
-//! one, through the REDIRECT_DEVS devmap).
+//! TTL (hop limit) decrement, then out of the same interface or another one
+//! in REDIRECT_DEVS.
 //!
 //! Whenever the fast path cannot finish, the packet goes to the kernel with
 //! its L2 header untouched: with forwarding on, the kernel routes the
@@ -11,17 +11,21 @@
 
 use core::mem::{size_of, zeroed};
 
-use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::bpf_fib_lookup,
-    programs::XdpContext,
-};
-use balancer_common::counters::Counter;
-use network_types::eth::EthHdr;
+use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup};
+use balancer_common::{counters::Counter, types::FAMILY_V4};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
-use crate::{csum::replace16, maps::REDIRECT_DEVS, parse::Packet, ptr::ptr_at, stats};
+use crate::{
+    ctx::{Action, Frame},
+    ip::decrement_ttl,
+    maps::REDIRECT_DEVS,
+    parse::L3_OFF,
+    ptr::{ptr_at, read_at},
+    stats,
+};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
 
@@ -33,26 +37,39 @@ pub struct L2Path {
     pub src_mac: [u8; 6],
 }
 
-/// Is the TTL too low to forward? Checked before any rewrite, so the kernel
-/// gets the original packet and sends its ICMP time-exceeded.
+/// The addresses and length the FIB lookup needs, read from the (already
+/// rewritten) IP header.
 #[inline(always)]
-pub fn ttl_expired(pkt: &Packet) -> bool {
-    unsafe { (*pkt.ip).ttl <= 1 }
+fn fib_params<C: Frame>(ctx: &C, family: u8, proto: u8) -> Option<FibParams> {
+    let mut fib: FibParams = unsafe { zeroed() };
+    fib.l4_protocol = proto;
+    fib.ifindex = ctx.ingress_ifindex();
+    if family == FAMILY_V4 {
+        fib.family = AF_INET;
+        let [tot_len, src, dst] = [
+            u32::from(u16::from_be(read_at::<u16, C>(ctx, L3_OFF + 2)?)),
+            read_at::<u32, C>(ctx, L3_OFF + 12)?,
+            read_at::<u32, C>(ctx, L3_OFF + 16)?,
+        ];
+        fib.__bindgen_anon_1.tot_len = tot_len as u16;
+        fib.__bindgen_anon_3.ipv4_src = src;
+        fib.__bindgen_anon_4.ipv4_dst = dst;
+    } else {
+        fib.family = AF_INET6;
+        let payload_len = u16::from_be(read_at::<u16, C>(ctx, L3_OFF + 4)?);
+        fib.__bindgen_anon_1.tot_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+        fib.__bindgen_anon_3.ipv6_src = read_at::<[u32; 4], C>(ctx, L3_OFF + 8)?;
+        fib.__bindgen_anon_4.ipv6_dst = read_at::<[u32; 4], C>(ctx, L3_OFF + 24)?;
+    }
+    Some(fib)
 }
 
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, fallback: Option<&L2Path>) -> u32 {
-    let ip = unsafe { &mut *pkt.ip };
-    let mut fib: FibParams = unsafe { zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = ip.proto;
-    fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0)
+pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Action {
+    let Some(mut fib) = fib_params(ctx, family, proto) else {
+        return stats::pass(Counter::PassTruncated);
     };
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), &mut fib, size_of::<FibParams>() as i32, 0) };
     let (ifindex, dst_mac, src_mac) = match (rc, fallback) {
         (FIB_SUCCESS, _) => (fib.ifindex, fib.dmac, fib.smac),
         (FIB_NO_NEIGH, Some(path)) if path.ifindex == fib.ifindex => {
@@ -62,24 +79,19 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, fallback: Option<&L2Path>) -> u32
         (FIB_NO_NEIGH, _) => return stats::pass(Counter::PassNoNeighbour),
         _ => return stats::pass(Counter::PassFibOther),
     };
-    let same_interface = ifindex == ctx.ingress_ifindex() as u32;
+    let same_interface = ifindex == ctx.ingress_ifindex();
     if !same_interface && REDIRECT_DEVS.get(ifindex).is_none() {
         return stats::pass(Counter::PassNoRedirectDev);
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    if decrement_ttl(ctx, L3_OFF, family).is_err() {
+        return stats::pass(Counter::PassTruncated);
+    }
+    let Some(eth) = ptr_at::<EthHdr, C>(ctx, 0) else {
         return stats::pass(Counter::PassTruncated);
     };
-    // TTL is the high byte of the (ttl, protocol) word.
-    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    ip.ttl -= 1;
-    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    ip.check = replace16(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
     unsafe {
         (*eth).dst_addr = dst_mac;
         (*eth).src_addr = src_mac;
     }
-    if same_interface {
-        return xdp_action::XDP_TX;
-    }
-    REDIRECT_DEVS.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    if same_interface { Action::Tx } else { Action::Redirect(ifindex) }
 }

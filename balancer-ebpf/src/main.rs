@@ -1,17 +1,25 @@
-//! The balancer's data plane: one XDP program, attached to the client-side
-//! and the backend-side interface (the same one in a one-arm setup).
+//! The balancer's data plane: one body of logic, built as an XDP program
+//! and as a TC (cls_bpf, direct-action) classifier (`mode = "tc"`),
+//! attached to the client-side and the backend-side interface (the same
+//! one in a one-arm setup).
 //!
 //! - A packet for a VIP `addr:port/proto` picks a backend (conntrack, then
 //!   the client's affinity, then the service's Maglev table), is DNATed to it
 //!   and forwarded.
 //! - A reply from a backend of a balanced flow is SNATed back to the VIP and
 //!   forwarded to the client.
+//! - ICMP errors about a balanced flow and later fragments of a balanced
+//!   datagram follow their flow (`icmp`, `fragment`).
 //! - Anything else passes to the kernel untouched.
 #![no_std]
 #![no_main]
 
 mod csum;
+mod ctx;
 mod forward;
+mod fragment;
+mod icmp;
+mod ip;
 mod maps;
 mod nat;
 mod parse;
@@ -19,33 +27,97 @@ mod ptr;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use balancer_common::counters::Counter;
 
-use crate::parse::{Parsed, parse};
+use crate::{
+    ctx::{Action, Frame, tc_pull_headers},
+    parse::{Packet, Parsed, Piece, reparse_ip},
+};
 
 #[xdp]
 pub fn balancer_xdp(ctx: XdpContext) -> u32 {
-    match try_balancer(&ctx) {
-        Ok(action) => action,
+    run(&ctx)
+}
+
+#[classifier]
+pub fn balancer_tc(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    run(&ctx) as i32
+}
+
+/// Returned by [`common_path`] for packets the rare paths take.
+const TO_ICMP_PATH: u32 = u32::MAX;
+const TO_FRAGMENT_PATH: u32 = u32::MAX - 1;
+
+/// Each path is a function of its own (BPF-to-BPF calls) and this entry
+/// keeps almost no stack: the verifier adds up the stack of a call chain,
+/// and the common path alone uses most of the 512 bytes. The rare paths
+/// parse again rather than take the common path's state across.
+#[inline(always)]
+fn run<C: Frame>(ctx: &C) -> u32 {
+    match common_path(ctx) {
+        TO_ICMP_PATH => icmp_path(ctx),
+        TO_FRAGMENT_PATH => fragment_path(ctx),
+        verdict => verdict,
+    }
+}
+
+#[inline(never)]
+fn common_path<C: Frame>(ctx: &C) -> u32 {
+    let pkt = match parse::parse(ctx) {
+        Parsed::Packet(pkt) => pkt,
+        Parsed::Icmp => return TO_ICMP_PATH,
+        Parsed::Pass(reason) => return ctx.verdict(stats::pass(reason)),
+    };
+    if let Piece::Later(_) = pkt.piece {
+        return TO_FRAGMENT_PATH;
+    }
+    verdict(ctx, balance(ctx, &pkt))
+}
+
+#[inline(never)]
+fn icmp_path<C: Frame>(ctx: &C) -> u32 {
+    let action = match reparse_ip(ctx).and_then(|ip| icmp::parse_error(ctx, &ip)) {
+        Ok(error) => icmp::handle(ctx, &error),
+        Err(reason) => Ok(stats::pass(reason)),
+    };
+    verdict(ctx, action)
+}
+
+#[inline(never)]
+fn fragment_path<C: Frame>(ctx: &C) -> u32 {
+    match parse::parse(ctx) {
+        Parsed::Packet(pkt) => match pkt.piece {
+            Piece::Later(id) => verdict(ctx, fragment::forward_later(ctx, &pkt, id)),
+            _ => verdict(ctx, Err(())),
+        },
+        _ => verdict(ctx, Err(())),
+    }
+}
+
+/// `Err`: a header the parser had checked was out of bounds when rewritten.
+#[inline(always)]
+fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
+    match action {
+        Ok(action) => ctx.verdict(action),
         Err(()) => {
             stats::count(Counter::DropInternal);
-            xdp_action::XDP_ABORTED
+            ctx.verdict(Action::Aborted)
         }
     }
 }
 
 #[inline(always)]
-fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
-    let pkt = match parse(ctx) {
-        Parsed::Packet(pkt) => pkt,
-        Parsed::Pass(reason) => return Ok(stats::pass(reason)),
-    };
-    if let Some(service) = maps::service_for(&pkt) {
-        return select::to_backend(ctx, &pkt, service);
+fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
+    if let Some(service) = maps::service_for(pkt) {
+        return select::to_backend(ctx, pkt, service);
     }
-    if let Some(reverse) = maps::reverse_nat_for(&pkt) {
-        return select::to_client(ctx, &pkt, reverse);
+    if let Some(reverse) = maps::reverse_nat_for(pkt) {
+        return select::to_client(ctx, pkt, reverse);
     }
     Ok(stats::pass(Counter::PassNotOurs))
 }

@@ -10,8 +10,13 @@ use aya_ebpf::{
 };
 use balancer_common::{
     counters::COUNTER_COUNT,
-    maps::{MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_REDIRECT_DEVS, MAX_SERVICES},
-    types::{Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, ReverseNat, Service, ServiceKey},
+    maps::{
+        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
+    },
+    types::{
+        Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
+        ServiceKey,
+    },
 };
 
 use crate::parse::Packet;
@@ -42,6 +47,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_DEVS, 0);
+
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat> = LruHashMap::pinned(MAX_FRAGMENTS, 0);
+
+#[map]
+pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(MAX_SERVICES, 0);
 
 /// The service whose VIP this packet is addressed to.
 #[inline(always)]

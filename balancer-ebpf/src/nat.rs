@@ -1,51 +1,26 @@
-//! NAT rewrites of an IPv4 packet: address and port, with the IP header
-//! checksum and the L4 checksum (whose pseudo-header covers the address)
-//! updated incrementally.
-
-use core::ptr::{read_unaligned, write_unaligned};
-
-use aya_ebpf::programs::XdpContext;
+//! NAT rewrites: one address and its port, with the L4 checksum (whose
+//! pseudo-header covers the address) updated incrementally.
 
 use crate::{
-    csum::{replace16, replace32},
-    parse::Packet,
-    ptr::ptr_at,
+    csum::Diff,
+    ctx::Frame,
+    ip::{End, addr_words, set_addr},
+    parse::{L3_OFF, Packet, Piece},
+    ptr::{read_at, write_at},
 };
 
-/// Which end of the packet a rewrite changes.
-pub enum End {
-    /// DNAT: client → VIP becomes client → backend.
-    Destination,
-    /// SNAT: backend → client becomes VIP → client.
-    Source,
-}
-
+/// Rewrite `end` of `pkt` to `addr:port`. A later fragment has no ports
+/// (and no L4 checksum): only its address changes.
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, end: End, addr: u32, port: u16) -> Result<(), ()> {
-    let ip = unsafe { &mut *pkt.ip };
-    let (addr_field, port_off) = match end {
-        End::Destination => (&mut ip.dst_addr, pkt.l4_off + 2),
-        End::Source => (&mut ip.src_addr, pkt.l4_off),
-    };
-    let old_addr = u32::from_ne_bytes(*addr_field);
-    *addr_field = addr.to_ne_bytes();
-    ip.check = replace32(u16::from_ne_bytes(ip.check), old_addr, addr).to_ne_bytes();
-
-    let port_ptr = ptr_at::<u16>(ctx, port_off).ok_or(())?;
-    let old_port = unsafe { read_unaligned(port_ptr) };
-    unsafe { write_unaligned(port_ptr, port) };
-
-    let check_ptr = ptr_at::<u16>(ctx, pkt.l4_check_off).ok_or(())?;
-    let check = unsafe { read_unaligned(check_ptr) };
-    // A UDP checksum of 0 means "none": leave it so.
-    if !pkt.is_tcp() && check == 0 {
+pub fn rewrite<C: Frame>(ctx: &C, pkt: &Packet, end: End, addr: &[u32; 4], port: u16) -> Result<(), ()> {
+    let old_addr = set_addr(ctx, L3_OFF, pkt.key.family, end, addr)?;
+    if let Piece::Later(_) = pkt.piece {
         return Ok(());
     }
-    let mut check = replace16(replace32(check, old_addr, addr), old_port, port);
-    // UDP sends a computed 0 as all ones (RFC 768).
-    if !pkt.is_tcp() && check == 0 {
-        check = 0xffff;
-    }
-    unsafe { write_unaligned(check_ptr, check) };
-    Ok(())
+    let port_off = if end == End::Destination { pkt.l4_off + 2 } else { pkt.l4_off };
+    let old_port = read_at::<u16, C>(ctx, port_off).ok_or(())?;
+    write_at(ctx, port_off, port)?;
+    let addr_diff = Diff::default().addr(&old_addr, addr, addr_words(pkt.key.family));
+    let port_diff = Diff::default().u16(old_port, port);
+    ctx.l4_csum_update(pkt.l4_check_off, addr_diff, port_diff, !pkt.is_tcp())
 }

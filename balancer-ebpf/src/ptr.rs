@@ -2,12 +2,12 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use crate::ctx::Frame;
 
-/// A pointer to a `T` at `offset` bytes into the frame, if the whole `T` is
-/// inside it.
+/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T`
+/// is inside its linear data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -16,8 +16,16 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// The frame's length in bytes.
+/// A copy of the `T` at `offset`, if it is inside the linear data.
 #[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
+pub fn read_at<T: Copy, C: Frame>(ctx: &C, offset: usize) -> Option<T> {
+    ptr_at::<T, C>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Overwrite the `T` at `offset`; `Err` if it is not inside the linear data.
+#[inline(always)]
+pub fn write_at<T, C: Frame>(ctx: &C, offset: usize, value: T) -> Result<(), ()> {
+    let p = ptr_at::<T, C>(ctx, offset).ok_or(())?;
+    unsafe { core::ptr::write_unaligned(p, value) };
+    Ok(())
 }

@@ -7,24 +7,28 @@
 //!    and its backend up (draining backends keep their clients);
 //! 3. the service's Maglev table, at `flow_hash % M`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
-use network_types::eth::EthHdr;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use balancer_common::{
     addr::mask,
     counters::Counter,
     hash::{flow_hash, slot},
     types::{
-        Affinity, AffinityKey, Backend, Flow, FlowKey, ReverseNat, SERVICE_FOUR_TUPLE, Service,
-        TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
+        Affinity, AffinityKey, Backend, FRAGMENT_TO_BACKEND, FRAGMENT_TO_CLIENT, Flow, FlowKey, FragmentNat,
+        ReverseNat, SERVICE_FOUR_TUPLE, Service, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT,
+        TCP_RST, tcp_closed,
     },
 };
+use network_types::eth::EthHdr;
 
 use crate::{
-    forward::{L2Path, forward, ttl_expired},
+    ctx::{Action, Frame},
+    forward::{L2Path, forward},
+    fragment,
+    ip::{End, ttl_expired},
     maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
-    nat::{End, rewrite},
-    parse::{Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
-    ptr::ptr_at,
+    nat::rewrite,
+    parse::{L3_OFF, Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
+    ptr::read_at,
     stats::{self, Direction},
 };
 
@@ -47,8 +51,8 @@ fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
 }
 
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u32, ()> {
-    if ttl_expired(pkt) {
+pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<Action, ()> {
+    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -60,9 +64,10 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, service: &Service) -> Result<u
         },
     };
     stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
-    rewrite(ctx, pkt, End::Destination, backend.addr[0], backend.port)?;
+    fragment::record_first(pkt, &FragmentNat { addr: backend.addr, backend_id, direction: FRAGMENT_TO_BACKEND, ..FragmentNat::default() });
+    rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
     stats::count(Counter::ForwardToBackend);
-    Ok(forward(ctx, pkt, None))
+    Ok(forward(ctx, pkt.key.family, pkt.key.proto, None))
 }
 
 /// The flow's backend from conntrack, if the flow is known, its backend up,
@@ -94,7 +99,7 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
 }
 
 #[inline(always)]
-fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
+pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
     AffinityKey {
         service_id: service.id,
         family: pkt.key.family,
@@ -105,18 +110,18 @@ fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
 
 /// Choose a backend for a flow conntrack does not know, and remember it.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
+fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
     // The client's L2 path, remembered for replies (see `ReverseNat`); only
     // new flows need it, so the conntrack fast path never reads it.
-    let eth = unsafe { &*ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)? };
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let eth = read_at::<EthHdr, C>(ctx, 0).ok_or(Counter::DropMalformed)?;
+    let ifindex = ctx.ingress_ifindex();
     let four_tuple = service.flags & SERVICE_FOUR_TUPLE != 0;
     let affinity_key = affinity_key(pkt, service);
     let sticky = if four_tuple { None } else { fresh_affinity(&affinity_key, service, now) };
     let (backend_id, backend) = match sticky {
         Some(found) => found,
         None => {
-            let found = maglev_pick(pkt, service, &affinity_key)?;
+            let found = maglev_pick(pkt, service, &affinity_key.client)?;
             if !four_tuple {
                 let value = Affinity { backend_id: found.0, _pad: 0, last_seen_ns: now };
                 let _ = AFFINITY.insert(&affinity_key, &value, 0);
@@ -158,7 +163,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, now: u64) -> Resu
 /// The client's affinity, if it is younger than the service's timeout and
 /// its backend is still up; refreshed on use.
 #[inline(always)]
-fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
+pub fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
     let affinity = unsafe { &mut *AFFINITY.get_ptr_mut(key)? };
     if now.saturating_sub(affinity.last_seen_ns) > service.affinity_timeout_ns {
         return None;
@@ -168,12 +173,14 @@ fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<(u32
     Some((affinity.backend_id, backend))
 }
 
+/// The backend at the flow's Maglev slot. `masked_client` is the client
+/// address masked to the service's prefix (used by source-ip services).
 #[inline(always)]
-fn maglev_pick(pkt: &Packet, service: &Service, affinity_key: &AffinityKey) -> Result<(u32, &'static Backend), Counter> {
+pub fn maglev_pick(pkt: &Packet, service: &Service, masked_client: &[u32; 4]) -> Result<(u32, &'static Backend), Counter> {
     if service.table_size == 0 {
         return Err(Counter::DropNoBackend);
     }
-    let client = if service.flags & SERVICE_FOUR_TUPLE != 0 { &pkt.key.src } else { &affinity_key.client };
+    let client = if service.flags & SERVICE_FOUR_TUPLE != 0 { &pkt.key.src } else { masked_client };
     let hash = flow_hash(service.id, service.flags, client, pkt.key.sport);
     let index = service.table_offset[(service.active_table & 1) as usize] + slot(hash, service.table_size);
     let backend_id = *MAGLEV.get(index).ok_or(Counter::DropNoBackend)?;
@@ -182,8 +189,8 @@ fn maglev_pick(pkt: &Packet, service: &Service, affinity_key: &AffinityKey) -> R
 }
 
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Result<u32, ()> {
-    if ttl_expired(pkt) {
+pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> Result<Action, ()> {
+    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let reverse = unsafe { &mut *reverse };
@@ -203,9 +210,21 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet, reverse: *mut ReverseNat) -> Re
         }
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    rewrite(ctx, pkt, End::Source, vip[0], vip_port)?;
+    fragment::record_first(
+        pkt,
+        &FragmentNat {
+            addr: vip,
+            backend_id,
+            client_ifindex: client_path.ifindex,
+            client_mac: client_path.dst_mac,
+            gateway_mac: client_path.src_mac,
+            direction: FRAGMENT_TO_CLIENT,
+            _pad: [0; 3],
+        },
+    );
+    rewrite(ctx, pkt, End::Source, &vip, vip_port)?;
     stats::count(Counter::ForwardToClient);
-    Ok(forward(ctx, pkt, Some(&client_path)))
+    Ok(forward(ctx, pkt.key.family, pkt.key.proto, Some(&client_path)))
 }
 
 /// Record a backend's FIN or RST on the client-side conntrack entry, which

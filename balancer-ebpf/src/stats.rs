@@ -1,9 +1,11 @@
 //! Counter bumps (per-CPU maps, so plain adds are safe).
 
-use aya_ebpf::bindings::xdp_action;
 use balancer_common::counters::Counter;
 
-use crate::maps::{BACKEND_STATS, COUNTERS};
+use crate::{
+    ctx::Action,
+    maps::{BACKEND_STATS, COUNTERS},
+};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -14,16 +16,16 @@ pub fn count(counter: Counter) {
 
 /// Count and pass to the kernel.
 #[inline(always)]
-pub fn pass(counter: Counter) -> u32 {
+pub fn pass(counter: Counter) -> Action {
     count(counter);
-    xdp_action::XDP_PASS
+    Action::Pass
 }
 
 /// Count and drop.
 #[inline(always)]
-pub fn drop(counter: Counter) -> u32 {
+pub fn drop(counter: Counter) -> Action {
     count(counter);
-    xdp_action::XDP_DROP
+    Action::Drop
 }
 
 /// Which way a packet crosses the balancer.

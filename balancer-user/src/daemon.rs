@@ -198,6 +198,7 @@ impl Daemon {
         for check in self.checks.values_mut() {
             check.stop();
         }
+        crate::attach::remove_tc_filters();
         crate::pin::remove_all(self.dataplane.pin_dir())
     }
 }

@@ -1,5 +1,6 @@
 //! The loaded kernel object: loading it against the pinned maps, attaching
-//! (or adopting) the XDP links, and writing the maps the program reads.
+//! (or adopting) the program on the interfaces (`attach`), and writing the
+//! maps the program reads.
 
 use std::path::{Path, PathBuf};
 
@@ -7,24 +8,23 @@ use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    programs::{SchedClassifier, Xdp},
 };
 use aya::maps::PerCpuValues;
 use balancer_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{self, MAX_BACKENDS},
-    types::{Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, ReverseNat, Service, ServiceKey},
+    types::{
+        Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
+        ServiceKey,
+    },
 };
-use tracing::{info, warn};
 
 use crate::{
     adopt::{Pinned, PinnedService},
+    attach,
+    config::{AffinityMode, Mode},
     object::ebpf_object,
-    pin,
     state::ServiceState,
 };
 
@@ -38,7 +38,10 @@ pub struct Interface {
 
 pub struct DataPlane {
     ebpf: Ebpf,
+    /// Which program is loaded and attached.
+    mode: Mode,
     pin_dir: PathBuf,
+    fragment_services: HashMap<MapData, ServiceKey, ServiceKey>,
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
@@ -58,7 +61,7 @@ pub struct DataPlane {
 fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
     use std::mem::size_of as s;
 
-    use balancer_common::maps::{MAX_AFFINITY, MAX_FLOWS, MAX_REDIRECT_DEVS, MAX_SERVICES};
+    use balancer_common::maps::{MAX_AFFINITY, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES};
     match name {
         maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
         maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
@@ -70,6 +73,8 @@ fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
         maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(MAX_AFFINITY)),
         maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>(), Some(MAX_BACKENDS)),
         maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_COUNT)),
+        maps::FRAGMENTS => (s::<FragmentKey>(), s::<FragmentNat>(), Some(MAX_FRAGMENTS)),
+        maps::FRAGMENT_SERVICES => (s::<ServiceKey>(), s::<ServiceKey>(), Some(MAX_SERVICES)),
         _ => unreachable!("map {name} has no expected layout"),
     }
 }
@@ -116,20 +121,30 @@ impl DataPlane {
     /// Load the object, reusing every map already pinned in `pin_dir` (so a
     /// restarted daemon sees the same flows and affinities) and pinning the
     /// ones it creates. A new `MAGLEV` gets `maglev_entries`; a pinned one
-    /// keeps its size ([`Self::maglev_capacity`]).
-    pub fn load(pin_dir: &Path, maglev_entries: u32) -> anyhow::Result<Self> {
+    /// keeps its size ([`Self::maglev_capacity`]). Only `mode`'s program is
+    /// loaded.
+    pub fn load(pin_dir: &Path, maglev_entries: u32, mode: Mode) -> anyhow::Result<Self> {
         let maglev_capacity = check_pinned_maps(pin_dir)?.unwrap_or(maglev_entries);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(maps::MAGLEV, maglev_capacity)
             .load(ebpf_object()?)
             .context("loading the kernel object")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(maps::PROG_XDP)
-            .context("the kernel object has no XDP program")?
-            .try_into()?;
-        program.load().context("the kernel rejected the XDP program")?;
+        match mode {
+            Mode::Xdp => {
+                let program: &mut Xdp =
+                    ebpf.program_mut(maps::PROG_XDP).context("the kernel object has no XDP program")?.try_into()?;
+                program.load().context("the kernel rejected the XDP program")?;
+            }
+            Mode::Tc => {
+                let program: &mut SchedClassifier =
+                    ebpf.program_mut(maps::PROG_TC).context("the kernel object has no TC program")?.try_into()?;
+                program.load().context("the kernel rejected the TC program")?;
+            }
+        }
         Ok(Self {
+            mode,
+            fragment_services: take_map(&mut ebpf, maps::FRAGMENT_SERVICES)?,
             services: take_map(&mut ebpf, maps::SERVICES)?,
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
@@ -145,16 +160,17 @@ impl DataPlane {
         })
     }
 
-    fn program(&mut self) -> anyhow::Result<&mut Xdp> {
-        Ok(self.ebpf.program_mut(maps::PROG_XDP).context("no XDP program")?.try_into()?)
-    }
-
     /// The loaded XDP program (tests run it with BPF_PROG_TEST_RUN).
     pub fn xdp(&self) -> &Xdp {
         self.ebpf
             .program(maps::PROG_XDP)
             .and_then(|p| p.try_into().ok())
             .expect("the XDP program is loaded")
+    }
+
+    /// The loaded TC program (`mode = "tc"`).
+    pub fn tc(&self) -> &SchedClassifier {
+        self.ebpf.program(maps::PROG_TC).and_then(|p| p.try_into().ok()).expect("the TC program is loaded")
     }
 
     /// A global counter, summed over CPUs.
@@ -261,39 +277,45 @@ impl DataPlane {
         Ok(BackendStats::sum(self.backend_stats.get(&backend_id, 0)?.iter()))
     }
 
-    /// Attach to each interface through a pinned bpf_link. Where a link is
-    /// already pinned (a previous daemon's), swap our program into it
-    /// atomically: traffic never sees the interface without a program.
+    /// Attach to each interface (see [`attach`]); a previous daemon's
+    /// attachment is taken over without a gap.
     pub fn attach(&mut self, interfaces: &[Interface]) -> anyhow::Result<()> {
         for iface in interfaces {
             self.redirect_devs
                 .insert(iface.ifindex, iface.ifindex, None, 0)
                 .with_context(|| format!("{}: cannot add {} to the redirect map", iface.field, iface.name))?;
-            let pin_path = pin::xdp_link(&self.pin_dir, &iface.name);
-            let program = self.program()?;
-            let link_id = if pin_path.exists() {
-                let old = PinnedLink::from_pin(&pin_path)
-                    .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?
-                    .unpin()?;
-                let link = XdpLink::try_from(old).context("the pinned link is not an XDP link")?;
-                info!(interface = %iface.name, "adopting the pinned XDP link");
-                program.attach_to_link(link).context("cannot replace the program in the pinned link")?
-            } else {
-                match program.attach_to_if_index(iface.ifindex, XdpMode::Driver) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        warn!(interface = %iface.name, "native XDP failed ({e}); using generic (skb) XDP");
-                        program.attach_to_if_index(iface.ifindex, XdpMode::Skb).with_context(|| {
-                            format!("{}: cannot attach XDP to {}", iface.field, iface.name)
-                        })?
-                    }
+            match self.mode {
+                Mode::Xdp => {
+                    let program: &mut Xdp = self.ebpf.program_mut(maps::PROG_XDP).context("no XDP program")?.try_into()?;
+                    attach::xdp(program, &self.pin_dir, iface)?;
                 }
-            };
-            let link = program.take_link(link_id)?;
-            let Ok(fd_link) = FdLink::try_from(link) else {
-                bail!("{}: the kernel attached XDP to {} without a bpf_link (kernel too old to pin it)", iface.field, iface.name);
-            };
-            fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
+                Mode::Tc => {
+                    let program: &mut SchedClassifier =
+                        self.ebpf.program_mut(maps::PROG_TC).context("no TC program")?.try_into()?;
+                    attach::tc(program, &self.pin_dir, iface)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Point each VIP address (and protocol) that has exactly one
+    /// `source-ip` service at it, so later fragments arriving before their
+    /// first can be placed by client address alone; remove the rest.
+    pub fn write_fragment_services(&mut self, services: &[ServiceState]) -> anyhow::Result<()> {
+        let mut by_address: std::collections::HashMap<ServiceKey, Vec<ServiceKey>> = Default::default();
+        for s in services.iter().filter(|s| s.config.affinity == AffinityMode::SourceIp) {
+            let key = s.key();
+            by_address.entry(ServiceKey { port: 0, ..key }).or_default().push(key);
+        }
+        let stale: Vec<ServiceKey> = self.fragment_services.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            if by_address.get(&key).is_none_or(|v| v.len() != 1) {
+                let _ = self.fragment_services.remove(&key);
+            }
+        }
+        for (address, keys) in by_address.iter().filter(|(_, v)| v.len() == 1) {
+            self.fragment_services.insert(address, keys[0], 0).context("writing FRAGMENT_SERVICES")?;
         }
         Ok(())
     }

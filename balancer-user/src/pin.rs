@@ -49,6 +49,11 @@ pub fn xdp_link(pin_dir: &Path, ifname: &str) -> PathBuf {
     pin_dir.join(format!("link_xdp_{ifname}"))
 }
 
+/// The pin of the TCX link on interface `ifname` (`mode = "tc"`, 6.6+).
+pub fn tc_link(pin_dir: &Path, ifname: &str) -> PathBuf {
+    pin_dir.join(format!("link_tc_{ifname}"))
+}
+
 /// Remove every pin in `pin_dir` (maps and links) and the directory: the
 /// programs detach once nothing else holds their links.
 pub fn remove_all(pin_dir: &Path) -> anyhow::Result<usize> {

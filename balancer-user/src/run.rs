@@ -49,7 +49,7 @@ fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
 /// it, keeping every id and table a previous daemon left that is still
 /// valid ([`adopt`]). Nothing is attached yet.
 fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Plan)> {
-    let mut dataplane = DataPlane::load(pin_dir, state::maglev_entries(config))?;
+    let mut dataplane = DataPlane::load(pin_dir, state::maglev_entries(config), config.interfaces.mode)?;
     let pinned = dataplane.read_pinned()?;
     let mut plan = adopt::plan(config, &pinned)?;
     let adopted: HashSet<u32> = pinned.backends.iter().map(|(id, _)| *id).collect();
@@ -62,6 +62,7 @@ fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Pl
     for key in &plan.removed_services {
         dataplane.remove_service(key)?;
     }
+    dataplane.write_fragment_services(&plan.services)?;
     for &id in &plan.freed_backends {
         dataplane.clear_backend(id)?;
     }

@@ -154,7 +154,8 @@ pub fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
         let config = Config::from_str(&config).unwrap();
         std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
         let mut services = state::from_config(&config);
-        let mut dataplane = DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&config)).unwrap();
+        let mut dataplane =
+            DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&config), config.interfaces.mode).unwrap();
         for s in &mut services {
             dataplane.write_service(s).unwrap();
         }

@@ -36,6 +36,7 @@ fn detach(args: &DetachArgs) -> anyhow::Result<String> {
             if e.downcast_ref::<client::Error>()
                 .is_some_and(client::Error::no_daemon) =>
         {
+            crate::attach::remove_tc_filters();
             let removed = pin::remove_all(&args.pin_dir)?;
             Ok(render_removed(removed, &args.pin_dir))
         }

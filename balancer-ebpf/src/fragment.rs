@@ -1,0 +1,83 @@
+//! Fragmented datagrams. Only the first fragment carries the ports, so:
+//!
+//! - the first fragment is balanced like any packet, and how it was
+//!   rewritten is remembered in FRAGMENTS under (source, destination, IP id,
+//!   protocol), in either direction;
+//! - a later fragment takes the same rewrite from there;
+//! - a later fragment that arrives before its first (reordering) is placed
+//!   by client address alone when its VIP address has one `source-ip`
+//!   service (FRAGMENT_SERVICES): affinity, else the Maglev slot of the
+//!   masked client, the same answer its first fragment gets. Otherwise it is
+//!   passed to the kernel untouched (`pass_fragment`), never guessed.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use balancer_common::{
+    counters::Counter,
+    types::{Backend, FRAGMENT_TO_CLIENT, FragmentKey, FragmentNat, ServiceKey},
+};
+
+use crate::{
+    ctx::{Action, Frame},
+    forward::{L2Path, forward},
+    ip::{End, ttl_expired},
+    maps::{FRAGMENT_SERVICES, FRAGMENTS, SERVICES},
+    nat::rewrite,
+    parse::{L3_OFF, Packet, Piece},
+    select::{affinity_key, fresh_affinity, maglev_pick},
+    stats::{self, Direction},
+};
+
+#[inline(always)]
+fn key(pkt: &Packet, id: u32) -> FragmentKey {
+    FragmentKey { src: pkt.key.src, dst: pkt.key.dst, id, proto: pkt.key.proto, family: pkt.key.family, _pad: [0; 2] }
+}
+
+/// Remember a first fragment's rewrite for the rest of its datagram.
+#[inline(always)]
+pub fn record_first(pkt: &Packet, nat: &FragmentNat) {
+    if let Piece::First(id) = pkt.piece {
+        let _ = FRAGMENTS.insert(&key(pkt, id), nat, 0);
+    }
+}
+
+/// A fragment after the first: rewrite it as its first fragment was.
+#[inline(always)]
+pub fn forward_later<C: Frame>(ctx: &C, pkt: &Packet, id: u32) -> Result<Action, ()> {
+    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
+        return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    if let Some(nat) = unsafe { FRAGMENTS.get(&key(pkt, id)) } {
+        let nat = *nat;
+        let to_client = nat.direction == FRAGMENT_TO_CLIENT;
+        let (end, direction) = if to_client { (End::Source, Direction::ToClient) } else { (End::Destination, Direction::ToBackend) };
+        stats::backend_packet(nat.backend_id, pkt.len, direction, false);
+        rewrite(ctx, pkt, end, &nat.addr, 0)?;
+        stats::count(Counter::ForwardFragment);
+        let path = L2Path { ifindex: nat.client_ifindex, dst_mac: nat.client_mac, src_mac: nat.gateway_mac };
+        return Ok(forward(ctx, pkt.key.family, pkt.key.proto, if to_client { Some(&path) } else { None }));
+    }
+    let (backend_id, backend) = match by_client(pkt) {
+        Some(Ok(found)) => found,
+        Some(Err(counter)) => return Ok(stats::drop(counter)),
+        None => return Ok(stats::pass(Counter::PassFragment)),
+    };
+    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, false);
+    rewrite(ctx, pkt, End::Destination, &backend.addr, 0)?;
+    stats::count(Counter::ForwardFragment);
+    Ok(forward(ctx, pkt.key.family, pkt.key.proto, None))
+}
+
+/// The backend of a `source-ip` service at this VIP address for this
+/// client; `None` if no such service.
+#[inline(always)]
+fn by_client(pkt: &Packet) -> Option<Result<(u32, &'static Backend), Counter>> {
+    let vip = ServiceKey { addr: pkt.key.dst, port: 0, proto: pkt.key.proto, family: pkt.key.family };
+    let service_key = unsafe { FRAGMENT_SERVICES.get(&vip)? };
+    let service = unsafe { SERVICES.get(service_key)? };
+    let affinity_key = affinity_key(pkt, service);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(found) = fresh_affinity(&affinity_key, service, now) {
+        return Some(Ok(found));
+    }
+    Some(maglev_pick(pkt, service, &affinity_key.client))
+}

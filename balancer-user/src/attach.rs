@@ -1,0 +1,151 @@
+//! Attaching the program to an interface so that it outlives the daemon,
+//! and so that a restarted daemon swaps its program in without a moment
+//! where the interface has none.
+//!
+//! - XDP: a bpf_link, pinned as `link_xdp_<ifname>`; a restart replaces the
+//!   program inside the pinned link.
+//! - TC on kernels with TCX (6.6+): the same, with a TCX link pinned as
+//!   `link_tc_<ifname>`.
+//! - TC on older kernels: a cls_bpf filter (direct-action) on the clsact
+//!   ingress hook at a fixed priority and handle. Netlink filters do not
+//!   die with the process; a restart replaces the filter's program in
+//!   place, and `detach` deletes the filters by program name.
+//!
+//! Switching `mode` between runs removes the other mode's attachment once
+//! the new one is in place.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, bail};
+use aya::{
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        xdp::XdpLink,
+    },
+    util::KernelVersion,
+};
+use balancer_common::maps::PROG_TC;
+use tracing::{info, warn};
+
+use crate::{dataplane::Interface, pin};
+
+/// The cls_bpf filter's place on pre-TCX kernels: ours, so a restart finds
+/// and replaces it.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Result<()> {
+    let pin_path = pin::xdp_link(pin_dir, &iface.name);
+    let link_id = if pin_path.exists() {
+        let old = PinnedLink::from_pin(&pin_path)
+            .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?
+            .unpin()?;
+        let link = XdpLink::try_from(old).context("the pinned link is not an XDP link")?;
+        info!(interface = %iface.name, "adopting the pinned XDP link");
+        program.attach_to_link(link).context("cannot replace the program in the pinned link")?
+    } else {
+        match program.attach_to_if_index(iface.ifindex, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(interface = %iface.name, "native XDP failed ({e}); using generic (skb) XDP");
+                program
+                    .attach_to_if_index(iface.ifindex, XdpMode::Skb)
+                    .with_context(|| format!("{}: cannot attach XDP to {}", iface.field, iface.name))?
+            }
+        }
+    };
+    let link = program.take_link(link_id)?;
+    let Ok(fd_link) = FdLink::try_from(link) else {
+        bail!("{}: the kernel attached XDP to {} without a bpf_link (kernel too old to pin it)", iface.field, iface.name);
+    };
+    fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
+    remove_tc(pin_dir, &iface.name);
+    Ok(())
+}
+
+pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> anyhow::Result<()> {
+    let what = || format!("{}: cannot attach TC to {}", iface.field, iface.name);
+    if has_tcx() {
+        let pin_path = pin::tc_link(pin_dir, &iface.name);
+        let link_id = if pin_path.exists() {
+            let old = PinnedLink::from_pin(&pin_path)
+                .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?
+                .unpin()?;
+            let link = SchedClassifierLink::try_from(old).context("the pinned link is not a TCX link")?;
+            info!(interface = %iface.name, "adopting the pinned TCX link");
+            program.attach_to_link(link).context("cannot replace the program in the pinned link")?
+        } else {
+            program
+                .attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(what)?
+        };
+        let fd_link = FdLink::try_from(program.take_link(link_id)?).context("the TCX link has no fd")?;
+        fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
+    } else {
+        // Already there after a previous run: not an error.
+        let _ = tc::qdisc_add_clsact(&iface.name);
+        let options = || NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None };
+        let link_id = match program.attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::Netlink(options())) {
+            Ok(id) => id,
+            Err(_) => {
+                // Our filter is there (a previous daemon's): replace its program.
+                let link = SchedClassifierLink::attached(&iface.name, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
+                    .with_context(what)?;
+                info!(interface = %iface.name, "replacing the program of the existing cls_bpf filter");
+                program.attach_to_link(link).with_context(what)?
+            }
+        };
+        // Dropping a netlink link would delete the filter: it must outlive us.
+        std::mem::forget(program.take_link(link_id)?);
+    }
+    remove_xdp(pin_dir, &iface.name);
+    Ok(())
+}
+
+/// TCX links (bpf_link for TC) arrived in 6.6.
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Drop a previous run's XDP attachment (its pinned link) on `ifname`.
+fn remove_xdp(pin_dir: &Path, ifname: &str) {
+    let _ = fs::remove_file(pin::xdp_link(pin_dir, ifname));
+}
+
+/// Drop a previous run's TC attachment on `ifname`: the pinned TCX link,
+/// or the cls_bpf filter.
+fn remove_tc(pin_dir: &Path, ifname: &str) {
+    let _ = fs::remove_file(pin::tc_link(pin_dir, ifname));
+    let _ = tc::qdisc_detach_program(ifname, TcAttachType::Ingress, PROG_TC);
+}
+
+/// Delete every cls_bpf filter running our program in this network
+/// namespace (pre-TCX kernels; links are removed with the pins).
+pub fn remove_tc_filters() {
+    let Ok(entries) = interface_names() else { return };
+    for name in entries {
+        let _ = tc::qdisc_detach_program(&name, TcAttachType::Ingress, PROG_TC);
+    }
+}
+
+/// The interface names of this network namespace.
+fn interface_names() -> std::io::Result<Vec<String>> {
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    let mut i = 0;
+    loop {
+        let entry = unsafe { &*list.add(i) };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        names.push(unsafe { std::ffi::CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned());
+        i += 1;
+    }
+    unsafe { libc::if_freenameindex(list) };
+    Ok(names)
+}
