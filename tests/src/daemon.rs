@@ -33,16 +33,28 @@ pub fn balancer(ns: &NetNs, args: &[&str]) -> Output {
     ns.command(all[0], &all[1..]).output().expect("run balancer")
 }
 
+/// How the network-namespace suites attach the balancer:
+/// `BALANCER_TEST_MODE` = `xdp` (the default) or `tc`. `cargo xtask test`
+/// runs them in both.
+pub fn test_mode() -> &'static str {
+    match std::env::var("BALANCER_TEST_MODE").as_deref() {
+        Ok("tc") => "tc",
+        Ok("xdp") | Err(_) => "xdp",
+        Ok(other) => panic!("BALANCER_TEST_MODE must be xdp or tc, not {other:?}"),
+    }
+}
+
 /// The config sections every test daemon shares: the topology's gateway
-/// interfaces, metrics on `metrics` (inside the gateway namespace), and the
-/// pin dir and control socket of `bpffs` (each test its own). Services
-/// follow.
+/// interfaces in [`test_mode`], metrics on `metrics` (inside the gateway
+/// namespace), and the pin dir and control socket of `bpffs` (each test its
+/// own). Services follow.
 pub fn config_head(bpffs: &TempBpffs, metrics: &str) -> String {
     format!(
-        "[interfaces]\nclients = \"{GW_CLIENT_IF}\"\nbackends = \"{GW_BACKEND_IF}\"\n\
+        "[interfaces]\nclients = \"{GW_CLIENT_IF}\"\nbackends = \"{GW_BACKEND_IF}\"\nmode = \"{}\"\n\
          [metrics]\nlisten = \"{metrics}\"\n\
          [bpf]\npin_dir = \"{}\"\n\
          [control]\nsocket = \"{}\"\n",
+        test_mode(),
         bpffs.pin_dir().display(),
         bpffs.control_socket().display()
     )
@@ -175,8 +187,28 @@ impl Drop for Daemon {
     }
 }
 
-/// Does `ip link show` report an XDP program on `ifname` in `ns`?
-pub fn xdp_attached(ns: &NetNs, ifname: &str) -> bool {
-    let out = Command::new("ip").args(["-n", ns.name(), "-d", "link", "show", ifname]).output().expect("ip link");
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+/// Is the balancer attached to `ifname` in `ns` in [`test_mode`]?
+pub fn attached(ns: &NetNs, ifname: &str) -> bool {
+    if test_mode() == "xdp" {
+        let out = Command::new("ip").args(["-n", ns.name(), "-d", "link", "show", ifname]).output().expect("ip link");
+        return String::from_utf8_lossy(&out.stdout).contains("prog/xdp");
+    }
+    tc_attached(ns, ifname)
+}
+
+/// Is `balancer_tc` on `ifname`'s ingress: as a TCX link (6.6+), or as a
+/// cls_bpf filter (older kernels, where the TCX query fails)?
+fn tc_attached(ns: &NetNs, ifname: &str) -> bool {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    use balancer_common::maps::PROG_TC;
+    let name = ifname.to_owned();
+    let tcx = ns.run(move || {
+        SchedClassifier::query_tcx(&name, TcAttachType::Ingress)
+            .map(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(PROG_TC)))
+    });
+    if let Ok(found) = tcx {
+        return found;
+    }
+    let out = Command::new("tc").args(["-n", ns.name(), "filter", "show", "dev", ifname, "ingress"]).output().expect("tc");
+    String::from_utf8_lossy(&out.stdout).contains(PROG_TC)
 }

@@ -13,7 +13,7 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
-    daemon::{Daemon, backends_toml, cli, cli_ok, config_head, status, xdp_attached},
+    daemon::{Daemon, backends_toml, cli, cli_ok, config_head, status, attached},
     http::{self, metric, metric_sum},
     require_root, tcp_ask, tcp_connect, tcp_whoami,
     servers::Server,
@@ -537,7 +537,7 @@ fn the_cli_shows_status_and_flows_and_detach_removes_everything() {
     assert!(out.contains("detached"), "{out}");
     let status = rig.daemon.take().unwrap().wait_exit(Duration::from_secs(10));
     assert!(status.success(), "the daemon exits cleanly after detach: {status}");
-    assert!(!xdp_attached(rig.topo.gw(), GW_CLIENT_IF) && !xdp_attached(rig.topo.gw(), GW_BACKEND_IF), "still attached");
+    assert!(!attached(rig.topo.gw(), GW_CLIENT_IF) && !attached(rig.topo.gw(), GW_BACKEND_IF), "still attached");
     assert!(!rig.bpffs.pin_dir().exists(), "pins left behind");
     assert!(!rig.socket().exists(), "the control socket is removed");
     drop(held);

@@ -10,7 +10,7 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
-    daemon::{Daemon, balancer, xdp_attached},
+    daemon::{Daemon, balancer, attached},
     require_root, tcp_ask, tcp_whoami,
     topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
     udp_ask, udp_whoami,
@@ -32,6 +32,7 @@ fn config(topo: &Topology, pin_dir: &std::path::Path) -> String {
 [interfaces]
 clients = "{GW_CLIENT_IF}"
 backends = "{GW_BACKEND_IF}"
+mode = "{mode}"
 
 [metrics]
 listen = "127.0.0.1:9090"
@@ -64,6 +65,7 @@ protocol = "udp"
 check = "none"
 {dns}
 "#,
+        mode = balancer_tests::daemon::test_mode(),
         pin = pin_dir.display(),
         sock = balancer_tests::bpffs::control_socket_of(pin_dir).display(),
         web = backends(3000),
@@ -79,13 +81,9 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     let tcp: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
     let udp: Vec<_> = topo.backends().iter().map(|b| udp_whoami(b.ns(), b.name(), 5353)).collect();
     let pin_dir = bpffs.pin_dir();
-    let daemon = Daemon::start(
-        topo.gw(),
-        &config(&topo, &pin_dir),
-        &pin_dir,
-        &["link_xdp_gwc", "link_xdp_gwb"],
-    );
-    assert!(xdp_attached(topo.gw(), GW_CLIENT_IF) && xdp_attached(topo.gw(), GW_BACKEND_IF));
+    let mut daemon = Daemon::start(topo.gw(), &config(&topo, &pin_dir), &pin_dir, &[]);
+    daemon.wait_serving(topo.gw(), &balancer_tests::bpffs::control_socket_of(&pin_dir));
+    assert!(attached(topo.gw(), GW_CLIENT_IF) && attached(topo.gw(), GW_BACKEND_IF));
 
     // source-ip: every one of 10 new connections from a client lands on the
     // same backend; the backend sees the client's own address; the client
@@ -150,7 +148,7 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     // Stopping the daemon leaves the data plane forwarding (pinned), and
     // clients keep their backends.
     assert!(daemon.stop().success());
-    assert!(xdp_attached(topo.gw(), GW_CLIENT_IF), "the pinned link outlives the daemon");
+    assert!(attached(topo.gw(), GW_CLIENT_IF), "the pinned link outlives the daemon");
     for (&client, backend) in chosen.iter().take(4) {
         let answer = tcp_ask(topo.client(), client, vip, TIMEOUT).expect("balanced with the daemon stopped");
         assert_eq!(&answer.backend, backend);
@@ -161,7 +159,7 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     let socket = bpffs.control_socket();
     let out = balancer(topo.gw(), &["detach", "--pin-dir", pin_dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF));
+    assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF));
     drop((tcp, udp));
 }
 
@@ -176,7 +174,7 @@ fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
     let cases = [
         ("table size", good.replacen("name = \"web\"", "name = \"web\"\ntable_size = 65536", 1), "table_size"),
         ("interface", good.replace("clients = \"gwc\"", "clients = \"nosuchif0\""), "interfaces.clients"),
-        ("mode", good.replace("[interfaces]", "[interfaces]\nmode = \"ebpf\""), "interfaces.mode"),
+        ("mode", good.replace(&format!("mode = \"{}\"", balancer_tests::daemon::test_mode()), "mode = \"ebpf\""), "interfaces.mode"),
         ("pin dir", good.replace(pin_dir.to_str().unwrap(), not_bpffs.to_str().unwrap()), "bpf.pin_dir"),
         ("syntax", good.replace("[[services]]", "[[services]"), "TOML"),
     ];
@@ -190,7 +188,7 @@ fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
         let lines: Vec<_> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
         assert!(lines[0].contains(names), "{what}: {:?} should name {names}", lines[0]);
-        assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF), "{what}: attached");
+        assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF), "{what}: attached");
         assert!(!pin_dir.exists() || std::fs::read_dir(&pin_dir).unwrap().next().is_none(), "{what}: pinned something");
         println!("{what}: {}", lines[0]);
     }
@@ -219,6 +217,6 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
     let lines: Vec<_> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line, got {stderr:?}");
     assert!(lines[0].contains("COUNTERS") && lines[0].contains("another version"), "{}", lines[0]);
-    assert!(!xdp_attached(topo.gw(), GW_CLIENT_IF) && !xdp_attached(topo.gw(), GW_BACKEND_IF));
+    assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF));
     println!("{}", lines[0]);
 }
