@@ -19,6 +19,6 @@ pub mod xdp_fixture;
 
 pub use netns::{NetNs, require_root};
 pub use servers::{
-    Answer, Server, TIMEOUT, ask, tcp_ask, tcp_connect, tcp_whoami, udp_ask, udp_whoami,
+    Answer, BIG_DATAGRAM, Server, TIMEOUT, ask, tcp_ask, tcp_connect, tcp_whoami, udp_ask, udp_ask_sized, udp_whoami,
 };
 pub use topology::{Backend, Topology, TopologyOpts};

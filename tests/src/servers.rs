@@ -4,7 +4,8 @@
 //! Protocol, TCP and UDP alike: a request is one line. The TCP server
 //! answers `peer` with `<name> <client addr:port as it saw it>` and any
 //! other line with `<name>`; the UDP server always answers
-//! `<name> <source addr:port>`. The peer address lets a test check that the
+//! `<name> <source addr:port>` (padded to the request's length when that is
+//! over [`BIG_DATAGRAM`]). The peer address lets a test check that the
 //! backend sees the real client, not the gateway.
 //!
 //! Sockets are created inside the namespace (`NetNs::run`) and served from
@@ -24,6 +25,9 @@ use std::{
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::NetNs;
+
+/// A UDP request longer than this gets an answer of its own length.
+pub const BIG_DATAGRAM: usize = 1400;
 
 /// A sensible client timeout: long enough for a first ARP/ND round trip,
 /// short enough that a broken data path fails the test quickly.
@@ -177,16 +181,33 @@ pub fn tcp_ask(ns: &NetNs, src: IpAddr, dst: SocketAddr, timeout: Duration) -> i
 /// so only an answer coming back from `dst` itself counts (one from a
 /// backend's real address when `dst` is a VIP is ignored and times out).
 pub fn udp_ask(ns: &NetNs, src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Answer> {
+    udp_ask_sized(ns, src, dst, 0, timeout).map(|(answer, _)| answer)
+}
+
+/// [`udp_ask`] with a request padded to `size` bytes (a datagram over the
+/// link MTU leaves in fragments); the answer and its length (as long as the
+/// request when that is over [`BIG_DATAGRAM`]).
+pub fn udp_ask_sized(
+    ns: &NetNs,
+    src: IpAddr,
+    dst: SocketAddr,
+    size: usize,
+    timeout: Duration,
+) -> io::Result<(Answer, usize)> {
     let socket = ns.run(|| {
         let socket = UdpSocket::bind(SocketAddr::new(src, 0))?;
         socket.connect(dst)?;
         socket.set_read_timeout(Some(timeout))?;
         io::Result::Ok(socket)
     })?;
-    socket.send(format!("{PEER_REQUEST}\n").as_bytes())?;
-    let mut buf = [0u8; 256];
+    let mut request = format!("{PEER_REQUEST}\n").into_bytes();
+    request.resize(request.len().max(size), b'.');
+    socket.send(&request)?;
+    let mut buf = vec![0u8; 65536];
     let len = socket.recv(&mut buf)?;
-    parse_answer(&String::from_utf8_lossy(&buf[..len]), socket.local_addr()?)
+    let text = String::from_utf8_lossy(&buf[..len]);
+    let line = text.split_inclusive('\n').next().unwrap_or_default();
+    Ok((parse_answer(line, socket.local_addr()?)?, len))
 }
 
 fn parse_answer(line: &str, local: SocketAddr) -> io::Result<Answer> {
@@ -281,14 +302,20 @@ fn serve_tcp(stream: TcpStream, name: &str, peer: SocketAddr) {
 }
 
 fn udp_loop(socket: &UdpSocket, name: &str, stop: &AtomicBool) {
-    let mut buf = [0u8; 1500];
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         // An error is a timeout, an ICMP error for an earlier reply, or the
         // shutdown that `stop` uses to wake us: the flag decides.
-        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+        if let Ok((len, peer)) = socket.recv_from(&mut buf) {
             // The reply's source is picked by routing (the socket is bound
             // to the wildcard): the backend's only address of that family.
-            let _ = socket.send_to(format!("{name} {peer}\n").as_bytes(), peer);
+            // A request bigger than one packet gets an answer as big, padded
+            // after the line, so replies get fragmented too.
+            let mut reply = format!("{name} {peer}\n").into_bytes();
+            if len > BIG_DATAGRAM {
+                reply.resize(len, b'.');
+            }
+            let _ = socket.send_to(&reply, peer);
         }
     }
 }
