@@ -13,7 +13,10 @@ use crate::{
 /// The integration tests (BPF_PROG_TEST_RUN and network namespaces).
 const TESTS_PACKAGE: &str = "balancer-tests";
 const COMMON_PACKAGE: &str = "balancer-common";
-const STEPS: usize = 4;
+const STEPS: usize = 5;
+/// The network-namespace suites that run the daemon: step 4 runs them in
+/// XDP mode (the default), step 5 again with `mode = "tc"` (also in the VM).
+pub const TC_SUITES: &[&str] = &["gateway", "control", "ipv6", "odd_packets", "socketio"];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -80,6 +83,14 @@ pub fn run(opts: &Options) -> Result<()> {
             .args(&opts.args)
             .env("BALANCER_BIN", &bin),
     )?;
+
+    step(5, "the network-namespace suites again, attached as TC programs (mode = \"tc\")");
+    let mut tc = cmd::cargo();
+    tc.args(["test", "--release", "-p", TESTS_PACKAGE]);
+    for suite in TC_SUITES {
+        tc.args(["--test", suite]);
+    }
+    cmd::run(tc.args(["--", "--test-threads=1"]).args(&opts.args).env("BALANCER_BIN", &bin).env("BALANCER_TEST_MODE", "tc"))?;
 
     eprintln!("==> all {STEPS} test steps passed");
     Ok(())

@@ -25,6 +25,11 @@ pub const BALANCER: &str = "/xtask/bin/balancer";
 pub struct Run {
     /// The test target's name (`gateway`, `xdp_test_run`).
     pub name: String,
+    /// How results name this run: the target's name, `@tc` added for the
+    /// run in TC mode.
+    pub label: String,
+    /// `BALANCER_TEST_MODE` for this run (`None`: the default, XDP).
+    pub mode: Option<&'static str>,
     /// The executable on the host.
     pub binary: PathBuf,
     pub args: Vec<String>,
@@ -48,7 +53,12 @@ pub fn write_initramfs(kernel: &Kernel, payload: &Payload, out: &Path) -> Result
     let mut tree = Tree::new();
     let mut elves: Vec<PathBuf> = vec![payload.balancer.clone()];
     tree.add_host_file_as(BALANCER, &payload.balancer)?;
+    // A binary that runs in both modes goes in once.
+    let mut added = BTreeSet::new();
     for run in &payload.runs {
+        if !added.insert(run.name.as_str()) {
+            continue;
+        }
         tree.add_host_file_as(guest_test_path(&run.name), &run.binary)?;
         elves.push(run.binary.clone());
     }
@@ -133,8 +143,9 @@ status=0
     for run in runs {
         let args: Vec<String> = run.args.iter().map(|a| shell_quote(a)).collect();
         s.push_str(&format!(
-            "say run {name}\n{path} {args}\nrc=$?\nsay exit {name} $rc\n[ $rc -eq 0 ] || status=1\n",
-            name = run.name,
+            "say run {name}\n{env}{path} {args}\nrc=$?\nsay exit {name} $rc\n[ $rc -eq 0 ] || status=1\n",
+            name = run.label,
+            env = run.mode.map(|m| format!("BALANCER_TEST_MODE={m} ")).unwrap_or_default(),
             path = guest_test_path(&run.name),
             args = args.join(" ")
         ));

@@ -39,7 +39,8 @@ const MEMORY_MIB: u32 = 4096;
 const MODULES: &[&str] = &["veth", "bridge"];
 /// Tools every integration test binary runs (DESIGN.md, "Test topology
 /// conventions").
-const TOOLS: &[&str] = &["ip", "ethtool", "mount", "umount", "sysctl"];
+/// `tc` finds the TC program on kernels without TCX links (before 6.6).
+const TOOLS: &[&str] = &["ip", "ethtool", "mount", "umount", "sysctl", "tc"];
 
 /// What the suite leaves out in the VM, and why (README, "The suite in a
 /// VM"). `test: None` leaves the whole binary out.
@@ -235,8 +236,19 @@ fn payload(
             ]);
         }
         all.extend(args.iter().cloned());
+        if crate::test::TC_SUITES.contains(&name.as_str()) {
+            runs.push(Run {
+                label: format!("{name}@tc"),
+                name: name.clone(),
+                mode: Some("tc"),
+                binary: binary.clone(),
+                args: all.clone(),
+            });
+        }
         runs.push(Run {
+            label: name.clone(),
             name,
+            mode: None,
             binary,
             args: all,
         });
