@@ -38,10 +38,7 @@ const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Result<()> {
     let pin_path = pin::xdp_link(pin_dir, &iface.name);
-    let link_id = if pin_path.exists() {
-        let old = PinnedLink::from_pin(&pin_path)
-            .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?
-            .unpin()?;
+    let link_id = if let Some(old) = unpin(&pin_path)? {
         let link = XdpLink::try_from(old).context("the pinned link is not an XDP link")?;
         info!(interface = %iface.name, "adopting the pinned XDP link");
         program.attach_to_link(link).context("cannot replace the program in the pinned link")?
@@ -69,10 +66,7 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
     let what = || format!("{}: cannot attach TC to {}", iface.field, iface.name);
     if has_tcx() {
         let pin_path = pin::tc_link(pin_dir, &iface.name);
-        let link_id = if pin_path.exists() {
-            let old = PinnedLink::from_pin(&pin_path)
-                .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?
-                .unpin()?;
+        let link_id = if let Some(old) = unpin(&pin_path)? {
             let link = SchedClassifierLink::try_from(old).context("the pinned link is not a TCX link")?;
             info!(interface = %iface.name, "adopting the pinned TCX link");
             program.attach_to_link(link).context("cannot replace the program in the pinned link")?
@@ -102,6 +96,16 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
     }
     remove_xdp(pin_dir, &iface.name);
     Ok(())
+}
+
+/// A previous daemon's link pinned at `pin_path`, taken over (its pin is
+/// written again once the new program is in it).
+fn unpin(pin_path: &Path) -> anyhow::Result<Option<FdLink>> {
+    if !pin_path.exists() {
+        return Ok(None);
+    }
+    let link = PinnedLink::from_pin(pin_path).with_context(|| format!("cannot open pinned link {}", pin_path.display()))?;
+    Ok(Some(link.unpin()?))
 }
 
 /// TCX links (bpf_link for TC) arrived in 6.6.
