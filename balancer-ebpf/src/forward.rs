@@ -21,6 +21,7 @@ use crate::{
     maps::REDIRECT_DEVS,
     parse::L3_OFF,
     ptr::{ptr_at, read_at},
+    scratch::scratch,
     stats,
 };
 
@@ -37,11 +38,11 @@ pub struct L2Path {
     pub src_mac: [u8; 6],
 }
 
-/// The addresses and length the FIB lookup needs, read from the (already
-/// rewritten) IP header.
+/// Fill `fib` with the addresses and length the FIB lookup needs, read
+/// from the (already rewritten) IP header.
 #[inline(always)]
-fn fib_params<C: Frame>(ctx: &C, family: u8, proto: u8) -> Option<FibParams> {
-    let mut fib: FibParams = unsafe { zeroed() };
+fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
+    *fib = unsafe { zeroed() };
     fib.l4_protocol = proto;
     fib.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
@@ -61,15 +62,19 @@ fn fib_params<C: Frame>(ctx: &C, family: u8, proto: u8) -> Option<FibParams> {
         fib.__bindgen_anon_3.ipv6_src = read_at::<[u32; 4], C>(ctx, L3_OFF + 8)?;
         fib.__bindgen_anon_4.ipv6_dst = read_at::<[u32; 4], C>(ctx, L3_OFF + 24)?;
     }
-    Some(fib)
+    Some(())
 }
 
 #[inline(always)]
 pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Action {
-    let Some(mut fib) = fib_params(ctx, family, proto) else {
-        return stats::pass(Counter::PassTruncated);
+    let Some(scratch) = scratch() else {
+        return stats::pass(Counter::PassFibOther);
     };
-    let rc = unsafe { bpf_fib_lookup(ctx.raw(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let fib = &mut scratch.fib;
+    if fib_params(ctx, fib, family, proto).is_none() {
+        return stats::pass(Counter::PassTruncated);
+    }
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
     let (ifindex, dst_mac, src_mac) = match (rc, fallback) {
         (FIB_SUCCESS, _) => (fib.ifindex, fib.dmac, fib.smac),
         (FIB_NO_NEIGH, Some(path)) if path.ifindex == fib.ifindex => {

@@ -23,6 +23,7 @@ use crate::{
     maps::{FRAGMENT_SERVICES, FRAGMENTS, SERVICES},
     nat::rewrite,
     parse::{L3_OFF, Packet, Piece},
+    scratch::scratch,
     select::{affinity_key, fresh_affinity, maglev_pick},
     stats::{self, Direction},
 };
@@ -32,12 +33,21 @@ fn key(pkt: &Packet, id: u32) -> FragmentKey {
     FragmentKey { src: pkt.key.src, dst: pkt.key.dst, id, proto: pkt.key.proto, family: pkt.key.family, _pad: [0; 2] }
 }
 
-/// Remember a first fragment's rewrite for the rest of its datagram.
+/// Remember a first fragment's rewrite for the rest of its datagram: the
+/// new `addr` (and for replies the client's L2 path).
 #[inline(always)]
-pub fn record_first(pkt: &Packet, nat: &FragmentNat) {
-    if let Piece::First(id) = pkt.piece {
-        let _ = FRAGMENTS.insert(&key(pkt, id), nat, 0);
+pub fn record_first(pkt: &Packet, addr: &[u32; 4], backend_id: u32, client_path: Option<&L2Path>) {
+    let Piece::First(id) = pkt.piece else { return };
+    let Some(s) = scratch() else { return };
+    s.fragment_key = key(pkt, id);
+    s.fragment_nat = FragmentNat { addr: *addr, backend_id, ..FragmentNat::default() };
+    if let Some(path) = client_path {
+        s.fragment_nat.direction = FRAGMENT_TO_CLIENT;
+        s.fragment_nat.client_ifindex = path.ifindex;
+        s.fragment_nat.client_mac = path.dst_mac;
+        s.fragment_nat.gateway_mac = path.src_mac;
     }
+    let _ = FRAGMENTS.insert(&s.fragment_key, &s.fragment_nat, 0);
 }
 
 /// A fragment after the first: rewrite it as its first fragment was.

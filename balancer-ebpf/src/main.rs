@@ -24,6 +24,7 @@ mod maps;
 mod nat;
 mod parse;
 mod ptr;
+mod scratch;
 mod select;
 mod stats;
 

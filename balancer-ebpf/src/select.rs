@@ -13,8 +13,7 @@ use balancer_common::{
     counters::Counter,
     hash::{flow_hash, slot},
     types::{
-        Affinity, AffinityKey, Backend, FRAGMENT_TO_BACKEND, FRAGMENT_TO_CLIENT, Flow, FlowKey, FragmentNat,
-        ReverseNat, SERVICE_FOUR_TUPLE, Service, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT,
+        Affinity, AffinityKey, Backend, Flow, FlowKey, ReverseNat, SERVICE_FOUR_TUPLE, Service, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT,
         TCP_RST, tcp_closed,
     },
 };
@@ -29,6 +28,7 @@ use crate::{
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
     ptr::read_at,
+    scratch::scratch,
     stats::{self, Direction},
 };
 
@@ -64,7 +64,7 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
         },
     };
     stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
-    fragment::record_first(pkt, &FragmentNat { addr: backend.addr, backend_id, direction: FRAGMENT_TO_BACKEND, ..FragmentNat::default() });
+    fragment::record_first(pkt, &backend.addr, backend_id, None);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
     stats::count(Counter::ForwardToBackend);
     Ok(forward(ctx, pkt.key.family, pkt.key.proto, None))
@@ -137,7 +137,8 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
         created_ns: now,
     };
     let _ = CONNTRACK.insert(&pkt.key, &flow, 0);
-    let reply_key = FlowKey {
+    let s = scratch().ok_or(Counter::DropInternal)?;
+    s.reply_key = FlowKey {
         src: backend.addr,
         dst: pkt.key.src,
         sport: backend.port,
@@ -146,7 +147,7 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
         family: pkt.key.family,
         _pad: [0; 2],
     };
-    let reverse = ReverseNat {
+    s.reverse = ReverseNat {
         vip: pkt.key.dst,
         vip_port: pkt.key.dport,
         client_mac: eth.src_addr,
@@ -156,7 +157,7 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
         client_ifindex: ifindex,
         last_seen_ns: now,
     };
-    let _ = REVERSE_NAT.insert(&reply_key, &reverse, 0);
+    let _ = REVERSE_NAT.insert(&s.reply_key, &s.reverse, 0);
     Ok((backend_id, backend))
 }
 
@@ -210,18 +211,7 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> R
         }
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    fragment::record_first(
-        pkt,
-        &FragmentNat {
-            addr: vip,
-            backend_id,
-            client_ifindex: client_path.ifindex,
-            client_mac: client_path.dst_mac,
-            gateway_mac: client_path.src_mac,
-            direction: FRAGMENT_TO_CLIENT,
-            _pad: [0; 3],
-        },
-    );
+    fragment::record_first(pkt, &vip, backend_id, Some(&client_path));
     rewrite(ctx, pkt, End::Source, &vip, vip_port)?;
     stats::count(Counter::ForwardToClient);
     Ok(forward(ctx, pkt.key.family, pkt.key.proto, Some(&client_path)))

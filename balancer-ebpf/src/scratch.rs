@@ -1,0 +1,29 @@
+//! Per-CPU scratch space for the large values the common path builds for a
+//! helper (FIB parameters, new map entries).
+//!
+//! The verifier bounds a call chain's stack at 512 bytes, and 6.1 counts
+//! each frame rounded up to 32 bytes (the entry's empty frame as 32): the
+//! common path must stay within 480. A per-CPU map value is as private as
+//! the stack (a program runs to completion on its CPU) and helpers take it
+//! wherever they take stack memory.
+
+use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, macros::map, maps::PerCpuArray};
+use balancer_common::types::{FlowKey, FragmentKey, FragmentNat, ReverseNat};
+
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    pub reply_key: FlowKey,
+    pub reverse: ReverseNat,
+    pub fragment_key: FragmentKey,
+    pub fragment_nat: FragmentNat,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space (always there: a one-entry per-CPU array).
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
