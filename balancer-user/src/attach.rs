@@ -78,8 +78,13 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
         let fd_link = FdLink::try_from(program.take_link(link_id)?).context("the TCX link has no fd")?;
         fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
     } else {
-        // Already there after a previous run: not an error.
-        let _ = tc::qdisc_add_clsact(&iface.name);
+        // EEXIST: there from a previous run. Anything else (no sch_ingress
+        // in this kernel) makes the attach fail, and is the reason to give.
+        if let Err(e) = tc::qdisc_add_clsact(&iface.name)
+            && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+        {
+            return Err(e).with_context(|| format!("{}: cannot add the clsact qdisc", what()));
+        }
         let options = || NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None };
         let link_id = match program.attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::Netlink(options())) {
             Ok(id) => id,

@@ -35,8 +35,10 @@ const TESTS_PACKAGE: &str = "balancer-tests";
 /// Guest memory: the initramfs (about 125 MiB, unpacked into RAM, twice
 /// while it unpacks), the tests' namespaces, daemons and Prometheus.
 const MEMORY_MIB: u32 = 4096;
-/// Modules the topologies need that cloud kernels build as modules.
-const MODULES: &[&str] = &["veth", "bridge"];
+/// Modules the topologies need that cloud kernels build as modules:
+/// `sch_ingress` (the clsact qdisc) and `cls_bpf` for TC mode on kernels
+/// without TCX links.
+const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 /// Tools every integration test binary runs (DESIGN.md, "Test topology
 /// conventions").
 /// `tc` finds the TC program on kernels without TCX links (before 6.6).
