@@ -143,7 +143,7 @@ pub fn reparse_ip<C: Frame>(ctx: &C) -> Result<Ip, Counter> {
 fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
     let mut key = FlowKey { src: ip.src, dst: ip.dst, sport: 0, dport: 0, proto: ip.proto, family: ip.family, _pad: [0; 2] };
     let len = ctx.len();
-    if ip.proto == PROTO_ICMP || ip.proto == PROTO_ICMPV6 {
+    if ip.proto == if ip.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 } {
         if ip.piece != Piece::Whole {
             return Parsed::Pass(Counter::PassNotOurs);
         }
@@ -260,6 +260,10 @@ pub fn parse_ipv6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Ip, Counter> {
                 };
                 next = h[0];
                 off += 8;
+                // A later fragment's data follows: no more headers to walk.
+                if word & IPV6_OFFSET != 0 {
+                    break;
+                }
             }
             _ => break,
         }
