@@ -520,12 +520,16 @@ fn parse_ip(f: &[u8], l3: usize, v4: bool, whole: bool) -> Option<IpHeader> {
         }
         if next == IPV6_FRAGMENT {
             let word = be16(e, 2);
-            fragment = Some(Fragment {
-                offset: word >> 3,
-                more: word & 1 != 0,
-                id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
-            });
+            let f = Fragment { offset: word >> 3, more: word & 1 != 0, id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]) };
+            fragment = Some(f);
             off += 8;
+            if f.offset != 0 {
+                // What follows is data of the fragmentable part: `proto` is
+                // the header it starts with (TCP, UDP, or another header).
+                next = e[0];
+                ext_headers += 1;
+                break;
+            }
         } else if next == IPV6_AUTH {
             off += (usize::from(e[1]) + 2) * 4;
         } else {

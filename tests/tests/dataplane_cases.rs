@@ -14,7 +14,7 @@ use balancer_tests::{
     packet::{
         ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, End, ExtHeader, Frame, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST,
         ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST,
-        ICMPV6_PACKET_TOO_BIG, L4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums_valid, parse, reassemble, set_quoted_end,
+        ICMPV6_PACKET_TOO_BIG, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums_valid, checksum, parse, reassemble, set_quoted_end,
         vlan_tagged,
     },
     test_both_modes,
@@ -185,6 +185,8 @@ test_both_modes! {
 
     fn ipv6_headers_the_balancer_does_not_walk_pass_untouched(fx) {
         use ExtHeader::*;
+        let later = balancer_tests::packet::Fragment { offset: 8, more: true, id: 9 };
+        let first = balancer_tests::packet::Fragment { offset: 0, more: true, id: 9 };
         let five = vec![HopByHop { len: 0 }, DestOpts { len: 0 }, DestOpts { len: 0 }, DestOpts { len: 0 }, DestOpts { len: 0 }];
         let cases = [
             ("routing header with segments left", vec![Routing { segments_left: 1 }]),
@@ -193,6 +195,12 @@ test_both_modes! {
             ("ESP", vec![Esp]),
             ("AH after destination options", vec![DestOpts { len: 0 }, Auth]),
             ("five extension headers", five),
+            // A later fragment's data is not headers, whatever it looks like.
+            (
+                "a later fragment whose fragmentable part starts with destination options",
+                vec![Fragment(later), DestOpts { len: 0 }],
+            ),
+            ("a later fragment whose data looks like a first fragment", vec![Fragment(later), Fragment(first)]),
         ];
         for (what, chain) in cases {
             let syn = Frame { ext_headers: chain, ..Frame::tcp("2001:db8::4", 45000, VIP6, 80, TCP_SYN) }.build();
@@ -304,6 +312,21 @@ test_both_modes! {
         for (what, frame) in cases {
             expect_passed(fx, true, &frame, "pass_not_ours", what);
         }
+        // The other family's ICMP protocol number: not an ICMP message.
+        let mut v4_58 = frag(&live_reply);
+        v4_58[ETH_LEN + 9] = PROTO_ICMPV6;
+        v4_58[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&v4_58[ETH_LEN..ETH_LEN + 20]);
+        v4_58[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+        expect_passed(fx, true, &v4_58, "pass_not_ours", "IPv4 with protocol 58");
+        let backend6 = open_flow(fx, "web6", "2001:db8::13", 0x13, 49000, VIP6, 80);
+        let live6 = Frame::tcp(VIP6, 80, "2001:db8::13", 49000, TCP_ACK).build();
+        let too_big = Frame::icmp_error("2001:db8:5::1", VIP6, ICMPV6_PACKET_TOO_BIG, 0, 1280, &live6, 1000).build();
+        let mut v6_1 = too_big.clone();
+        v6_1[ETH_LEN + 6] = PROTO_ICMP;
+        expect_passed(fx, true, &v6_1, "pass_not_ours", "IPv6 with next header 1");
+        let (verdict, out) = fx.run_client_frame(&too_big);
+        assert_eq!((verdict, parse(&out).dst()), (Verdict::Forwarded, backend6.ip()), "the same error as ICMPv6");
         // A quote cut before its ports cannot be placed.
         expect_passed(fx, true, &frag(&live_reply[..ETH_LEN + 22]), "pass_truncated", "quote without ports");
     }
