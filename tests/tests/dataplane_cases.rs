@@ -89,15 +89,30 @@ fn expect_passed(fx: &Fixture, from_client: bool, input: &[u8], counter: &'stati
 /// A client's SYN to `vip:port` and the backend's SYN-ACK, both checked:
 /// a live flow. Returns its backend.
 fn open_flow(fx: &Fixture, service: &str, client: &str, i: u8, cport: u16, vip: &str, port: u16) -> SocketAddr {
+    open_flow_with(fx, service, client, i, cport, vip, port, |f| f)
+}
+
+/// [`open_flow`] with both packets `shape`d (options, extension headers).
+#[allow(clippy::too_many_arguments)]
+fn open_flow_with(
+    fx: &Fixture,
+    service: &str,
+    client: &str,
+    i: u8,
+    cport: u16,
+    vip: &str,
+    port: u16,
+    shape: impl Fn(Frame) -> Frame,
+) -> SocketAddr {
     let proto = proto(fx, service);
-    let first = Frame {
+    let first = shape(Frame {
         src_mac: client_mac(i),
         dst_mac: CLIENT_IF_MAC,
         ..Frame::of_proto(proto, client.parse().unwrap(), cport, vip.parse().unwrap(), port, TCP_SYN)
-    };
+    });
     let backend = predicted(fx, service, client, cport);
     expect_forwarded(fx, true, &first, &to_backend(&first, backend));
-    let reply = from_backend(backend, client, cport, proto, TCP_SYN | TCP_ACK);
+    let reply = shape(from_backend(backend, client, cport, proto, TCP_SYN | TCP_ACK));
     expect_forwarded(fx, false, &reply, &to_client(&reply, sock(vip, port), i));
     backend
 }
@@ -154,12 +169,8 @@ test_both_modes! {
             o
         };
         for (i, options) in [vec![1, 1, 1, 0], vec![1; 8], record_route].into_iter().enumerate() {
-            let cport = 43000 + i as u16;
-            let syn = Frame { ip_options: options.clone(), ..Frame::tcp("198.18.0.9", cport, VIP4, 80, TCP_SYN) };
-            let backend = predicted(fx, "web", "198.18.0.9", cport);
-            expect_forwarded(fx, true, &syn, &to_backend(&syn, backend));
-            let reply = Frame { ip_options: options, ..from_backend(backend, "198.18.0.9", cport, PROTO_TCP, TCP_SYN | TCP_ACK) };
-            expect_forwarded(fx, false, &reply, &to_client(&reply, sock(VIP4, 80), 9));
+            let shape = |f| Frame { ip_options: options.clone(), ..f };
+            open_flow_with(fx, "web", "198.18.0.9", 9, 43000 + i as u16, VIP4, 80, shape);
         }
     }
 
@@ -172,12 +183,8 @@ test_both_modes! {
             vec![HopByHop { len: 2 }, DestOpts { len: 0 }, Routing { segments_left: 0 }, DestOpts { len: 0 }],
         ];
         for (i, chain) in chains.into_iter().enumerate() {
-            let cport = 44000 + i as u16;
-            let syn = Frame { ext_headers: chain.clone(), ..Frame::tcp("2001:db8::3", cport, VIP6, 80, TCP_SYN) };
-            let backend = predicted(fx, "web6", "2001:db8::3", cport);
-            expect_forwarded(fx, true, &syn, &to_backend(&syn, backend));
-            let reply = Frame { ext_headers: chain, ..from_backend(backend, "2001:db8::3", cport, PROTO_TCP, TCP_SYN | TCP_ACK) };
-            expect_forwarded(fx, false, &reply, &to_client(&reply, sock(VIP6, 80), 3));
+            let shape = |f| Frame { ext_headers: chain.clone(), ..f };
+            open_flow_with(fx, "web6", "2001:db8::3", 3, 44000 + i as u16, VIP6, 80, shape);
         }
         let udp = Frame { ext_headers: vec![DestOpts { len: 3 }], ..Frame::udp("2001:db8::3", 5100, VIP6, 53) };
         expect_forwarded(fx, true, &udp, &to_backend(&udp, predicted(fx, "dns6", "2001:db8::3", 5100)));

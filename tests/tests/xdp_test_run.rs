@@ -113,20 +113,6 @@ test_both_modes! {
         assert_checksums_valid(&out);
     }
 
-    fn ipv4_options_are_kept_and_the_packet_natted(fx) {
-        let mut f = Frame::tcp("198.18.0.9", 40002, "198.18.0.100", 80, TCP_SYN);
-        // Record-route-ish NOPs and an end-of-options: 8 bytes, IHL 7.
-        f.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
-        let frame = f.build();
-        let (verdict, out) = fx.run_client_frame(&frame);
-        assert_eq!(verdict, Verdict::Forwarded);
-        let want = predicted(fx.service("web"), "198.18.0.9", 40002);
-        let p = parse(&out);
-        assert_eq!((p.dst(), p.dport()), (want.ip(), want.port()));
-        assert_eq!(&out[ETH_LEN + 20..ETH_LEN + 28], &frame[ETH_LEN + 20..ETH_LEN + 28], "options kept");
-        assert_checksums_valid(&out);
-    }
-
     fn traffic_not_for_a_vip_passes_untouched(fx) {
         let cases = [
             ("to a backend's own address", Frame::tcp("198.18.0.1", 40000, "198.18.1.11", 3000, TCP_SYN).build()),
