@@ -96,6 +96,10 @@ pub fn parse_error<C: Frame>(ctx: &C, ip: &Ip) -> Result<IcmpError, Counter> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotOurs);
     }
+    // The quoted ports must be inside the ICMP packet, not past its end.
+    if inner_l4_off as u64 + 4 > ip.end {
+        return Err(Counter::PassTruncated);
+    }
     let ports = read_at::<[u16; 2], C>(ctx, inner_l4_off).ok_or(Counter::PassTruncated)?;
     Ok(IcmpError {
         family: ip.family,

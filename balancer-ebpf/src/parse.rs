@@ -105,6 +105,9 @@ pub struct Ip {
     pub proto: u8,
     pub l4_off: usize,
     pub piece: Piece,
+    /// Where the IP packet ends by its own header (before any padding):
+    /// every header the balancer rewrites must end before it.
+    pub end: u64,
 }
 
 #[inline(always)]
@@ -159,6 +162,10 @@ fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
     // Flags and ports are read through the pointer that was bounds-checked:
     // a pointer derived again from the offset would carry no checked range
     // for the verifier.
+    let header_len = if ip.proto == PROTO_TCP { TcpHdr::LEN } else { UdpHdr::LEN };
+    if (l4_off + header_len) as u64 > ip.end {
+        return Parsed::Pass(Counter::PassTruncated);
+    }
     let (l4, l4_check_off, tcp_flags) = if ip.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr, C>(ctx, l4_off) else {
             return Parsed::Pass(Counter::PassTruncated);
@@ -211,6 +218,7 @@ pub fn parse_ipv4<C: Frame>(ctx: &C, l3_off: usize) -> Result<Ip, Counter> {
         proto: iph.proto,
         l4_off: l3_off + header_len,
         piece,
+        end: l3_off as u64 + total_len,
     })
 }
 
@@ -275,7 +283,11 @@ pub fn parse_ipv6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Ip, Counter> {
         }
         _ => return Err(Counter::PassNotOurs),
     }
-    Ok(Ip { family: FAMILY_V6, src, dst, proto: next, l4_off: off, piece })
+    let end = (l3_off + Ipv6Hdr::LEN) as u64 + payload_len;
+    if off as u64 > end {
+        return Err(Counter::PassTruncated);
+    }
+    Ok(Ip { family: FAMILY_V6, src, dst, proto: next, l4_off: off, piece, end })
 }
 
 /// An address's bytes as the four native words keys hold.

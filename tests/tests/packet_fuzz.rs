@@ -322,9 +322,9 @@ struct Rewrite {
 
 /// Check a frame the program changed.
 ///
-/// The program bounds its reads of L4 headers and of an ICMP error's quote
-/// by the frame, not by the IP packet's announced length: the checks take
-/// the same view, and say when the rewrite reached past that length.
+/// Nothing past the IP packet's announced length may change: the program
+/// bounds the headers it rewrites by that length, not by the frame (which
+/// may carry padding).
 fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Result<Rewrite, String> {
     let ip_end = announced_end(input).ok_or("rewrote a frame shorter than its IP packet")?;
     let pi = try_parse_to(input, false).ok_or("rewrote a frame that is not untagged IP")?;
@@ -337,6 +337,9 @@ fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Resu
         return Err(format!("byte {at} changed, which NAT never touches"));
     }
     let past_ip_end = (ip_end..input.len()).any(|i| input[i] != out[i]);
+    if past_ip_end {
+        return Err(format!("rewrote bytes past the IP packet's announced end ({ip_end})"));
+    }
     let proto = pi.ip.proto;
     let forwarded = verdict == Verdict::Forwarded;
     let want_ttl = if forwarded { pi.ip.ttl.wrapping_sub(1) } else { pi.ip.ttl };
