@@ -9,7 +9,9 @@
 //! because the kernel would drop them (their source is the VIP, a local
 //! address).
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
+
+const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup};
 use balancer_common::{counters::Counter, types::FAMILY_V4};
@@ -20,7 +22,7 @@ use crate::{
     ip::decrement_ttl,
     maps::REDIRECT_DEVS,
     parse::L3_OFF,
-    ptr::{ptr_at, read_at},
+    ptr::{ptr_at, read_at, read_words},
     scratch::scratch,
     stats,
 };
@@ -42,7 +44,12 @@ pub struct L2Path {
 /// from the (already rewritten) IP header.
 #[inline(always)]
 fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
-    *fib = unsafe { zeroed() };
+    // Word by word: a struct assignment of zeroes compiles to a call to
+    // `memset`, and every call adds a frame to the verifier's stack count.
+    let words = fib as *mut FibParams as *mut u64;
+    for i in 0..size_of::<FibParams>() / 8 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
     fib.l4_protocol = proto;
     fib.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
@@ -59,8 +66,8 @@ fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> 
         fib.family = AF_INET6;
         let payload_len = u16::from_be(read_at::<u16, C>(ctx, L3_OFF + 4)?);
         fib.__bindgen_anon_1.tot_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
-        fib.__bindgen_anon_3.ipv6_src = read_at::<[u32; 4], C>(ctx, L3_OFF + 8)?;
-        fib.__bindgen_anon_4.ipv6_dst = read_at::<[u32; 4], C>(ctx, L3_OFF + 24)?;
+        fib.__bindgen_anon_3.ipv6_src = read_words(ctx, L3_OFF + 8)?;
+        fib.__bindgen_anon_4.ipv6_dst = read_words(ctx, L3_OFF + 24)?;
     }
     Some(())
 }

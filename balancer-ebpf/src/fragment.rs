@@ -10,10 +10,12 @@
 //!   masked client, the same answer its first fragment gets. Otherwise it is
 //!   passed to the kernel untouched (`pass_fragment`), never guessed.
 
+use core::ptr::write_volatile;
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use balancer_common::{
     counters::Counter,
-    types::{Backend, FRAGMENT_TO_CLIENT, FragmentKey, FragmentNat, ServiceKey},
+    types::{Backend, FRAGMENT_TO_BACKEND, FRAGMENT_TO_CLIENT, FragmentKey, ServiceKey},
 };
 
 use crate::{
@@ -24,7 +26,7 @@ use crate::{
     nat::rewrite,
     parse::{L3_OFF, Packet, Piece},
     scratch::scratch,
-    select::{affinity_key, fresh_affinity, maglev_pick},
+    select::{affinity_key, fresh_affinity, maglev_pick, store_bytes, store_words},
     stats::{self, Direction},
 };
 
@@ -39,14 +41,30 @@ fn key(pkt: &Packet, id: u32) -> FragmentKey {
 pub fn record_first(pkt: &Packet, addr: &[u32; 4], backend_id: u32, client_path: Option<&L2Path>) {
     let Piece::First(id) = pkt.piece else { return };
     let Some(s) = scratch() else { return };
-    s.fragment_key = key(pkt, id);
-    s.fragment_nat = FragmentNat { addr: *addr, backend_id, ..FragmentNat::default() };
-    if let Some(path) = client_path {
-        s.fragment_nat.direction = FRAGMENT_TO_CLIENT;
-        s.fragment_nat.client_ifindex = path.ifindex;
-        s.fragment_nat.client_mac = path.dst_mac;
-        s.fragment_nat.gateway_mac = path.src_mac;
+    // Field by field into the map value (see `store_words`).
+    let k = &mut s.fragment_key;
+    store_words(&mut k.src, &pkt.key.src);
+    store_words(&mut k.dst, &pkt.key.dst);
+    k.id = id;
+    k.proto = pkt.key.proto;
+    k.family = pkt.key.family;
+    k._pad = [0; 2];
+    let nat = &mut s.fragment_nat;
+    store_words(&mut nat.addr, addr);
+    nat.backend_id = backend_id;
+    let (direction, ifindex, client_mac, gateway_mac) = match client_path {
+        Some(path) => (FRAGMENT_TO_CLIENT, path.ifindex, path.dst_mac, path.src_mac),
+        None => (FRAGMENT_TO_BACKEND, 0, [0; 6], [0; 6]),
+    };
+    // Byte by byte and volatile: adjacent zero stores, or an array store,
+    // would become a `memset` call.
+    unsafe {
+        write_volatile(&mut nat.direction, direction);
+        write_volatile(&mut nat.client_ifindex, ifindex);
     }
+    store_bytes(&mut nat._pad, &[0; 3]);
+    store_bytes(&mut nat.client_mac, &client_mac);
+    store_bytes(&mut nat.gateway_mac, &gateway_mac);
     let _ = FRAGMENTS.insert(&s.fragment_key, &s.fragment_nat, 0);
 }
 

@@ -6,7 +6,7 @@ use balancer_common::types::FAMILY_V4;
 use crate::{
     csum::{Diff, apply},
     ctx::Frame,
-    ptr::{read_at, write_at},
+    ptr::{read_at, read_words, write_at, write_words},
 };
 
 /// Which address of a header a rewrite changes.
@@ -45,8 +45,8 @@ pub fn set_addr<C: Frame>(ctx: &C, l3_off: usize, family: u8, end: End, new: &[u
         write_at(ctx, l3_off + V4_CHECK, apply(check, Diff::default().u32(old, new[0])))?;
         Ok([old, 0, 0, 0])
     } else {
-        let old = read_at::<[u32; 4], C>(ctx, off).ok_or(())?;
-        write_at(ctx, off, *new)?;
+        let old = read_words(ctx, off).ok_or(())?;
+        write_words(ctx, off, new)?;
         Ok(old)
     }
 }
