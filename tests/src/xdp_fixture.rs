@@ -353,7 +353,7 @@ pub fn with_fixture_mode(mode: Mode, test: impl FnOnce(&Fixture) + Send) {
 
 /// One test body, run as two tests: `NAME::xdp` and `NAME::tc`.
 ///
-/// ```ignore
+/// ```text
 /// test_both_modes! {
 ///     fn a_case(fx) { assert_eq!(fx.run_client_frame(&frame).0, Verdict::Pass); }
 /// }
