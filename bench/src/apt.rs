@@ -33,12 +33,14 @@ pub fn ensure() -> Result<()> {
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
     let result = (|| {
-        let update = Command::new("apt-get").args(["update", "-qq"]).status().context("run apt-get update")?;
+        let update = Command::new("apt-get").args(["update", "-qq"]).stdout(std::process::Stdio::from(std::io::stderr())).status().context("run apt-get update")?;
         ensure!(update.success(), "apt-get update failed");
         let status = Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
+            // stdout carries the report; apt's chatter goes with the progress lines.
+            .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .context("run apt-get install")?;
         ensure!(status.success(), "apt-get install {} failed", missing.join(" "));

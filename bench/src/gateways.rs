@@ -17,7 +17,7 @@ use crate::{
     bpf::{self, Hook},
     proc::Server,
     progs,
-    testbed::{HTTP_PORT, SINK_PORT, Testbed},
+    testbed::{self, HTTP_PORT, SINK_PORT, Testbed},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl Gateway {
                 running.guard = Guard::Balancer(Box::new(balancer));
             }
             Gateway::Nftables => {
-                gw.exec("nft", [nft_dnat(&bed.backend_http())]);
+                testbed::nft(gw, &bed.dir, &nft_dnat(&bed.backend_http()))?;
                 running.guard = Guard::Nft(NftTable(gw.name().to_owned()));
             }
             Gateway::Haproxy => {
@@ -213,8 +213,8 @@ impl Drop for NftTable {
 fn nft_dnat(backends: &[SocketAddr]) -> String {
     let map: Vec<String> = backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", b.ip())).collect();
     format!(
-        "table ip lbbench_dnat {{ chain pre {{ type nat hook prerouting priority dstnat; policy accept; \
-         ip daddr {VIP_V4} tcp dport {HTTP_PORT} dnat to jhash ip saddr mod {} map {{ {} }}; }} }}",
+        "table ip lbbench_dnat {{\n chain pre {{\n type nat hook prerouting priority dstnat; policy accept;\n \
+         ip daddr {VIP_V4} tcp dport {HTTP_PORT} dnat to jhash ip saddr mod {} map {{ {} }}\n }}\n}}\n",
         backends.len(),
         map.join(", ")
     )

@@ -73,7 +73,8 @@ impl Testbed {
             clients_v4: CLIENT_ADDRS,
             extra_nets: vec![],
             clients_per_extra_net: 0,
-            clients_v6: 0,
+            // The topology's client IPv6 default route needs one on-link address.
+            clients_v6: 1,
             backends: 3,
             vips: vec![VIP_V4.into()],
         });
@@ -83,11 +84,11 @@ impl Testbed {
 
         let hosts = (1..=CLIENT_HOSTS).map(|i| client_host(&topo, i)).collect();
 
-        sink(topo.client(), "tcp sport 9999 drop")?;
+        sink(topo.client(), "tcp sport 9999 drop", &dir)?;
         let mut nginx = Vec::new();
         for b in topo.backends() {
             b.ns().sysctl(&MANY_CONNECTIONS);
-            sink(b.ns(), "tcp dport 9999 drop")?;
+            sink(b.ns(), "tcp dport 9999 drop", &dir)?;
             nginx.push(backend_nginx(b.ns(), b.name(), &dir)?);
         }
         let mut bed = Testbed { topo, hosts, dir, _nginx: nginx };
@@ -137,11 +138,19 @@ fn client_host(topo: &Topology, i: u8) -> NetNs {
 }
 
 /// An nftables rule at the very start of `ns`'s receive path.
-fn sink(ns: &NetNs, rule: &str) -> Result<()> {
+fn sink(ns: &NetNs, rule: &str, dir: &WorkDir) -> Result<()> {
     let script = format!(
-        "table inet lbbench {{ chain pre {{ type filter hook prerouting priority -300; policy accept; {rule}; }} }}"
+        "table inet lbbench {{\n chain pre {{\n type filter hook prerouting priority -300; policy accept;\n {rule}\n }}\n}}\n"
     );
-    ns.exec("nft", [script.as_str()]);
+    nft(ns, dir, &script)
+}
+
+/// Load an nftables script into `ns` (`nft -f`: the command line takes
+/// only single commands).
+pub fn nft(ns: &NetNs, dir: &WorkDir, script: &str) -> Result<()> {
+    let path = dir.path(&format!("nft-{}.conf", ns.name()));
+    std::fs::write(&path, script)?;
+    ns.exec("nft", ["-f", path.to_str().unwrap()]);
     Ok(())
 }
 
