@@ -224,7 +224,7 @@ fn haproxy_conf(vip: SocketAddr, backends: &[SocketAddr]) -> String {
     let servers: String =
         backends.iter().enumerate().map(|(i, b)| format!("  server b{} {b}\n", i + 1)).collect();
     format!(
-        "global\n  maxconn 200000\n\
+        "global\n  maxconn 8000\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          frontend bench\n  bind {vip}\n  default_backend backends\n\
          backend backends\n  balance source\n{servers}"
@@ -235,8 +235,8 @@ fn nginx_stream_conf(vip: SocketAddr, backends: &[SocketAddr], dir: &std::path::
     let servers: String = backends.iter().map(|b| format!("    server {b};\n")).collect();
     format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-         worker_processes auto;\nworker_rlimit_nofile 200000;\ndaemon off;\npid {}/gw-nginx.pid;\nerror_log stderr warn;\n\
-         events {{ worker_connections 65536; multi_accept on; }}\n\
+         worker_processes auto;\nworker_rlimit_nofile 16384;\ndaemon off;\npid {}/gw-nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 8192; multi_accept on; }}\n\
          stream {{\n  upstream backends {{\n    hash $remote_addr consistent;\n{servers}  }}\n\
          \x20 server {{ listen {vip} reuseport backlog=65535; proxy_pass backends; }}\n}}\n",
         dir.display()

@@ -170,7 +170,7 @@ fn backend_conf(name: &str, dir: &Path) -> String {
     let d = dir.display();
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/{name}-nginx.pid;\nerror_log stderr warn;\n\
-         events {{ worker_connections 65536; multi_accept on; }}\n\
+         events {{ worker_connections 8192; multi_accept on; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {d}/{name}-body;\n\
          \x20 server {{ listen {HTTP_PORT} reuseport backlog=65535; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
     )
