@@ -21,9 +21,10 @@ pub struct Row {
     /// rebuild (what the daemon does) and fresh build, against the ideal.
     pub moved_join: (f64, f64, f64),
     pub moved_leave: (f64, f64, f64),
-    /// `write_service`: rebuild, batched write of M slots, flip; ms.
-    /// None where the backends do not fit the BACKENDS map.
-    pub swap_ms: Option<Spread>,
+    /// `write_service`: rebuild, batched write of M slots, flip; and the
+    /// rebuild alone (`next_table`); ms. None where the backends do not fit
+    /// the BACKENDS map.
+    pub swap_ms: Option<(Spread, Spread)>,
 }
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
@@ -73,7 +74,7 @@ pub fn run(sizes: &[(u32, u32)], repeats: usize) -> Result<Vec<Row>> {
 /// The daemon's `write_service` on a loaded (unattached) data plane, each
 /// time with one more backend: a rebuild from the live table, the batched
 /// write into the idle half, and the flip.
-fn swap(n: u32, m: u32, repeats: usize) -> Result<Spread> {
+fn swap(n: u32, m: u32, repeats: usize) -> Result<(Spread, Spread)> {
     let bpffs = TempBpffs::new();
     let pin_dir = bpffs.pin_dir();
     std::fs::create_dir_all(&pin_dir)?;
@@ -91,15 +92,18 @@ fn swap(n: u32, m: u32, repeats: usize) -> Result<Spread> {
     service.backends.truncate(n as usize);
     let mut dataplane = DataPlane::load(&pin_dir, state::maglev_entries(&config))?;
     dataplane.write_service(service)?;
-    let mut times = Vec::new();
+    let (mut times, mut rebuilds) = (Vec::new(), Vec::new());
     for extra in all.into_iter().skip(n as usize) {
         crate::stop::check()?;
         service.backends.push(extra);
+        let start = Instant::now();
+        std::hint::black_box(service.next_table());
+        rebuilds.push(start.elapsed().as_secs_f64() * 1e3);
         let start = Instant::now();
         dataplane.write_service(service)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     drop(dataplane);
     drop(bpffs);
-    Ok(spread(&times))
+    Ok((spread(&times), spread(&rebuilds)))
 }

@@ -145,7 +145,11 @@ impl Report<'_> {
     fn full_tables_md(&self, md: &mut String, pp: &perpacket::Results) {
         let Some(filled) = &pp.filled else { return };
         let entries = filled.maps.first().map_or(0, |m| m.1);
-        let _ = writeln!(md, "\n### Tables full ({entries} entries)\n");
+        let _ = writeln!(
+            md,
+            "\n### Tables filled ({entries} entries, capacity {})\n",
+            balancer_common::maps::MAX_FLOWS
+        );
         let _ = writeln!(md, "| map | entries | fill time (batched updates) | kernel memory (memlock) |\n|---|---|---|---|");
         for (name, n, secs, mem) in &filled.maps {
             let _ = writeln!(md, "| {name} | {n} | {:.2} s | {:.1} MiB |", secs, *mem as f64 / 1048576.0);
@@ -157,7 +161,7 @@ impl Report<'_> {
             filled.daemon_rss.0 as f64 / 1048576.0,
             filled.daemon_rss.1 as f64 / 1048576.0
         );
-        let _ = writeln!(md, "| traffic (XDP) | ns/packet, tables full | ns/packet, tables nearly empty | ratio to floor, full | on path |\n|---|---|---|---|---|");
+        let _ = writeln!(md, "| traffic (XDP) | ns/packet, tables filled | ns/packet, tables nearly empty | ratio to floor, filled | on path |\n|---|---|---|---|---|");
         for ((hook, variant, kind), (bal, _)) in &pp.rows {
             if *variant != Variant::FullTables {
                 continue;
@@ -281,7 +285,7 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
         "\n## Maglev tables\n\n\
          Build: `balancer_common::maglev::build`, median [min–max] ms. Swap: the daemon's `write_service` on a loaded \
          data plane (rebuild from the live table, batched write of the M slots into the idle half, flip), one \
-         backend more each time. Moved: share of slots whose backend changes when one backend joins or leaves, \
+         backend more each time; in brackets the rebuild alone (`next_table`), the rest is the map writes. Moved: share of slots whose backend changes when one backend joins or leaves, \
          with the incremental rebuild the daemon uses / a fresh build / the ideal 1/N.\n"
     );
     let _ = writeln!(md, "| backends | M | build ms | swap ms | moved on join | moved on leave |\n|---|---|---|---|---|---|");
@@ -289,7 +293,7 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
         let pct = |t: (f64, f64, f64)| format!("{:.3}% / {:.3}% / {:.3}%", t.0 * 100.0, t.1 * 100.0, t.2 * 100.0);
         let swap = r.swap_ms.map_or_else(
             || format!("n/a (BACKENDS holds {})", balancer_common::maps::MAX_BACKENDS),
-            |s| fmt_spread(s, 1),
+            |(total, rebuild)| format!("{} (rebuild {})", fmt_spread(total, 1), fmt_spread(rebuild, 1)),
         );
         let _ = writeln!(md, "| {} | {} | {} | {swap} | {} | {} |", r.backends, r.m, fmt_spread(r.build_ms, 1), pct(r.moved_join), pct(r.moved_leave));
     }
