@@ -26,16 +26,20 @@ pub enum Gateway {
     Forward,
     Balancer(Hook),
     Nftables,
+    /// nftables with the floor program on both gateway interfaces: what
+    /// merely having XDP on these veths costs, apart from any program.
+    NftablesUnderFloor,
     Haproxy,
     NginxStream,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 6] = [
+    pub const ALL: [Gateway; 7] = [
         Gateway::Forward,
         Gateway::Balancer(Hook::Xdp),
         Gateway::Balancer(Hook::Tc),
         Gateway::Nftables,
+        Gateway::NftablesUnderFloor,
         Gateway::Haproxy,
         Gateway::NginxStream,
     ];
@@ -46,6 +50,7 @@ impl Gateway {
             Gateway::Balancer(Hook::Xdp) => "balancer, XDP",
             Gateway::Balancer(Hook::Tc) => "balancer, TC",
             Gateway::Nftables => "nftables DNAT `jhash ip saddr`",
+            Gateway::NftablesUnderFloor => "nftables DNAT, XDP_PASS floor on gwc and gwb",
             Gateway::Haproxy => "HAProxy `balance source` (TCP)",
             Gateway::NginxStream => "nginx stream `hash $remote_addr consistent`",
         }
@@ -58,6 +63,7 @@ impl Gateway {
             Gateway::Balancer(Hook::Xdp) => "balancer XDP",
             Gateway::Balancer(Hook::Tc) => "balancer TC",
             Gateway::Nftables => "nftables",
+            Gateway::NftablesUnderFloor => "nftables + XDP floor",
             Gateway::Haproxy => "HAProxy",
             Gateway::NginxStream => "nginx stream",
         }
@@ -82,9 +88,14 @@ impl Gateway {
                 running.note = balancer.mode_note.clone();
                 running.guard = Guard::Balancer(Box::new(balancer));
             }
-            Gateway::Nftables => {
+            Gateway::Nftables | Gateway::NftablesUnderFloor => {
                 testbed::nft(gw, &bed.dir, &nft_dnat(&bed.backend_http()))?;
-                running.guard = Guard::Nft(NftTable(gw.name().to_owned()));
+                let table = NftTable(gw.name().to_owned());
+                running.guard = if self == Gateway::Nftables {
+                    Guard::Nft(table)
+                } else {
+                    Guard::NftUnderFloor(table, Floor::attach(gw, Hook::Xdp)?)
+                };
             }
             Gateway::Haproxy => {
                 let conf = bed.dir.path("haproxy.cfg");
@@ -114,10 +125,21 @@ pub struct Running {
     guard: Guard,
 }
 
+impl Running {
+    /// The daemon, when this gateway is the balancer.
+    pub fn balancer(&self) -> Option<&Balancer> {
+        match &self.guard {
+            Guard::Balancer(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 enum Guard {
     None,
-    Balancer(#[allow(dead_code)] Box<Balancer>),
+    Balancer(Box<Balancer>),
     Nft(#[allow(dead_code)] NftTable),
+    NftUnderFloor(#[allow(dead_code)] NftTable, #[allow(dead_code)] Floor),
     Server(#[allow(dead_code)] Server),
 }
 

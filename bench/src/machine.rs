@@ -8,6 +8,34 @@ pub struct Machine {
     pub mem_gib: u64,
     pub kernel: String,
     pub date: String,
+    /// Share of the CPUs busy over a second before the bench started: other
+    /// work on the machine skews every figure (ratios less: both sides of
+    /// a ratio are measured in the same round).
+    pub background_busy: f64,
+}
+
+/// (busy, total) jiffies from the first line of /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn busy_over(d: std::time::Duration) -> f64 {
+    let (b0, t0) = cpu_jiffies();
+    std::thread::sleep(d);
+    let (b1, t1) = cpu_jiffies();
+    (b1 - b0) as f64 / (t1 - t0).max(1) as f64
 }
 
 impl Machine {
@@ -35,6 +63,7 @@ impl Machine {
             mem_gib: (mem_kib as f64 / 1048576.0).round() as u64,
             kernel,
             date,
+            background_busy: busy_over(std::time::Duration::from_secs(1)),
         }
     }
 }

@@ -25,6 +25,7 @@ mod stop;
 mod summary;
 mod testbed;
 mod traffic;
+mod underload;
 mod wrk;
 
 use std::{path::PathBuf, process::ExitCode, time::{Duration, Instant}};
@@ -33,7 +34,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
-const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|e2e|maglev]... [--out DIR]";
+const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|maglev]... [--out DIR]";
 
 struct Args {
     quick: bool,
@@ -57,14 +58,22 @@ fn parse_args() -> Result<Args> {
         }
     }
     for o in &args.only {
-        anyhow::ensure!(["perpacket", "e2e", "maglev"].contains(&o.as_str()), "unknown section {o:?}\n{USAGE}");
+        anyhow::ensure!(["perpacket", "underload", "e2e", "maglev"].contains(&o.as_str()), "unknown section {o:?}\n{USAGE}");
     }
     Ok(args)
 }
 
 /// How long each part runs: the full run fits 15 minutes on 2 cores,
 /// `--quick` 2 minutes.
-fn options(quick: bool) -> (perpacket::Options, e2e::Options, Vec<(u32, u32)>, usize) {
+struct Plan {
+    per_packet: perpacket::Options,
+    under_load: underload::Options,
+    e2e: e2e::Options,
+    maglev_sizes: Vec<(u32, u32)>,
+    maglev_repeats: usize,
+}
+
+fn options(quick: bool) -> Plan {
     let sizes = vec![(1000, 65537), (1000, 655373), (10000, 65537), (10000, 655373)];
     if quick {
         let pp = perpacket::Options {
@@ -75,7 +84,8 @@ fn options(quick: bool) -> (perpacket::Options, e2e::Options, Vec<(u32, u32)>, u
             fill_entries: 100_000,
         };
         let e2e = e2e::Options { rounds: 1, duration: Duration::from_secs(2), warmup: Duration::from_secs(1) };
-        (pp, e2e, sizes, 1)
+        let under_load = underload::Options { rounds: 1, duration: Duration::from_secs(2) };
+        Plan { per_packet: pp, under_load, e2e, maglev_sizes: sizes, maglev_repeats: 1 }
     } else {
         let pp = perpacket::Options {
             rounds: 5,
@@ -85,7 +95,8 @@ fn options(quick: bool) -> (perpacket::Options, e2e::Options, Vec<(u32, u32)>, u
             fill_entries: balancer_common::maps::MAX_FLOWS as usize,
         };
         let e2e = e2e::Options { rounds: 3, duration: Duration::from_secs(8), warmup: Duration::from_secs(1) };
-        (pp, e2e, sizes, 5)
+        let under_load = underload::Options { rounds: 3, duration: Duration::from_secs(3) };
+        Plan { per_packet: pp, under_load, e2e, maglev_sizes: sizes, maglev_repeats: 5 }
     }
 }
 
@@ -95,28 +106,33 @@ fn run(args: &Args) -> Result<()> {
     apt::ensure()?;
     let start = Instant::now();
     let machine = Machine::describe();
-    let (pp_opts, e2e_opts, sizes, maglev_repeats) = options(args.quick);
+    let plan = options(args.quick);
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
 
     let maglev = if wants("maglev") {
         eprintln!("==> Maglev tables");
-        Some(maglev::run(&sizes, maglev_repeats)?)
+        Some(maglev::run(&plan.maglev_sizes, plan.maglev_repeats)?)
     } else {
         None
     };
     let mut per_packet = None;
+    let mut under_load = None;
     let mut e2e = None;
-    if wants("perpacket") || wants("e2e") {
+    if wants("perpacket") || wants("underload") || wants("e2e") {
         eprintln!("==> building the testbed (namespaces, nginx on the backends)");
         let bed = Testbed::new()?;
         if wants("perpacket") {
             eprintln!("==> data plane, per packet");
-            per_packet = Some(perpacket::run(&bed, &pp_opts)?);
+            per_packet = Some(perpacket::run(&bed, &plan.per_packet)?);
+        }
+        if wants("underload") {
+            eprintln!("==> data plane, under real HTTP traffic");
+            under_load = Some(underload::run(&bed, &plan.under_load)?);
         }
         if wants("e2e") {
             eprintln!("==> end to end");
-            e2e = Some(e2e::run(&bed, &e2e_opts)?);
+            e2e = Some(e2e::run(&bed, &plan.e2e)?);
         }
     }
     let report = Report {
@@ -124,7 +140,8 @@ fn run(args: &Args) -> Result<()> {
         command: &command,
         wall_secs: start.elapsed().as_secs_f64(),
         per_packet: per_packet.as_ref(),
-        e2e: e2e.as_ref().map(|r| (r, &e2e_opts)),
+        under_load: under_load.as_ref(),
+        e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
         maglev: maglev.as_deref(),
     };
     let md = report.markdown();

@@ -13,6 +13,7 @@ use crate::{
     perpacket::{self, Sample, Variant},
     summary::{Spread, spread},
     traffic::Kind,
+    underload,
     wrk::{CONNECTIONS, Workload},
 };
 
@@ -22,6 +23,7 @@ pub struct Report<'a> {
     pub command: &'a str,
     pub wall_secs: f64,
     pub per_packet: Option<&'a perpacket::Results>,
+    pub under_load: Option<&'a underload::Results>,
     pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
     pub maglev: Option<&'a [maglev::Row]>,
 }
@@ -67,8 +69,14 @@ impl Report<'_> {
             "`{}`, {} ({:.0} s wall time). Machine: {}, {} cores, {} GiB, kernel {}.\n",
             self.command, m.date, self.wall_secs, m.cpu, m.cores, m.mem_gib, m.kernel
         );
+        let busy = m.background_busy * 100.0;
+        let warning = if busy > 5.0 { " **Other work was running: absolute figures are low and noisy.**" } else { "" };
+        let _ = writeln!(md, "Background load before the run: {busy:.0}% of the CPUs busy.{warning}\n");
         if let Some(pp) = self.per_packet {
             self.per_packet_md(&mut md, pp);
+        }
+        if let Some(ul) = self.under_load {
+            under_load_md(&mut md, ul);
         }
         if let Some((r, opts)) = self.e2e {
             self.e2e_md(&mut md, r, opts);
@@ -276,6 +284,45 @@ impl Report<'_> {
                 }
             }
         }
+    }
+}
+
+fn workload_label(w: Workload) -> &'static str {
+    match w {
+        Workload::KeepAlive => "wrk keep-alive",
+        Workload::Close => "wrk `Connection: close`",
+    }
+}
+
+fn under_load_md(md: &mut String, ul: &underload::Results) {
+    let rounds = ul.runs.first().map_or(0, |r| r.1.len());
+    let _ = writeln!(
+        md,
+        "\n### Under real HTTP traffic\n\n\
+         The same statistics while wrk (3 hosts × {CONNECTIONS} connections) runs through the balancer (XDP), then \
+         through nftables DNAT with the floor program on the same interfaces. Every packet of both directions \
+         (one program serves both interfaces today). Median [min–max] over {rounds} round(s).\n"
+    );
+    let _ = writeln!(md, "| traffic | balancer ns/packet | floor ns/packet | ratio | program runs per request | balancer's counters per request |\n|---|---|---|---|---|---|");
+    for (w, bal, floor) in &ul.runs {
+        let ns_of = |v: &[underload::Run]| spread(&v.iter().map(|r| r.ns).collect::<Vec<_>>());
+        let ratio = spread(&bal.iter().zip(floor).map(|(b, f)| b.ns / f.ns).collect::<Vec<_>>());
+        let ppr = spread(&bal.iter().map(|r| r.packets_per_request).collect::<Vec<_>>());
+        let counters = ul
+            .counters
+            .iter()
+            .find(|(cw, _)| cw == w)
+            .map(|(_, c)| c.iter().map(|(n, v)| format!("{n} {v:.2}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {counters} |",
+            workload_label(*w),
+            fmt_spread(ns_of(bal), 1),
+            fmt_spread(ns_of(floor), 1),
+            fmt_spread(ratio, 2),
+            fmt_spread(ppr, 2)
+        );
     }
 }
 

@@ -18,7 +18,7 @@ pub struct Options {
     /// 100k-entry tables instead of 1M.
     #[arg(long)]
     quick: bool,
-    /// Run only this part (repeatable): perpacket, e2e, maglev.
+    /// Run only this part (repeatable): perpacket, underload, e2e, maglev.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
 }
