@@ -8,7 +8,15 @@ use anyhow::{Context as _, Result, ensure};
 /// Debian packages the bench runs: the backends' and the userspace peers'
 /// servers, the nftables peer, the load generator, and the tools it reads
 /// the interfaces with.
-pub const PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream", "haproxy", "nftables", "wrk", "iproute2", "ethtool"];
+pub const PACKAGES: &[&str] = &[
+    "nginx",
+    "libnginx-mod-stream",
+    "haproxy",
+    "nftables",
+    "wrk",
+    "iproute2",
+    "ethtool",
+];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -33,7 +41,11 @@ pub fn ensure() -> Result<()> {
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
     let result = (|| {
-        let update = Command::new("apt-get").args(["update", "-qq"]).stdout(std::process::Stdio::from(std::io::stderr())).status().context("run apt-get update")?;
+        let update = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(std::process::Stdio::from(std::io::stderr()))
+            .status()
+            .context("run apt-get update")?;
         ensure!(update.success(), "apt-get update failed");
         let status = Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -43,7 +55,11 @@ pub fn ensure() -> Result<()> {
             .stdout(std::process::Stdio::from(std::io::stderr()))
             .status()
             .context("run apt-get install")?;
-        ensure!(status.success(), "apt-get install {} failed", missing.join(" "));
+        ensure!(
+            status.success(),
+            "apt-get install {} failed",
+            missing.join(" ")
+        );
         Ok(())
     })();
     if own_policy {

@@ -43,9 +43,18 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-initialised bpf_attr with the fields of
     // `cmd` set; the kernel reads at most size_of::<bpf_attr>() bytes.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut bpf_attr, size_of::<bpf_attr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 fn zeroed_attr() -> bpf_attr {
@@ -62,7 +71,11 @@ fn owned_fd(ret: i64) -> OwnedFd {
 pub fn load_floor(hook: Hook) -> io::Result<OwnedFd> {
     let (prog_type, verdict, name): (_, _, &[u8]) = match hook {
         Hook::Xdp => (bpf_prog_type::BPF_PROG_TYPE_XDP, XDP_PASS, b"floor_xdp"),
-        Hook::Tc => (bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK, b"floor_tc"),
+        Hook::Tc => (
+            bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+            TC_ACT_OK,
+            b"floor_tc",
+        ),
     };
     let insns = floor_insns(verdict);
     let license = c"GPL";
@@ -107,7 +120,12 @@ pub struct TestRun {
 /// Run `prog` `repeat` times on `frame` (XDP context `ctx`, or none). The
 /// kernel reruns the program on the frame as the previous run left it:
 /// only a frame the program does not change gives a meaningful average.
-pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], ctx: Option<&[u8]>, repeat: u32) -> io::Result<TestRun> {
+pub fn test_run(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+    repeat: u32,
+) -> io::Result<TestRun> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = zeroed_attr();
     // SAFETY: writing plain integer fields of the BPF_PROG_TEST_RUN member;
@@ -128,7 +146,10 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], ctx: Option<&[u8]>, repeat: 
     sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
     // SAFETY: the kernel filled in the test member.
     let t = unsafe { attr.test };
-    Ok(TestRun { retval: t.retval, duration_ns: t.duration })
+    Ok(TestRun {
+        retval: t.retval,
+        duration_ns: t.duration,
+    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,11 @@ pub fn snapshot(gw: &NetNs) -> Result<Snapshot> {
     // user nice system idle iowait irq softirq steal (guest time is in user).
     let total: u64 = cpu.iter().take(8).sum();
     let busy = total - cpu[3] - cpu[4];
-    Ok(Snapshot { busy, softirq: cpu[6], gateway_procs: gateway_process_ticks(gw)? })
+    Ok(Snapshot {
+        busy,
+        softirq: cpu[6],
+        gateway_procs: gateway_process_ticks(gw)?,
+    })
 }
 
 /// Sum of utime + stime of every process in `gw`'s network namespace.
@@ -63,8 +67,12 @@ fn gateway_process_ticks(gw: &NetNs) -> Result<u64> {
         }
         // Fields after the command name (which may hold spaces): state is
         // field 3, utime 14 and stime 15.
-        let Ok(stat) = fs::read_to_string(path.join("stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(stat) = fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);

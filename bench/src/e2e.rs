@@ -35,14 +35,21 @@ pub struct Results {
 
 impl Results {
     fn push(&mut self, gateway: Gateway, workload: Workload, m: Measured) {
-        match self.runs.iter_mut().find(|(g, w, _)| *g == gateway && *w == workload) {
+        match self
+            .runs
+            .iter_mut()
+            .find(|(g, w, _)| *g == gateway && *w == workload)
+        {
             Some((_, _, v)) => v.push(m),
             None => self.runs.push((gateway, workload, vec![m])),
         }
     }
 
     pub fn get(&self, gateway: Gateway, workload: Workload) -> &[Measured] {
-        self.runs.iter().find(|(g, w, _)| *g == gateway && *w == workload).map_or(&[], |(_, _, v)| v)
+        self.runs
+            .iter()
+            .find(|(g, w, _)| *g == gateway && *w == workload)
+            .map_or(&[], |(_, _, v)| v)
     }
 }
 
@@ -51,7 +58,12 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
     let lua = bed.dir.path("report.lua");
     for round in 0..opts.rounds {
         for gateway in Gateway::ALL {
-            eprintln!("  end to end, round {}/{}: {}", round + 1, opts.rounds, gateway.label());
+            eprintln!(
+                "  end to end, round {}/{}: {}",
+                round + 1,
+                opts.rounds,
+                gateway.label()
+            );
             let running = gateway.start(bed)?;
             if let Some(note) = &running.note
                 && !results.notes.contains(note)
@@ -59,7 +71,13 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 results.notes.push(note.clone());
             }
             // Warm caches, neighbour entries and the proxies' pools.
-            wrk::run(&bed.hosts, &running.targets, Workload::KeepAlive, opts.warmup, &lua)?;
+            wrk::run(
+                &bed.hosts,
+                &running.targets,
+                Workload::KeepAlive,
+                opts.warmup,
+                &lua,
+            )?;
             for workload in [Workload::KeepAlive, Workload::Close] {
                 let before = cpu::snapshot(bed.topo.gw())?;
                 let load = wrk::run(&bed.hosts, &running.targets, workload, opts.duration, &lua)?;

@@ -9,10 +9,13 @@ use aya::maps::{Array, HashMap, MapData};
 use balancer_common::{
     addr::to_words,
     maps,
-    types::{Affinity, AffinityKey, Backend, Flow, FlowKey, PROTO_TCP, ReverseNat, Service, ServiceKey, TCP_BACKEND_ANSWERED},
+    types::{
+        Affinity, AffinityKey, Backend, Flow, FlowKey, PROTO_TCP, ReverseNat, Service, ServiceKey,
+        TCP_BACKEND_ANSWERED,
+    },
 };
-use balancer_user::mapscan::update_batch;
 use balancer_tests::topology::VIP_V4;
+use balancer_user::mapscan::update_batch;
 
 use crate::{pinned, testbed::HTTP_PORT};
 
@@ -28,7 +31,10 @@ pub struct Filled {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -38,7 +44,10 @@ fn write_all<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V]) 
     let start = Instant::now();
     for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         crate::stop::check()?;
-        anyhow::ensure!(update_batch(map, k, v)?, "this kernel has no batched update for LRU hash maps");
+        anyhow::ensure!(
+            update_batch(map, k, v)?,
+            "this kernel has no batched update for LRU hash maps"
+        );
     }
     Ok(start.elapsed().as_secs_f64())
 }
@@ -46,7 +55,11 @@ fn write_all<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V]) 
 pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .map_or(0, |kb: u64| kb * 1024)
 }
 
@@ -57,16 +70,34 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
     let open = |name| MapData::from_pin(pin_dir.join(name)).with_context(|| format!("open {name}"));
     let services: HashMap<MapData, ServiceKey, Service> = pinned::typed(pin_dir, maps::SERVICES)?;
     let (vip, family) = to_words(VIP_V4.into());
-    let key = ServiceKey { addr: vip, port: HTTP_PORT.to_be(), proto: PROTO_TCP, family };
-    let service = services.get(&key, 0).context("the HTTP service is not in SERVICES")?;
+    let key = ServiceKey {
+        addr: vip,
+        port: HTTP_PORT.to_be(),
+        proto: PROTO_TCP,
+        family,
+    };
+    let service = services
+        .get(&key, 0)
+        .context("the HTTP service is not in SERVICES")?;
     let backends: Array<MapData, Backend> = pinned::typed(pin_dir, maps::BACKENDS)?;
     let (backend_id, backend) = (0..maps::MAX_BACKENDS)
-        .find_map(|id| backends.get(&id, 0).ok().filter(|b| b.is_up() && b.service_id == service.id).map(|b| (id, b)))
+        .find_map(|id| {
+            backends
+                .get(&id, 0)
+                .ok()
+                .filter(|b| b.is_up() && b.service_id == service.id)
+                .map(|b| (id, b))
+        })
         .context("the HTTP service has no backend up")?;
     let now = monotonic_ns();
 
     // 198.18.2.0/24 is not a client net of the testbed: these are keys only.
-    let client = |i: usize| (Ipv4Addr::new(198, 18, 2, 1 + (i / 50_000) as u8), 10_000 + (i % 50_000) as u16);
+    let client = |i: usize| {
+        (
+            Ipv4Addr::new(198, 18, 2, 1 + (i / 50_000) as u8),
+            10_000 + (i % 50_000) as u16,
+        )
+    };
     let flow_key = |src: Ipv4Addr, sport, dst: [u32; 4], dport| FlowKey {
         src: to_words(src.into()).0,
         dst,
@@ -78,31 +109,70 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
     };
     let mut filled = Filled::default();
 
-    let keys: Vec<FlowKey> = (0..entries).map(|i| client(i)).map(|(c, p)| flow_key(c, p.to_be(), vip, HTTP_PORT.to_be())).collect();
-    let flow = Flow { backend_id, tcp_state: TCP_BACKEND_ANSWERED, last_seen_ns: now, affinity_touched_ns: now, created_ns: now };
+    let keys: Vec<FlowKey> = (0..entries)
+        .map(client)
+        .map(|(c, p)| flow_key(c, p.to_be(), vip, HTTP_PORT.to_be()))
+        .collect();
+    let flow = Flow {
+        backend_id,
+        tcp_state: TCP_BACKEND_ANSWERED,
+        last_seen_ns: now,
+        affinity_touched_ns: now,
+        created_ns: now,
+    };
     let secs = write_all(&open(maps::CONNTRACK)?, &keys, &vec![flow; entries])?;
-    filled.maps.push((maps::CONNTRACK, entries, secs, pinned::memlock(pin_dir, maps::CONNTRACK)?));
+    filled.maps.push((
+        maps::CONNTRACK,
+        entries,
+        secs,
+        pinned::memlock(pin_dir, maps::CONNTRACK)?,
+    ));
 
     let backend_ip = Ipv4Addr::from(backend.addr[0].to_ne_bytes());
     let keys: Vec<FlowKey> = (0..entries)
-        .map(|i| client(i))
+        .map(client)
         .map(|(c, p)| flow_key(backend_ip, backend.port, to_words(c.into()).0, p.to_be()))
         .collect();
-    let reverse = ReverseNat { vip, vip_port: HTTP_PORT.to_be(), backend_id, last_seen_ns: now, ..Default::default() };
+    let reverse = ReverseNat {
+        vip,
+        vip_port: HTTP_PORT.to_be(),
+        backend_id,
+        last_seen_ns: now,
+        ..Default::default()
+    };
     let secs = write_all(&open(maps::REVERSE_NAT)?, &keys, &vec![reverse; entries])?;
-    filled.maps.push((maps::REVERSE_NAT, entries, secs, pinned::memlock(pin_dir, maps::REVERSE_NAT)?));
+    filled.maps.push((
+        maps::REVERSE_NAT,
+        entries,
+        secs,
+        pinned::memlock(pin_dir, maps::REVERSE_NAT)?,
+    ));
 
     // A million distinct clients need IPv6 (2001:db8:2::/64, keys only).
     let keys: Vec<AffinityKey> = (0..entries)
         .map(|i| {
             let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, (i >> 16) as u16, i as u16);
             let (client, family) = to_words(ip.into());
-            AffinityKey { service_id: service.id, family, _pad: [0; 3], client }
+            AffinityKey {
+                service_id: service.id,
+                family,
+                _pad: [0; 3],
+                client,
+            }
         })
         .collect();
-    let affinity = Affinity { backend_id, _pad: 0, last_seen_ns: now };
+    let affinity = Affinity {
+        backend_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
     let secs = write_all(&open(maps::AFFINITY)?, &keys, &vec![affinity; entries])?;
-    filled.maps.push((maps::AFFINITY, entries, secs, pinned::memlock(pin_dir, maps::AFFINITY)?));
+    filled.maps.push((
+        maps::AFFINITY,
+        entries,
+        secs,
+        pinned::memlock(pin_dir, maps::AFFINITY)?,
+    ));
 
     filled.daemon_rss = (rss_before, rss_bytes(daemon_pid));
     Ok(filled)

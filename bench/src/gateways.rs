@@ -70,18 +70,27 @@ impl Gateway {
     }
 
     pub fn is_peer(self) -> bool {
-        matches!(self, Gateway::Nftables | Gateway::Haproxy | Gateway::NginxStream)
+        matches!(
+            self,
+            Gateway::Nftables | Gateway::Haproxy | Gateway::NginxStream
+        )
     }
 
     /// Set the gateway up; the guard tears it down.
     pub fn start(self, bed: &Testbed) -> Result<Running> {
         let vip = SocketAddr::new(VIP_V4.into(), HTTP_PORT);
-        let mut running = Running { targets: vec![vip; bed.hosts.len()], note: None, guard: Guard::None };
+        let mut running = Running {
+            targets: vec![vip; bed.hosts.len()],
+            note: None,
+            guard: Guard::None,
+        };
         let gw = bed.topo.gw();
         match self {
             Gateway::Forward => {
                 let backends = bed.backend_http();
-                running.targets = (0..bed.hosts.len()).map(|i| backends[i % backends.len()]).collect();
+                running.targets = (0..bed.hosts.len())
+                    .map(|i| backends[i % backends.len()])
+                    .collect();
             }
             Gateway::Balancer(hook) => {
                 let balancer = Balancer::start(bed, hook)?;
@@ -100,12 +109,21 @@ impl Gateway {
             Gateway::Haproxy => {
                 let conf = bed.dir.path("haproxy.cfg");
                 std::fs::write(&conf, haproxy_conf(vip, &bed.backend_http()))?;
-                let server = start_server(gw, "HAProxy", "haproxy", &["-db", "-f", conf.to_str().unwrap()], bed)?;
+                let server = start_server(
+                    gw,
+                    "HAProxy",
+                    "haproxy",
+                    &["-db", "-f", conf.to_str().unwrap()],
+                    bed,
+                )?;
                 running.guard = Guard::Server(server);
             }
             Gateway::NginxStream => {
                 let conf = bed.dir.path("nginx-stream.conf");
-                std::fs::write(&conf, nginx_stream_conf(vip, &bed.backend_http(), &bed.dir.path("")))?;
+                std::fs::write(
+                    &conf,
+                    nginx_stream_conf(vip, &bed.backend_http(), &bed.dir.path("")),
+                )?;
                 let args = ["-e", "stderr", "-c", conf.to_str().unwrap()];
                 let server = start_server(gw, "nginx stream", "nginx", &args, bed)?;
                 running.guard = Guard::Server(server);
@@ -161,7 +179,12 @@ impl Balancer {
         let mut daemon = Daemon::start(bed.topo.gw(), &config, &bpffs.pin_dir(), &[]);
         daemon.wait_serving(bed.topo.gw(), &bpffs.control_socket());
         let mode_note = check_mode(bed.topo.gw(), hook)?;
-        Ok(Balancer { daemon, bpffs, hook, mode_note })
+        Ok(Balancer {
+            daemon,
+            bpffs,
+            hook,
+            mode_note,
+        })
     }
 
     pub fn pin_dir(&self) -> std::path::PathBuf {
@@ -174,7 +197,11 @@ impl Balancer {
 
     /// The hook the daemon's programs actually sit on.
     pub fn attached_hook(&self) -> Hook {
-        if self.mode_note.is_some() { Hook::Xdp } else { self.hook }
+        if self.mode_note.is_some() {
+            Hook::Xdp
+        } else {
+            self.hook
+        }
     }
 }
 
@@ -224,7 +251,16 @@ struct NftTable(String);
 impl Drop for NftTable {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "delete", "table", "ip", "lbbench_dnat"])
+            .args([
+                "netns",
+                "exec",
+                &self.0,
+                "nft",
+                "delete",
+                "table",
+                "ip",
+                "lbbench_dnat",
+            ])
             .status();
     }
 }
@@ -233,7 +269,11 @@ impl Drop for NftTable {
 /// the in-kernel equivalent of source-ip affinity (without the affinity
 /// table, so a change of the backend set moves clients).
 fn nft_dnat(backends: &[SocketAddr]) -> String {
-    let map: Vec<String> = backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", b.ip())).collect();
+    let map: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", b.ip()))
+        .collect();
     format!(
         "table ip lbbench_dnat {{\n chain pre {{\n type nat hook prerouting priority dstnat; policy accept;\n \
          ip daddr {VIP_V4} tcp dport {HTTP_PORT} dnat to jhash ip saddr mod {} map {{ {} }}\n }}\n}}\n",
@@ -243,8 +283,11 @@ fn nft_dnat(backends: &[SocketAddr]) -> String {
 }
 
 fn haproxy_conf(vip: SocketAddr, backends: &[SocketAddr]) -> String {
-    let servers: String =
-        backends.iter().enumerate().map(|(i, b)| format!("  server b{} {b}\n", i + 1)).collect();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server b{} {b}\n", i + 1))
+        .collect();
     format!(
         "global\n  maxconn 8000\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
@@ -254,7 +297,10 @@ fn haproxy_conf(vip: SocketAddr, backends: &[SocketAddr]) -> String {
 }
 
 fn nginx_stream_conf(vip: SocketAddr, backends: &[SocketAddr], dir: &std::path::Path) -> String {
-    let servers: String = backends.iter().map(|b| format!("    server {b};\n")).collect();
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("    server {b};\n"))
+        .collect();
     format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
          worker_processes auto;\nworker_rlimit_nofile 16384;\ndaemon off;\npid {}/gw-nginx.pid;\nerror_log stderr warn;\n\
@@ -281,7 +327,11 @@ fn wait_answering(bed: &Testbed, targets: &[SocketAddr]) -> Result<()> {
             if matches!(balancer_tests::http::get(host, *target, "/"), Ok((200, _))) {
                 break;
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "{target} does not answer {}", host.name());
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{target} does not answer {}",
+                host.name()
+            );
             crate::stop::sleep(Duration::from_millis(50))?;
         }
     }
@@ -305,6 +355,9 @@ impl Floor {
             let link = gw.run(|| bpf::attach(std::os::fd::AsFd::as_fd(&prog), ifindex, hook));
             links.push(link.with_context(|| format!("attaching the floor to {ifname}"))?);
         }
-        Ok(Floor { _links: links, prog })
+        Ok(Floor {
+            _links: links,
+            prog,
+        })
     }
 }

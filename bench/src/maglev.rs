@@ -28,7 +28,12 @@ pub struct Row {
 }
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
-    (0..n).map(|i| MaglevBackend { identity: [0xc612_0000 | i, 0, 0, 0, 8080, 4], weight: 1 }).collect()
+    (0..n)
+        .map(|i| MaglevBackend {
+            identity: [0xc612_0000 | i, 0, 0, 0, 8080, 4],
+            weight: 1,
+        })
+        .collect()
 }
 
 fn moved(a: &[u32], b: &[u32]) -> f64 {
@@ -50,7 +55,10 @@ pub fn run(sizes: &[(u32, u32)], repeats: usize) -> Result<Vec<Row>> {
         }
         // Join: a new backend at the end (indices of the others unchanged).
         let mut joined = list.clone();
-        joined.push(MaglevBackend { identity: [0xc612_ffff, 0, 0, 0, 8080, 4], weight: 1 });
+        joined.push(MaglevBackend {
+            identity: [0xc612_ffff, 0, 0, 0, 8080, 4],
+            weight: 1,
+        });
         let join_inc = moved(&table, &rebuild(&table, &joined, m));
         let join_fresh = moved(&table, &build(&joined, m));
         // Leave: backend 0 goes (weight 0 keeps the others' indices).
@@ -58,7 +66,11 @@ pub fn run(sizes: &[(u32, u32)], repeats: usize) -> Result<Vec<Row>> {
         left[0].weight = 0;
         let leave_inc = moved(&table, &rebuild(&table, &left, m));
         let leave_fresh = moved(&table, &build(&left, m));
-        let swap_ms = if n <= balancer_common::maps::MAX_BACKENDS { Some(swap(n, m, repeats)?) } else { None };
+        let swap_ms = if n <= balancer_common::maps::MAX_BACKENDS {
+            Some(swap(n, m, repeats)?)
+        } else {
+            None
+        };
         rows.push(Row {
             backends: n,
             m,
@@ -79,13 +91,20 @@ fn swap(n: u32, m: u32, repeats: usize) -> Result<(Spread, Spread)> {
     let pin_dir = bpffs.pin_dir();
     std::fs::create_dir_all(&pin_dir)?;
     let backends: String = (0..n + repeats as u32)
-        .map(|i| format!("[[services.backends]]\naddress = \"198.18.{}.{}:8080\"\n", 4 + i / 250, 1 + i % 250))
+        .map(|i| {
+            format!(
+                "[[services.backends]]\naddress = \"198.18.{}.{}:8080\"\n",
+                4 + i / 250,
+                1 + i % 250
+            )
+        })
         .collect();
     let head = format!(
         "[interfaces]\nclients = \"lo\"\n[bpf]\npin_dir = \"{}\"\n[[services]]\nname = \"big\"\nvip = \"198.18.0.100:80\"\ntable_size = {m}\n",
         pin_dir.display()
     );
-    let config = Config::from_str(&format!("{head}{backends}")).context("the swap bench's config")?;
+    let config =
+        Config::from_str(&format!("{head}{backends}")).context("the swap bench's config")?;
     let mut services = state::from_config(&config);
     let service = &mut services[0];
     let all = service.backends.clone();

@@ -28,13 +28,18 @@ mod traffic;
 mod underload;
 mod wrk;
 
-use std::{path::PathBuf, process::ExitCode, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
-const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|maglev]... [--out DIR]";
+const USAGE: &str =
+    "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|maglev]... [--out DIR]";
 
 struct Args {
     quick: bool,
@@ -43,7 +48,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { quick: false, only: Vec::new(), out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results") };
+    let mut args = Args {
+        quick: false,
+        only: Vec::new(),
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -58,7 +67,10 @@ fn parse_args() -> Result<Args> {
         }
     }
     for o in &args.only {
-        anyhow::ensure!(["perpacket", "underload", "e2e", "maglev"].contains(&o.as_str()), "unknown section {o:?}\n{USAGE}");
+        anyhow::ensure!(
+            ["perpacket", "underload", "e2e", "maglev"].contains(&o.as_str()),
+            "unknown section {o:?}\n{USAGE}"
+        );
     }
     Ok(args)
 }
@@ -74,29 +86,66 @@ struct Plan {
 }
 
 fn options(quick: bool) -> Plan {
-    let sizes = vec![(1000, 65537), (1000, 655373), (10000, 65537), (10000, 655373)];
+    let sizes = vec![
+        (1000, 65537),
+        (1000, 655373),
+        (10000, 65537),
+        (10000, 655373),
+    ];
     if quick {
         let pp = perpacket::Options {
             rounds: 2,
-            phase: PhaseLimits { time: Duration::from_millis(250), frames: 500_000 },
+            phase: PhaseLimits {
+                time: Duration::from_millis(250),
+                frames: 500_000,
+            },
             new_clients: 20_000,
             test_run_repeat: 200_000,
             fill_entries: 100_000,
         };
-        let e2e = e2e::Options { rounds: 1, duration: Duration::from_secs(2), warmup: Duration::from_secs(1) };
-        let under_load = underload::Options { rounds: 1, duration: Duration::from_secs(2) };
-        Plan { per_packet: pp, under_load, e2e, maglev_sizes: sizes, maglev_repeats: 1 }
+        let e2e = e2e::Options {
+            rounds: 1,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_secs(1),
+        };
+        let under_load = underload::Options {
+            rounds: 1,
+            duration: Duration::from_secs(2),
+        };
+        Plan {
+            per_packet: pp,
+            under_load,
+            e2e,
+            maglev_sizes: sizes,
+            maglev_repeats: 1,
+        }
     } else {
         let pp = perpacket::Options {
             rounds: 5,
-            phase: PhaseLimits { time: Duration::from_secs(1), frames: 2_000_000 },
+            phase: PhaseLimits {
+                time: Duration::from_secs(1),
+                frames: 2_000_000,
+            },
             new_clients: traffic::NEW_CLIENTS - 1000,
             test_run_repeat: 1_000_000,
             fill_entries: balancer_common::maps::MAX_FLOWS as usize,
         };
-        let e2e = e2e::Options { rounds: 3, duration: Duration::from_secs(8), warmup: Duration::from_secs(1) };
-        let under_load = underload::Options { rounds: 3, duration: Duration::from_secs(3) };
-        Plan { per_packet: pp, under_load, e2e, maglev_sizes: sizes, maglev_repeats: 5 }
+        let e2e = e2e::Options {
+            rounds: 3,
+            duration: Duration::from_secs(8),
+            warmup: Duration::from_secs(1),
+        };
+        let under_load = underload::Options {
+            rounds: 3,
+            duration: Duration::from_secs(3),
+        };
+        Plan {
+            per_packet: pp,
+            under_load,
+            e2e,
+            maglev_sizes: sizes,
+            maglev_repeats: 5,
+        }
     }
 }
 
@@ -108,7 +157,10 @@ fn run(args: &Args) -> Result<()> {
     let machine = Machine::describe();
     let plan = options(args.quick);
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
+    let command = format!(
+        "cargo xtask bench{}",
+        if args.quick { " --quick" } else { "" }
+    );
 
     let maglev = if wants("maglev") {
         eprintln!("==> Maglev tables");

@@ -50,10 +50,12 @@ pub enum Variant {
     FullTables,
 }
 
+/// Balancer samples and floor samples of one path, round by round.
+pub type Pair = (Vec<Sample>, Vec<Sample>);
+
 #[derive(Debug, Default)]
 pub struct Results {
-    /// (hook, variant, kind) → (balancer samples, floor samples).
-    pub rows: std::collections::BTreeMap<(Hook, Variant, Kind), (Vec<Sample>, Vec<Sample>)>,
+    pub rows: std::collections::BTreeMap<(Hook, Variant, Kind), Pair>,
     /// BPF_PROG_TEST_RUN of a non-VIP frame: (balancer ns, floor ns,
     /// repeat, PassNotOurs counted by the balancer during its run).
     pub test_runs: Vec<(f64, f64, u32, u64)>,
@@ -73,7 +75,12 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             if hook == Hook::Tc && !tc_attached {
                 continue;
             }
-            eprintln!("  per packet, round {}/{}, {} mode", round + 1, opts.rounds, hook.name());
+            eprintln!(
+                "  per packet, round {}/{}, {} mode",
+                round + 1,
+                opts.rounds,
+                hook.name()
+            );
             let balancer = Balancer::start(bed, hook)?;
             if let Some(note) = &balancer.mode_note {
                 results.notes.push(note.clone());
@@ -84,21 +91,35 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             let ids = program_ids(bed, hook, &mut results, "balancer")?;
             for kind in Kind::ALL {
                 let sample = phase(&mut traffic, kind, &ids, Some(&balancer), opts)?;
-                results.rows.entry((hook, Variant::Normal, kind)).or_default().0.push(sample);
+                results
+                    .rows
+                    .entry((hook, Variant::Normal, kind))
+                    .or_default()
+                    .0
+                    .push(sample);
             }
-            let test_run = (hook == Hook::Xdp).then(|| test_run_balancer(bed, &traffic, &balancer, &ids, opts)).transpose()?;
+            let test_run = (hook == Hook::Xdp)
+                .then(|| test_run_balancer(bed, &traffic, &balancer, &ids, opts))
+                .transpose()?;
             drop(balancer);
 
             let floor = Floor::attach(bed.topo.gw(), hook)?;
             let floor_ids = program_ids(bed, hook, &mut results, "floor")?;
             for kind in Kind::ALL {
                 let sample = phase(&mut traffic, kind, &floor_ids, None, opts)?;
-                results.rows.entry((hook, Variant::Normal, kind)).or_default().1.push(sample);
+                results
+                    .rows
+                    .entry((hook, Variant::Normal, kind))
+                    .or_default()
+                    .1
+                    .push(sample);
             }
             if let Some((ns, counted)) = test_run {
                 let frame = traffic.non_vip_frame()?;
                 let floor_ns = test_run_ns(bed, floor.prog.as_fd(), &frame, opts.test_run_repeat)?;
-                results.test_runs.push((ns, floor_ns, opts.test_run_repeat, counted));
+                results
+                    .test_runs
+                    .push((ns, floor_ns, opts.test_run_repeat, counted));
             }
         }
     }
@@ -110,24 +131,50 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
 
 /// The programs of `hook` on both gateway interfaces, noting how they sit
 /// (without ids: they change with every daemon start).
-fn program_ids(bed: &Testbed, hook: Hook, results: &mut Results, what: &str) -> Result<BTreeSet<u32>> {
+fn program_ids(
+    bed: &Testbed,
+    hook: Hook,
+    results: &mut Results,
+    what: &str,
+) -> Result<BTreeSet<u32>> {
     let gw = bed.topo.gw();
     let mut desc = Vec::new();
     for ifname in [GW_CLIENT_IF, GW_BACKEND_IF] {
-        let hows: Vec<&str> = progs::attached(gw, ifname)?.into_iter().filter(|a| a.hook == hook).map(|a| a.how).collect();
+        let hows: Vec<&str> = progs::attached(gw, ifname)?
+            .into_iter()
+            .filter(|a| a.hook == hook)
+            .map(|a| a.how)
+            .collect();
         desc.push(format!("{ifname}: {}", hows.join("+")));
     }
     let ids = progs::ids_on(gw, &[GW_CLIENT_IF, GW_BACKEND_IF], hook)?;
     anyhow::ensure!(!ids.is_empty(), "no {} program on the gateway", hook.name());
-    let shared = if ids.len() == 1 { "one program on both" } else { "a program each" };
-    results.attachments.insert(format!("{what}, {} mode: {} ({shared})", hook.name(), desc.join(", ")));
+    let shared = if ids.len() == 1 {
+        "one program on both"
+    } else {
+        "a program each"
+    };
+    results.attachments.insert(format!(
+        "{what}, {} mode: {} ({shared})",
+        hook.name(),
+        desc.join(", ")
+    ));
     Ok(ids)
 }
 
 /// Send one kind of traffic and read the programs' statistics around it.
-fn phase(traffic: &mut Traffic, kind: Kind, ids: &BTreeSet<u32>, balancer: Option<&Balancer>, opts: &Options) -> Result<Sample> {
+fn phase(
+    traffic: &mut Traffic,
+    kind: Kind,
+    ids: &BTreeSet<u32>,
+    balancer: Option<&Balancer>,
+    opts: &Options,
+) -> Result<Sample> {
     let limits = match kind {
-        Kind::NewClient => PhaseLimits { frames: opts.new_clients, ..opts.phase },
+        Kind::NewClient => PhaseLimits {
+            frames: opts.new_clients,
+            ..opts.phase
+        },
         _ => opts.phase,
     };
     let counters = |b: &Balancer| Counters::read(&b.pin_dir());
@@ -141,7 +188,10 @@ fn phase(traffic: &mut Traffic, kind: Kind, ids: &BTreeSet<u32>, balancer: Optio
         (Some(b), Some(c0)) => {
             let c = counters(b)?.since(&c0);
             let on = match kind {
-                Kind::Established => c.get(Counter::ForwardToBackend) - c.connections.min(c.get(Counter::ForwardToBackend)),
+                Kind::Established => {
+                    c.get(Counter::ForwardToBackend)
+                        - c.connections.min(c.get(Counter::ForwardToBackend))
+                }
                 Kind::NewFlow | Kind::NewClient => c.connections,
                 Kind::Reply => c.get(Counter::ForwardToClient),
                 Kind::NonVip => c.get(Counter::PassNotOurs),
@@ -150,14 +200,24 @@ fn phase(traffic: &mut Traffic, kind: Kind, ids: &BTreeSet<u32>, balancer: Optio
         }
         _ => None,
     };
-    Ok(Sample { ns: d.ns_per_run(), runs: d.count, on_path })
+    Ok(Sample {
+        ns: d.ns_per_run(),
+        runs: d.count,
+        on_path,
+    })
 }
 
 /// BPF_PROG_TEST_RUN of the balancer on a non-VIP frame: the program passes
 /// it untouched, so every repetition runs on the same bytes. The counters
 /// must show every repetition on the pass-not-ours path. Returns the ns per
 /// run and the counter's increase.
-fn test_run_balancer(bed: &Testbed, traffic: &Traffic, balancer: &Balancer, ids: &BTreeSet<u32>, opts: &Options) -> Result<(f64, u64)> {
+fn test_run_balancer(
+    bed: &Testbed,
+    traffic: &Traffic,
+    balancer: &Balancer,
+    ids: &BTreeSet<u32>,
+    opts: &Options,
+) -> Result<(f64, u64)> {
     let frame = traffic.non_vip_frame()?;
     // The program on the client-side interface (the same one on both today).
     let id = progs::attached(bed.topo.gw(), GW_CLIENT_IF)?
@@ -168,7 +228,9 @@ fn test_run_balancer(bed: &Testbed, traffic: &Traffic, balancer: &Balancer, ids:
     let fd = progs::prog_fd(id)?;
     let before = Counters::read(&balancer.pin_dir())?;
     let ns = test_run_ns(bed, fd.as_fd(), &frame, opts.test_run_repeat)?;
-    let counted = Counters::read(&balancer.pin_dir())?.since(&before).get(Counter::PassNotOurs);
+    let counted = Counters::read(&balancer.pin_dir())?
+        .since(&before)
+        .get(Counter::PassNotOurs);
     anyhow::ensure!(
         counted >= u64::from(opts.test_run_repeat),
         "BPF_PROG_TEST_RUN: {counted} of {} repetitions took the pass-not-ours path: not a valid timing",
@@ -179,28 +241,64 @@ fn test_run_balancer(bed: &Testbed, traffic: &Traffic, balancer: &Balancer, ids:
 
 /// Average ns per run of `repeat` runs on `frame`, as arriving on the
 /// gateway's client-side interface (so run inside the gateway namespace).
-fn test_run_ns(bed: &Testbed, prog: std::os::fd::BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<f64> {
+fn test_run_ns(
+    bed: &Testbed,
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<f64> {
     let gw = bed.topo.gw();
     let ifindex = gw.ifindex(GW_CLIENT_IF);
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
-    let run = gw.run(|| bpf::test_run(prog, frame, Some(&ctx), repeat)).context("BPF_PROG_TEST_RUN")?;
-    anyhow::ensure!(run.retval == 2, "the non-VIP frame got verdict {} instead of XDP_PASS", run.retval);
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect();
+    let run = gw
+        .run(|| bpf::test_run(prog, frame, Some(&ctx), repeat))
+        .context("BPF_PROG_TEST_RUN")?;
+    anyhow::ensure!(
+        run.retval == 2,
+        "the non-VIP frame got verdict {} instead of XDP_PASS",
+        run.retval
+    );
     Ok(f64::from(run.duration_ns))
 }
 
 /// The hot paths again, with conntrack, reverse NAT and affinity full
 /// (XDP mode; the floor is the normal rounds').
-fn full_tables(bed: &Testbed, traffic: &mut Traffic, opts: &Options, results: &mut Results) -> Result<()> {
-    eprintln!("  per packet, tables filled to {} entries", opts.fill_entries);
+fn full_tables(
+    bed: &Testbed,
+    traffic: &mut Traffic,
+    opts: &Options,
+    results: &mut Results,
+) -> Result<()> {
+    eprintln!(
+        "  per packet, tables filled to {} entries",
+        opts.fill_entries
+    );
     let balancer = Balancer::start(bed, Hook::Xdp)?;
     let mut filled = fill::fill(&balancer.pin_dir(), opts.fill_entries, balancer.pid())?;
     // The established flows go in after the fill, so the LRU keeps them.
     traffic.prepare(&balancer.pin_dir())?;
-    let ids = progs::ids_on(bed.topo.gw(), &[GW_CLIENT_IF, GW_BACKEND_IF], balancer.attached_hook())?;
-    for kind in [Kind::Established, Kind::NewFlow, Kind::NewClient, Kind::Reply] {
+    let ids = progs::ids_on(
+        bed.topo.gw(),
+        &[GW_CLIENT_IF, GW_BACKEND_IF],
+        balancer.attached_hook(),
+    )?;
+    for kind in [
+        Kind::Established,
+        Kind::NewFlow,
+        Kind::NewClient,
+        Kind::Reply,
+    ] {
         let sample = phase(traffic, kind, &ids, Some(&balancer), opts)?;
-        results.rows.entry((Hook::Xdp, Variant::FullTables, kind)).or_default().0.push(sample);
+        results
+            .rows
+            .entry((Hook::Xdp, Variant::FullTables, kind))
+            .or_default()
+            .0
+            .push(sample);
     }
     filled.daemon_rss.1 = fill::rss_bytes(balancer.pid());
     results.filled = Some(filled);

@@ -49,7 +49,10 @@ impl Counters {
         for id in 0..BACKEND_IDS {
             connections += BackendStats::sum(stats.get(&id, 0)?.iter()).connections_total;
         }
-        Ok(Counters { counters: values, connections })
+        Ok(Counters {
+            counters: values,
+            connections,
+        })
     }
 
     pub fn get(&self, c: Counter) -> u64 {
@@ -58,7 +61,12 @@ impl Counters {
 
     pub fn since(&self, before: &Counters) -> Counters {
         Counters {
-            counters: self.counters.iter().zip(&before.counters).map(|(a, b)| a - b).collect(),
+            counters: self
+                .counters
+                .iter()
+                .zip(&before.counters)
+                .map(|(a, b)| a - b)
+                .collect(),
             connections: self.connections - before.connections,
         }
     }

@@ -19,7 +19,8 @@ pub struct Server {
 impl Server {
     /// `cmd args` in `ns`, its output into `log` (a file the caller picked).
     pub fn spawn(ns: &NetNs, what: &str, cmd: &str, args: &[&str], log: &Path) -> Result<Server> {
-        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let child = ns
             .command(cmd, args)
             .stdin(Stdio::null())
@@ -27,7 +28,11 @@ impl Server {
             .stderr(out)
             .spawn()
             .with_context(|| format!("start {what}"))?;
-        Ok(Server { what: what.to_owned(), child, log: log.to_owned() })
+        Ok(Server {
+            what: what.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
     }
 
     /// Fail if the process has already exited (a bad config, a port taken).

@@ -31,23 +31,61 @@ pub struct Attached {
 /// (BPF_PROG_QUERY) and cls_bpf ingress filters (`tc -j filter`).
 pub fn attached(ns: &NetNs, ifname: &str) -> Result<Vec<Attached>> {
     let mut found = Vec::new();
-    let link = json(Command::new("ip").args(["-n", ns.name(), "-d", "-j", "link", "show", "dev", ifname]))?;
+    let link = json(Command::new("ip").args([
+        "-n",
+        ns.name(),
+        "-d",
+        "-j",
+        "link",
+        "show",
+        "dev",
+        ifname,
+    ]))?;
     let xdp = &link[0]["xdp"];
     let ids = xdp["prog"]["id"].as_u64().into_iter().chain(
-        xdp["attached"].as_array().into_iter().flatten().filter_map(|a| a["prog"]["id"].as_u64()),
+        xdp["attached"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["prog"]["id"].as_u64()),
     );
-    found.extend(ids.map(|id| Attached { id: id as u32, hook: Hook::Xdp, how: "xdp" }));
+    found.extend(ids.map(|id| Attached {
+        id: id as u32,
+        hook: Hook::Xdp,
+        how: "xdp",
+    }));
 
     let tcx = ns.run(|| SchedClassifier::query_tcx(ifname, TcAttachType::Ingress));
     // No tcx programs (or a kernel without tcx) is simply none found.
     if let Ok((_, programs)) = tcx {
-        found.extend(programs.iter().map(|p| Attached { id: p.id(), hook: Hook::Tc, how: "tcx" }));
+        found.extend(programs.iter().map(|p| Attached {
+            id: p.id(),
+            hook: Hook::Tc,
+            how: "tcx",
+        }));
     }
 
-    let filters = json(Command::new("tc").args(["-n", ns.name(), "-j", "filter", "show", "dev", ifname, "ingress"]))
-        .unwrap_or(Value::Null);
-    let cls = filters.as_array().into_iter().flatten().filter_map(|f| f["options"]["prog"]["id"].as_u64());
-    found.extend(cls.map(|id| Attached { id: id as u32, hook: Hook::Tc, how: "cls_bpf" }));
+    let filters = json(Command::new("tc").args([
+        "-n",
+        ns.name(),
+        "-j",
+        "filter",
+        "show",
+        "dev",
+        ifname,
+        "ingress",
+    ]))
+    .unwrap_or(Value::Null);
+    let cls = filters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["options"]["prog"]["id"].as_u64());
+    found.extend(cls.map(|id| Attached {
+        id: id as u32,
+        hook: Hook::Tc,
+        how: "cls_bpf",
+    }));
     found.sort();
     found.dedup();
     Ok(found)
@@ -55,7 +93,11 @@ pub fn attached(ns: &NetNs, ifname: &str) -> Result<Vec<Attached>> {
 
 fn json(cmd: &mut Command) -> Result<Value> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    anyhow::ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return Ok(Value::Null);
@@ -67,7 +109,12 @@ fn json(cmd: &mut Command) -> Result<Value> {
 pub fn ids_on(ns: &NetNs, ifnames: &[&str], hook: Hook) -> Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
     for ifname in ifnames {
-        ids.extend(attached(ns, ifname)?.into_iter().filter(|a| a.hook == hook).map(|a| a.id));
+        ids.extend(
+            attached(ns, ifname)?
+                .into_iter()
+                .filter(|a| a.hook == hook)
+                .map(|a| a.id),
+        );
     }
     Ok(ids)
 }
@@ -81,11 +128,18 @@ pub struct RunStats {
 
 impl RunStats {
     pub fn since(self, before: RunStats) -> RunStats {
-        RunStats { time_ns: self.time_ns - before.time_ns, count: self.count - before.count }
+        RunStats {
+            time_ns: self.time_ns - before.time_ns,
+            count: self.count - before.count,
+        }
     }
 
     pub fn ns_per_run(self) -> f64 {
-        if self.count == 0 { f64::NAN } else { self.time_ns as f64 / self.count as f64 }
+        if self.count == 0 {
+            f64::NAN
+        } else {
+            self.time_ns as f64 / self.count as f64
+        }
     }
 }
 
@@ -100,7 +154,10 @@ pub fn run_stats(ids: &BTreeSet<u32>) -> Result<RunStats> {
             seen += 1;
         }
     }
-    anyhow::ensure!(seen == ids.len(), "programs {ids:?}: only {seen} still loaded");
+    anyhow::ensure!(
+        seen == ids.len(),
+        "programs {ids:?}: only {seen} still loaded"
+    );
     Ok(total)
 }
 
@@ -119,5 +176,7 @@ pub fn prog_fd(id: u32) -> Result<ProgramFd> {
 pub struct StatsEnabled(#[allow(dead_code)] OwnedFd);
 
 pub fn enable_run_stats() -> Result<StatsEnabled> {
-    Ok(StatsEnabled(enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?))
+    Ok(StatsEnabled(
+        enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?,
+    ))
 }

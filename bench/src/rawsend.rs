@@ -48,7 +48,11 @@ impl RawSender {
             // SAFETY: a valid sockaddr_ll and its length. Protocol 0 at
             // socket() and a bind with ifindex: we send, never receive.
             let ret = unsafe {
-                libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &addr as *const _ as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
             if ret < 0 {
                 return Err(io::Error::last_os_error());
@@ -59,11 +63,19 @@ impl RawSender {
 
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer is valid for its length.
-        let ret = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
+        let ret = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
         if ret < 0 {
             let err = io::Error::last_os_error();
             // A full device queue: drop this frame, as a NIC would.
-            if err.raw_os_error() == Some(libc::ENOBUFS) || err.kind() == io::ErrorKind::WouldBlock {
+            if err.raw_os_error() == Some(libc::ENOBUFS) || err.kind() == io::ErrorKind::WouldBlock
+            {
                 return Ok(());
             }
             return Err(err);
@@ -73,7 +85,12 @@ impl RawSender {
 
     /// Send `frame(i)` for i = 0, 1, ... until `limit` frames or `time`
     /// passed (or Ctrl-C); the number sent.
-    pub fn blast(&self, limit: u64, time: Duration, mut frame: impl FnMut(u64) -> Vec<u8>) -> io::Result<u64> {
+    pub fn blast(
+        &self,
+        limit: u64,
+        time: Duration,
+        mut frame: impl FnMut(u64) -> Vec<u8>,
+    ) -> io::Result<u64> {
         let end = Instant::now() + time;
         let mut sent = 0;
         while sent < limit {

@@ -35,7 +35,10 @@ fn fmt_spread(s: Spread, digits: usize) -> String {
     if s.n == 1 {
         return format!("{:.*}", digits, s.median);
     }
-    format!("{:.*} [{:.*}–{:.*}]", digits, s.median, digits, s.min, digits, s.max)
+    format!(
+        "{:.*} [{:.*}–{:.*}]",
+        digits, s.median, digits, s.min, digits, s.max
+    )
 }
 
 fn ns(samples: &[Sample]) -> Spread {
@@ -44,17 +47,36 @@ fn ns(samples: &[Sample]) -> Spread {
 
 /// Per-round ratios balancer / floor (rounds pair up in order).
 fn ratios(bal: &[Sample], floor: &[Sample]) -> Spread {
-    spread(&bal.iter().zip(floor).map(|(b, f)| b.ns / f.ns).collect::<Vec<_>>())
+    spread(
+        &bal.iter()
+            .zip(floor)
+            .map(|(b, f)| b.ns / f.ns)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn on_path(samples: &[Sample]) -> String {
-    let worst = samples.iter().filter_map(|s| s.on_path).fold(f64::INFINITY, f64::min);
-    if worst.is_finite() { format!("{:.2}%", worst * 100.0) } else { "–".into() }
+    let worst = samples
+        .iter()
+        .filter_map(|s| s.on_path)
+        .fold(f64::INFINITY, f64::min);
+    if worst.is_finite() {
+        format!("{:.2}%", worst * 100.0)
+    } else {
+        "–".into()
+    }
 }
 
 fn goal_cell(kind: Kind, ratio: Spread) -> String {
     match kind.goal() {
-        Some(g) if ratio.n > 0 => format!("≤ {g}×: {}", if ratio.median <= g { "met" } else { "**missed**" }),
+        Some(g) if ratio.n > 0 => format!(
+            "≤ {g}×: {}",
+            if ratio.median <= g {
+                "met"
+            } else {
+                "**missed**"
+            }
+        ),
         _ => String::new(),
     }
 }
@@ -70,8 +92,15 @@ impl Report<'_> {
             self.command, m.date, self.wall_secs, m.cpu, m.cores, m.mem_gib, m.kernel
         );
         let busy = m.background_busy * 100.0;
-        let warning = if busy > 5.0 { " **Other work was running: absolute figures are low and noisy.**" } else { "" };
-        let _ = writeln!(md, "Background load before the run: {busy:.0}% of the CPUs busy.{warning}\n");
+        let warning = if busy > 5.0 {
+            " **Other work was running: absolute figures are low and noisy.**"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            md,
+            "Background load before the run: {busy:.0}% of the CPUs busy.{warning}\n"
+        );
         if let Some(pp) = self.per_packet {
             self.per_packet_md(&mut md, pp);
         }
@@ -101,7 +130,10 @@ impl Report<'_> {
              over the rounds, of program runs that the balancer's own counters (COUNTERS, BACKEND_STATS) place on \
              the path being timed.\n"
         );
-        let _ = writeln!(md, "| mode | traffic | balancer ns/packet | floor ns/packet | ratio to floor | goal | on path | runs per phase |");
+        let _ = writeln!(
+            md,
+            "| mode | traffic | balancer ns/packet | floor ns/packet | ratio to floor | goal | on path | runs per phase |"
+        );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for ((hook, variant, kind), (bal, floor)) in &pp.rows {
             if *variant != Variant::Normal {
@@ -134,7 +166,12 @@ impl Report<'_> {
             let floor = spread(&pp.test_runs.iter().map(|t| t.1).collect::<Vec<_>>());
             let ratio = spread(&pp.test_runs.iter().map(|t| t.0 / t.1).collect::<Vec<_>>());
             let (_, _, repeat, _) = pp.test_runs[0];
-            let extra = pp.test_runs.iter().map(|t| t.3 - u64::from(t.2)).max().unwrap_or(0);
+            let extra = pp
+                .test_runs
+                .iter()
+                .map(|t| t.3 - u64::from(t.2))
+                .max()
+                .unwrap_or(0);
             let _ = writeln!(
                 md,
                 "\nBPF_PROG_TEST_RUN, repeat {repeat}, on the non-VIP frame (passed untouched, so every repetition \
@@ -158,9 +195,17 @@ impl Report<'_> {
             "\n### Tables filled ({entries} entries, capacity {})\n",
             balancer_common::maps::MAX_FLOWS
         );
-        let _ = writeln!(md, "| map | entries | fill time (batched updates) | kernel memory (memlock) |\n|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| map | entries | fill time (batched updates) | kernel memory (memlock) |\n|---|---|---|---|"
+        );
         for (name, n, secs, mem) in &filled.maps {
-            let _ = writeln!(md, "| {name} | {n} | {:.2} s | {:.1} MiB |", secs, *mem as f64 / 1048576.0);
+            let _ = writeln!(
+                md,
+                "| {name} | {n} | {:.2} s | {:.1} MiB |",
+                secs,
+                *mem as f64 / 1048576.0
+            );
         }
         let _ = writeln!(
             md,
@@ -169,7 +214,10 @@ impl Report<'_> {
             filled.daemon_rss.0 as f64 / 1048576.0,
             filled.daemon_rss.1 as f64 / 1048576.0
         );
-        let _ = writeln!(md, "| traffic (XDP) | ns/packet, tables filled | ns/packet, tables nearly empty | ratio to floor, filled | on path |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| traffic (XDP) | ns/packet, tables filled | ns/packet, tables nearly empty | ratio to floor, filled | on path |\n|---|---|---|---|---|"
+        );
         for ((hook, variant, kind), (bal, _)) in &pp.rows {
             if *variant != Variant::FullTables {
                 continue;
@@ -216,8 +264,12 @@ impl Report<'_> {
             if ka.is_empty() {
                 continue;
             }
-            let f = |v: &[Measured], pick: fn(&Measured) -> f64, d| fmt_spread(spread(&v.iter().map(pick).collect::<Vec<_>>()), d);
-            let med = |v: &[Measured], pick: fn(&Measured) -> f64| spread(&v.iter().map(pick).collect::<Vec<_>>()).median;
+            let f = |v: &[Measured], pick: fn(&Measured) -> f64, d| {
+                fmt_spread(spread(&v.iter().map(pick).collect::<Vec<_>>()), d)
+            };
+            let med = |v: &[Measured], pick: fn(&Measured) -> f64| {
+                spread(&v.iter().map(pick).collect::<Vec<_>>()).median
+            };
             let errors: u64 = ka.iter().chain(cl).map(|m| m.load.errors).sum();
             let _ = writeln!(
                 md,
@@ -246,12 +298,21 @@ impl Report<'_> {
     fn goals_md(&self, md: &mut String) {
         let _ = writeln!(md, "\n## Goals (issue 7)\n");
         if let Some(pp) = self.per_packet {
-            for (kind, goal) in [(Kind::Established, 4.0), (Kind::NewFlow, 8.0), (Kind::NewClient, 8.0)] {
+            for (kind, goal) in [
+                (Kind::Established, 4.0),
+                (Kind::NewFlow, 8.0),
+                (Kind::NewClient, 8.0),
+            ] {
                 for hook in [Hook::Xdp, Hook::Tc] {
                     if let Some((b, f)) = pp.rows.get(&(hook, Variant::Normal, kind)) {
                         let r = ratios(b, f).median;
                         let verdict = if r <= goal { "met" } else { "**missed**" };
-                        let _ = writeln!(md, "- {} ({}): {r:.2}× the floor, goal ≤ {goal}×: {verdict}", kind.label(), hook.name().to_uppercase());
+                        let _ = writeln!(
+                            md,
+                            "- {} ({}): {r:.2}× the floor, goal ≤ {goal}×: {verdict}",
+                            kind.label(),
+                            hook.name().to_uppercase()
+                        );
                     }
                 }
             }
@@ -260,7 +321,9 @@ impl Report<'_> {
             for hook in [Hook::Xdp, Hook::Tc] {
                 let me = Gateway::Balancer(hook);
                 for workload in [Workload::KeepAlive, Workload::Close] {
-                    let med = |g: Gateway, pick: fn(&Measured) -> f64| spread(&r.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median;
+                    let med = |g: Gateway, pick: fn(&Measured) -> f64| {
+                        spread(&r.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median
+                    };
                     let ours = (med(me, |m| m.load.per_sec), med(me, |m| m.load.p99_us));
                     if ours.0.is_nan() {
                         continue;
@@ -269,18 +332,36 @@ impl Report<'_> {
                     for peer in Gateway::ALL.into_iter().filter(|g| g.is_peer()) {
                         let theirs = (med(peer, |m| m.load.per_sec), med(peer, |m| m.load.p99_us));
                         if theirs.0 >= ours.0 {
-                            losses.push(format!("{} has more requests/s ({:.0} vs {:.0})", peer.short(), theirs.0, ours.0));
+                            losses.push(format!(
+                                "{} has more requests/s ({:.0} vs {:.0})",
+                                peer.short(),
+                                theirs.0,
+                                ours.0
+                            ));
                         }
                         if theirs.1 <= ours.1 {
-                            losses.push(format!("{} has a lower p99 ({:.2} vs {:.2} ms)", peer.short(), theirs.1 / 1e3, ours.1 / 1e3));
+                            losses.push(format!(
+                                "{} has a lower p99 ({:.2} vs {:.2} ms)",
+                                peer.short(),
+                                theirs.1 / 1e3,
+                                ours.1 / 1e3
+                            ));
                         }
                     }
                     let what = match workload {
                         Workload::KeepAlive => "keep-alive",
                         Workload::Close => "new connections",
                     };
-                    let verdict = if losses.is_empty() { "met".to_owned() } else { format!("**missed**: {}", losses.join("; ")) };
-                    let _ = writeln!(md, "- end to end, {what} ({}): ahead of every peer on req/s and p99: {verdict}", hook.name().to_uppercase());
+                    let verdict = if losses.is_empty() {
+                        "met".to_owned()
+                    } else {
+                        format!("**missed**: {}", losses.join("; "))
+                    };
+                    let _ = writeln!(
+                        md,
+                        "- end to end, {what} ({}): ahead of every peer on req/s and p99: {verdict}",
+                        hook.name().to_uppercase()
+                    );
                 }
             }
         }
@@ -303,16 +384,33 @@ fn under_load_md(md: &mut String, ul: &underload::Results) {
          through nftables DNAT with the floor program on the same interfaces. Every packet of both directions \
          (one program serves both interfaces today). Median [min–max] over {rounds} round(s).\n"
     );
-    let _ = writeln!(md, "| traffic | balancer ns/packet | floor ns/packet | ratio | program runs per request | balancer's counters per request |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| traffic | balancer ns/packet | floor ns/packet | ratio | program runs per request | balancer's counters per request |\n|---|---|---|---|---|---|"
+    );
     for (w, bal, floor) in &ul.runs {
         let ns_of = |v: &[underload::Run]| spread(&v.iter().map(|r| r.ns).collect::<Vec<_>>());
-        let ratio = spread(&bal.iter().zip(floor).map(|(b, f)| b.ns / f.ns).collect::<Vec<_>>());
-        let ppr = spread(&bal.iter().map(|r| r.packets_per_request).collect::<Vec<_>>());
+        let ratio = spread(
+            &bal.iter()
+                .zip(floor)
+                .map(|(b, f)| b.ns / f.ns)
+                .collect::<Vec<_>>(),
+        );
+        let ppr = spread(
+            &bal.iter()
+                .map(|r| r.packets_per_request)
+                .collect::<Vec<_>>(),
+        );
         let counters = ul
             .counters
             .iter()
             .find(|(cw, _)| cw == w)
-            .map(|(_, c)| c.iter().map(|(n, v)| format!("{n} {v:.2}")).collect::<Vec<_>>().join(", "))
+            .map(|(_, c)| {
+                c.iter()
+                    .map(|(n, v)| format!("{n} {v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default();
         let _ = writeln!(
             md,
@@ -335,23 +433,66 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
          backend more each time; in brackets the rebuild alone (`next_table`), the rest is the map writes. Moved: share of slots whose backend changes when one backend joins or leaves, \
          with the incremental rebuild the daemon uses / a fresh build / the ideal 1/N.\n"
     );
-    let _ = writeln!(md, "| backends | M | build ms | swap ms | moved on join | moved on leave |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| backends | M | build ms | swap ms | moved on join | moved on leave |\n|---|---|---|---|---|---|"
+    );
     for r in rows {
-        let pct = |t: (f64, f64, f64)| format!("{:.3}% / {:.3}% / {:.3}%", t.0 * 100.0, t.1 * 100.0, t.2 * 100.0);
+        let pct = |t: (f64, f64, f64)| {
+            format!(
+                "{:.3}% / {:.3}% / {:.3}%",
+                t.0 * 100.0,
+                t.1 * 100.0,
+                t.2 * 100.0
+            )
+        };
         let swap = r.swap_ms.map_or_else(
-            || format!("n/a (BACKENDS holds {})", balancer_common::maps::MAX_BACKENDS),
-            |(total, rebuild)| format!("{} (rebuild {})", fmt_spread(total, 1), fmt_spread(rebuild, 1)),
+            || {
+                format!(
+                    "n/a (BACKENDS holds {})",
+                    balancer_common::maps::MAX_BACKENDS
+                )
+            },
+            |(total, rebuild)| {
+                format!(
+                    "{} (rebuild {})",
+                    fmt_spread(total, 1),
+                    fmt_spread(rebuild, 1)
+                )
+            },
         );
-        let _ = writeln!(md, "| {} | {} | {} | {swap} | {} | {} |", r.backends, r.m, fmt_spread(r.build_ms, 1), pct(r.moved_join), pct(r.moved_leave));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {swap} | {} | {} |",
+            r.backends,
+            r.m,
+            fmt_spread(r.build_ms, 1),
+            pct(r.moved_join),
+            pct(r.moved_leave)
+        );
     }
 }
 
 /// A bar chart of the end-to-end comparison: requests/s with keep-alive
 /// and new connections/s, per gateway (hand-written SVG).
 pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
-    let gateways: Vec<Gateway> = Gateway::ALL.into_iter().filter(|g| !r.get(*g, Workload::KeepAlive).is_empty()).collect();
-    let med = |g: Gateway, w: Workload| spread(&r.get(g, w).iter().map(|m| m.load.per_sec).collect::<Vec<_>>()).median;
-    let max = gateways.iter().flat_map(|g| [med(*g, Workload::KeepAlive), med(*g, Workload::Close)]).fold(1.0, f64::max);
+    let gateways: Vec<Gateway> = Gateway::ALL
+        .into_iter()
+        .filter(|g| !r.get(*g, Workload::KeepAlive).is_empty())
+        .collect();
+    let med = |g: Gateway, w: Workload| {
+        spread(
+            &r.get(g, w)
+                .iter()
+                .map(|m| m.load.per_sec)
+                .collect::<Vec<_>>(),
+        )
+        .median
+    };
+    let max = gateways
+        .iter()
+        .flat_map(|g| [med(*g, Workload::KeepAlive), med(*g, Workload::Close)])
+        .fold(1.0, f64::max);
     let (left, width, row, bar) = (150.0, 520.0, 46.0, 18.0);
     let height = 70.0 + row * gateways.len() as f64;
     let mut s = String::new();
@@ -365,18 +506,53 @@ pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
         s,
         "<text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">End to end: wrk, 3 hosts × {CONNECTIONS} connections, nginx backends</text>"
     );
-    let _ = writeln!(s, "<text x=\"10\" y=\"36\" fill=\"#555\">{}, {} cores, kernel {}</text>", escape(&machine.cpu), machine.cores, machine.kernel);
-    let _ = writeln!(s, "<rect x=\"{left}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#2b6cb0\"/><text x=\"{}\" y=\"53\">requests/s, keep-alive</text>", left + 16.0);
-    let _ = writeln!(s, "<rect x=\"{}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#dd6b20\"/><text x=\"{}\" y=\"53\">new connections/s</text>", left + 180.0, left + 196.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"10\" y=\"36\" fill=\"#555\">{}, {} cores, kernel {}</text>",
+        escape(&machine.cpu),
+        machine.cores,
+        machine.kernel
+    );
+    let _ = writeln!(
+        s,
+        "<rect x=\"{left}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#2b6cb0\"/><text x=\"{}\" y=\"53\">requests/s, keep-alive</text>",
+        left + 16.0
+    );
+    let _ = writeln!(
+        s,
+        "<rect x=\"{}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#dd6b20\"/><text x=\"{}\" y=\"53\">new connections/s</text>",
+        left + 180.0,
+        left + 196.0
+    );
     for (i, g) in gateways.iter().enumerate() {
         let y = 64.0 + row * i as f64;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>", left - 8.0, y + bar, escape(g.short()));
-        for (j, (w, color)) in [(Workload::KeepAlive, "#2b6cb0"), (Workload::Close, "#dd6b20")].into_iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            left - 8.0,
+            y + bar,
+            escape(g.short())
+        );
+        for (j, (w, color)) in [
+            (Workload::KeepAlive, "#2b6cb0"),
+            (Workload::Close, "#dd6b20"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let v = med(*g, w);
             let len = if v.is_finite() { v / max * width } else { 0.0 };
             let by = y + j as f64 * (bar + 2.0);
-            let _ = writeln!(s, "<rect x=\"{left}\" y=\"{by}\" width=\"{len:.1}\" height=\"{bar}\" fill=\"{color}\"/>");
-            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\">{v:.0}</text>", left + len + 4.0, by + bar - 5.0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{left}\" y=\"{by}\" width=\"{len:.1}\" height=\"{bar}\" fill=\"{color}\"/>"
+            );
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{v:.0}</text>",
+                left + len + 4.0,
+                by + bar - 5.0
+            );
         }
     }
     s.push_str("</svg>\n");
@@ -384,5 +560,7 @@ pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
 }
 
 fn escape(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -37,7 +37,9 @@ pub fn sleep(d: std::time::Duration) -> Result<()> {
     let end = std::time::Instant::now() + d;
     while std::time::Instant::now() < end {
         check()?;
-        std::thread::sleep((end - std::time::Instant::now()).min(std::time::Duration::from_millis(50)));
+        std::thread::sleep(
+            (end - std::time::Instant::now()).min(std::time::Duration::from_millis(50)),
+        );
     }
     check()
 }

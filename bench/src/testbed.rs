@@ -91,14 +91,23 @@ impl Testbed {
             sink(b.ns(), "tcp dport 9999 drop", &dir)?;
             nginx.push(backend_nginx(b.ns(), b.name(), &dir)?);
         }
-        let mut bed = Testbed { topo, hosts, dir, _nginx: nginx };
+        let mut bed = Testbed {
+            topo,
+            hosts,
+            dir,
+            _nginx: nginx,
+        };
         bed.wait_backends()?;
         Ok(bed)
     }
 
     /// Each backend's HTTP address.
     pub fn backend_http(&self) -> Vec<SocketAddr> {
-        self.topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), HTTP_PORT)).collect()
+        self.topo
+            .backends()
+            .iter()
+            .map(|b| SocketAddr::new(b.v4().into(), HTTP_PORT))
+            .collect()
     }
 
     /// Wait until every backend's nginx answers (straight from the gateway).
@@ -106,7 +115,10 @@ impl Testbed {
         for addr in self.backend_http() {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while balancer_tests::http::get(self.topo.gw(), addr, "/").is_err() {
-                anyhow::ensure!(std::time::Instant::now() < deadline, "nginx on {addr} does not answer");
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "nginx on {addr} does not answer"
+                );
                 for n in &mut self._nginx {
                     n.check_running()?;
                 }
@@ -159,8 +171,13 @@ fn backend_nginx(ns: &NetNs, name: &str, dir: &WorkDir) -> Result<Server> {
     let conf = dir.path(&format!("{name}-nginx.conf"));
     std::fs::write(&conf, backend_conf(name, &dir.0))?;
     let log = dir.path(&format!("{name}-nginx.log"));
-    let mut server =
-        Server::spawn(ns, &format!("nginx on {name}"), "nginx", &["-e", "stderr", "-c", conf.to_str().unwrap()], &log)?;
+    let mut server = Server::spawn(
+        ns,
+        &format!("nginx on {name}"),
+        "nginx",
+        &["-e", "stderr", "-c", conf.to_str().unwrap()],
+        &log,
+    )?;
     std::thread::sleep(Duration::from_millis(20));
     server.check_running()?;
     Ok(server)

@@ -14,7 +14,11 @@ use balancer_tests::{
     topology::{BACKEND_IF, CLIENT_IF, GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
 };
 
-use crate::{pinned, rawsend::RawSender, testbed::{SINK_PORT, Testbed}};
+use crate::{
+    pinned,
+    rawsend::RawSender,
+    testbed::{SINK_PORT, Testbed},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -32,7 +36,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Established, Kind::NewFlow, Kind::NewClient, Kind::Reply, Kind::NonVip];
+    pub const ALL: [Kind; 5] = [
+        Kind::Established,
+        Kind::NewFlow,
+        Kind::NewClient,
+        Kind::Reply,
+        Kind::NonVip,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -102,7 +112,13 @@ impl Traffic {
         let topo = &bed.topo;
         let mut backend_tx = BTreeMap::new();
         for b in topo.backends() {
-            backend_tx.insert(b.v4(), (RawSender::new(b.ns(), BACKEND_IF)?, mac_of(b.ns(), BACKEND_IF)?));
+            backend_tx.insert(
+                b.v4(),
+                (
+                    RawSender::new(b.ns(), BACKEND_IF)?,
+                    mac_of(b.ns(), BACKEND_IF)?,
+                ),
+            );
         }
         let flows = (1..=FLOW_CLIENTS)
             .flat_map(|c| FLOW_PORTS.map(move |p| (Ipv4Addr::new(198, 18, 0, c), p)))
@@ -135,7 +151,8 @@ impl Traffic {
         self.next_client = 0;
         for _ in 0..2 {
             for &(c, p) in &self.flows {
-                self.client_tx.send(&self.client_frame(c, p, VIP_V4, TCP_SYN))?;
+                self.client_tx
+                    .send(&self.client_frame(c, p, VIP_V4, TCP_SYN))?;
             }
             crate::stop::sleep(Duration::from_millis(300))?;
         }
@@ -148,7 +165,10 @@ impl Traffic {
                     by_backend.entry(backend).or_default().push((client, port));
                 }
             }
-            let busiest = by_backend.into_iter().max_by_key(|(_, f)| f.len()).context("no established flow in conntrack")?;
+            let busiest = by_backend
+                .into_iter()
+                .max_by_key(|(_, f)| f.len())
+                .context("no established flow in conntrack")?;
             self.reply_plan = Some(busiest);
         }
         Ok(())
@@ -159,51 +179,87 @@ impl Traffic {
         let n_flows = self.flows.len() as u64;
         let sent = match kind {
             Kind::Established => {
-                let frames: Vec<Vec<u8>> =
-                    self.flows.iter().map(|&(c, p)| self.client_frame(c, p, VIP_V4, TCP_ACK | TCP_PSH)).collect();
-                self.client_tx.blast(limits.frames, limits.time, |i| frames[(i % n_flows) as usize].clone())?
+                let frames: Vec<Vec<u8>> = self
+                    .flows
+                    .iter()
+                    .map(|&(c, p)| self.client_frame(c, p, VIP_V4, TCP_ACK | TCP_PSH))
+                    .collect();
+                self.client_tx.blast(limits.frames, limits.time, |i| {
+                    frames[(i % n_flows) as usize].clone()
+                })?
             }
             Kind::NewFlow => {
                 let start = self.next_flow;
                 let room = u64::from(FLOW_CLIENTS) * u64::from(NEW_PORTS) - start;
-                let sent = self.client_tx.blast(limits.frames.min(room), limits.time, |i| {
-                    let n = start + i;
-                    let client = Ipv4Addr::new(198, 18, 0, 1 + (n / u64::from(NEW_PORTS)) as u8);
-                    self.client_frame(client, 1024 + (n % u64::from(NEW_PORTS)) as u16, VIP_V4, TCP_SYN)
-                })?;
+                let sent = self
+                    .client_tx
+                    .blast(limits.frames.min(room), limits.time, |i| {
+                        let n = start + i;
+                        let client =
+                            Ipv4Addr::new(198, 18, 0, 1 + (n / u64::from(NEW_PORTS)) as u8);
+                        self.client_frame(
+                            client,
+                            1024 + (n % u64::from(NEW_PORTS)) as u16,
+                            VIP_V4,
+                            TCP_SYN,
+                        )
+                    })?;
                 self.next_flow += sent;
                 sent
             }
             Kind::NewClient => {
                 let start = self.next_client;
-                let sent = self.client_tx.blast(limits.frames.min(NEW_CLIENTS - start), limits.time, |i| {
-                    let n = start + i;
-                    let client = Ipv4Addr::new(198, 19, (n / 250) as u8, 1 + (n % 250) as u8);
-                    self.client_frame(client, 40000, VIP_V4, TCP_SYN)
-                })?;
+                let sent = self.client_tx.blast(
+                    limits.frames.min(NEW_CLIENTS - start),
+                    limits.time,
+                    |i| {
+                        let n = start + i;
+                        let client = Ipv4Addr::new(198, 19, (n / 250) as u8, 1 + (n % 250) as u8);
+                        self.client_frame(client, 40000, VIP_V4, TCP_SYN)
+                    },
+                )?;
                 self.next_client += sent;
                 sent
             }
             Kind::Reply => {
-                let (backend, flows) = self.reply_plan.as_ref().context("replies need prepare() first")?;
+                let (backend, flows) = self
+                    .reply_plan
+                    .as_ref()
+                    .context("replies need prepare() first")?;
                 let (tx, mac) = &self.backend_tx[backend];
                 let frames: Vec<Vec<u8>> = flows
                     .iter()
                     .map(|&(c, p)| {
-                        let mut f = Frame::tcp(&backend.to_string(), SINK_PORT, &c.to_string(), p, TCP_ACK | TCP_PSH);
+                        let mut f = Frame::tcp(
+                            &backend.to_string(),
+                            SINK_PORT,
+                            &c.to_string(),
+                            p,
+                            TCP_ACK | TCP_PSH,
+                        );
                         f.src_mac = *mac;
                         f.dst_mac = self.gwb_mac;
                         f.build()
                     })
                     .collect();
                 let n = frames.len() as u64;
-                tx.blast(limits.frames, limits.time, |i| frames[(i % n) as usize].clone())?
+                tx.blast(limits.frames, limits.time, |i| {
+                    frames[(i % n) as usize].clone()
+                })?
             }
             Kind::NonVip => {
-                let (backend, _) = self.reply_plan.as_ref().context("non-VIP traffic needs prepare() first")?;
-                let frames: Vec<Vec<u8>> =
-                    self.flows.iter().map(|&(c, p)| self.client_frame(c, p, *backend, TCP_ACK | TCP_PSH)).collect();
-                self.client_tx.blast(limits.frames, limits.time, |i| frames[(i % n_flows) as usize].clone())?
+                let (backend, _) = self
+                    .reply_plan
+                    .as_ref()
+                    .context("non-VIP traffic needs prepare() first")?;
+                let frames: Vec<Vec<u8>> = self
+                    .flows
+                    .iter()
+                    .map(|&(c, p)| self.client_frame(c, p, *backend, TCP_ACK | TCP_PSH))
+                    .collect();
+                self.client_tx.blast(limits.frames, limits.time, |i| {
+                    frames[(i % n_flows) as usize].clone()
+                })?
             }
         };
         crate::stop::check()?;

@@ -72,8 +72,11 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             let (run, requests) = measure(bed, &running.targets, w, &ids, opts, &lua)?;
             let c = Counters::read(&pin_dir)?.since(&c0);
             let per_req = |n: u64| n as f64 / requests.max(1) as f64;
-            let mut nonzero: Vec<(&'static str, f64)> =
-                Counter::ALL.iter().filter(|k| c.get(**k) > 0).map(|k| (k.name(), per_req(c.get(*k)))).collect();
+            let mut nonzero: Vec<(&'static str, f64)> = Counter::ALL
+                .iter()
+                .filter(|k| c.get(**k) > 0)
+                .map(|k| (k.name(), per_req(c.get(*k))))
+                .collect();
             nonzero.push(("new connections", per_req(c.connections)));
             counters.push((w, nonzero));
             results.entry(w).1.push(run);
@@ -105,6 +108,9 @@ fn measure(
     let load = wrk::run(&bed.hosts, targets, w, opts.duration, lua)?;
     crate::stop::sleep(Duration::from_millis(100))?;
     let d: RunStats = progs::run_stats(ids)?.since(s0);
-    let run = Run { ns: d.ns_per_run(), packets_per_request: d.count as f64 / load.requests.max(1) as f64 };
+    let run = Run {
+        ns: d.ns_per_run(),
+        packets_per_request: d.count as f64 / load.requests.max(1) as f64,
+    };
     Ok((run, load.requests))
 }

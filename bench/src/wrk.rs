@@ -74,12 +74,24 @@ fn combine(hosts: &[HostResult]) -> Load {
 }
 
 /// Run wrk for `duration` from each host against its target, all at once.
-pub fn run(hosts: &[NetNs], targets: &[SocketAddr], workload: Workload, duration: Duration, lua: &std::path::Path) -> Result<Load> {
+pub fn run(
+    hosts: &[NetNs],
+    targets: &[SocketAddr],
+    workload: Workload,
+    duration: Duration,
+    lua: &std::path::Path,
+) -> Result<Load> {
     std::fs::write(lua, REPORT_LUA)?;
     let secs = format!("{}s", duration.as_secs().max(1));
     let mut children = Vec::new();
     for (host, target) in hosts.iter().zip(targets) {
-        let mut args = vec!["-t1".to_owned(), format!("-c{CONNECTIONS}"), format!("-d{secs}"), "--timeout".into(), "2s".into()];
+        let mut args = vec![
+            "-t1".to_owned(),
+            format!("-c{CONNECTIONS}"),
+            format!("-d{secs}"),
+            "--timeout".into(),
+            "2s".into(),
+        ];
         args.extend(["-s".into(), lua.display().to_string()]);
         if workload == Workload::Close {
             args.extend(["-H".into(), "Connection: close".into()]);
@@ -100,7 +112,12 @@ pub fn run(hosts: &[NetNs], targets: &[SocketAddr], workload: Workload, duration
         let text = String::from_utf8_lossy(&out.stdout);
         match text.lines().find_map(parse) {
             Some(r) => results.push(r),
-            None => bail!("wrk printed no result ({}): {}{}", out.status, text.trim(), String::from_utf8_lossy(&out.stderr).trim()),
+            None => bail!(
+                "wrk printed no result ({}): {}{}",
+                out.status,
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         }
     }
     crate::stop::check()?;
@@ -114,8 +131,23 @@ mod tests {
     #[test]
     fn parses_and_combines() {
         let a = parse("BENCH 1000 2000000 0 1 0 0 2 150.0 900.5").unwrap();
-        assert_eq!(a, HostResult { requests: 1000, duration_us: 2_000_000, errors: 3, p50_us: 150.0, p99_us: 900.5 });
-        let b = HostResult { requests: 3000, duration_us: 2_000_000, errors: 0, p50_us: 250.0, p99_us: 800.0 };
+        assert_eq!(
+            a,
+            HostResult {
+                requests: 1000,
+                duration_us: 2_000_000,
+                errors: 3,
+                p50_us: 150.0,
+                p99_us: 900.5
+            }
+        );
+        let b = HostResult {
+            requests: 3000,
+            duration_us: 2_000_000,
+            errors: 0,
+            p50_us: 250.0,
+            p99_us: 800.0,
+        };
         let load = combine(&[a, b]);
         assert_eq!(load.per_sec, 2000.0);
         assert_eq!(load.p50_us, 200.0);

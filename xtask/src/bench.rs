@@ -33,7 +33,9 @@ pub fn run(opts: &Options) -> Result<()> {
     bootstrap::ensure()?;
     let bin = build::build_balancer(Profile::Release)?;
     let mut cargo = cmd::cargo();
-    cargo.args(["run", "--release", "-p", "balancer-bench", "--"]).env("BALANCER_BIN", &bin);
+    cargo
+        .args(["run", "--release", "-p", "balancer-bench", "--"])
+        .env("BALANCER_BIN", &bin);
     if opts.quick {
         cargo.arg("--quick");
     }
