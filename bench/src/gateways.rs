@@ -361,3 +361,31 @@ impl Floor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use balancer_tests::NetNs;
+
+    use super::*;
+
+    /// Needs root: `cargo test -p balancer-bench -- --ignored`.
+    #[test]
+    #[ignore]
+    fn floor_attaches_at_both_hooks_and_is_found() {
+        let ns = NetNs::new("floor");
+        ns.ip_batch(&[
+            format!("link add {GW_CLIENT_IF} type veth peer name {GW_BACKEND_IF}"),
+            format!("link set {GW_CLIENT_IF} up"),
+            format!("link set {GW_BACKEND_IF} up"),
+        ]);
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let floor = Floor::attach(&ns, hook).unwrap();
+            let ids = progs::ids_on(&ns, &[GW_CLIENT_IF, GW_BACKEND_IF], hook).unwrap();
+            assert_eq!(ids.len(), 1, "{hook:?}: {ids:?}");
+            let how = progs::attached(&ns, GW_CLIENT_IF).unwrap();
+            assert!(how.iter().all(|a| a.hook == hook), "{how:?}");
+            drop(floor);
+            assert!(progs::attached(&ns, GW_CLIENT_IF).unwrap().is_empty());
+        }
+    }
+}

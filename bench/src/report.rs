@@ -273,14 +273,14 @@ impl Report<'_> {
             let errors: u64 = ka.iter().chain(cl).map(|m| m.load.errors).sum();
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
+                "| {} | {} | {:.2} | {} | {} | {:.2} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
                 g.label(),
                 f(ka, |m| m.load.per_sec, 0),
                 med(ka, |m| m.load.p50_us) / 1e3,
-                med(ka, |m| m.load.p99_us) / 1e3,
+                f(ka, |m| m.load.p99_us / 1e3, 2),
                 f(cl, |m| m.load.per_sec, 0),
                 med(cl, |m| m.load.p50_us) / 1e3,
-                med(cl, |m| m.load.p99_us) / 1e3,
+                f(cl, |m| m.load.p99_us / 1e3, 2),
                 med(ka, |m| m.cpu.machine_us),
                 med(cl, |m| m.cpu.machine_us),
                 med(ka, |m| m.cpu.softirq_us),
