@@ -83,6 +83,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             );
             let balancer = Balancer::start(bed, hook)?;
             if let Some(note) = &balancer.mode_note {
+                // TC is not attached at all: no point in trying again.
                 results.notes.push(note.clone());
                 tc_attached = false;
                 continue;
