@@ -31,6 +31,8 @@ pub struct Results {
     /// Per gateway and workload, one entry per round.
     pub runs: Vec<(Gateway, Workload, Vec<Measured>)>,
     pub notes: Vec<String>,
+    /// Gateways that did not run as asked (TC mode with XDP attached).
+    pub not_as_asked: Vec<Gateway>,
 }
 
 impl Results {
@@ -42,6 +44,15 @@ impl Results {
         {
             Some((_, _, v)) => v.push(m),
             None => self.runs.push((gateway, workload, vec![m])),
+        }
+    }
+
+    /// The gateway's name, marked when it did not run as asked.
+    pub fn label(&self, gateway: Gateway, name: &str) -> String {
+        if self.not_as_asked.contains(&gateway) {
+            format!("{name} (XDP attached)")
+        } else {
+            name.to_owned()
         }
     }
 
@@ -69,6 +80,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 && !results.notes.contains(note)
             {
                 results.notes.push(note.clone());
+                results.not_as_asked.push(gateway);
             }
             // Warm caches, neighbour entries and the proxies' pools.
             wrk::run(

@@ -274,7 +274,7 @@ impl Report<'_> {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.2} | {} | {} | {:.2} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
-                g.label(),
+                r.label(g, g.label()),
                 f(ka, |m| m.load.per_sec, 0),
                 med(ka, |m| m.load.p50_us) / 1e3,
                 f(ka, |m| m.load.p99_us / 1e3, 2),
@@ -531,7 +531,7 @@ pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
             left - 8.0,
             y + bar,
-            escape(g.short())
+            escape(&r.label(*g, g.short()))
         );
         for (j, (w, color)) in [
             (Workload::KeepAlive, "#2b6cb0"),
