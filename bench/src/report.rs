@@ -493,7 +493,7 @@ pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
         .iter()
         .flat_map(|g| [med(*g, Workload::KeepAlive), med(*g, Workload::Close)])
         .fold(1.0, f64::max);
-    let (left, width, row, bar) = (150.0, 520.0, 46.0, 18.0);
+    let (left, width, row, bar) = (200.0, 500.0, 46.0, 18.0);
     let height = 70.0 + row * gateways.len() as f64;
     let mut s = String::new();
     let _ = writeln!(
