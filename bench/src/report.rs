@@ -320,6 +320,14 @@ impl Report<'_> {
         if let Some((r, _)) = self.e2e {
             for hook in [Hook::Xdp, Hook::Tc] {
                 let me = Gateway::Balancer(hook);
+                if r.not_as_asked.contains(&me) {
+                    let _ = writeln!(
+                        md,
+                        "- end to end ({}): not measured, the daemon attached XDP",
+                        hook.name().to_uppercase()
+                    );
+                    continue;
+                }
                 for workload in [Workload::KeepAlive, Workload::Close] {
                     let med = |g: Gateway, pick: fn(&Measured) -> f64| {
                         spread(&r.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median
