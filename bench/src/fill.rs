@@ -40,16 +40,26 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn write_all<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<f64> {
+/// Write `value` at every key of `keys` into the pinned map `name`, in
+/// batches; the row for the report (name, entries, seconds, memlock).
+fn fill_map<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+    keys: &[K],
+    value: V,
+) -> Result<(&'static str, usize, f64, u64)> {
+    let map = MapData::from_pin(pin_dir.join(name)).with_context(|| format!("open {name}"))?;
+    let values = vec![value; keys.len()];
     let start = Instant::now();
     for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         crate::stop::check()?;
         anyhow::ensure!(
-            update_batch(map, k, v)?,
+            update_batch(&map, k, v)?,
             "this kernel has no batched update for LRU hash maps"
         );
     }
-    Ok(start.elapsed().as_secs_f64())
+    let secs = start.elapsed().as_secs_f64();
+    Ok((name, keys.len(), secs, pinned::memlock(pin_dir, name)?))
 }
 
 pub fn rss_bytes(pid: u32) -> u64 {
@@ -67,7 +77,6 @@ pub fn rss_bytes(pid: u32) -> u64 {
 /// of the HTTP service that no packet will ever match.
 pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
     let rss_before = rss_bytes(daemon_pid);
-    let open = |name| MapData::from_pin(pin_dir.join(name)).with_context(|| format!("open {name}"));
     let services: HashMap<MapData, ServiceKey, Service> = pinned::typed(pin_dir, maps::SERVICES)?;
     let (vip, family) = to_words(VIP_V4.into());
     let key = ServiceKey {
@@ -120,13 +129,9 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         affinity_touched_ns: now,
         created_ns: now,
     };
-    let secs = write_all(&open(maps::CONNTRACK)?, &keys, &vec![flow; entries])?;
-    filled.maps.push((
-        maps::CONNTRACK,
-        entries,
-        secs,
-        pinned::memlock(pin_dir, maps::CONNTRACK)?,
-    ));
+    filled
+        .maps
+        .push(fill_map(pin_dir, maps::CONNTRACK, &keys, flow)?);
 
     let backend_ip = Ipv4Addr::from(backend.addr[0].to_ne_bytes());
     let keys: Vec<FlowKey> = (0..entries)
@@ -140,13 +145,9 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         last_seen_ns: now,
         ..Default::default()
     };
-    let secs = write_all(&open(maps::REVERSE_NAT)?, &keys, &vec![reverse; entries])?;
-    filled.maps.push((
-        maps::REVERSE_NAT,
-        entries,
-        secs,
-        pinned::memlock(pin_dir, maps::REVERSE_NAT)?,
-    ));
+    filled
+        .maps
+        .push(fill_map(pin_dir, maps::REVERSE_NAT, &keys, reverse)?);
 
     // A million distinct clients need IPv6 (2001:db8:2::/64, keys only).
     let keys: Vec<AffinityKey> = (0..entries)
@@ -166,13 +167,9 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         _pad: 0,
         last_seen_ns: now,
     };
-    let secs = write_all(&open(maps::AFFINITY)?, &keys, &vec![affinity; entries])?;
-    filled.maps.push((
-        maps::AFFINITY,
-        entries,
-        secs,
-        pinned::memlock(pin_dir, maps::AFFINITY)?,
-    ));
+    filled
+        .maps
+        .push(fill_map(pin_dir, maps::AFFINITY, &keys, affinity)?);
 
     filled.daemon_rss = (rss_before, rss_bytes(daemon_pid));
     Ok(filled)
