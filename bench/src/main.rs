@@ -1,0 +1,227 @@
+//! `cargo xtask bench [--quick]`: the balancer's data plane against the
+//! physical floor, end to end against the peers users pick today, and at
+//! scale (issue 7; the method is DESIGN.md's "Performance method").
+//!
+//! Needs root: it builds the harness's namespace topology, loads BPF
+//! programs and starts servers in the namespaces. Everything it creates is
+//! removed when it ends, also on failure and on Ctrl-C. Never part of
+//! `cargo xtask test`: no test asserts on time.
+
+mod apt;
+mod bpf;
+mod cpu;
+mod e2e;
+mod fill;
+mod gateways;
+mod machine;
+mod maglev;
+mod perpacket;
+mod pinned;
+mod proc;
+mod progs;
+mod rawsend;
+mod report;
+mod stop;
+mod summary;
+mod testbed;
+mod traffic;
+mod underload;
+mod wrk;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
+
+const USAGE: &str =
+    "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|maglev]... [--out DIR]";
+
+struct Args {
+    quick: bool,
+    only: Vec<String>,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        only: Vec::new(),
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--only" => args.only.push(it.next().context(USAGE)?),
+            "--out" => args.out = it.next().context(USAGE)?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    for o in &args.only {
+        anyhow::ensure!(
+            ["perpacket", "underload", "e2e", "maglev"].contains(&o.as_str()),
+            "unknown section {o:?}\n{USAGE}"
+        );
+    }
+    Ok(args)
+}
+
+/// How long each part runs: the full run fits 15 minutes on 2 cores,
+/// `--quick` 2 minutes.
+struct Plan {
+    per_packet: perpacket::Options,
+    under_load: underload::Options,
+    e2e: e2e::Options,
+    maglev_sizes: Vec<(u32, u32)>,
+    maglev_repeats: usize,
+}
+
+fn options(quick: bool) -> Plan {
+    let sizes = vec![
+        (1000, 65537),
+        (1000, 655373),
+        (10000, 65537),
+        (10000, 655373),
+    ];
+    if quick {
+        let pp = perpacket::Options {
+            rounds: 2,
+            phase: PhaseLimits {
+                time: Duration::from_millis(250),
+                frames: 500_000,
+            },
+            new_clients: 20_000,
+            test_run_repeat: 200_000,
+            fill_entries: 100_000,
+        };
+        let e2e = e2e::Options {
+            rounds: 1,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_secs(1),
+        };
+        let under_load = underload::Options {
+            rounds: 1,
+            duration: Duration::from_secs(2),
+        };
+        Plan {
+            per_packet: pp,
+            under_load,
+            e2e,
+            maglev_sizes: sizes,
+            maglev_repeats: 1,
+        }
+    } else {
+        let pp = perpacket::Options {
+            rounds: 5,
+            phase: PhaseLimits {
+                time: Duration::from_secs(1),
+                frames: 2_000_000,
+            },
+            new_clients: traffic::NEW_CLIENTS - 1000,
+            test_run_repeat: 1_000_000,
+            fill_entries: balancer_common::maps::MAX_FLOWS as usize,
+        };
+        let e2e = e2e::Options {
+            rounds: 3,
+            duration: Duration::from_secs(8),
+            warmup: Duration::from_secs(1),
+        };
+        let under_load = underload::Options {
+            rounds: 3,
+            duration: Duration::from_secs(3),
+        };
+        Plan {
+            per_packet: pp,
+            under_load,
+            e2e,
+            maglev_sizes: sizes,
+            maglev_repeats: 5,
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    balancer_tests::require_root();
+    stop::install();
+    apt::ensure()?;
+    let start = Instant::now();
+    let machine = Machine::describe();
+    let plan = options(args.quick);
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let command = format!(
+        "cargo xtask bench{}",
+        if args.quick { " --quick" } else { "" }
+    );
+
+    let maglev = if wants("maglev") {
+        eprintln!("==> Maglev tables");
+        Some(maglev::run(&plan.maglev_sizes, plan.maglev_repeats)?)
+    } else {
+        None
+    };
+    let mut per_packet = None;
+    let mut under_load = None;
+    let mut e2e = None;
+    if wants("perpacket") || wants("underload") || wants("e2e") {
+        eprintln!("==> building the testbed (namespaces, nginx on the backends)");
+        let bed = Testbed::new()?;
+        if wants("perpacket") {
+            eprintln!("==> data plane, per packet");
+            per_packet = Some(perpacket::run(&bed, &plan.per_packet)?);
+        }
+        if wants("underload") {
+            eprintln!("==> data plane, under real HTTP traffic");
+            under_load = Some(underload::run(&bed, &plan.under_load)?);
+        }
+        if wants("e2e") {
+            eprintln!("==> end to end");
+            e2e = Some(e2e::run(&bed, &plan.e2e)?);
+        }
+    }
+    let report = Report {
+        machine: &machine,
+        command: &command,
+        wall_secs: start.elapsed().as_secs_f64(),
+        per_packet: per_packet.as_ref(),
+        under_load: under_load.as_ref(),
+        e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
+        maglev: maglev.as_deref(),
+    };
+    let md = report.markdown();
+    println!("{md}");
+    let stem = if args.quick { "quick" } else { "latest" };
+    std::fs::create_dir_all(&args.out)?;
+    let md_path = args.out.join(format!("{stem}.md"));
+    std::fs::write(&md_path, &md)?;
+    eprintln!("wrote {}", md_path.display());
+    if let Some(r) = &e2e {
+        let svg_path = args.out.join(format!("{stem}.svg"));
+        std::fs::write(&svg_path, report::svg(r, &machine))?;
+        eprintln!("wrote {}", svg_path.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // The daemon inherits this: its info logs would drown the progress lines.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: still single-threaded; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    match parse_args().and_then(|a| run(&a)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

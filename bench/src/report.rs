@@ -1,0 +1,574 @@
+//! The results as Markdown tables (printed and written under
+//! `bench/results/`), with the machine they were measured on and the goals
+//! of issue 7 checked against them.
+
+use std::fmt::Write as _;
+
+use crate::{
+    bpf::Hook,
+    e2e::{self, Measured},
+    gateways::Gateway,
+    machine::Machine,
+    maglev,
+    perpacket::{self, Sample, Variant},
+    summary::{Spread, spread},
+    traffic::Kind,
+    underload,
+    wrk::{CONNECTIONS, Workload},
+};
+
+/// Everything one run measured.
+pub struct Report<'a> {
+    pub machine: &'a Machine,
+    pub command: &'a str,
+    pub wall_secs: f64,
+    pub per_packet: Option<&'a perpacket::Results>,
+    pub under_load: Option<&'a underload::Results>,
+    pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
+    pub maglev: Option<&'a [maglev::Row]>,
+}
+
+fn fmt_spread(s: Spread, digits: usize) -> String {
+    if s.n == 0 {
+        return "–".into();
+    }
+    if s.n == 1 {
+        return format!("{:.*}", digits, s.median);
+    }
+    format!(
+        "{:.*} [{:.*}–{:.*}]",
+        digits, s.median, digits, s.min, digits, s.max
+    )
+}
+
+fn ns(samples: &[Sample]) -> Spread {
+    spread(&samples.iter().map(|s| s.ns).collect::<Vec<_>>())
+}
+
+/// Per-round ratios balancer / floor (rounds pair up in order).
+fn ratios(bal: &[Sample], floor: &[Sample]) -> Spread {
+    spread(
+        &bal.iter()
+            .zip(floor)
+            .map(|(b, f)| b.ns / f.ns)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn on_path(samples: &[Sample]) -> String {
+    let worst = samples
+        .iter()
+        .filter_map(|s| s.on_path)
+        .fold(f64::INFINITY, f64::min);
+    if worst.is_finite() {
+        format!("{:.2}%", worst * 100.0)
+    } else {
+        "–".into()
+    }
+}
+
+fn goal_cell(kind: Kind, ratio: Spread) -> String {
+    match kind.goal() {
+        Some(g) if ratio.n > 0 => format!(
+            "≤ {g}×: {}",
+            if ratio.median <= g {
+                "met"
+            } else {
+                "**missed**"
+            }
+        ),
+        _ => String::new(),
+    }
+}
+
+impl Report<'_> {
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = self.machine;
+        let _ = writeln!(md, "# Benchmark results\n");
+        let _ = writeln!(
+            md,
+            "`{}`, {} ({:.0} s wall time). Machine: {}, {} cores, {} GiB, kernel {}.\n",
+            self.command, m.date, self.wall_secs, m.cpu, m.cores, m.mem_gib, m.kernel
+        );
+        let busy = m.background_busy * 100.0;
+        let warning = if busy > 5.0 {
+            " **Other work was running: absolute figures are low and noisy.**"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            md,
+            "Background load before the run: {busy:.0}% of the CPUs busy.{warning}\n"
+        );
+        if let Some(pp) = self.per_packet {
+            self.per_packet_md(&mut md, pp);
+        }
+        if let Some(ul) = self.under_load {
+            under_load_md(&mut md, ul);
+        }
+        if let Some((r, opts)) = self.e2e {
+            self.e2e_md(&mut md, r, opts);
+        }
+        if let Some(rows) = self.maglev {
+            maglev_md(&mut md, rows);
+        }
+        self.goals_md(&mut md);
+        md
+    }
+
+    fn per_packet_md(&self, md: &mut String, pp: &perpacket::Results) {
+        let rounds = pp.rows.values().map(|(b, _)| b.len()).max().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "## Data plane, per packet\n\n\
+             The kernel's run statistics (`run_time_ns / run_cnt`, BPF_ENABLE_STATS) of the programs on the gateway's \
+             `gwc` and `gwb`, while one kind of crafted TCP traffic at a time crosses the namespace topology \
+             (nothing answers it: backends and clients drop port 9999 on arrival). The floor is a two-instruction \
+             program (`r0 = XDP_PASS` or `TC_ACT_OK`; `exit`) on the same interfaces under the same frames. \
+             Median [min–max] over {rounds} rounds; the ratio is taken per round. *On path*: the smallest share, \
+             over the rounds, of program runs that the balancer's own counters (COUNTERS, BACKEND_STATS) place on \
+             the path being timed.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| mode | traffic | balancer ns/packet | floor ns/packet | ratio to floor | goal | on path | runs per phase |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for ((hook, variant, kind), (bal, floor)) in &pp.rows {
+            if *variant != Variant::Normal {
+                continue;
+            }
+            let r = ratios(bal, floor);
+            let runs = bal.iter().map(|s| s.runs).min().unwrap_or(0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                hook.name().to_uppercase(),
+                kind.label(),
+                fmt_spread(ns(bal), 1),
+                fmt_spread(ns(floor), 1),
+                fmt_spread(r, 2),
+                goal_cell(*kind, r),
+                on_path(bal),
+                runs
+            );
+        }
+        let _ = writeln!(md);
+        for a in &pp.attachments {
+            let _ = writeln!(md, "- attached: {a}");
+        }
+        for n in &pp.notes {
+            let _ = writeln!(md, "- **note**: {n}");
+        }
+        if !pp.test_runs.is_empty() {
+            let bal = spread(&pp.test_runs.iter().map(|t| t.0).collect::<Vec<_>>());
+            let floor = spread(&pp.test_runs.iter().map(|t| t.1).collect::<Vec<_>>());
+            let ratio = spread(&pp.test_runs.iter().map(|t| t.0 / t.1).collect::<Vec<_>>());
+            let (_, _, repeat, _) = pp.test_runs[0];
+            let extra = pp
+                .test_runs
+                .iter()
+                .map(|t| t.3 - u64::from(t.2))
+                .max()
+                .unwrap_or(0);
+            let _ = writeln!(
+                md,
+                "\nBPF_PROG_TEST_RUN, repeat {repeat}, on the non-VIP frame (passed untouched, so every repetition \
+                 sees the same bytes): balancer {} ns, floor {} ns, ratio {}. The balancer's `pass_not_ours` counter \
+                 rose by at least the repeat count in every round (by {extra} more at most: live packets on the \
+                 interfaces), so every repetition took the timed path. Not used for the rewriting paths: the kernel \
+                 reruns the program on the frame the previous run rewrote.",
+                fmt_spread(bal, 1),
+                fmt_spread(floor, 1),
+                fmt_spread(ratio, 2)
+            );
+        }
+        self.full_tables_md(md, pp);
+    }
+
+    fn full_tables_md(&self, md: &mut String, pp: &perpacket::Results) {
+        let Some(filled) = &pp.filled else { return };
+        let entries = filled.maps.first().map_or(0, |m| m.1);
+        let _ = writeln!(
+            md,
+            "\n### Tables filled ({entries} entries, capacity {})\n",
+            balancer_common::maps::MAX_FLOWS
+        );
+        let _ = writeln!(
+            md,
+            "| map | entries | fill time (batched updates) | kernel memory (memlock) |\n|---|---|---|---|"
+        );
+        for (name, n, secs, mem) in &filled.maps {
+            let _ = writeln!(
+                md,
+                "| {name} | {n} | {:.2} s | {:.1} MiB |",
+                secs,
+                *mem as f64 / 1048576.0
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nThe maps are preallocated LRU hashes: their memory is the same empty or full. The daemon's resident \
+             memory: {:.1} MiB before the fill, {:.1} MiB after the phases below (it recounts conntrack every second).\n",
+            filled.daemon_rss.0 as f64 / 1048576.0,
+            filled.daemon_rss.1 as f64 / 1048576.0
+        );
+        let _ = writeln!(
+            md,
+            "| traffic (XDP) | ns/packet, tables filled | ns/packet, tables nearly empty | ratio to floor, filled | on path |\n|---|---|---|---|---|"
+        );
+        for ((hook, variant, kind), (bal, _)) in &pp.rows {
+            if *variant != Variant::FullTables {
+                continue;
+            }
+            let normal = pp.rows.get(&(*hook, Variant::Normal, *kind));
+            let empty = normal.map_or(Spread::default(), |(b, _)| ns(b));
+            let floor = normal.map_or(f64::NAN, |(_, f)| ns(f).median);
+            let full = ns(bal);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {} |",
+                kind.label(),
+                fmt_spread(full, 1),
+                fmt_spread(empty, 1),
+                full.median / floor,
+                on_path(bal)
+            );
+        }
+    }
+
+    fn e2e_md(&self, md: &mut String, r: &e2e::Results, opts: &e2e::Options) {
+        let rounds = r.runs.first().map_or(0, |(_, _, v)| v.len());
+        let _ = writeln!(
+            md,
+            "\n## End to end\n\n\
+             wrk from 3 client hosts × {CONNECTIONS} connections, {} s per run, {rounds} round(s) (median; \
+             [min–max] with more than one), to `GET /` on nginx in 3 backends, through each gateway in turn. \
+             Keep-alive: requests on open connections. Close: `Connection: close`, one request per connection \
+             (requests/s = new connections/s). p50 is the mean of the hosts' medians, p99 the worst host's. \
+             CPU per request: *machine* = all busy time of the 2 CPUs (`/proc/stat`, every namespace: clients, \
+             gateway and backends; the same clients and backends in every row, so differences between rows are \
+             the gateway's); *softirq* = its part in the kernel's packet processing (every namespace's); \
+             *gw procs* = user + system time of the processes in the gateway namespace (the proxies, the daemon).\n",
+            opts.duration.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "| gateway | keep-alive req/s | p50 ms | p99 ms | close conn/s | p50 ms | p99 ms | CPU µs/req machine (ka / close) | softirq (ka / close) | gw procs (ka / close) | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for g in Gateway::ALL {
+            let ka = r.get(g, Workload::KeepAlive);
+            let cl = r.get(g, Workload::Close);
+            if ka.is_empty() {
+                continue;
+            }
+            let f = |v: &[Measured], pick: fn(&Measured) -> f64, d| {
+                fmt_spread(spread(&v.iter().map(pick).collect::<Vec<_>>()), d)
+            };
+            let med = |v: &[Measured], pick: fn(&Measured) -> f64| {
+                spread(&v.iter().map(pick).collect::<Vec<_>>()).median
+            };
+            let errors: u64 = ka.iter().chain(cl).map(|m| m.load.errors).sum();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {} | {} | {:.2} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
+                r.label(g, g.label()),
+                f(ka, |m| m.load.per_sec, 0),
+                med(ka, |m| m.load.p50_us) / 1e3,
+                f(ka, |m| m.load.p99_us / 1e3, 2),
+                f(cl, |m| m.load.per_sec, 0),
+                med(cl, |m| m.load.p50_us) / 1e3,
+                f(cl, |m| m.load.p99_us / 1e3, 2),
+                med(ka, |m| m.cpu.machine_us),
+                med(cl, |m| m.cpu.machine_us),
+                med(ka, |m| m.cpu.softirq_us),
+                med(cl, |m| m.cpu.softirq_us),
+                med(ka, |m| m.cpu.gateway_procs_us),
+                med(cl, |m| m.cpu.gateway_procs_us),
+                errors
+            );
+        }
+        for n in &r.notes {
+            let _ = writeln!(md, "\n- **note**: {n}");
+        }
+    }
+
+    fn goals_md(&self, md: &mut String) {
+        let _ = writeln!(md, "\n## Goals (issue 7)\n");
+        if let Some(pp) = self.per_packet {
+            for (kind, goal) in [
+                (Kind::Established, 4.0),
+                (Kind::NewFlow, 8.0),
+                (Kind::NewClient, 8.0),
+            ] {
+                for hook in [Hook::Xdp, Hook::Tc] {
+                    if let Some((b, f)) = pp.rows.get(&(hook, Variant::Normal, kind)) {
+                        let r = ratios(b, f).median;
+                        let verdict = if r <= goal { "met" } else { "**missed**" };
+                        let _ = writeln!(
+                            md,
+                            "- {} ({}): {r:.2}× the floor, goal ≤ {goal}×: {verdict}",
+                            kind.label(),
+                            hook.name().to_uppercase()
+                        );
+                    }
+                }
+            }
+        }
+        if let Some((r, _)) = self.e2e {
+            for hook in [Hook::Xdp, Hook::Tc] {
+                let me = Gateway::Balancer(hook);
+                if r.not_as_asked.contains(&me) {
+                    let _ = writeln!(
+                        md,
+                        "- end to end ({}): not measured, the daemon attached XDP",
+                        hook.name().to_uppercase()
+                    );
+                    continue;
+                }
+                for workload in [Workload::KeepAlive, Workload::Close] {
+                    let med = |g: Gateway, pick: fn(&Measured) -> f64| {
+                        spread(&r.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median
+                    };
+                    let ours = (med(me, |m| m.load.per_sec), med(me, |m| m.load.p99_us));
+                    if ours.0.is_nan() {
+                        continue;
+                    }
+                    let mut losses = Vec::new();
+                    for peer in Gateway::ALL.into_iter().filter(|g| g.is_peer()) {
+                        let theirs = (med(peer, |m| m.load.per_sec), med(peer, |m| m.load.p99_us));
+                        if theirs.0 >= ours.0 {
+                            losses.push(format!(
+                                "{} has more requests/s ({:.0} vs {:.0})",
+                                peer.short(),
+                                theirs.0,
+                                ours.0
+                            ));
+                        }
+                        if theirs.1 <= ours.1 {
+                            losses.push(format!(
+                                "{} has a lower p99 ({:.2} vs {:.2} ms)",
+                                peer.short(),
+                                theirs.1 / 1e3,
+                                ours.1 / 1e3
+                            ));
+                        }
+                    }
+                    let what = match workload {
+                        Workload::KeepAlive => "keep-alive",
+                        Workload::Close => "new connections",
+                    };
+                    let verdict = if losses.is_empty() {
+                        "met".to_owned()
+                    } else {
+                        format!("**missed**: {}", losses.join("; "))
+                    };
+                    let _ = writeln!(
+                        md,
+                        "- end to end, {what} ({}): ahead of every peer on req/s and p99: {verdict}",
+                        hook.name().to_uppercase()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn workload_label(w: Workload) -> &'static str {
+    match w {
+        Workload::KeepAlive => "wrk keep-alive",
+        Workload::Close => "wrk `Connection: close`",
+    }
+}
+
+fn under_load_md(md: &mut String, ul: &underload::Results) {
+    let rounds = ul.runs.first().map_or(0, |r| r.1.len());
+    let _ = writeln!(
+        md,
+        "\n### Under real HTTP traffic\n\n\
+         The same statistics while wrk (3 hosts × {CONNECTIONS} connections) runs through the balancer (XDP), then \
+         through nftables DNAT with the floor program on the same interfaces. Every packet of both directions \
+         (one program serves both interfaces today). Median [min–max] over {rounds} round(s).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| traffic | balancer ns/packet | floor ns/packet | ratio | program runs per request | balancer's counters per request |\n|---|---|---|---|---|---|"
+    );
+    for (w, bal, floor) in &ul.runs {
+        let ns_of = |v: &[underload::Run]| spread(&v.iter().map(|r| r.ns).collect::<Vec<_>>());
+        let ratio = spread(
+            &bal.iter()
+                .zip(floor)
+                .map(|(b, f)| b.ns / f.ns)
+                .collect::<Vec<_>>(),
+        );
+        let ppr = spread(
+            &bal.iter()
+                .map(|r| r.packets_per_request)
+                .collect::<Vec<_>>(),
+        );
+        let counters = ul
+            .counters
+            .iter()
+            .find(|(cw, _)| cw == w)
+            .map(|(_, c)| {
+                c.iter()
+                    .map(|(n, v)| format!("{n} {v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {counters} |",
+            workload_label(*w),
+            fmt_spread(ns_of(bal), 1),
+            fmt_spread(ns_of(floor), 1),
+            fmt_spread(ratio, 2),
+            fmt_spread(ppr, 2)
+        );
+    }
+}
+
+fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
+    let _ = writeln!(
+        md,
+        "\n## Maglev tables\n\n\
+         Build: `balancer_common::maglev::build`, median [min–max] ms. Swap: the daemon's `write_service` on a loaded \
+         data plane (rebuild from the live table, batched write of the M slots into the idle half, flip), one \
+         backend more each time; in brackets the rebuild alone (`next_table`), the rest is the map writes. Moved: share of slots whose backend changes when one backend joins or leaves, \
+         with the incremental rebuild the daemon uses / a fresh build / the ideal 1/N.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| backends | M | build ms | swap ms | moved on join | moved on leave |\n|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        let pct = |t: (f64, f64, f64)| {
+            format!(
+                "{:.3}% / {:.3}% / {:.3}%",
+                t.0 * 100.0,
+                t.1 * 100.0,
+                t.2 * 100.0
+            )
+        };
+        let swap = r.swap_ms.map_or_else(
+            || {
+                format!(
+                    "n/a (BACKENDS holds {})",
+                    balancer_common::maps::MAX_BACKENDS
+                )
+            },
+            |(total, rebuild)| {
+                format!(
+                    "{} (rebuild {})",
+                    fmt_spread(total, 1),
+                    fmt_spread(rebuild, 1)
+                )
+            },
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {swap} | {} | {} |",
+            r.backends,
+            r.m,
+            fmt_spread(r.build_ms, 1),
+            pct(r.moved_join),
+            pct(r.moved_leave)
+        );
+    }
+}
+
+/// A bar chart of the end-to-end comparison: requests/s with keep-alive
+/// and new connections/s, per gateway (hand-written SVG).
+pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
+    let gateways: Vec<Gateway> = Gateway::ALL
+        .into_iter()
+        .filter(|g| !r.get(*g, Workload::KeepAlive).is_empty())
+        .collect();
+    let med = |g: Gateway, w: Workload| {
+        spread(
+            &r.get(g, w)
+                .iter()
+                .map(|m| m.load.per_sec)
+                .collect::<Vec<_>>(),
+        )
+        .median
+    };
+    let max = gateways
+        .iter()
+        .flat_map(|g| [med(*g, Workload::KeepAlive), med(*g, Workload::Close)])
+        .fold(1.0, f64::max);
+    let (left, width, row, bar) = (200.0, 500.0, 46.0, 18.0);
+    let height = 70.0 + row * gateways.len() as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">",
+        w = left + width + 90.0
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">End to end: wrk, 3 hosts × {CONNECTIONS} connections, nginx backends</text>"
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"10\" y=\"36\" fill=\"#555\">{}, {} cores, kernel {}</text>",
+        escape(&machine.cpu),
+        machine.cores,
+        machine.kernel
+    );
+    let _ = writeln!(
+        s,
+        "<rect x=\"{left}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#2b6cb0\"/><text x=\"{}\" y=\"53\">requests/s, keep-alive</text>",
+        left + 16.0
+    );
+    let _ = writeln!(
+        s,
+        "<rect x=\"{}\" y=\"44\" width=\"12\" height=\"10\" fill=\"#dd6b20\"/><text x=\"{}\" y=\"53\">new connections/s</text>",
+        left + 180.0,
+        left + 196.0
+    );
+    for (i, g) in gateways.iter().enumerate() {
+        let y = 64.0 + row * i as f64;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            left - 8.0,
+            y + bar,
+            escape(&r.label(*g, g.short()))
+        );
+        for (j, (w, color)) in [
+            (Workload::KeepAlive, "#2b6cb0"),
+            (Workload::Close, "#dd6b20"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v = med(*g, w);
+            let len = if v.is_finite() { v / max * width } else { 0.0 };
+            let by = y + j as f64 * (bar + 2.0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{left}\" y=\"{by}\" width=\"{len:.1}\" height=\"{bar}\" fill=\"{color}\"/>"
+            );
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{v:.0}</text>",
+                left + len + 4.0,
+                by + bar - 5.0
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,46 @@
+//! `cargo xtask bench [--quick]`: build the release binaries (like `demo`),
+//! then run the bench (`bench/`, crate balancer-bench): the data plane per
+//! packet against the floor, end to end against nftables, HAProxy and nginx,
+//! and Maglev at scale. Writes `bench/results/latest.md` (`quick.md` with
+//! --quick) and a chart beside it.
+
+use anyhow::{Result, ensure};
+
+use crate::{
+    bootstrap,
+    build::{self, Profile},
+    cmd,
+};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A shorter run (under 2 minutes): fewer rounds, shorter phases,
+    /// 100k-entry tables instead of 1M.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this part (repeatable): perpacket, underload, e2e, maglev.
+    #[arg(long, value_name = "PART")]
+    only: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    ensure!(
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() } == 0,
+        "`cargo xtask bench` needs root: it creates network namespaces, loads BPF programs and installs the \
+         peers from Debian packages"
+    );
+    bootstrap::ensure()?;
+    let bin = build::build_balancer(Profile::Release)?;
+    let mut cargo = cmd::cargo();
+    cargo
+        .args(["run", "--release", "-p", "balancer-bench", "--"])
+        .env("BALANCER_BIN", &bin);
+    if opts.quick {
+        cargo.arg("--quick");
+    }
+    for part in &opts.only {
+        cargo.args(["--only", part]);
+    }
+    cmd::run(&mut cargo)
+}
