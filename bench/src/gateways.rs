@@ -368,9 +368,8 @@ mod tests {
 
     use super::*;
 
-    /// Needs root: `cargo test -p balancer-bench -- --ignored`.
+    /// Needs root (`cargo xtask test` runs it).
     #[test]
-    #[ignore]
     fn floor_attaches_at_both_hooks_and_is_found() {
         let ns = NetNs::new("floor");
         ns.ip_batch(&[

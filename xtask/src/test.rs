@@ -12,6 +12,9 @@ use crate::{
 
 /// The integration tests (BPF_PROG_TEST_RUN and network namespaces).
 const TESTS_PACKAGE: &str = "balancer-tests";
+/// The bench's own tests (its floor program attaches and is found); the
+/// benchmarks themselves never run here.
+const BENCH_PACKAGE: &str = "balancer-bench";
 const COMMON_PACKAGE: &str = "balancer-common";
 const STEPS: usize = 5;
 /// The network-namespace suites that run the daemon: step 4 runs them in
@@ -77,6 +80,8 @@ pub fn run(opts: &Options) -> Result<()> {
                 "--release",
                 "-p",
                 TESTS_PACKAGE,
+                "-p",
+                BENCH_PACKAGE,
                 "--",
                 "--test-threads=1",
             ])
