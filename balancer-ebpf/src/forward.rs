@@ -14,7 +14,10 @@ use core::mem::size_of;
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup};
-use balancer_common::{counters::Counter, types::FAMILY_V4};
+use balancer_common::{
+    counters::Counter,
+    types::{FAMILY_V4, ReverseNat},
+};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -38,6 +41,14 @@ pub struct L2Path {
     pub ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
+}
+
+impl L2Path {
+    /// Back the way a flow's first client packet came (see `ReverseNat`).
+    #[inline(always)]
+    pub fn to_client(reverse: &ReverseNat) -> Self {
+        L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac }
+    }
 }
 
 /// Fill `fib` with the addresses and length the FIB lookup needs, read

@@ -25,8 +25,8 @@ use crate::{
     maps::{FRAGMENT_SERVICES, FRAGMENTS, SERVICES},
     nat::rewrite,
     parse::{L3_OFF, Packet, Piece},
-    scratch::scratch,
-    select::{affinity_key, fresh_affinity, maglev_pick, store_bytes, store_words},
+    scratch::{scratch, store_bytes, store_words},
+    select::{affinity_key, fresh_affinity, maglev_pick},
     stats::{self, Direction},
 };
 
@@ -74,25 +74,24 @@ pub fn forward_later<C: Frame>(ctx: &C, pkt: &Packet, id: u32) -> Result<Action,
     if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
-    if let Some(nat) = unsafe { FRAGMENTS.get(&key(pkt, id)) } {
-        let nat = *nat;
-        let to_client = nat.direction == FRAGMENT_TO_CLIENT;
-        let (end, direction) = if to_client { (End::Source, Direction::ToClient) } else { (End::Destination, Direction::ToBackend) };
-        stats::backend_packet(nat.backend_id, pkt.len, direction, false);
-        rewrite(ctx, pkt, end, &nat.addr, 0)?;
-        stats::count(Counter::ForwardFragment);
-        let path = L2Path { ifindex: nat.client_ifindex, dst_mac: nat.client_mac, src_mac: nat.gateway_mac };
-        return Ok(forward(ctx, pkt.key.family, pkt.key.proto, if to_client { Some(&path) } else { None }));
-    }
-    let (backend_id, backend) = match by_client(pkt) {
-        Some(Ok(found)) => found,
-        Some(Err(counter)) => return Ok(stats::drop(counter)),
-        None => return Ok(stats::pass(Counter::PassFragment)),
+    // The new address, whose backend, and for a reply the client's path.
+    let (addr, backend_id, client_path) = match unsafe { FRAGMENTS.get(&key(pkt, id)) } {
+        Some(nat) => {
+            let path = L2Path { ifindex: nat.client_ifindex, dst_mac: nat.client_mac, src_mac: nat.gateway_mac };
+            (nat.addr, nat.backend_id, (nat.direction == FRAGMENT_TO_CLIENT).then_some(path))
+        }
+        None => match by_client(pkt) {
+            Some(Ok((backend_id, backend))) => (backend.addr, backend_id, None),
+            Some(Err(counter)) => return Ok(stats::drop(counter)),
+            None => return Ok(stats::pass(Counter::PassFragment)),
+        },
     };
-    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, false);
-    rewrite(ctx, pkt, End::Destination, &backend.addr, 0)?;
+    let (end, direction) =
+        if client_path.is_some() { (End::Source, Direction::ToClient) } else { (End::Destination, Direction::ToBackend) };
+    stats::backend_packet(backend_id, pkt.len, direction, false);
+    rewrite(ctx, pkt, end, &addr, 0)?;
     stats::count(Counter::ForwardFragment);
-    Ok(forward(ctx, pkt.key.family, pkt.key.proto, None))
+    Ok(forward(ctx, pkt.key.family, pkt.key.proto, client_path.as_ref()))
 }
 
 /// The backend of a `source-ip` service at this VIP address for this

@@ -30,8 +30,9 @@ use crate::{
     forward::{L2Path, forward},
     ip::{End, addr_words, set_addr, ttl_expired},
     maps::{BACKENDS, CONNTRACK, REVERSE_NAT},
+    nat::set_port,
     parse::{Ip, L3_OFF, PROTO_ICMP, PROTO_ICMPV6, words},
-    ptr::{read_at, write_at},
+    ptr::read_at,
     stats::{self, Direction},
 };
 
@@ -146,7 +147,7 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
     }
     if let Some(reverse) = unsafe { REVERSE_NAT.get(&reversed) } {
         let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
-        let path = L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac };
+        let path = L2Path::to_client(reverse);
         stats::backend_packet(backend_id, err.len, Direction::ToClient, false);
         let quoted = rewrite_quoted(ctx, err, End::Destination, &vip, vip_port)?;
         // An error from the backend itself comes from the VIP: the client
@@ -172,10 +173,7 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
 #[inline(always)]
 fn rewrite_quoted<C: Frame>(ctx: &C, err: &IcmpError, end: End, addr: &[u32; 4], port: u16) -> Result<Diff, ()> {
     let old_addr = set_addr(ctx, err.inner_l3_off, err.family, end, addr)?;
-    let port_off = if end == End::Source { err.inner_l4_off } else { err.inner_l4_off + 2 };
-    let old_port = read_at::<u16, C>(ctx, port_off).ok_or(())?;
-    write_at(ctx, port_off, port)?;
-    let mut diff = Diff::default().u16(old_port, port);
+    let mut diff = set_port(ctx, err.inner_l4_off, end, port)?;
     if err.family != FAMILY_V4 {
         diff = Diff(diff.0 + Diff::default().addr(&old_addr, addr, 4).0);
     }

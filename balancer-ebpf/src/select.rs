@@ -27,7 +27,7 @@ use crate::{
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
     ptr::read_at,
-    scratch::scratch,
+    scratch::{scratch, store_words},
     stats::{self, Direction},
 };
 
@@ -97,7 +97,7 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
     Some((flow.backend_id, backend))
 }
 
-/// Written field by field with volatile stores (see [`store_words`]): a
+/// Written field by field with volatile stores (see `scratch::store_words`): a
 /// struct literal compiles to a `memset` call here.
 #[inline(always)]
 pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
@@ -115,24 +115,6 @@ pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
             write_volatile(addr_of_mut!((*p).client[i]), client[i]);
         }
         key.assume_init()
-    }
-}
-
-/// `*dst = *src`, byte by byte with volatile stores (see [`store_words`]).
-#[inline(always)]
-pub fn store_bytes<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
-    for i in 0..N {
-        unsafe { core::ptr::write_volatile(&mut dst[i], src[i]) };
-    }
-}
-
-/// `*dst = *src`, word by word with volatile stores: the plain copy
-/// compiles to a call to `memset`/`memmove`, and on 6.1 every call adds a
-/// 32-byte frame to the verifier's count of the common path's stack.
-#[inline(always)]
-pub fn store_words(dst: &mut [u32; 4], src: &[u32; 4]) {
-    for i in 0..4 {
-        unsafe { core::ptr::write_volatile(&mut dst[i], src[i]) };
     }
 }
 
@@ -227,8 +209,7 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> R
     let reverse = unsafe { &mut *reverse };
     reverse.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
-    let client_path =
-        L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac };
+    let client_path = L2Path::to_client(reverse);
     if pkt.is_tcp() {
         let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
         // Only the SYN-ACK marks the handshake answered: established
