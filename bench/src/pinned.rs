@@ -39,11 +39,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn read(pin_dir: &Path) -> Result<Counters> {
-        let counters: PerCpuArray<MapData, u64> = typed(pin_dir, maps::COUNTERS)?;
-        let values = Counter::ALL
-            .iter()
-            .map(|c| counters.get(&(*c as u32), 0).map(|v| v.iter().sum()))
-            .collect::<Result<Vec<u64>, _>>()?;
+        let values = balancer_tests::xdp_fixture::Counters::read_pinned(pin_dir).0.to_vec();
         let stats: PerCpuArray<MapData, BackendStats> = typed(pin_dir, maps::BACKEND_STATS)?;
         let mut connections = 0;
         for id in 0..BACKEND_IDS {

@@ -184,6 +184,18 @@ impl Fixture {
 pub struct Counters(pub [u64; COUNTER_COUNT as usize]);
 
 impl Counters {
+    /// The counters of a running data plane, from the maps pinned in
+    /// `pin_dir` (a daemon's), summed over CPUs.
+    pub fn read_pinned(pin_dir: &std::path::Path) -> Counters {
+        let map = aya::maps::MapData::from_pin(pin_dir.join(balancer_common::maps::COUNTERS)).expect("pinned COUNTERS");
+        let counters = aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(map)).expect("a per-CPU array");
+        Counters(Counter::ALL.map(|c| counters.get(&(c as u32), 0).expect("read a counter").iter().sum()))
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
     /// The counters that grew since `before`, by how much, by name.
     pub fn since(&self, before: &Counters) -> Vec<(&'static str, u64)> {
         Counter::ALL

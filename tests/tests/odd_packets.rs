@@ -13,22 +13,21 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
 use balancer_common::counters::Counter;
 use balancer_tests::{
     NetNs, TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
     daemon::{Daemon, backends_toml, config_head, test_mode},
-    packet::checksum,
+    packet::{ETH_P_8021Q, Frame, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMPV6_PACKET_TOO_BIG, vlan_tagged},
     require_root,
     topology::{VIP_V4, VIP_V6},
     udp_ask, udp_ask_sized, udp_whoami,
+    xdp_fixture::Counters,
 };
-use socket2::{Domain, Protocol, Socket, Type};
 
 const DNS: u16 = 53;
 const DNS_BACKEND: u16 = 5353;
@@ -105,64 +104,21 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// An IPv4 header (no options) for `payload`, checksummed.
-fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) -> Vec<u8> {
-    let total = (20 + payload_len) as u16;
-    let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, 0, 0, 64, proto, 0, 0];
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let c = checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h
-}
-
-/// What an error quotes: the first 8 bytes of a UDP header.
-fn udp_quote(sport: u16, dport: u16) -> [u8; 8] {
-    let mut q = [0u8; 8];
-    q[0..2].copy_from_slice(&sport.to_be_bytes());
-    q[2..4].copy_from_slice(&dport.to_be_bytes());
-    q[4..6].copy_from_slice(&1472u16.to_be_bytes());
-    q
-}
-
-/// "Fragmentation needed, next-hop MTU `mtu`" from `router` to `vip`,
-/// quoting a big UDP datagram `vip:vport → client:cport` (a reply the VIP
-/// sent), as a router on the client's path would.
-fn send_frag_needed_v4(client_ns: &NetNs, router: Ipv4Addr, vip: Ipv4Addr, vport: u16, client: Ipv4Addr, cport: u16, mtu: u16) {
-    let mut quoted = ipv4_header(vip, client, 17, 1480 - 20);
-    quoted.extend_from_slice(&udp_quote(vport, cport));
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&quoted);
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut packet = ipv4_header(router, vip, 1, icmp.len());
-    packet.extend_from_slice(&icmp);
-    client_ns.run(|| {
-        // IPPROTO_RAW: we write the IP header ourselves.
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).expect("raw socket");
-        s.send_to(&packet, &SocketAddr::new(vip.into(), 0).into()).expect("send ICMP");
-    });
-}
-
-/// ICMPv6 "packet too big" from `router` to `vip`, quoting a UDP datagram
-/// `vip:vport → client:cport`. The kernel fills in the ICMPv6 checksum.
-fn send_packet_too_big_v6(client_ns: &NetNs, router: Ipv6Addr, vip: Ipv6Addr, vport: u16, client: Ipv6Addr, cport: u16, mtu: u32) {
-    let mut icmp = vec![2, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    // The quoted IPv6 header: version 6, payload 1452, UDP, hop limit 64.
-    icmp.extend_from_slice(&[0x60, 0, 0, 0]);
-    icmp.extend_from_slice(&1452u16.to_be_bytes());
-    icmp.extend_from_slice(&[17, 64]);
-    icmp.extend_from_slice(&vip.octets());
-    icmp.extend_from_slice(&client.octets());
-    icmp.extend_from_slice(&udp_quote(vport, cport));
-    client_ns.run(|| {
-        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).expect("raw ICMPv6 socket");
-        s.bind(&SocketAddr::new(router.into(), 0).into()).expect("bind");
-        s.send_to(&icmp, &SocketAddr::new(vip.into(), 0).into()).expect("send ICMPv6");
-    });
+/// A "too big" ICMP error (v4: fragmentation needed; v6: packet too big)
+/// naming `mtu`, from `router` to the VIP, quoting the first 8 bytes of a
+/// big UDP datagram `vip → client` (a reply the VIP sent), as a router on
+/// the client's path would send it; out of the client's link as a frame.
+fn send_too_big(client_ns: &NetNs, router: IpAddr, vip: SocketAddr, client: SocketAddr, mtu: u32) {
+    let mut quoted = Frame::udp(&vip.ip().to_string(), vip.port(), &client.ip().to_string(), client.port());
+    quoted.payload = vec![0; 1400];
+    let (icmp_type, code, ip_header) = if vip.is_ipv4() {
+        (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 20)
+    } else {
+        (ICMPV6_PACKET_TOO_BIG, 0, 40)
+    };
+    let error =
+        Frame::icmp_error(&router.to_string(), &vip.ip().to_string(), icmp_type, code, mtu, &quoted.build(), ip_header + 8);
+    send_frames(client_ns, "eth0", &[error.build()]);
 }
 
 #[test]
@@ -177,7 +133,7 @@ fn a_path_mtu_error_for_a_vip_flow_reaches_its_backend() {
     let answer = udp_ask(topo.client(), client.into(), vip, TIMEOUT).expect("UDP over v4");
     let backend = rig.backend_ns(&answer.backend);
     assert_eq!(learnt_mtu(backend, client.into()), None, "no PMTU known before");
-    send_frag_needed_v4(topo.client(), router, VIP_V4, DNS, client, answer.local.port(), 1000);
+    send_too_big(topo.client(), router.into(), vip, answer.local, 1000);
     let mtu = wait_for("the backend learns the v4 path MTU", || learnt_mtu(backend, client.into()));
     assert_eq!(mtu, 1000);
     for other in topo.backends().iter().filter(|b| b.name() != answer.backend) {
@@ -190,7 +146,7 @@ fn a_path_mtu_error_for_a_vip_flow_reaches_its_backend() {
     let vip6 = SocketAddr::new(VIP_V6.into(), DNS);
     let answer6 = udp_ask(topo.client(), client6.into(), vip6, TIMEOUT).expect("UDP over v6");
     let backend6 = rig.backend_ns(&answer6.backend);
-    send_packet_too_big_v6(topo.client(), router6, VIP_V6, DNS, client6, answer6.local.port(), 1280);
+    send_too_big(topo.client(), router6.into(), vip6, answer6.local, 1280);
     let mtu6 = wait_for("the backend learns the v6 path MTU", || learnt_mtu(backend6, client6.into()));
     assert_eq!(mtu6, 1280);
     println!("pmtu: {} learnt mtu {mtu} (v4), {} learnt mtu {mtu6} (v6)", answer.backend, answer6.backend);
@@ -255,41 +211,15 @@ fn datagrams_bigger_than_the_mtu_cross_in_fragments_both_ways() {
     println!("fragments: {}", lines.join("; "));
 }
 
-/// A global counter of the running data plane, from its pinned map.
-fn counter(bpffs: &TempBpffs, c: Counter) -> u64 {
-    let map = MapData::from_pin(bpffs.pin_dir().join(balancer_common::maps::COUNTERS)).expect("pinned COUNTERS");
-    let counters = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(map)).expect("a per-CPU array");
-    counters.get(&(c as u32), 0).expect("read a counter").iter().sum()
-}
-
-/// An Ethernet frame (optionally 802.1Q-tagged) holding a UDP datagram
-/// `src → dst:dport` with valid checksums.
-fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, vlan: Option<u16>) -> Vec<u8> {
-    let payload = b"peer\n";
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&40000u16.to_be_bytes());
-    udp.extend_from_slice(&dport.to_be_bytes());
-    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(&udp);
-    let c = checksum(&pseudo);
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    if let Some(id) = vlan {
-        frame.extend_from_slice(&[0x81, 0x00]);
-        frame.extend_from_slice(&id.to_be_bytes());
+/// A datagram `src → VIP:53`, 802.1Q-tagged with `vlan` if given.
+fn dns_frame(src: Ipv4Addr, vlan: Option<u16>) -> Vec<u8> {
+    let mut frame = Frame::udp(&src.to_string(), 40000, &VIP_V4.to_string(), DNS);
+    frame.payload = b"peer\n".to_vec();
+    let bytes = frame.build();
+    match vlan {
+        Some(id) => vlan_tagged(&bytes, ETH_P_8021Q, id),
+        None => bytes,
     }
-    frame.extend_from_slice(&[0x08, 0x00]);
-    frame.extend(ipv4_header(src, dst, 17, udp.len()));
-    frame.extend(udp);
-    frame
 }
 
 /// Send raw frames out of the client's interface (AF_PACKET).
@@ -322,19 +252,20 @@ fn vlan_tagged_frames_pass_to_the_kernel_untouched() {
     let rig = rig();
     let topo = &rig.topo;
     let client = topo.clients_v4()[2];
-    let tagged: Vec<_> = (0..20).map(|_| udp_frame(client, VIP_V4, DNS, Some(100))).collect();
-    let before = (counter(&rig.bpffs, Counter::PassVlan), counter(&rig.bpffs, Counter::ForwardToBackend));
+    let counter = |c| Counters::read_pinned(&rig.bpffs.pin_dir()).get(c);
+    let tagged: Vec<_> = (0..20).map(|_| dns_frame(client, Some(100))).collect();
+    let before = (counter(Counter::PassVlan), counter(Counter::ForwardToBackend));
     send_frames(topo.client(), "eth0", &tagged);
     let vlan = wait_for("20 tagged frames counted", || {
-        let n = counter(&rig.bpffs, Counter::PassVlan) - before.0;
+        let n = counter(Counter::PassVlan) - before.0;
         (n >= 20).then_some(n)
     });
     assert_eq!(vlan, 20, "each tagged frame passed once");
-    assert_eq!(counter(&rig.bpffs, Counter::ForwardToBackend), before.1, "a tagged frame was balanced");
+    assert_eq!(counter(Counter::ForwardToBackend), before.1, "a tagged frame was balanced");
     // The same datagram untagged is balanced: the tag alone made the difference.
-    send_frames(topo.client(), "eth0", &[udp_frame(client, VIP_V4, DNS, None)]);
+    send_frames(topo.client(), "eth0", &[dns_frame(client, None)]);
     wait_for("the untagged frame balanced", || {
-        (counter(&rig.bpffs, Counter::ForwardToBackend) > before.1).then_some(())
+        (counter(Counter::ForwardToBackend) > before.1).then_some(())
     });
     println!("vlan: 20 tagged frames passed untouched ({} mode), the untagged one balanced", test_mode());
 }
