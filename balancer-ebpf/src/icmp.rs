@@ -31,7 +31,7 @@ use crate::{
     ip::{End, addr_words, set_addr, ttl_expired},
     maps::{BACKENDS, CONNTRACK, REVERSE_NAT},
     nat::set_port,
-    parse::{Ip, L3_OFF, PROTO_ICMP, PROTO_ICMPV6, words},
+    parse::{Ip, L3_OFF, icmp_proto, words},
     ptr::read_at,
     stats::{self, Direction},
 };
@@ -186,10 +186,4 @@ fn rewrite_quoted<C: Frame>(ctx: &C, err: &IcmpError, end: End, addr: &[u32; 4],
 fn update_icmp_checksum<C: Frame>(ctx: &C, err: &IcmpError, outer: Diff, quoted: Diff) -> Result<(), ()> {
     let pseudo = if err.family == FAMILY_V4 { Diff::default() } else { outer };
     ctx.l4_csum_update(err.icmp_off + 2, pseudo, quoted, false)
-}
-
-/// The ICMP protocol number of `family`.
-#[inline(always)]
-fn icmp_proto(family: u8) -> u8 {
-    if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }
 }

@@ -146,7 +146,7 @@ pub fn reparse_ip<C: Frame>(ctx: &C) -> Result<Ip, Counter> {
 fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
     let mut key = FlowKey { src: ip.src, dst: ip.dst, sport: 0, dport: 0, proto: ip.proto, family: ip.family, _pad: [0; 2] };
     let len = ctx.len();
-    if ip.proto == if ip.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 } {
+    if ip.proto == icmp_proto(ip.family) {
         if ip.piece != Piece::Whole {
             return Parsed::Pass(Counter::PassNotOurs);
         }
@@ -159,13 +159,13 @@ fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
         return Parsed::Packet(Packet { l4_off: 0, l4_check_off: 0, key, tcp_flags: 0, piece: ip.piece, len });
     }
     let l4_off = ip.l4_off;
-    // Flags and ports are read through the pointer that was bounds-checked:
-    // a pointer derived again from the offset would carry no checked range
-    // for the verifier.
     let header_len = if ip.proto == PROTO_TCP { TcpHdr::LEN } else { UdpHdr::LEN };
     if (l4_off + header_len) as u64 > ip.end {
         return Parsed::Pass(Counter::PassTruncated);
     }
+    // Flags and ports are read through the pointer that was bounds-checked:
+    // a pointer derived again from the offset would carry no checked range
+    // for the verifier.
     let (l4, l4_check_off, tcp_flags) = if ip.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr, C>(ctx, l4_off) else {
             return Parsed::Pass(Counter::PassTruncated);
@@ -288,6 +288,13 @@ pub fn parse_ipv6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Ip, Counter> {
         return Err(Counter::PassTruncated);
     }
     Ok(Ip { family: FAMILY_V6, src, dst, proto: next, l4_off: off, piece, end })
+}
+
+/// The ICMP protocol number of `family` (ICMP only counts under its own
+/// family's number).
+#[inline(always)]
+pub fn icmp_proto(family: u8) -> u8 {
+    if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }
 }
 
 /// An address's bytes as the four native words keys hold.
