@@ -156,7 +156,7 @@ pub struct Flow {
 const _: () = assert!(size_of::<Flow>() == 32);
 
 /// Value of `REVERSE_NAT`: what to write back into a reply, and the L2 path
-/// the client's first packet came by.
+/// to the client: the one its first packet came by, then the FIB's.
 ///
 /// The L2 path is the reply's fallback when the FIB has no neighbour entry
 /// for the client: handing such a reply to the kernel does not work, because
@@ -172,7 +172,10 @@ pub struct ReverseNat {
     pub client_mac: [u8; 6],
     /// Destination MAC of the client's packet (the gateway's interface).
     pub gateway_mac: [u8; 6],
-    pub _pad: u16,
+    /// The kernel's: the clock epoch (about a second) in which it last took
+    /// the client's next hop from the FIB into `client_mac`, `gateway_mac`
+    /// and `client_ifindex` (see the data plane's `forward`).
+    pub path_epoch: u16,
     pub backend_id: u32,
     /// Interface the client's packet arrived on.
     pub client_ifindex: u32,

@@ -1,32 +1,42 @@
-//! Sending a rewritten packet on: FIB lookup for the next hop, L2 rewrite,
-//! TTL (hop limit) decrement, then out of the same interface or another one
-//! in REDIRECT_DEVS.
+//! Sending a rewritten packet on: its next hop (interface and MACs), TTL
+//! (hop limit) decrement, L2 rewrite, then out of the same interface or
+//! another one in REDIRECT_DEVS.
 //!
-//! Whenever the fast path cannot finish, the packet goes to the kernel with
-//! its L2 header untouched: with forwarding on, the kernel routes the
-//! already-NATed packet itself (and resolves the neighbour for the next
-//! one, on NO_NEIGH). Replies to clients carry an [`L2Path`] instead,
-//! because the kernel would drop them (their source is the VIP, a local
-//! address).
+//! The next hop comes from `bpf_fib_lookup`, which alone cost about a third
+//! of a conntrack hit, so the common paths keep its answer for about a
+//! second (a clock epoch): per backend in NEXT_HOPS (per CPU), per flow in
+//! the reply's `ReverseNat` (its `path_epoch`). Route and neighbour changes
+//! are taken within a second. The rare paths (ICMP errors, later
+//! fragments) look up every time.
+//!
+//! Whenever no next hop is found, the packet goes to the kernel with its L2
+//! header untouched: with forwarding on, the kernel routes the already-NATed
+//! packet itself (and resolves the neighbour for the next one, on
+//! NO_NEIGH). Replies to clients carry an [`L2Path`] instead, because the
+//! kernel would drop them (their source is the VIP, a local address).
 
 use core::mem::size_of;
 
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
-use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup};
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup, macros::map, maps::PerCpuArray,
+};
 use balancer_common::{
     counters::Counter,
-    types::{FAMILY_V4, ReverseNat},
+    maps::MAX_BACKENDS,
+    types::{Backend, FAMILY_V4, ReverseNat},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
+    clock::epoch,
     ctx::{Action, Frame},
     ip::decrement_ttl,
     maps::REDIRECT_DEVS,
     parse::L3_OFF,
     ptr::{ptr_at, read_at, read_words},
-    scratch::scratch,
+    scratch::{scratch, store_bytes, store_words},
     stats,
 };
 
@@ -35,8 +45,8 @@ const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
 
-/// A known way to a host on a directly attached link, used when the FIB
-/// has the route but no neighbour entry.
+/// A way to a host: out of `ifindex`, from `src_mac` to `dst_mac`.
+#[derive(Clone, Copy)]
 pub struct L2Path {
     pub ifindex: u32,
     pub dst_mac: [u8; 6],
@@ -48,6 +58,102 @@ impl L2Path {
     #[inline(always)]
     pub fn to_client(reverse: &ReverseNat) -> Self {
         L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac }
+    }
+}
+
+/// A backend's next hop as the FIB last gave it, for `addr` (a backend id
+/// reused for another address never takes the old one's path).
+#[repr(C)]
+pub struct NextHop {
+    addr: [u32; 4],
+    ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    /// `clock::epoch` of the lookup; `ifindex` 0 means none yet.
+    epoch: u16,
+    _pad: u16,
+}
+
+/// Per CPU, so that no two CPUs write one entry at once (no torn paths)
+/// and no cache line bounces between them. Not pinned: a cache.
+#[map]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Forward a packet just rewritten for `backend`.
+#[inline(always)]
+pub fn to_backend<C: Frame>(ctx: &C, family: u8, proto: u8, backend_id: u32, backend: &Backend, now: u64) -> Action {
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
+        return forward(ctx, family, proto, None);
+    };
+    let hop = unsafe { &mut *hop };
+    let epoch = epoch(now);
+    if hop.epoch == epoch && hop.ifindex != 0 && hop.addr == backend.addr {
+        let path = L2Path { ifindex: hop.ifindex, dst_mac: hop.dst_mac, src_mac: hop.src_mac };
+        return send(ctx, family, &path);
+    }
+    let path = match lookup(ctx, family, proto, None) {
+        Ok(path) => path,
+        Err(action) => return action,
+    };
+    store_words(&mut hop.addr, &backend.addr);
+    store_bytes(&mut hop.dst_mac, &path.dst_mac);
+    store_bytes(&mut hop.src_mac, &path.src_mac);
+    hop.ifindex = path.ifindex;
+    hop.epoch = epoch;
+    send(ctx, family, &path)
+}
+
+/// Forward a reply just rewritten back to its client, by the flow's path:
+/// the FIB's, looked up at most once an epoch, or the one its first client
+/// packet came by while the FIB has no neighbour for the client.
+#[inline(always)]
+pub fn to_client<C: Frame>(ctx: &C, family: u8, proto: u8, reverse: &mut ReverseNat, now: u64) -> Action {
+    let epoch = epoch(now);
+    let known = L2Path::to_client(reverse);
+    if reverse.path_epoch == epoch {
+        return send(ctx, family, &known);
+    }
+    let path = match lookup(ctx, family, proto, Some(&known)) {
+        Ok(path) => path,
+        Err(action) => return action,
+    };
+    store_bytes(&mut reverse.client_mac, &path.dst_mac);
+    store_bytes(&mut reverse.gateway_mac, &path.src_mac);
+    reverse.client_ifindex = path.ifindex;
+    reverse.path_epoch = epoch;
+    send(ctx, family, &path)
+}
+
+/// Forward by a FIB lookup now (the rare paths); `fallback` as in [`lookup`].
+#[inline(always)]
+pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Action {
+    match lookup(ctx, family, proto, fallback) {
+        Ok(path) => send(ctx, family, &path),
+        Err(action) => action,
+    }
+}
+
+/// The FIB's next hop for the (already rewritten) packet; `fallback`, if
+/// it leaves by the same interface, when the FIB has no neighbour entry.
+/// `Err`: the packet is passed to the kernel, counted.
+#[inline(always)]
+fn lookup<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Result<L2Path, Action> {
+    let Some(scratch) = scratch() else {
+        return Err(stats::pass(Counter::PassFibOther));
+    };
+    let fib = &mut scratch.fib;
+    if fib_params(ctx, fib, family, proto).is_none() {
+        return Err(stats::pass(Counter::PassTruncated));
+    }
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    match (rc, fallback) {
+        (FIB_SUCCESS, _) => Ok(L2Path { ifindex: fib.ifindex, dst_mac: fib.dmac, src_mac: fib.smac }),
+        (FIB_NO_NEIGH, Some(path)) if path.ifindex == fib.ifindex => {
+            stats::count(Counter::NoNeighbourLearnedMac);
+            Ok(*path)
+        }
+        (FIB_NO_NEIGH, _) => Err(stats::pass(Counter::PassNoNeighbour)),
+        _ => Err(stats::pass(Counter::PassFibOther)),
     }
 }
 
@@ -83,27 +189,11 @@ fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> 
     Some(())
 }
 
+/// Out by `path`: TTL, MACs, then transmit or redirect.
 #[inline(always)]
-pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Action {
-    let Some(scratch) = scratch() else {
-        return stats::pass(Counter::PassFibOther);
-    };
-    let fib = &mut scratch.fib;
-    if fib_params(ctx, fib, family, proto).is_none() {
-        return stats::pass(Counter::PassTruncated);
-    }
-    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
-    let (ifindex, dst_mac, src_mac) = match (rc, fallback) {
-        (FIB_SUCCESS, _) => (fib.ifindex, fib.dmac, fib.smac),
-        (FIB_NO_NEIGH, Some(path)) if path.ifindex == fib.ifindex => {
-            stats::count(Counter::NoNeighbourLearnedMac);
-            (path.ifindex, path.dst_mac, path.src_mac)
-        }
-        (FIB_NO_NEIGH, _) => return stats::pass(Counter::PassNoNeighbour),
-        _ => return stats::pass(Counter::PassFibOther),
-    };
-    let same_interface = ifindex == ctx.ingress_ifindex();
-    if !same_interface && REDIRECT_DEVS.get(ifindex).is_none() {
+fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
+    let same_interface = path.ifindex == ctx.ingress_ifindex();
+    if !same_interface && REDIRECT_DEVS.get(path.ifindex).is_none() {
         return stats::pass(Counter::PassNoRedirectDev);
     }
     if decrement_ttl(ctx, L3_OFF, family).is_err() {
@@ -113,8 +203,8 @@ pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Pat
         return stats::pass(Counter::PassTruncated);
     };
     unsafe {
-        (*eth).dst_addr = dst_mac;
-        (*eth).src_addr = src_mac;
+        (*eth).dst_addr = path.dst_mac;
+        (*eth).src_addr = path.src_mac;
     }
-    if same_interface { Action::Tx } else { Action::Redirect(ifindex) }
+    if same_interface { Action::Tx } else { Action::Redirect(path.ifindex) }
 }

@@ -12,7 +12,6 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use balancer_common::{
     counters::Counter,
     types::{Backend, FRAGMENT_TO_BACKEND, FRAGMENT_TO_CLIENT, FragmentKey, ServiceKey},
@@ -102,7 +101,7 @@ fn by_client(pkt: &Packet) -> Option<Result<(u32, &'static Backend), Counter>> {
     let service_key = unsafe { FRAGMENT_SERVICES.get(&vip)? };
     let service = unsafe { SERVICES.get(service_key)? };
     let affinity_key = affinity_key(pkt, service);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     if let Some(found) = fresh_affinity(&affinity_key, service, now) {
         return Some(Ok(found));
     }

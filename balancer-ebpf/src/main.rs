@@ -14,6 +14,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod csum;
 mod ctx;
 mod forward;

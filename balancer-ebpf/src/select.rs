@@ -7,7 +7,6 @@
 //!    and its backend up (draining backends keep their clients);
 //! 3. the service's Maglev table, at `flow_hash % M`.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use balancer_common::{
     addr::mask,
     counters::Counter,
@@ -20,7 +19,8 @@ use balancer_common::{
 
 use crate::{
     ctx::{Action, Frame},
-    forward::{L2Path, forward},
+    clock::{epoch, now_ns},
+    forward,
     fragment,
     ip::{End, ttl_expired},
     maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
@@ -54,7 +54,7 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
     if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let (backend_id, backend, new_connection) = match existing_flow(pkt, service, now) {
         Some((id, backend)) => (id, backend, false),
         None => match new_flow(ctx, pkt, service, now) {
@@ -66,7 +66,7 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
     fragment::record_first(pkt, &backend.addr, backend_id, None);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
     stats::count(Counter::ForwardToBackend);
-    Ok(forward(ctx, pkt.key.family, pkt.key.proto, None))
+    Ok(forward::to_backend(ctx, pkt.key.family, pkt.key.proto, backend_id, backend, now))
 }
 
 /// The flow's backend from conntrack, if the flow is known, its backend up,
@@ -165,7 +165,8 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
     reverse.vip_port = pkt.key.dport;
     reverse.client_mac = client_mac;
     reverse.gateway_mac = gateway_mac;
-    reverse._pad = 0;
+    // A past epoch: the first reply looks its client's next hop up.
+    reverse.path_epoch = epoch(now).wrapping_sub(1);
     reverse.backend_id = backend_id;
     reverse.client_ifindex = ifindex;
     reverse.last_seen_ns = now;
@@ -207,9 +208,9 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> R
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let reverse = unsafe { &mut *reverse };
-    reverse.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
+    reverse.last_seen_ns = now;
     let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
-    let client_path = L2Path::to_client(reverse);
     if pkt.is_tcp() {
         let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
         // Only the SYN-ACK marks the handshake answered: established
@@ -222,10 +223,10 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> R
         }
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    fragment::record_first(pkt, &vip, backend_id, Some(&client_path));
+    fragment::record_first(pkt, &vip, backend_id, Some(&forward::L2Path::to_client(reverse)));
     rewrite(ctx, pkt, End::Source, &vip, vip_port)?;
     stats::count(Counter::ForwardToClient);
-    Ok(forward(ctx, pkt.key.family, pkt.key.proto, Some(&client_path)))
+    Ok(forward::to_client(ctx, pkt.key.family, pkt.key.proto, reverse, now))
 }
 
 /// Record a backend's FIN or RST on the client-side conntrack entry, which

@@ -181,7 +181,19 @@ fn phase(
     let counters = |b: &Balancer| Counters::read(&b.pin_dir());
     let c0 = balancer.map(counters).transpose()?;
     let s0 = progs::run_stats(ids)?;
+    let started = monotonic_ns();
     traffic.send(kind, limits)?;
+    if std::env::var_os("BENCH_PHASE_LOG").is_some() {
+        // For profiling: `perf record -a -k CLOCK_MONOTONIC` samples can be
+        // split by phase with these bounds.
+        eprintln!(
+            "phase {} {} {} {:?}",
+            started,
+            monotonic_ns(),
+            if balancer.is_some() { "balancer" } else { "floor" },
+            kind
+        );
+    }
     // The last frames are still in softirq for a moment.
     crate::stop::sleep(Duration::from_millis(50))?;
     let d: RunStats = progs::run_stats(ids)?.since(s0);
@@ -206,6 +218,12 @@ fn phase(
         runs: d.count,
         on_path,
     })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// BPF_PROG_TEST_RUN of the balancer on a non-VIP frame: the program passes

@@ -118,6 +118,29 @@ fn open_flow_with(
 }
 
 test_both_modes! {
+    /// Both directions keep the FIB's next hop for about a second (a clock
+    /// epoch): a neighbour change is taken within two.
+    fn next_hops_follow_a_neighbour_change_within_two_seconds(fx) {
+        let backend = open_flow(fx, "web", "198.18.0.20", 20, 47000, VIP4, 80);
+        let b = backend_index(backend.ip());
+        let (new_backend_mac, new_client_mac) = ([0x02, 0, 0, 0, 0xbb, b], [0x02, 0, 0, 0, 0xcc, 20]);
+        let mac = balancer_tests::xdp_fixture::mac;
+        for (addr, lladdr, dev) in [(backend.ip().to_string(), new_backend_mac, "veth1"), ("198.18.0.20".into(), new_client_mac, "veth0")] {
+            let status = std::process::Command::new("ip")
+                .args(["neigh", "replace", &addr, "lladdr", &mac(lladdr), "dev", dev, "nud", "permanent"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "ip neigh replace {addr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let data = Frame { src_mac: client_mac(20), dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.20", 47000, VIP4, 80, TCP_ACK) };
+        let want = Frame { dst_mac: new_backend_mac, ..to_backend(&data, backend) };
+        expect_forwarded(fx, true, &data, &want);
+        let reply = from_backend(backend, "198.18.0.20", 47000, PROTO_TCP, TCP_ACK);
+        let want = Frame { dst_mac: new_client_mac, ..to_client(&reply, sock(VIP4, 80), 20) };
+        expect_forwarded(fx, false, &reply, &want);
+    }
+
     fn ipv6_syn_goes_to_the_predicted_backend_and_the_reply_comes_from_the_vip(fx) {
         let before = fx.counters();
         let backend = open_flow(fx, "web6", "2001:db8::1", 1, 40000, VIP6, 80);
