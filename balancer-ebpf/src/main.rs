@@ -115,7 +115,9 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 
 #[inline(always)]
 fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
-    if let Some(service) = maps::service_for(pkt) {
+    if maps::is_vip_port(pkt.key.dport)
+        && let Some(service) = maps::service_for(pkt)
+    {
         return select::to_backend(ctx, pkt, service);
     }
     if let Some(reverse) = maps::reverse_nat_for(pkt) {

@@ -12,6 +12,7 @@ use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
+        VIP_PORT_WORDS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
@@ -53,6 +54,17 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat> = LruHashMap::pinned(
 
 #[map]
 pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static VIP_PORTS: Array<u64> = Array::with_max_entries(VIP_PORT_WORDS, 0);
+
+/// Could a service have this destination port (network order)? A bit
+/// test, inlined, where a SERVICES lookup hashes a 20-byte key.
+#[inline(always)]
+pub fn is_vip_port(port: u16) -> bool {
+    let port = u32::from(u16::from_be(port));
+    VIP_PORTS.get(port >> 6).is_some_and(|word| word & (1 << (port & 63)) != 0)
+}
 
 /// The service whose VIP this packet is addressed to.
 #[inline(always)]

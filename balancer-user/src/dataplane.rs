@@ -45,6 +45,7 @@ pub struct DataPlane {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
+    vip_ports: Array<MapData, u64>,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -148,6 +149,7 @@ impl DataPlane {
             services: take_map(&mut ebpf, maps::SERVICES)?,
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
+            vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
@@ -320,12 +322,21 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Set `port`'s bit in VIP_PORTS (before the service is written: a
+    /// packet must never find the service with its port's bit clear).
+    fn add_vip_port(&mut self, port: u16) -> anyhow::Result<()> {
+        let word = u32::from(port) / 64;
+        let bits = self.vip_ports.get(&word, 0).context("reading VIP_PORTS")?;
+        self.vip_ports.set(word, bits | 1 << (port % 64), 0).context("writing VIP_PORTS")
+    }
+
     /// Write one service: backends that are up, then its new Maglev table
     /// into the half packets are not reading, then flip the service to that
     /// half (one map update), then backends that went down. No packet sees a
     /// half-written table.
     pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
+        self.add_vip_port(u16::from_be(key.port))?;
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,
             Err(MapError::KeyNotFound) => 1,
