@@ -26,13 +26,17 @@ pub const FRAGMENTS: &str = "FRAGMENTS";
 /// first can still be placed by client address alone.
 pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 
-/// `Array<u64>` of `VIP_PORT_WORDS` words, not pinned: bit `p` (host
-/// order) is set when some service has port `p`. A packet to any other
-/// port cannot be for a VIP, so the kernel skips the SERVICES lookup for
-/// it: for replies (to a client's ephemeral port) and most non-VIP traffic.
-/// Written by the daemon at every start, before it attaches.
+/// `Array<u64>` of `PORT_WORDS` words, not pinned: bit `p` (host order) is
+/// set when some service has port `p`. A packet to any other port cannot be
+/// for a VIP, so the kernel skips the SERVICES lookup for it: for replies
+/// (to a client's ephemeral port) and most non-VIP traffic. Written by the
+/// daemon at every start, before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
-pub const VIP_PORT_WORDS: u32 = 65536 / 64;
+/// Like `VIP_PORTS`, for the ports of backends: a packet from any other
+/// port cannot be a reply, and skips the REVERSE_NAT lookup. Bits are only
+/// ever added while the daemon runs (a stale one costs one lookup).
+pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
+pub const PORT_WORDS: u32 = 65536 / 64;
 
 /// Every pinned map the kernel object must define (checked by a test).
 pub const ALL: &[&str] = &[

@@ -115,12 +115,14 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 
 #[inline(always)]
 fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
-    if maps::is_vip_port(pkt.key.dport)
+    if maps::has_port(&maps::VIP_PORTS, pkt.key.dport)
         && let Some(service) = maps::service_for(pkt)
     {
         return select::to_backend(ctx, pkt, service);
     }
-    if let Some(reverse) = maps::reverse_nat_for(pkt) {
+    if maps::has_port(&maps::BACKEND_PORTS, pkt.key.sport)
+        && let Some(reverse) = maps::reverse_nat_for(pkt)
+    {
         return select::to_client(ctx, pkt, reverse);
     }
     Ok(stats::pass(Counter::PassNotOurs))

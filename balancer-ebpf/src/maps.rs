@@ -12,7 +12,7 @@ use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-        VIP_PORT_WORDS,
+        PORT_WORDS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
@@ -56,14 +56,17 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat> = LruHashMap::pinned(
 pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map]
-pub static VIP_PORTS: Array<u64> = Array::with_max_entries(VIP_PORT_WORDS, 0);
+pub static VIP_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
-/// Could a service have this destination port (network order)? A bit
-/// test, inlined, where a SERVICES lookup hashes a 20-byte key.
+#[map]
+pub static BACKEND_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// Is `port`'s (network order) bit set in a port bitmap? An inlined array
+/// read, where a hash lookup would hash a 20- or 40-byte key first.
 #[inline(always)]
-pub fn is_vip_port(port: u16) -> bool {
+pub fn has_port(ports: &Array<u64>, port: u16) -> bool {
     let port = u32::from(u16::from_be(port));
-    VIP_PORTS.get(port >> 6).is_some_and(|word| word & (1 << (port & 63)) != 0)
+    ports.get(port >> 6).is_some_and(|word| word & (1 << (port & 63)) != 0)
 }
 
 /// The service whose VIP this packet is addressed to.

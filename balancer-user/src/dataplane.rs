@@ -46,6 +46,7 @@ pub struct DataPlane {
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u64>,
+    backend_ports: Array<MapData, u64>,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -113,6 +114,15 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
     Ok(maglev)
 }
 
+/// Set `port`'s bit in a port bitmap (VIP_PORTS, BACKEND_PORTS). Done
+/// before the service or backend is written: a packet must never find one
+/// with its port's bit clear.
+fn add_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
+    let word = u32::from(port) / 64;
+    let bits = ports.get(&word, 0)?;
+    ports.set(word, bits | 1 << (port % 64), 0)
+}
+
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
     let map = ebpf.take_map(name).with_context(|| format!("the kernel object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
@@ -150,6 +160,7 @@ impl DataPlane {
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
+            backend_ports: take_map(&mut ebpf, maps::BACKEND_PORTS)?,
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
@@ -322,21 +333,16 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Set `port`'s bit in VIP_PORTS (before the service is written: a
-    /// packet must never find the service with its port's bit clear).
-    fn add_vip_port(&mut self, port: u16) -> anyhow::Result<()> {
-        let word = u32::from(port) / 64;
-        let bits = self.vip_ports.get(&word, 0).context("reading VIP_PORTS")?;
-        self.vip_ports.set(word, bits | 1 << (port % 64), 0).context("writing VIP_PORTS")
-    }
-
     /// Write one service: backends that are up, then its new Maglev table
     /// into the half packets are not reading, then flip the service to that
     /// half (one map update), then backends that went down. No packet sees a
     /// half-written table.
     pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
-        self.add_vip_port(u16::from_be(key.port))?;
+        add_port(&mut self.vip_ports, u16::from_be(key.port)).context("VIP_PORTS")?;
+        for b in &service.backends {
+            add_port(&mut self.backend_ports, b.address.port()).context("BACKEND_PORTS")?;
+        }
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,
             Err(MapError::KeyNotFound) => 1,

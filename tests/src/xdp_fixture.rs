@@ -306,6 +306,14 @@ pub fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
 pub fn with_fixture_mode(mode: Mode, test: impl FnOnce(&Fixture) + Send) {
     require_root();
     let ns = NetNs::new("xdprun");
+    // Before the links come up: no link-local addresses, router
+    // solicitations or the multicast reports they bring. The program is
+    // attached, and a kernel packet crossing the veth pair while a case
+    // runs would add to the counters the case checks exactly.
+    ns.sysctl(&[
+        ("net.ipv6.conf.default.addr_gen_mode", "1"),
+        ("net.ipv6.conf.default.router_solicitations", "0"),
+    ]);
     let mut lines = vec![
         format!(
             "link add veth0 address {} type veth peer name veth1 address {}",
