@@ -31,7 +31,9 @@ pub enum Counter {
     ForwardToClient = 10,
     /// Redirect to an interface not in REDIRECT_DEVS: passed to the kernel.
     PassNoRedirectDev = 11,
-    /// Reply forwarded to the client's learned MAC: the FIB had no neighbour.
+    /// A packet to a client sent to its learned MAC: the FIB had no
+    /// neighbour. Replies keep that path for a clock epoch (about a second),
+    /// so they count once per flow per epoch, not per packet.
     NoNeighbourLearnedMac = 12,
     /// Aborted (XDP_ABORTED, a drop): a header the parser had checked was
     /// out of bounds when rewritten. Should stay 0; counted so that no drop

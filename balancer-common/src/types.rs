@@ -144,13 +144,13 @@ pub struct Flow {
     pub backend_id: u32,
     /// `TCP_*` bits (always 0 for UDP).
     pub tcp_state: u32,
-    /// `bpf_ktime_get_ns()` of the last client packet.
+    /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last client packet.
     pub last_seen_ns: u64,
     /// When this flow last refreshed its client's affinity entry; a
     /// long-lived connection keeps its affinity alive without a map write per
     /// packet.
     pub affinity_touched_ns: u64,
-    /// `bpf_ktime_get_ns()` of creation.
+    /// CLOCK_MONOTONIC ns of creation.
     pub created_ns: u64,
 }
 const _: () = assert!(size_of::<Flow>() == 32);
@@ -179,7 +179,7 @@ pub struct ReverseNat {
     pub backend_id: u32,
     /// Interface the client's packet arrived on.
     pub client_ifindex: u32,
-    /// `bpf_ktime_get_ns()` of the last backend packet.
+    /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last backend packet.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<ReverseNat>() == 48);

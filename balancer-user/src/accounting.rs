@@ -40,7 +40,8 @@ pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Recount at least this often.
 const MIN_PERIOD: Duration = Duration::from_secs(1);
 
-/// The kernel's clock (`bpf_ktime_get_ns`): CLOCK_MONOTONIC in ns.
+/// The kernel's clock (`bpf_ktime_get_coarse_ns`, a tick behind at most):
+/// CLOCK_MONOTONIC in ns.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // Cannot fail for CLOCK_MONOTONIC with a valid pointer.

@@ -2,7 +2,10 @@
 //! (or adopting) the program on the interfaces (`attach`), and writing the
 //! maps the program reads.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, bail};
 use aya::{
@@ -116,11 +119,16 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
 
 /// Set `port`'s bit in a port bitmap (VIP_PORTS, BACKEND_PORTS). Done
 /// before the service or backend is written: a packet must never find one
-/// with its port's bit clear.
+/// with its port's bit clear. A bit already set is not written again
+/// (`write_service` runs on every health change).
 fn add_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
     let word = u32::from(port) / 64;
     let bits = ports.get(&word, 0)?;
-    ports.set(word, bits | 1 << (port % 64), 0)
+    let bit = 1 << (port % 64);
+    if bits & bit != 0 {
+        return Ok(());
+    }
+    ports.set(word, bits | bit, 0)
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
@@ -340,8 +348,10 @@ impl DataPlane {
     pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
         add_port(&mut self.vip_ports, u16::from_be(key.port)).context("VIP_PORTS")?;
-        for b in &service.backends {
-            add_port(&mut self.backend_ports, b.address.port()).context("BACKEND_PORTS")?;
+        // Backends of a service mostly share one port.
+        let backend_ports: BTreeSet<u16> = service.backends.iter().map(|b| b.address.port()).collect();
+        for port in backend_ports {
+            add_port(&mut self.backend_ports, port).context("BACKEND_PORTS")?;
         }
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,

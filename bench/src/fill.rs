@@ -30,16 +30,6 @@ pub struct Filled {
     pub daemon_rss: (u64, u64),
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Write `value` at every key of `keys` into the pinned map `name`, in
 /// batches; the row for the report (name, entries, seconds, memlock).
 fn fill_map<K: aya::Pod, V: aya::Pod>(
@@ -98,7 +88,7 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
                 .map(|b| (id, b))
         })
         .context("the HTTP service has no backend up")?;
-    let now = monotonic_ns();
+    let now = balancer_user::accounting::monotonic_ns();
 
     // 198.18.2.0/24 is not a client net of the testbed: these are keys only.
     let client = |i: usize| {

@@ -11,6 +11,7 @@ use std::{collections::BTreeSet, os::fd::AsFd as _, time::Duration};
 use anyhow::{Context as _, Result};
 use balancer_common::counters::Counter;
 use balancer_tests::topology::{GW_BACKEND_IF, GW_CLIENT_IF};
+use balancer_user::accounting::monotonic_ns;
 
 use crate::{
     bpf::{self, Hook},
@@ -218,12 +219,6 @@ fn phase(
         runs: d.count,
         on_path,
     })
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// BPF_PROG_TEST_RUN of the balancer on a non-VIP frame: the program passes
