@@ -6,10 +6,10 @@ pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 /// `Array<u32>` of backend ids: every service's two Maglev table halves.
 pub const MAGLEV: &str = "MAGLEV";
-/// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack).
+/// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack), keyed as
+/// the client sends them. A reply finds its flow here too: its key is
+/// rebuilt from the reply with the VIP from `BACKEND_VIPS`.
 pub const CONNTRACK: &str = "CONNTRACK";
-/// `LruHashMap<FlowKey, ReverseNat>`: backend → client flows (the reply path).
-pub const REVERSE_NAT: &str = "REVERSE_NAT";
 /// `LruHashMap<AffinityKey, Affinity>`: client (masked) → backend.
 pub const AFFINITY: &str = "AFFINITY";
 /// `PerCpuArray<BackendStats>` indexed by backend id.
@@ -33,10 +33,17 @@ pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 /// daemon at every start, before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
 /// Like `VIP_PORTS`, for the ports of backends: a packet from any other
-/// port cannot be a reply, and skips the REVERSE_NAT lookup. Bits are only
+/// port cannot be a reply, and skips the BACKEND_VIPS lookup. Bits are only
 /// ever added while the daemon runs (a stale one costs one lookup).
 pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
 pub const PORT_WORDS: u32 = 65536 / 64;
+/// `HashMap<ServiceKey, BackendVips>`, not pinned: a backend's address,
+/// port and protocol → the VIPs of the services it serves, from which a
+/// reply's conntrack key is rebuilt. Written by the daemon from its
+/// services at every start (before it attaches) and on every change.
+pub const BACKEND_VIPS: &str = "BACKEND_VIPS";
+/// Services one backend address:port may serve (see `BACKEND_VIPS`).
+pub const MAX_VIPS_PER_BACKEND: usize = 4;
 
 /// Every pinned map the kernel object must define (checked by a test).
 pub const ALL: &[&str] = &[
@@ -44,7 +51,6 @@ pub const ALL: &[&str] = &[
     BACKENDS,
     MAGLEV,
     CONNTRACK,
-    REVERSE_NAT,
     AFFINITY,
     BACKEND_STATS,
     COUNTERS,
@@ -61,7 +67,7 @@ pub const PROG_TC: &str = "balancer_tc";
 pub const MAX_SERVICES: u32 = 256;
 /// Backend ids are `0..MAX_BACKENDS`, unique across services.
 pub const MAX_BACKENDS: u32 = 4096;
-/// At least 1M flows each way.
+/// At least 1M flows.
 pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_AFFINITY: u32 = 1 << 20;
 pub const MAX_REDIRECT_DEVS: u32 = 64;

@@ -15,7 +15,8 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Key of `SERVICES`: a VIP `addr:port/proto`.
+/// Key of `SERVICES`: a VIP `addr:port/proto`; of `BACKEND_VIPS`, a
+/// backend's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -104,8 +105,8 @@ impl Backend {
     }
 }
 
-/// Key of `CONNTRACK` (client → VIP) and `REVERSE_NAT` (backend → client),
-/// the 5-tuple as the packet carries it.
+/// Key of `CONNTRACK`: a client → VIP flow's 5-tuple, as the client's
+/// packets carry it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -137,7 +138,16 @@ pub const fn tcp_closed(state: u32) -> bool {
             == (TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND)
 }
 
-/// Value of `CONNTRACK`.
+/// Value of `CONNTRACK`: the flow's backend and state, and what its
+/// replies need besides the VIP (which `BACKEND_VIPS` gives): the L2 path
+/// back to the client, the one its first packet came by, then the FIB's.
+///
+/// One entry serves both directions, so a new connection costs one insert
+/// into a 1M-entry LRU table, not two (an insert is most of a new flow's
+/// cost). The L2 path is the reply's fallback when the FIB has no neighbour
+/// entry for the client: handing such a reply to the kernel does not work,
+/// because its source is the VIP, an address of the gateway itself, which
+/// the kernel drops as martian.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -152,22 +162,8 @@ pub struct Flow {
     pub affinity_touched_ns: u64,
     /// CLOCK_MONOTONIC ns of creation.
     pub created_ns: u64,
-}
-const _: () = assert!(size_of::<Flow>() == 32);
-
-/// Value of `REVERSE_NAT`: what to write back into a reply, and the L2 path
-/// to the client: the one its first packet came by, then the FIB's.
-///
-/// The L2 path is the reply's fallback when the FIB has no neighbour entry
-/// for the client: handing such a reply to the kernel does not work, because
-/// its source is the VIP, an address of the gateway itself, which the kernel
-/// drops as martian.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReverseNat {
-    pub vip: [u32; 4],
-    /// Network byte order.
-    pub vip_port: u16,
+    /// Interface the client's packet arrived on.
+    pub client_ifindex: u32,
     /// Source MAC of the client's packet (the client or its router).
     pub client_mac: [u8; 6],
     /// Destination MAC of the client's packet (the gateway's interface).
@@ -176,13 +172,19 @@ pub struct ReverseNat {
     /// the client's next hop from the FIB into `client_mac`, `gateway_mac`
     /// and `client_ifindex` (see the data plane's `forward`).
     pub path_epoch: u16,
-    pub backend_id: u32,
-    /// Interface the client's packet arrived on.
-    pub client_ifindex: u32,
-    /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last backend packet.
-    pub last_seen_ns: u64,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<ReverseNat>() == 48);
+const _: () = assert!(size_of::<Flow>() == 56);
+
+/// Value of `BACKEND_VIPS`: the VIPs (as `SERVICES` keys) of the services
+/// a backend address:port serves, the first `count` of `vips`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendVips {
+    pub count: u32,
+    pub vips: [ServiceKey; crate::maps::MAX_VIPS_PER_BACKEND],
+}
+const _: () = assert!(size_of::<BackendVips>() == 84);
 
 /// Key of `FRAGMENTS`: one datagram in pieces, as its fragments arrive.
 #[repr(C)]
@@ -210,7 +212,7 @@ pub struct FragmentNat {
     /// The new destination (to a backend) or source (to a client, the VIP).
     pub addr: [u32; 4],
     pub backend_id: u32,
-    /// For replies: the client's L2 path, as in [`ReverseNat`].
+    /// For replies: the client's L2 path, as in [`Flow`].
     pub client_ifindex: u32,
     pub client_mac: [u8; 6],
     pub gateway_mac: [u8; 6],

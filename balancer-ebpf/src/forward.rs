@@ -5,7 +5,7 @@
 //! The next hop comes from `bpf_fib_lookup`, which alone cost about a third
 //! of a conntrack hit, so the common paths keep its answer for about a
 //! second (a clock epoch): per backend in NEXT_HOPS (per CPU), per flow in
-//! the reply's `ReverseNat` (its `path_epoch`). Route and neighbour changes
+//! its conntrack entry (`Flow::path_epoch`). Route and neighbour changes
 //! are taken within a second. The rare paths (ICMP errors, later
 //! fragments) look up every time.
 //!
@@ -25,7 +25,7 @@ use aya_ebpf::{
 use balancer_common::{
     counters::Counter,
     maps::MAX_BACKENDS,
-    types::{Backend, FAMILY_V4, ReverseNat},
+    types::{Backend, FAMILY_V4, Flow},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -54,10 +54,11 @@ pub struct L2Path {
 }
 
 impl L2Path {
-    /// Back the way a flow's first client packet came (see `ReverseNat`).
+    /// Back to a flow's client: the way its first packet came, or the FIB's
+    /// since (see `Flow`).
     #[inline(always)]
-    pub fn to_client(reverse: &ReverseNat) -> Self {
-        L2Path { ifindex: reverse.client_ifindex, dst_mac: reverse.client_mac, src_mac: reverse.gateway_mac }
+    pub fn to_client(flow: &Flow) -> Self {
+        L2Path { ifindex: flow.client_ifindex, dst_mac: flow.client_mac, src_mac: flow.gateway_mac }
     }
 }
 
@@ -107,20 +108,20 @@ pub fn to_backend<C: Frame>(ctx: &C, family: u8, proto: u8, backend_id: u32, bac
 /// the FIB's, looked up at most once an epoch, or the one its first client
 /// packet came by while the FIB has no neighbour for the client.
 #[inline(always)]
-pub fn to_client<C: Frame>(ctx: &C, family: u8, proto: u8, reverse: &mut ReverseNat, now: u64) -> Action {
+pub fn to_client<C: Frame>(ctx: &C, family: u8, proto: u8, flow: &mut Flow, now: u64) -> Action {
     let epoch = epoch(now);
-    let known = L2Path::to_client(reverse);
-    if reverse.path_epoch == epoch {
+    let known = L2Path::to_client(flow);
+    if flow.path_epoch == epoch {
         return send(ctx, family, &known);
     }
     let path = match lookup(ctx, family, proto, Some(&known)) {
         Ok(path) => path,
         Err(action) => return action,
     };
-    store_bytes(&mut reverse.client_mac, &path.dst_mac);
-    store_bytes(&mut reverse.gateway_mac, &path.src_mac);
-    reverse.client_ifindex = path.ifindex;
-    reverse.path_epoch = epoch;
+    store_bytes(&mut flow.client_mac, &path.dst_mac);
+    store_bytes(&mut flow.gateway_mac, &path.src_mac);
+    flow.client_ifindex = path.ifindex;
+    flow.path_epoch = epoch;
     send(ctx, family, &path)
 }
 

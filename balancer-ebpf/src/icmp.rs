@@ -13,9 +13,9 @@
 //!   addressed to the client; the quoted destination becomes the VIP again,
 //!   and an error the backend sent itself comes from the VIP.
 //!
-//! Both are found with the same key, the quoted 5-tuple reversed: it is the
-//! client's CONNTRACK key in the first case and the backend's REVERSE_NAT key
-//! in the second. Any other ICMP (echo to a VIP, errors about other traffic)
+//! Both are found from the quoted 5-tuple reversed: it is the client's
+//! CONNTRACK key in the first case, and a backend's reply in the second
+//! (found as replies are, `maps::reply_flow`). Any other ICMP (echo to a VIP, errors about other traffic)
 //! passes untouched.
 
 use balancer_common::{
@@ -29,7 +29,7 @@ use crate::{
     ctx::{Action, Frame},
     forward::{L2Path, forward},
     ip::{End, addr_words, set_addr, ttl_expired},
-    maps::{BACKENDS, CONNTRACK, REVERSE_NAT},
+    maps::{BACKENDS, CONNTRACK, reply_flow},
     nat::set_port,
     parse::{Ip, L3_OFF, icmp_proto, words},
     ptr::read_at,
@@ -145,9 +145,10 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
         stats::count(Counter::ForwardIcmp);
         return Ok(forward(ctx, err.family, icmp_proto(err.family), None));
     }
-    if let Some(reverse) = unsafe { REVERSE_NAT.get(&reversed) } {
-        let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
-        let path = L2Path::to_client(reverse);
+    if let Some((flow, vip)) = reply_flow(&reversed) {
+        let flow = unsafe { &*flow };
+        let (vip, vip_port, backend_id) = (vip.addr, vip.port, flow.backend_id);
+        let path = L2Path::to_client(flow);
         stats::backend_packet(backend_id, err.len, Direction::ToClient, false);
         let quoted = rewrite_quoted(ctx, err, End::Destination, &vip, vip_port)?;
         // An error from the backend itself comes from the VIP: the client

@@ -121,9 +121,9 @@ fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
         return select::to_backend(ctx, pkt, service);
     }
     if maps::has_port(&maps::BACKEND_PORTS, pkt.key.sport)
-        && let Some(reverse) = maps::reverse_nat_for(pkt)
+        && let Some((flow, vip)) = maps::reply_flow(&pkt.key)
     {
-        return select::to_client(ctx, pkt, reverse);
+        return select::to_client(ctx, pkt, flow, vip);
     }
     Ok(stats::pass(Counter::PassNotOurs))
 }

@@ -12,15 +12,18 @@ use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-        PORT_WORDS,
+        MAX_VIPS_PER_BACKEND, PORT_WORDS,
     },
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
+        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
         ServiceKey,
     },
 };
 
-use crate::parse::Packet;
+use crate::{
+    parse::Packet,
+    scratch::{scratch, store_words},
+};
 
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
@@ -33,9 +36,6 @@ pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_DEFAULT_ENTRIES, 0);
 
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 0);
-
-#[map]
-pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_AFFINITY, 0);
@@ -61,6 +61,9 @@ pub static VIP_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
 pub static BACKEND_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
+#[map]
+pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
 /// Is `port`'s (network order) bit set in a port bitmap? An inlined array
 /// read, where a hash lookup would hash a 20- or 40-byte key first.
 #[inline(always)]
@@ -76,10 +79,36 @@ pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
     unsafe { SERVICES.get(&key) }
 }
 
-/// The reverse NAT entry if this packet is a backend's reply in a balanced flow.
+/// The flow a backend → client packet (`reply`, its 5-tuple) belongs to,
+/// and the flow's VIP: the client's conntrack entry, its key rebuilt with
+/// each VIP the sender serves, whose backend is the sender itself (a host
+/// that is not the flow's backend gets nothing rewritten).
 #[inline(always)]
-pub fn reverse_nat_for(pkt: &Packet) -> Option<*mut ReverseNat> {
-    REVERSE_NAT.get_ptr_mut(&pkt.key)
+pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
+    let endpoint = ServiceKey { addr: reply.src, port: reply.sport, proto: reply.proto, family: reply.family };
+    let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
+    // Built in scratch space: a 40-byte key on the stack would push the
+    // common path past 6.1's stack bound.
+    let key = &mut scratch()?.reply_key;
+    store_words(&mut key.src, &reply.dst);
+    key.sport = reply.dport;
+    key.proto = reply.proto;
+    key.family = reply.family;
+    key._pad = [0; 2];
+    for i in 0..MAX_VIPS_PER_BACKEND {
+        if i as u32 >= vips.count {
+            break;
+        }
+        let vip = &vips.vips[i];
+        store_words(&mut key.dst, &vip.addr);
+        key.dport = vip.port;
+        let Some(flow) = CONNTRACK.get_ptr_mut(&*key) else { continue };
+        let backend_id = unsafe { (*flow).backend_id };
+        if BACKENDS.get(backend_id).is_some_and(|b| b.in_use() && b.addr == reply.src && b.port == reply.sport) {
+            return Some((flow, vip));
+        }
+    }
+    None
 }
 
 /// A backend by id, if that slot is in use and up (draining counts as up).

@@ -8,13 +8,15 @@
 //! wherever they take stack memory.
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, macros::map, maps::PerCpuArray};
-use balancer_common::types::{FlowKey, FragmentKey, FragmentNat, ReverseNat};
+use balancer_common::types::{Flow, FlowKey, FragmentKey, FragmentNat};
 
 #[repr(C)]
 pub struct Scratch {
     pub fib: FibParams,
+    /// A reply's conntrack key, as `maps::reply_flow` rebuilds it.
     pub reply_key: FlowKey,
-    pub reverse: ReverseNat,
+    /// A new flow's conntrack entry.
+    pub flow: Flow,
     pub fragment_key: FragmentKey,
     pub fragment_nat: FragmentNat,
 }

@@ -12,8 +12,8 @@ use balancer_common::{
     counters::Counter,
     hash::{flow_hash, slot},
     types::{
-        Affinity, AffinityKey, Backend, Flow, FlowKey, ReverseNat, SERVICE_FOUR_TUPLE, Service, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT,
-        TCP_RST, tcp_closed,
+        Affinity, AffinityKey, Backend, Flow, SERVICE_FOUR_TUPLE, Service, ServiceKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND,
+        TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
     },
 };
 
@@ -23,11 +23,11 @@ use crate::{
     forward,
     fragment,
     ip::{End, ttl_expired},
-    maps::{AFFINITY, CONNTRACK, MAGLEV, REVERSE_NAT, backend_if_up},
+    maps::{AFFINITY, CONNTRACK, MAGLEV, backend_if_up},
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
     ptr::read_at,
-    scratch::{scratch, store_words},
+    scratch::scratch,
     stats::{self, Direction},
 };
 
@@ -121,7 +121,7 @@ pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
 /// Choose a backend for a flow conntrack does not know, and remember it.
 #[inline(always)]
 fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
-    // The client's L2 path, remembered for replies (see `ReverseNat`); only
+    // The client's L2 path, remembered for replies (see `Flow`); only
     // new flows need it, so the conntrack fast path never reads it.
     // The MACs one at a time (a 14-byte header copy would call `memmove`).
     let client_mac = read_at::<[u8; 6], C>(ctx, 6).ok_or(Counter::DropMalformed)?;
@@ -141,36 +141,22 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
             found
         }
     };
-    let flow = Flow {
-        backend_id,
-        tcp_state: if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 },
-        last_seen_ns: now,
-        affinity_touched_ns: now,
-        created_ns: now,
-    };
-    let _ = CONNTRACK.insert(&pkt.key, &flow, 0);
-    let s = scratch().ok_or(Counter::DropInternal)?;
-    // Field by field: a whole-struct store into the map value compiles to
+    // Field by field into scratch space: a whole-struct store compiles to
     // a `memcpy` call, and every call adds a frame to the verifier's count.
-    let key = &mut s.reply_key;
-    store_words(&mut key.src, &backend.addr);
-    store_words(&mut key.dst, &pkt.key.src);
-    key.sport = backend.port;
-    key.dport = pkt.key.sport;
-    key.proto = pkt.key.proto;
-    key.family = pkt.key.family;
-    key._pad = [0; 2];
-    let reverse = &mut s.reverse;
-    store_words(&mut reverse.vip, &pkt.key.dst);
-    reverse.vip_port = pkt.key.dport;
-    reverse.client_mac = client_mac;
-    reverse.gateway_mac = gateway_mac;
+    let flow = &mut scratch().ok_or(Counter::DropInternal)?.flow;
+    flow.backend_id = backend_id;
+    flow.tcp_state = if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 };
+    flow.last_seen_ns = now;
+    flow.affinity_touched_ns = now;
+    flow.created_ns = now;
+    flow.client_ifindex = ifindex;
+    flow.client_mac = client_mac;
+    flow.gateway_mac = gateway_mac;
     // A past epoch: the first reply looks its client's next hop up.
-    reverse.path_epoch = epoch(now).wrapping_sub(1);
-    reverse.backend_id = backend_id;
-    reverse.client_ifindex = ifindex;
-    reverse.last_seen_ns = now;
-    let _ = REVERSE_NAT.insert(&s.reply_key, &s.reverse, 0);
+    flow.path_epoch = epoch(now).wrapping_sub(1);
+    // `_pad` stays as the zeroed scratch space has it (nothing writes it;
+    // a 6-byte store of zeroes would compile to a `memset` call).
+    let _ = CONNTRACK.insert(&pkt.key, flow, 0);
     Ok((backend_id, backend))
 }
 
@@ -202,47 +188,30 @@ pub fn maglev_pick(pkt: &Packet, service: &Service, masked_client: &[u32; 4]) ->
     Ok((backend_id, backend))
 }
 
+/// A reply in `flow` (see `maps::reply_flow`): SNAT back to `vip`.
 #[inline(always)]
-pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, reverse: *mut ReverseNat) -> Result<Action, ()> {
+pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, flow: *mut Flow, vip: &ServiceKey) -> Result<Action, ()> {
     if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
-    let reverse = unsafe { &mut *reverse };
+    let flow = unsafe { &mut *flow };
     let now = now_ns();
-    reverse.last_seen_ns = now;
-    let (vip, vip_port, backend_id) = (reverse.vip, reverse.vip_port, reverse.backend_id);
+    let (vip_addr, vip_port, backend_id) = (vip.addr, vip.port, flow.backend_id);
     if pkt.is_tcp() {
         let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
-        // Only the SYN-ACK marks the handshake answered: established
-        // traffic's replies cost no conntrack lookup.
+        // Only the SYN-ACK marks the handshake answered.
         if pkt.tcp_flags & TCP_SYN != 0 {
             bits |= TCP_BACKEND_ANSWERED;
         }
-        if bits != 0 {
-            mark_client_flow(pkt, vip, vip_port, bits);
+        // Written only when it changes: the client's CPU writes this entry
+        // on every packet, and a reply's CPU need not pull the line over.
+        if flow.tcp_state | bits != flow.tcp_state {
+            flow.tcp_state |= bits;
         }
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    fragment::record_first(pkt, &vip, backend_id, Some(&forward::L2Path::to_client(reverse)));
-    rewrite(ctx, pkt, End::Source, &vip, vip_port)?;
+    fragment::record_first(pkt, &vip_addr, backend_id, Some(&forward::L2Path::to_client(flow)));
+    rewrite(ctx, pkt, End::Source, &vip_addr, vip_port)?;
     stats::count(Counter::ForwardToClient);
-    Ok(forward::to_client(ctx, pkt.key.family, pkt.key.proto, reverse, now))
-}
-
-/// Record a backend's FIN or RST on the client-side conntrack entry, which
-/// is what connection counts are read from.
-#[inline(always)]
-fn mark_client_flow(pkt: &Packet, vip: [u32; 4], vip_port: u16, bits: u32) {
-    let key = FlowKey {
-        src: pkt.key.dst,
-        dst: vip,
-        sport: pkt.key.dport,
-        dport: vip_port,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-        _pad: [0; 2],
-    };
-    if let Some(flow) = CONNTRACK.get_ptr_mut(&key) {
-        unsafe { (*flow).tcp_state |= bits };
-    }
+    Ok(forward::to_client(ctx, pkt.key.family, pkt.key.proto, flow, now))
 }

@@ -41,7 +41,7 @@
 
 use crate::oneline::escape_controls;
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt, io,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -51,7 +51,7 @@ use std::{
 
 use balancer_common::{
     maglev::is_prime,
-    maps::{MAX_BACKENDS, MAX_SERVICES},
+    maps::{MAX_BACKENDS, MAX_SERVICES, MAX_VIPS_PER_BACKEND},
     types::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
 };
 use serde::{Serialize, Serializer};
@@ -549,9 +549,24 @@ impl Config {
         let mut vips = HashSet::new();
         let mut backends_total = 0usize;
         let mut maglev_entries = 0u64;
+        let mut services_of_backend: HashMap<(SocketAddr, Protocol), usize> = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
             let path = format!("services[{i}]");
             check_service(&path, service)?;
+            for (j, b) in service.backends.iter().enumerate() {
+                let n = services_of_backend.entry((b.address, service.protocol)).or_default();
+                *n += 1;
+                if *n > MAX_VIPS_PER_BACKEND {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.backends[{j}].address"),
+                        format!(
+                            "{} is a backend of more than {MAX_VIPS_PER_BACKEND} services (a reply is matched to its \
+                             VIP among at most {MAX_VIPS_PER_BACKEND})",
+                            b.address
+                        ),
+                    ));
+                }
+            }
             if !names.insert(service.name.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("{path}.name"),

@@ -102,6 +102,10 @@ impl Daemon {
     /// Write `next` as service `index`'s new state; on success it replaces
     /// the current one.
     fn commit(&mut self, index: usize, mut next: ServiceState) -> anyhow::Result<()> {
+        let others = self.services.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, s)| s);
+        self.dataplane
+            .write_backend_vips(others.chain([&next]))
+            .with_context(|| format!("service {}: writing BACKEND_VIPS", next.config.name))?;
         self.dataplane
             .write_service(&mut next)
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;

@@ -3,7 +3,7 @@
 //! maps the program reads.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap as StdHashMap},
     path::{Path, PathBuf},
 };
 
@@ -18,7 +18,7 @@ use balancer_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{self, MAX_BACKENDS},
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, Flow, FlowKey, FragmentKey, FragmentNat, ReverseNat, Service,
+        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
         ServiceKey,
     },
 };
@@ -50,6 +50,10 @@ pub struct DataPlane {
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u64>,
     backend_ports: Array<MapData, u64>,
+    backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
+    /// What `backend_vips` holds: this daemon created the map, and only it
+    /// writes there.
+    backend_vips_written: StdHashMap<ServiceKey, BackendVips>,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -74,7 +78,6 @@ fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
         // `struct bpf_devmap_val`: ifindex and a program fd.
         maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>(), Some(MAX_REDIRECT_DEVS)),
         maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>(), Some(MAX_FLOWS)),
-        maps::REVERSE_NAT => (s::<FlowKey>(), s::<ReverseNat>(), Some(MAX_FLOWS)),
         maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(MAX_AFFINITY)),
         maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>(), Some(MAX_BACKENDS)),
         maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_COUNT)),
@@ -169,6 +172,8 @@ impl DataPlane {
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
             backend_ports: take_map(&mut ebpf, maps::BACKEND_PORTS)?,
+            backend_vips: take_map(&mut ebpf, maps::BACKEND_VIPS)?,
+            backend_vips_written: Default::default(),
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
@@ -324,7 +329,7 @@ impl DataPlane {
     /// `source-ip` service at it, so later fragments arriving before their
     /// first can be placed by client address alone; remove the rest.
     pub fn write_fragment_services(&mut self, services: &[ServiceState]) -> anyhow::Result<()> {
-        let mut by_address: std::collections::HashMap<ServiceKey, Vec<ServiceKey>> = Default::default();
+        let mut by_address: StdHashMap<ServiceKey, Vec<ServiceKey>> = Default::default();
         for s in services.iter().filter(|s| s.config.affinity == AffinityMode::SourceIp) {
             let key = s.key();
             by_address.entry(ServiceKey { port: 0, ..key }).or_default().push(key);
@@ -337,6 +342,30 @@ impl DataPlane {
         }
         for (address, keys) in by_address.iter().filter(|(_, v)| v.len() == 1) {
             self.fragment_services.insert(address, keys[0], 0).context("writing FRAGMENT_SERVICES")?;
+        }
+        Ok(())
+    }
+
+    /// Make BACKEND_VIPS say, for every backend address:port of
+    /// `services`, the VIPs it serves (see [`backend_vips`]): entries that
+    /// changed are written, entries no service needs any more removed.
+    /// Replies of a backend not yet written pass to the kernel unrewritten,
+    /// so this runs before a new backend is written into its service.
+    pub fn write_backend_vips<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
+        let wanted = backend_vips(services)?;
+        for (key, vips) in &wanted {
+            if self.backend_vips_written.get(key) != Some(vips) {
+                self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
+                self.backend_vips_written.insert(*key, *vips);
+            }
+        }
+        let stale: Vec<ServiceKey> = self.backend_vips_written.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in stale {
+            match self.backend_vips.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing from BACKEND_VIPS"),
+            }
+            self.backend_vips_written.remove(&key);
         }
         Ok(())
     }
@@ -374,4 +403,33 @@ impl DataPlane {
         service.table = table;
         Ok(())
     }
+}
+
+/// BACKEND_VIPS as `services` define it: each backend address:port (and
+/// protocol) → the VIPs of the services it is a backend of. `Err` when one
+/// serves more than `MAX_VIPS_PER_BACKEND` (the config check and `balancer
+/// backend add` refuse that first).
+pub fn backend_vips<'a>(
+    services: impl IntoIterator<Item = &'a ServiceState>,
+) -> anyhow::Result<StdHashMap<ServiceKey, BackendVips>> {
+    let mut out: StdHashMap<ServiceKey, BackendVips> = Default::default();
+    for service in services {
+        let vip = service.key();
+        for b in &service.backends {
+            let (addr, family) = balancer_common::addr::to_words(b.address.ip());
+            let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
+            let entry = out.entry(key).or_default();
+            let count = entry.count as usize;
+            if count == maps::MAX_VIPS_PER_BACKEND {
+                bail!(
+                    "backend {} serves more than {} services",
+                    b.address,
+                    maps::MAX_VIPS_PER_BACKEND
+                );
+            }
+            entry.vips[count] = vip;
+            entry.count += 1;
+        }
+    }
+    Ok(out)
 }

@@ -10,7 +10,7 @@ use balancer_common::{
     addr::to_words,
     maps,
     types::{
-        Affinity, AffinityKey, Backend, Flow, FlowKey, PROTO_TCP, ReverseNat, Service, ServiceKey,
+        Affinity, AffinityKey, Backend, Flow, FlowKey, PROTO_TCP, Service, ServiceKey,
         TCP_BACKEND_ANSWERED,
     },
 };
@@ -63,7 +63,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb: u64| kb * 1024)
 }
 
-/// Fill CONNTRACK, REVERSE_NAT and AFFINITY with `entries` flows / clients
+/// Fill CONNTRACK and AFFINITY with `entries` flows / clients
 /// of the HTTP service that no packet will ever match.
 pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
     let rss_before = rss_bytes(daemon_pid);
@@ -79,13 +79,11 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         .get(&key, 0)
         .context("the HTTP service is not in SERVICES")?;
     let backends: Array<MapData, Backend> = pinned::typed(pin_dir, maps::BACKENDS)?;
-    let (backend_id, backend) = (0..maps::MAX_BACKENDS)
-        .find_map(|id| {
+    let backend_id = (0..maps::MAX_BACKENDS)
+        .find(|id| {
             backends
-                .get(&id, 0)
-                .ok()
-                .filter(|b| b.is_up() && b.service_id == service.id)
-                .map(|b| (id, b))
+                .get(id, 0)
+                .is_ok_and(|b| b.is_up() && b.service_id == service.id)
         })
         .context("the HTTP service has no backend up")?;
     let now = balancer_user::accounting::monotonic_ns();
@@ -118,26 +116,11 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         last_seen_ns: now,
         affinity_touched_ns: now,
         created_ns: now,
-    };
-    filled
-        .maps
-        .push(fill_map(pin_dir, maps::CONNTRACK, &keys, flow)?);
-
-    let backend_ip = Ipv4Addr::from(backend.addr[0].to_ne_bytes());
-    let keys: Vec<FlowKey> = (0..entries)
-        .map(client)
-        .map(|(c, p)| flow_key(backend_ip, backend.port, to_words(c.into()).0, p.to_be()))
-        .collect();
-    let reverse = ReverseNat {
-        vip,
-        vip_port: HTTP_PORT.to_be(),
-        backend_id,
-        last_seen_ns: now,
         ..Default::default()
     };
     filled
         .maps
-        .push(fill_map(pin_dir, maps::REVERSE_NAT, &keys, reverse)?);
+        .push(fill_map(pin_dir, maps::CONNTRACK, &keys, flow)?);
 
     // A million distinct clients need IPv6 (2001:db8:2::/64, keys only).
     let keys: Vec<AffinityKey> = (0..entries)

@@ -304,6 +304,12 @@ pub fn with_fixture(test: impl FnOnce(&Fixture) + Send) {
 
 /// [`with_fixture`] with the program of `mode`.
 pub fn with_fixture_mode(mode: Mode, test: impl FnOnce(&Fixture) + Send) {
+    with_fixture_config(mode, CONFIG, test);
+}
+
+/// [`with_fixture_mode`] with another config (`CONFIG` with services
+/// added): `PIN_DIR` and `MODE` in it are filled in.
+pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture) + Send) {
     require_root();
     let ns = NetNs::new("xdprun");
     // Before the links come up: no link-local addresses, router
@@ -349,13 +355,14 @@ pub fn with_fixture_mode(mode: Mode, test: impl FnOnce(&Fixture) + Send) {
         Mode::Xdp => "xdp",
         Mode::Tc => "tc",
     };
-    let config = CONFIG.replace("PIN_DIR", bpffs.pin_dir().to_str().unwrap()).replace("MODE", mode_name);
+    let config = config.replace("PIN_DIR", bpffs.pin_dir().to_str().unwrap()).replace("MODE", mode_name);
     ns.run(move || {
         let config = Config::from_str(&config).unwrap();
         std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
         let mut services = state::from_config(&config);
         let mut dataplane =
             DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&config), config.interfaces.mode).unwrap();
+        dataplane.write_backend_vips(&services).unwrap();
         for s in &mut services {
             dataplane.write_service(s).unwrap();
         }

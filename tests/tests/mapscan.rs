@@ -76,6 +76,11 @@ fn value(i: u32) -> Flow {
         last_seen_ns: u64::from(i) * 1_000_003,
         affinity_touched_ns: !u64::from(i),
         created_ns: u64::from(i) << 20,
+        client_ifindex: i ^ 0x5a5a,
+        client_mac: [i as u8, 1, 2, 3, 4, (i >> 8) as u8],
+        gateway_mac: [(i >> 16) as u8, 5, 6, 7, 8, 9],
+        path_epoch: i as u16,
+        _pad: [0; 6],
     }
 }
 
@@ -294,7 +299,7 @@ fn refuses_per_cpu_maps_and_wrong_sizes() {
         matches!(
             err,
             ScanError::ValueSize {
-                expected: 32,
+                expected: 56,
                 actual: 8
             }
         ),

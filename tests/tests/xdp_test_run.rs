@@ -82,6 +82,23 @@ test_both_modes! {
         assert_eq!(fx.counter(Counter::ForwardToClient), 1);
     }
 
+    fn a_reply_from_a_host_that_is_not_the_flows_backend_passes_untouched(fx) {
+        let syn = Frame::tcp("198.18.0.1", 40020, "198.18.0.100", 80, TCP_SYN).build();
+        let (_, out) = fx.run_client_frame(&syn);
+        let backend = parse(&out);
+        // Another backend of the same service, from the same port: the
+        // flow's conntrack key is rebuilt all the same, and the check on
+        // its backend is what keeps this packet from being rewritten.
+        let other = fx.service("web").backends.iter().find(|b| b.address.ip() != backend.dst()).unwrap().address;
+        let spoof = Frame::tcp(&other.ip().to_string(), other.port(), "198.18.0.1", 40020, TCP_SYN | TCP_ACK).build();
+        let before = fx.counter(Counter::PassNotOurs);
+        assert_eq!(fx.run_backend_frame(&spoof), (Verdict::Pass, spoof.clone()), "passed untouched");
+        assert_eq!(fx.counter(Counter::PassNotOurs), before + 1, "counted");
+        assert_eq!(fx.counter(Counter::ForwardToClient), 0);
+        let reply = Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.1", 40020, TCP_SYN | TCP_ACK).build();
+        assert_eq!(fx.run_backend_frame(&reply).0, Verdict::Forwarded, "the flow's own backend is answered for");
+    }
+
     fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac(fx) {
         let client_mac = [0x02, 0, 0, 0, 0x0c, 0xc9];
         let syn = Frame { src_mac: client_mac, dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.201", 40010, "198.18.0.100", 80, TCP_SYN) }.build();
@@ -215,5 +232,47 @@ test_both_modes! {
         assert_eq!(verdict, Verdict::Forwarded);
         assert_eq!(parse(&out).dst(), backend.dst(), "affinity keeps the client on its backend");
         assert_eq!(fx.dataplane.backend_stats(id).unwrap().connections_total, before + 1);
+    }
+}
+
+/// The fixture's services, and a second VIP with the same backends as
+/// `web`: each of those backends serves two VIPs.
+fn config_with_an_alias_of_web() -> String {
+    let alias = "\n[[services]]\nname = \"web-alias\"\nvip = \"198.18.0.102:80\"\ntable_size = 251\n";
+    let backends: String =
+        (11..=13).map(|i| format!("[[services.backends]]\naddress = \"198.18.1.{i}:3000\"\n")).collect();
+    format!("{}{alias}{backends}", balancer_tests::xdp_fixture::CONFIG)
+}
+
+/// A reply's VIP is found among those its backend serves: each flow's
+/// replies come from the VIP its client connected to, whichever of the
+/// backend's VIPs that is.
+fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(fx: &balancer_tests::xdp_fixture::Fixture) {
+    for (sport, vip) in [(40040, "198.18.0.100"), (40041, "198.18.0.102")] {
+        let syn = Frame::tcp("198.18.0.2", sport, vip, 80, TCP_SYN).build();
+        let (verdict, out) = fx.run_client_frame(&syn);
+        assert_eq!(verdict, Verdict::Forwarded, "{vip}");
+        let backend = parse(&out);
+        let reply = Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.2", sport, TCP_SYN | TCP_ACK).build();
+        let (verdict, out) = fx.run_backend_frame(&reply);
+        assert_eq!(verdict, Verdict::Forwarded, "reply of the flow to {vip}");
+        let p = parse(&out);
+        assert_eq!((p.src().to_string().as_str(), p.sport()), (vip, 80), "SNAT to the flow's own VIP");
+        assert_checksums_valid(&out);
+    }
+    assert_eq!(fx.counter(Counter::ForwardToClient), 2);
+}
+
+mod a_backend_of_two_services {
+    use balancer_tests::xdp_fixture::{Mode, with_fixture_config};
+
+    #[test]
+    fn xdp() {
+        with_fixture_config(Mode::Xdp, &super::config_with_an_alias_of_web(), super::a_backend_of_two_services_answers_each_flow_from_its_own_vip);
+    }
+
+    #[test]
+    fn tc() {
+        with_fixture_config(Mode::Tc, &super::config_with_an_alias_of_web(), super::a_backend_of_two_services_answers_each_flow_from_its_own_vip);
     }
 }

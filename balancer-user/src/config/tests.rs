@@ -375,6 +375,28 @@ fn duplicate_backend() {
 }
 
 #[test]
+fn a_backend_may_serve_at_most_four_services_of_a_protocol() {
+    let service = |i: u32, protocol: &str| {
+        format!(
+            "\n[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\nprotocol = \"{protocol}\"\n\
+             [[services.backends]]\naddress = \"198.18.1.99:3000\"\n",
+            100 + i
+        )
+    };
+    // The one service of `minimal` plus three: four, and a UDP one (replies
+    // of another protocol are told apart by it).
+    let four: String = (1..=3).map(|i| service(i, "tcp")).chain([service(9, "udp")]).collect();
+    let text = minimal(&format!("[[services.backends]]\naddress = \"198.18.1.99:3000\"\n{four}"));
+    Config::from_str(&text).unwrap();
+    let five = format!("{text}{}", service(4, "tcp"));
+    assert_invalid(
+        &five,
+        "services[5].backends[0].address",
+        "198.18.1.99:3000 is a backend of more than 4 services",
+    );
+}
+
+#[test]
 fn backend_family_must_match_the_vip() {
     let text = minimal("[[services.backends]]\naddress = \"[2001:db8::11]:3000\"\n");
     assert_invalid(
