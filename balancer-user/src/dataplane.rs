@@ -433,3 +433,52 @@ pub fn backend_vips<'a>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::{config::Config, state};
+
+    /// Services `s0..s{n}` on VIPs 198.18.0.100.. port 80; the first four
+    /// have the backend 198.18.1.99:3000, and the last also 198.18.1.11:3000.
+    fn services(n: u8) -> Vec<ServiceState> {
+        let mut text = String::from("[interfaces]\nclients = \"eth0\"\n");
+        for i in 0..n {
+            text += &format!("[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\n", 100 + i);
+            if i < 4 {
+                text += "[[services.backends]]\naddress = \"198.18.1.99:3000\"\n";
+            }
+        }
+        text += "[[services.backends]]\naddress = \"198.18.1.11:3000\"\n";
+        state::from_config(&Config::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn backend_vips_lists_every_vip_a_backend_serves_in_service_order() {
+        let services = services(4);
+        let vips = backend_vips(&services).unwrap();
+        assert_eq!(vips.len(), 2, "two backend endpoints");
+        let shared = services[0].backends[0].map_value(0);
+        let key = ServiceKey { addr: shared.addr, port: shared.port, proto: balancer_common::types::PROTO_TCP, family: shared.family };
+        let entry = vips[&key];
+        assert_eq!(entry.count, 4);
+        assert_eq!(entry.vips, [services[0].key(), services[1].key(), services[2].key(), services[3].key()]);
+        let own = services[3].backends[1].map_value(0);
+        let key = ServiceKey { addr: own.addr, port: own.port, ..key };
+        assert_eq!((vips[&key].count, vips[&key].vips[0]), (1, services[3].key()));
+    }
+
+    /// `balancer backend add` of a fifth service's backend: refused, before
+    /// anything is written.
+    #[test]
+    fn backend_vips_refuses_a_backend_of_a_fifth_service() {
+        let mut services = services(5);
+        backend_vips(&services).unwrap();
+        let shared = services[0].backends[0].clone();
+        services[4].backends.push(shared);
+        let err = backend_vips(&services).unwrap_err().to_string();
+        assert_eq!(err, "backend 198.18.1.99:3000 serves more than 4 services");
+    }
+}
