@@ -1,4 +1,4 @@
-//! Filling the running daemon's conntrack, reverse-NAT and affinity maps
+//! Filling the running daemon's conntrack and affinity maps
 //! to their capacity from userspace (batched updates, as the daemon's own
 //! map writer does), to measure the fast path against full tables.
 

@@ -47,7 +47,7 @@ pub struct Sample {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Variant {
     Normal,
-    /// Conntrack, reverse NAT and affinity filled to capacity first.
+    /// Conntrack and affinity filled to capacity first.
     FullTables,
 }
 
@@ -279,7 +279,7 @@ fn test_run_ns(
     Ok(f64::from(run.duration_ns))
 }
 
-/// The hot paths again, with conntrack, reverse NAT and affinity full
+/// The hot paths again, with conntrack and affinity full
 /// (XDP mode; the floor is the normal rounds').
 fn full_tables(
     bed: &Testbed,

@@ -29,7 +29,7 @@ pub enum Kind {
     /// A new flow from a client never seen: affinity miss, Maglev lookup,
     /// three map inserts.
     NewClient,
-    /// Backend → client on a known flow: the reverse NAT.
+    /// Backend → client on a known flow: SNAT back to the VIP.
     Reply,
     /// Client → a backend's own address: not for the balancer, passed.
     NonVip,
