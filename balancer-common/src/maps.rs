@@ -32,15 +32,24 @@ pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 /// (to a client's ephemeral port) and most non-VIP traffic. Written by the
 /// daemon at every start, before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
-/// Like `VIP_PORTS`, for the ports of backends: a packet from any other
-/// port cannot be a reply, and skips the BACKEND_VIPS lookup. Bits are only
-/// ever added while the daemon runs (a stale one costs one lookup).
+/// `Array<u32>` of `PORTS` entries, not pinned, indexed by a backend port
+/// (host order): who may send replies from it. 0: no backend (a packet from
+/// that port is not a reply, and costs no lookup); `id + 1`: backends of
+/// service `id` only (the reply's VIP is `SERVICE_VIPS[id]`, an array
+/// read); `PORT_SHARED`: backends of several services (the VIPs come from
+/// `BACKEND_VIPS`, a hash lookup). Written by the daemon with
+/// `BACKEND_VIPS`.
 pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
+pub const PORTS: u32 = 65536;
+/// See `BACKEND_PORTS`.
+pub const PORT_SHARED: u32 = u32::MAX;
+/// `Array<ServiceKey>` indexed by service id, not pinned: each service's VIP.
+pub const SERVICE_VIPS: &str = "SERVICE_VIPS";
 pub const PORT_WORDS: u32 = 65536 / 64;
 /// `HashMap<ServiceKey, BackendVips>`, not pinned: a backend's address,
-/// port and protocol → the VIPs of the services it serves, from which a
-/// reply's conntrack key is rebuilt. Written by the daemon from its
-/// services at every start (before it attaches) and on every change.
+/// port and protocol → the VIPs of the services it serves, for replies
+/// from a `PORT_SHARED` port. Written by the daemon from its services at
+/// every start (before it attaches) and on every change.
 pub const BACKEND_VIPS: &str = "BACKEND_VIPS";
 /// Services one backend address:port may serve (see `BACKEND_VIPS`).
 pub const MAX_VIPS_PER_BACKEND: usize = 4;

@@ -154,7 +154,8 @@ pub struct Flow {
     pub backend_id: u32,
     /// `TCP_*` bits (always 0 for UDP).
     pub tcp_state: u32,
-    /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last client packet.
+    /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last client packet,
+    /// to within a quarter of a second (stored only when it moves that much).
     pub last_seen_ns: u64,
     /// When this flow last refreshed its client's affinity entry; a
     /// long-lived connection keeps its affinity alive without a map write per

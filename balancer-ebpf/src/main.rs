@@ -120,9 +120,7 @@ fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     {
         return select::to_backend(ctx, pkt, service);
     }
-    if maps::has_port(&maps::BACKEND_PORTS, pkt.key.sport)
-        && let Some((flow, vip)) = maps::reply_flow(&pkt.key)
-    {
+    if let Some((flow, vip)) = maps::reply_flow(&pkt.key) {
         return select::to_client(ctx, pkt, flow, vip);
     }
     Ok(stats::pass(Counter::PassNotOurs))

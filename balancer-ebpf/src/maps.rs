@@ -12,7 +12,7 @@ use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-        MAX_VIPS_PER_BACKEND, PORT_WORDS,
+        MAX_VIPS_PER_BACKEND, PORT_SHARED, PORT_WORDS, PORTS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
@@ -59,7 +59,10 @@ pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(
 pub static VIP_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[map]
-pub static BACKEND_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
+
+#[map]
+pub static SERVICE_VIPS: Array<ServiceKey> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
 pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
@@ -81,34 +84,54 @@ pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
 
 /// The flow a backend → client packet (`reply`, its 5-tuple) belongs to,
 /// and the flow's VIP: the client's conntrack entry, its key rebuilt with
-/// each VIP the sender serves, whose backend is the sender itself (a host
-/// that is not the flow's backend gets nothing rewritten).
+/// the VIP of the sender's service (or each VIP the sender serves, when its
+/// port is shared; see `BACKEND_PORTS`), whose backend is the sender
+/// itself (a host that is not the flow's backend gets nothing rewritten).
 #[inline(always)]
 pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
-    let endpoint = ServiceKey { addr: reply.src, port: reply.sport, proto: reply.proto, family: reply.family };
-    let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
+    let port = u32::from(u16::from_be(reply.sport));
+    match *BACKEND_PORTS.get(port)? {
+        0 => None,
+        PORT_SHARED => {
+            let endpoint = ServiceKey { addr: reply.src, port: reply.sport, proto: reply.proto, family: reply.family };
+            let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
+            for i in 0..MAX_VIPS_PER_BACKEND {
+                if i as u32 >= vips.count {
+                    break;
+                }
+                if let Some(flow) = flow_of_reply(reply, &vips.vips[i]) {
+                    return Some((flow, &vips.vips[i]));
+                }
+            }
+            None
+        }
+        service => {
+            let vip = SERVICE_VIPS.get(service - 1)?;
+            if vip.proto != reply.proto || vip.family != reply.family {
+                return None;
+            }
+            Some((flow_of_reply(reply, vip)?, vip))
+        }
+    }
+}
+
+/// The conntrack entry of the flow `reply` answers if its client spoke to
+/// `vip`, and only if the flow's backend sent `reply`.
+#[inline(always)]
+fn flow_of_reply(reply: &FlowKey, vip: &ServiceKey) -> Option<*mut Flow> {
     // Built in scratch space: a 40-byte key on the stack would push the
     // common path past 6.1's stack bound.
     let key = &mut scratch()?.reply_key;
     store_words(&mut key.src, &reply.dst);
+    store_words(&mut key.dst, &vip.addr);
     key.sport = reply.dport;
+    key.dport = vip.port;
     key.proto = reply.proto;
     key.family = reply.family;
     key._pad = [0; 2];
-    for i in 0..MAX_VIPS_PER_BACKEND {
-        if i as u32 >= vips.count {
-            break;
-        }
-        let vip = &vips.vips[i];
-        store_words(&mut key.dst, &vip.addr);
-        key.dport = vip.port;
-        let Some(flow) = CONNTRACK.get_ptr_mut(&*key) else { continue };
-        let backend_id = unsafe { (*flow).backend_id };
-        if BACKENDS.get(backend_id).is_some_and(|b| b.in_use() && b.addr == reply.src && b.port == reply.sport) {
-            return Some((flow, vip));
-        }
-    }
-    None
+    let flow = CONNTRACK.get_ptr_mut(&*key)?;
+    let backend = BACKENDS.get(unsafe { (*flow).backend_id })?;
+    (backend.in_use() && backend.addr == reply.src && backend.port == reply.sport).then_some(flow)
 }
 
 /// A backend by id, if that slot is in use and up (draining counts as up).

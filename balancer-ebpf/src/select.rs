@@ -36,6 +36,19 @@ use crate::{
 /// without a map write per packet.
 const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 
+/// `Flow::last_seen_ns` moves in steps of this much: idle timeouts are
+/// seconds to minutes (`balancer_user::accounting`).
+const LAST_SEEN_STEP_NS: u64 = 250_000_000;
+
+/// Add `bits` to a flow's `TCP_*` state, storing only if that changes it
+/// (see `existing_flow`).
+#[inline(always)]
+fn set_tcp_state(flow: &mut Flow, bits: u32) {
+    if flow.tcp_state | bits != flow.tcp_state {
+        flow.tcp_state |= bits;
+    }
+}
+
 /// `TCP_*` state bits a packet's flags add, seen from `fin_bit`'s side.
 #[inline(always)]
 fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
@@ -78,9 +91,14 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
         return None;
     }
     let backend = backend_if_up(flow.backend_id, service.id)?;
-    flow.last_seen_ns = now;
+    // Written only when they change: the flow's replies read this entry,
+    // often on another CPU, and a store on every packet would pull its
+    // cache line back and forth between the two.
+    if now.wrapping_sub(flow.last_seen_ns) >= LAST_SEEN_STEP_NS {
+        flow.last_seen_ns = now;
+    }
     if pkt.is_tcp() {
-        flow.tcp_state |= tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT);
+        set_tcp_state(flow, tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT));
     }
     if service.flags & SERVICE_FOUR_TUPLE == 0 && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS {
         flow.affinity_touched_ns = now;
@@ -203,11 +221,7 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, flow: *mut Flow, vip: &Service
         if pkt.tcp_flags & TCP_SYN != 0 {
             bits |= TCP_BACKEND_ANSWERED;
         }
-        // Written only when it changes: the client's CPU writes this entry
-        // on every packet, and a reply's CPU need not pull the line over.
-        if flow.tcp_state | bits != flow.tcp_state {
-            flow.tcp_state |= bits;
-        }
+        set_tcp_state(flow, bits);
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
     fragment::record_first(pkt, &vip_addr, backend_id, Some(&forward::L2Path::to_client(flow)));

@@ -104,7 +104,7 @@ impl Daemon {
     fn commit(&mut self, index: usize, mut next: ServiceState) -> anyhow::Result<()> {
         let others = self.services.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, s)| s);
         self.dataplane
-            .write_backend_vips(others.chain([&next]))
+            .write_reply_maps(others.chain([&next]))
             .with_context(|| format!("service {}: writing BACKEND_VIPS", next.config.name))?;
         self.dataplane
             .write_service(&mut next)

@@ -3,7 +3,7 @@
 //! maps the program reads.
 
 use std::{
-    collections::{BTreeSet, HashMap as StdHashMap},
+    collections::HashMap as StdHashMap,
     path::{Path, PathBuf},
 };
 
@@ -28,6 +28,7 @@ use crate::{
     attach,
     config::{AffinityMode, Mode},
     object::ebpf_object,
+    reply_maps::ReplyMaps,
     state::ServiceState,
 };
 
@@ -49,11 +50,12 @@ pub struct DataPlane {
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u64>,
-    backend_ports: Array<MapData, u64>,
+    backend_ports: Array<MapData, u32>,
     backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
-    /// What `backend_vips` holds: this daemon created the map, and only it
-    /// writes there.
-    backend_vips_written: StdHashMap<ServiceKey, BackendVips>,
+    service_vips: Array<MapData, ServiceKey>,
+    /// What the three maps above hold: this daemon created them, and only
+    /// it writes there.
+    reply_maps_written: ReplyMaps,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -120,11 +122,10 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
     Ok(maglev)
 }
 
-/// Set `port`'s bit in a port bitmap (VIP_PORTS, BACKEND_PORTS). Done
-/// before the service or backend is written: a packet must never find one
-/// with its port's bit clear. A bit already set is not written again
+/// Set `port`'s bit in VIP_PORTS. Done before the service is written: a
+/// packet must never find one with its port's bit clear. A bit already set is not written again
 /// (`write_service` runs on every health change).
-fn add_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
+fn add_vip_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
     let word = u32::from(port) / 64;
     let bits = ports.get(&word, 0)?;
     let bit = 1 << (port % 64);
@@ -173,7 +174,8 @@ impl DataPlane {
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
             backend_ports: take_map(&mut ebpf, maps::BACKEND_PORTS)?,
             backend_vips: take_map(&mut ebpf, maps::BACKEND_VIPS)?,
-            backend_vips_written: Default::default(),
+            service_vips: take_map(&mut ebpf, maps::SERVICE_VIPS)?,
+            reply_maps_written: ReplyMaps::default(),
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
@@ -346,27 +348,35 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Make BACKEND_VIPS say, for every backend address:port of
-    /// `services`, the VIPs it serves (see [`backend_vips`]): entries that
-    /// changed are written, entries no service needs any more removed.
-    /// Replies of a backend not yet written pass to the kernel unrewritten,
-    /// so this runs before a new backend is written into its service.
-    pub fn write_backend_vips<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
-        let wanted = backend_vips(services)?;
-        for (key, vips) in &wanted {
-            if self.backend_vips_written.get(key) != Some(vips) {
-                self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
-                self.backend_vips_written.insert(*key, *vips);
-            }
+    /// Make BACKEND_PORTS, SERVICE_VIPS and BACKEND_VIPS say how replies
+    /// of `services` find their VIP ([`ReplyMaps`]): entries that changed
+    /// are written, entries no service needs any more cleared. A reply of a
+    /// backend not yet written here passes to the kernel unrewritten, so
+    /// this runs before a new backend is written into its service. `Err`
+    /// before any write when a backend would serve too many services.
+    pub fn write_reply_maps<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
+        let wanted = ReplyMaps::of(services)?;
+        let written = &self.reply_maps_written;
+        // The VIP lists first: a port marked shared must find them.
+        for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
+            self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
         }
-        let stale: Vec<ServiceKey> = self.backend_vips_written.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
-        for key in stale {
-            match self.backend_vips.remove(&key) {
+        for (&id, vip) in wanted.service_vips.iter().filter(|(k, v)| written.service_vips.get(k) != Some(v)) {
+            self.service_vips.set(id, vip, 0).context("writing SERVICE_VIPS")?;
+        }
+        for (&port, &who) in wanted.ports.iter().filter(|(k, v)| written.ports.get(k) != Some(v)) {
+            self.backend_ports.set(u32::from(port), who, 0).context("writing BACKEND_PORTS")?;
+        }
+        for &port in written.ports.keys().filter(|k| !wanted.ports.contains_key(k)) {
+            self.backend_ports.set(u32::from(port), 0, 0).context("clearing BACKEND_PORTS")?;
+        }
+        for key in written.backend_vips.keys().filter(|k| !wanted.backend_vips.contains_key(k)) {
+            match self.backend_vips.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context("removing from BACKEND_VIPS"),
             }
-            self.backend_vips_written.remove(&key);
         }
+        self.reply_maps_written = wanted;
         Ok(())
     }
 
@@ -376,12 +386,7 @@ impl DataPlane {
     /// half-written table.
     pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
-        add_port(&mut self.vip_ports, u16::from_be(key.port)).context("VIP_PORTS")?;
-        // Backends of a service mostly share one port.
-        let backend_ports: BTreeSet<u16> = service.backends.iter().map(|b| b.address.port()).collect();
-        for port in backend_ports {
-            add_port(&mut self.backend_ports, port).context("BACKEND_PORTS")?;
-        }
+        add_vip_port(&mut self.vip_ports, u16::from_be(key.port)).context("VIP_PORTS")?;
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,
             Err(MapError::KeyNotFound) => 1,
@@ -402,83 +407,5 @@ impl DataPlane {
         }
         service.table = table;
         Ok(())
-    }
-}
-
-/// BACKEND_VIPS as `services` define it: each backend address:port (and
-/// protocol) → the VIPs of the services it is a backend of. `Err` when one
-/// serves more than `MAX_VIPS_PER_BACKEND` (the config check and `balancer
-/// backend add` refuse that first).
-pub fn backend_vips<'a>(
-    services: impl IntoIterator<Item = &'a ServiceState>,
-) -> anyhow::Result<StdHashMap<ServiceKey, BackendVips>> {
-    let mut out: StdHashMap<ServiceKey, BackendVips> = Default::default();
-    for service in services {
-        let vip = service.key();
-        for b in &service.backends {
-            let (addr, family) = balancer_common::addr::to_words(b.address.ip());
-            let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
-            let entry = out.entry(key).or_default();
-            let count = entry.count as usize;
-            if count == maps::MAX_VIPS_PER_BACKEND {
-                bail!(
-                    "backend {} serves more than {} services",
-                    b.address,
-                    maps::MAX_VIPS_PER_BACKEND
-                );
-            }
-            entry.vips[count] = vip;
-            entry.count += 1;
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::str::FromStr;
-
-    use super::*;
-    use crate::{config::Config, state};
-
-    /// Services `s0..s{n}` on VIPs 198.18.0.100.. port 80; the first four
-    /// have the backend 198.18.1.99:3000, and the last also 198.18.1.11:3000.
-    fn services(n: u8) -> Vec<ServiceState> {
-        let mut text = String::from("[interfaces]\nclients = \"eth0\"\n");
-        for i in 0..n {
-            text += &format!("[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\n", 100 + i);
-            if i < 4 {
-                text += "[[services.backends]]\naddress = \"198.18.1.99:3000\"\n";
-            }
-        }
-        text += "[[services.backends]]\naddress = \"198.18.1.11:3000\"\n";
-        state::from_config(&Config::from_str(&text).unwrap())
-    }
-
-    #[test]
-    fn backend_vips_lists_every_vip_a_backend_serves_in_service_order() {
-        let services = services(4);
-        let vips = backend_vips(&services).unwrap();
-        assert_eq!(vips.len(), 2, "two backend endpoints");
-        let shared = services[0].backends[0].map_value(0);
-        let key = ServiceKey { addr: shared.addr, port: shared.port, proto: balancer_common::types::PROTO_TCP, family: shared.family };
-        let entry = vips[&key];
-        assert_eq!(entry.count, 4);
-        assert_eq!(entry.vips, [services[0].key(), services[1].key(), services[2].key(), services[3].key()]);
-        let own = services[3].backends[1].map_value(0);
-        let key = ServiceKey { addr: own.addr, port: own.port, ..key };
-        assert_eq!((vips[&key].count, vips[&key].vips[0]), (1, services[3].key()));
-    }
-
-    /// `balancer backend add` of a fifth service's backend: refused, before
-    /// anything is written.
-    #[test]
-    fn backend_vips_refuses_a_backend_of_a_fifth_service() {
-        let mut services = services(5);
-        backend_vips(&services).unwrap();
-        let shared = services[0].backends[0].clone();
-        services[4].backends.push(shared);
-        let err = backend_vips(&services).unwrap_err().to_string();
-        assert_eq!(err, "backend 198.18.1.99:3000 serves more than 4 services");
     }
 }

@@ -1,0 +1,111 @@
+//! How a backend's reply finds its VIP, as the kernel's BACKEND_PORTS,
+//! SERVICE_VIPS and BACKEND_VIPS hold it (see `balancer_common::maps`):
+//! pure logic over the daemon's services, written by `dataplane`.
+
+use std::collections::HashMap;
+
+use anyhow::bail;
+use balancer_common::{
+    addr::to_words,
+    maps::{MAX_VIPS_PER_BACKEND, PORT_SHARED},
+    types::{BackendVips, ServiceKey},
+};
+
+use crate::state::ServiceState;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplyMaps {
+    /// BACKEND_PORTS entries that are not 0: backend port → `id + 1` of the
+    /// one service whose backends use it, or `PORT_SHARED`.
+    pub ports: HashMap<u16, u32>,
+    /// SERVICE_VIPS: service id → its VIP.
+    pub service_vips: HashMap<u32, ServiceKey>,
+    /// BACKEND_VIPS: backend address:port/proto → the VIPs it serves, in
+    /// service order.
+    pub backend_vips: HashMap<ServiceKey, BackendVips>,
+}
+
+impl ReplyMaps {
+    /// The maps as `services` define them. `Err` when a backend
+    /// address:port serves more than `MAX_VIPS_PER_BACKEND` services (the
+    /// config check and `balancer backend add` refuse that first).
+    pub fn of<'a>(services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<ReplyMaps> {
+        let mut maps = ReplyMaps::default();
+        for service in services {
+            let vip = service.key();
+            maps.service_vips.insert(service.id, vip);
+            for b in &service.backends {
+                let who = maps.ports.entry(b.address.port()).or_insert(service.id + 1);
+                if *who != service.id + 1 {
+                    *who = PORT_SHARED;
+                }
+                let (addr, family) = to_words(b.address.ip());
+                let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
+                let entry = maps.backend_vips.entry(key).or_default();
+                let count = entry.count as usize;
+                if count == MAX_VIPS_PER_BACKEND {
+                    bail!("backend {} serves more than {MAX_VIPS_PER_BACKEND} services", b.address);
+                }
+                entry.vips[count] = vip;
+                entry.count += 1;
+            }
+        }
+        Ok(maps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use balancer_common::types::PROTO_TCP;
+
+    use super::*;
+    use crate::{config::Config, state};
+
+    /// Services `s0..s{n}` on VIPs 198.18.0.100.. port 80; the first four
+    /// have the backend 198.18.1.99:3000, and the last also 198.18.1.11:4000.
+    fn services(n: u8) -> Vec<ServiceState> {
+        let mut text = String::from("[interfaces]\nclients = \"eth0\"\n");
+        for i in 0..n {
+            text += &format!("[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\n", 100 + i);
+            if i < 4 {
+                text += "[[services.backends]]\naddress = \"198.18.1.99:3000\"\n";
+            }
+        }
+        text += "[[services.backends]]\naddress = \"198.18.1.11:4000\"\n";
+        state::from_config(&Config::from_str(&text).unwrap())
+    }
+
+    fn endpoint(s: &str) -> ServiceKey {
+        let a: std::net::SocketAddr = s.parse().unwrap();
+        let (addr, family) = to_words(a.ip());
+        ServiceKey { addr, port: a.port().to_be(), proto: PROTO_TCP, family }
+    }
+
+    #[test]
+    fn a_port_of_one_service_names_it_and_a_shared_one_says_so() {
+        let services = services(4);
+        let maps = ReplyMaps::of(&services).unwrap();
+        assert_eq!(maps.ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
+        assert_eq!(maps.service_vips.len(), 4);
+        assert_eq!(maps.service_vips[&services[2].id], services[2].key());
+        let shared = maps.backend_vips[&endpoint("198.18.1.99:3000")];
+        assert_eq!(shared.count, 4);
+        assert_eq!(shared.vips, [services[0].key(), services[1].key(), services[2].key(), services[3].key()]);
+        let own = maps.backend_vips[&endpoint("198.18.1.11:4000")];
+        assert_eq!((own.count, own.vips[0]), (1, services[3].key()));
+    }
+
+    /// `balancer backend add` of a fifth service's backend: refused, before
+    /// anything is written.
+    #[test]
+    fn a_backend_of_a_fifth_service_is_refused() {
+        let mut services = services(5);
+        ReplyMaps::of(&services).unwrap();
+        let shared = services[0].backends[0].clone();
+        services[4].backends.push(shared);
+        let err = ReplyMaps::of(&services).unwrap_err().to_string();
+        assert_eq!(err, "backend 198.18.1.99:3000 serves more than 4 services");
+    }
+}
