@@ -36,6 +36,69 @@ const fn floor_insns(verdict: i32) -> [u64; 2] {
     [0xb7 | ((verdict as u32 as u64) << 32), 0x95]
 }
 
+/// One instruction: opcode, registers, offset, immediate.
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64 | ((dst | (src << 4)) as u64) << 8 | (off as u16 as u64) << 16 | (imm as u32 as u64) << 32
+}
+
+/// Capacity of the one-insert reference's map: the balancer's CONNTRACK's.
+const INSERT_MAP_ENTRIES: u32 = balancer_common::maps::MAX_FLOWS;
+const FLOW_KEY: i32 = size_of::<balancer_common::types::FlowKey>() as i32;
+const FLOW_VALUE: i32 = size_of::<balancer_common::types::Flow>() as i32;
+
+/// The one-insert reference, XDP: a key of the balancer's flow-key size on
+/// the stack, its first words the frame's IPv4 source, destination and
+/// ports (every new connection a new key), a zeroed value of the flow
+/// size, one `bpf_map_update_elem` into `map_fd`, then XDP_PASS. What one
+/// conntrack insert costs by itself, with nothing else a new flow does.
+fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
+    const LDXW: u8 = 0x61;
+    const STXW: u8 = 0x63;
+    const STDW: u8 = 0x7a;
+    const MOV_X: u8 = 0xbf;
+    const MOV_K: u8 = 0xb7;
+    const ADD_K: u8 = 0x07;
+    const JGT_X: u8 = 0x2d;
+    const LD_IMM64: u8 = 0x18;
+    const PSEUDO_MAP_FD: u8 = 1;
+    const CALL: u8 = 0x85;
+    const MAP_UPDATE_ELEM: i32 = 2;
+    const EXIT: u8 = 0x95;
+    let (key, value) = (-FLOW_KEY as i16, -(FLOW_KEY + FLOW_VALUE) as i16);
+    let mut p = vec![
+        insn(LDXW, 2, 1, 0, 0), // r2 = data
+        insn(LDXW, 3, 1, 4, 0), // r3 = data_end
+        insn(MOV_X, 4, 2, 0, 0),
+        insn(ADD_K, 4, 0, 0, 38), // through the TCP ports
+        insn(JGT_X, 4, 3, 0, 0),  // to `pass`, patched below
+    ];
+    let jump = p.len() - 1;
+    for off in (key..0).step_by(8) {
+        p.push(insn(STDW, 10, 0, off, 0));
+    }
+    for (from, to) in [(26, key), (30, key + 4), (34, key + 8)] {
+        p.push(insn(LDXW, 5, 2, from, 0));
+        p.push(insn(STXW, 10, 5, to, 0));
+    }
+    for off in (value..key).step_by(8) {
+        p.push(insn(STDW, 10, 0, off, 0));
+    }
+    p.extend([
+        insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, map_fd),
+        0,
+        insn(MOV_X, 2, 10, 0, 0),
+        insn(ADD_K, 2, 0, 0, key.into()),
+        insn(MOV_X, 3, 10, 0, 0),
+        insn(ADD_K, 3, 0, 0, value.into()),
+        insn(MOV_K, 4, 0, 0, 0),
+        insn(CALL, 0, 0, 0, MAP_UPDATE_ELEM),
+    ]);
+    let pass = p.len();
+    p[jump] = insn(JGT_X, 4, 3, (pass - jump - 1) as i16, 0);
+    p.extend([insn(MOV_K, 0, 0, 0, XDP_PASS), insn(EXIT, 0, 0, 0, 0)]);
+    p
+}
+
 const XDP_PASS: i32 = 2;
 const TC_ACT_OK: i32 = 0;
 
@@ -77,7 +140,29 @@ pub fn load_floor(hook: Hook) -> io::Result<OwnedFd> {
             b"floor_tc",
         ),
     };
-    let insns = floor_insns(verdict);
+    load(prog_type, &floor_insns(verdict), name)
+}
+
+/// Load the one-insert reference (XDP, `insert_ref`) with a new LRU hash
+/// of the balancer's CONNTRACK size and layout: (program, map). The map
+/// lives as long as the program, whether or not its fd is kept.
+pub fn load_insert_reference() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut attr = zeroed_attr();
+    // Writing union fields is safe; the BPF_MAP_CREATE member is the one read.
+    attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
+    attr.__bindgen_anon_1.key_size = FLOW_KEY as u32;
+    attr.__bindgen_anon_1.value_size = FLOW_VALUE as u32;
+    attr.__bindgen_anon_1.max_entries = INSERT_MAP_ENTRIES;
+    let map = owned_fd(sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?);
+    let prog = load(
+        bpf_prog_type::BPF_PROG_TYPE_XDP,
+        &insert_reference_insns(map.as_raw_fd()),
+        b"insert_ref",
+    )?;
+    Ok((prog, map))
+}
+
+fn load(prog_type: bpf_prog_type, insns: &[u64], name: &[u8]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = zeroed_attr();
     // SAFETY: writing plain integer fields of the BPF_PROG_LOAD member.
@@ -159,5 +244,35 @@ mod tests {
     #[test]
     fn floor_is_mov_r0_then_exit() {
         assert_eq!(floor_insns(2), [0x0000_0002_0000_00b7, 0x95]);
+        assert_eq!([insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)], floor_insns(2));
+    }
+
+    /// Needs root. The verifier takes the hand-assembled reference, and it
+    /// inserts one entry per frame with new addresses or ports, none for a
+    /// frame too short to carry ports.
+    #[test]
+    fn insert_reference_inserts_one_entry_per_new_flow() {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::{HashMap, Map, MapData};
+        let (prog, map) = load_insert_reference().unwrap();
+        let frame = |sport: u16| {
+            let mut f = vec![0u8; 54];
+            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+            f[30..34].copy_from_slice(&[198, 18, 0, 100]);
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&80u16.to_be_bytes());
+            f
+        };
+        for f in [frame(40000), frame(40001), frame(40001), frame(40002)[..37].to_vec()] {
+            assert_eq!(test_run(prog.as_fd(), &f, None, 1).unwrap().retval, XDP_PASS as u32);
+        }
+        let map: HashMap<_, [u8; FLOW_KEY as usize], [u8; FLOW_VALUE as usize]> =
+            HashMap::try_from(Map::LruHashMap(MapData::from_fd(map).unwrap())).unwrap();
+        let mut keys: Vec<_> = map.keys().map(Result::unwrap).collect();
+        keys.sort();
+        assert_eq!(keys.len(), 2, "two distinct flows; the short frame inserted nothing");
+        assert_eq!(&keys[0][..12], &[198, 18, 0, 1, 198, 18, 0, 100, 0x9c, 0x40, 0, 80]);
     }
 }

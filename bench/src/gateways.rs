@@ -349,6 +349,12 @@ pub struct Floor {
 impl Floor {
     pub fn attach(gw: &NetNs, hook: Hook) -> Result<Floor> {
         let prog = bpf::load_floor(hook).context("loading the floor program")?;
+        Floor::attach_prog(gw, hook, prog)
+    }
+
+    /// Another reference program in the floor's place (the one-insert
+    /// reference, `bpf::load_insert_reference`).
+    pub fn attach_prog(gw: &NetNs, hook: Hook, prog: std::os::fd::OwnedFd) -> Result<Floor> {
         let mut links = Vec::new();
         for ifname in [GW_CLIENT_IF, GW_BACKEND_IF] {
             let ifindex = gw.ifindex(ifname);

@@ -64,6 +64,9 @@ pub struct Results {
     pub notes: Vec<String>,
     /// How programs were attached, e.g. "xdp: gwc id 12, gwb id 12".
     pub attachments: BTreeSet<String>,
+    /// Per round, XDP, under the frames of "new connection, known client":
+    /// (the one-insert reference's ns, the floor's ns).
+    pub insert_reference: Vec<(f64, f64)>,
 }
 
 pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
@@ -123,12 +126,28 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                     .test_runs
                     .push((ns, floor_ns, opts.test_run_repeat, counted));
             }
+            drop(floor);
+            if hook == Hook::Xdp {
+                let floor_ns = results.rows[&(hook, Variant::Normal, Kind::NewFlow)].1.last().map_or(f64::NAN, |s| s.ns);
+                let ns = insert_reference(bed, &mut traffic, &mut results, opts)?;
+                results.insert_reference.push((ns, floor_ns));
+            }
         }
     }
     if opts.fill_entries > 0 {
         full_tables(bed, &mut traffic, opts, &mut results)?;
     }
     Ok(results)
+}
+
+/// ns per run of the one-insert reference (`bpf::load_insert_reference`)
+/// under the frames of "new connection, known client": what one conntrack
+/// insert costs by itself on this machine.
+fn insert_reference(bed: &Testbed, traffic: &mut Traffic, results: &mut Results, opts: &Options) -> Result<f64> {
+    let (prog, _map) = bpf::load_insert_reference().context("loading the one-insert reference")?;
+    let _reference = Floor::attach_prog(bed.topo.gw(), Hook::Xdp, prog)?;
+    let ids = program_ids(bed, Hook::Xdp, results, "one-insert reference")?;
+    Ok(phase(traffic, Kind::NewFlow, &ids, None, opts)?.ns)
 }
 
 /// The programs of `hook` on both gateway interfaces, noting how they sit

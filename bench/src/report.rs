@@ -184,6 +184,20 @@ impl Report<'_> {
                 fmt_spread(ratio, 2)
             );
         }
+        if !pp.insert_reference.is_empty() {
+            let refs: Vec<f64> = pp.insert_reference.iter().map(|r| r.0).collect();
+            let ratio: Vec<f64> = pp.insert_reference.iter().map(|r| r.0 / r.1).collect();
+            let _ = writeln!(
+                md,
+                "\nOne insert alone (XDP, the frames of \"new connection, known client\"): a reference program that \
+                 builds a flow-sized key from each frame's addresses and ports and makes one `bpf_map_update_elem` \
+                 into a new LRU hash of CONNTRACK's size and layout ({} entries), nothing else: {} ns, {} × the \
+                 floor. A new connection makes at least this insert (conntrack), a new client one more (affinity).",
+                balancer_common::maps::MAX_FLOWS,
+                fmt_spread(spread(&refs), 1),
+                fmt_spread(spread(&ratio), 2)
+            );
+        }
         self.full_tables_md(md, pp);
     }
 
