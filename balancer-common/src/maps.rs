@@ -8,7 +8,7 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const MAGLEV: &str = "MAGLEV";
 /// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack), keyed as
 /// the client sends them. A reply finds its flow here too: its key is
-/// rebuilt from the reply with the VIP from `BACKEND_VIPS`.
+/// rebuilt from the reply with the VIP that `BACKEND_PORTS` leads to.
 pub const CONNTRACK: &str = "CONNTRACK";
 /// `LruHashMap<AffinityKey, Affinity>`: client (masked) → backend.
 pub const AFFINITY: &str = "AFFINITY";
@@ -32,6 +32,7 @@ pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 /// (to a client's ephemeral port) and most non-VIP traffic. Written by the
 /// daemon at every start, before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
+pub const PORT_WORDS: u32 = 65536 / 64;
 /// `Array<u32>` of `PORTS` entries, not pinned, indexed by a backend port
 /// (host order): who may send replies from it. 0: no backend (a packet from
 /// that port is not a reply, and costs no lookup); `id + 1`: backends of
@@ -45,7 +46,6 @@ pub const PORTS: u32 = 65536;
 pub const PORT_SHARED: u32 = u32::MAX;
 /// `Array<ServiceKey>` indexed by service id, not pinned: each service's VIP.
 pub const SERVICE_VIPS: &str = "SERVICE_VIPS";
-pub const PORT_WORDS: u32 = 65536 / 64;
 /// `HashMap<ServiceKey, BackendVips>`, not pinned: a backend's address,
 /// port and protocol → the VIPs of the services it serves, for replies
 /// from a `PORT_SHARED` port. Written by the daemon from its services at

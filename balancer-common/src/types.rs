@@ -139,7 +139,7 @@ pub const fn tcp_closed(state: u32) -> bool {
 }
 
 /// Value of `CONNTRACK`: the flow's backend and state, and what its
-/// replies need besides the VIP (which `BACKEND_VIPS` gives): the L2 path
+/// replies need besides the VIP (see `maps::BACKEND_PORTS`): the L2 path
 /// back to the client, the one its first packet came by, then the FIB's.
 ///
 /// One entry serves both directions, so a new connection costs one insert

@@ -15,8 +15,8 @@
 //!
 //! Both are found from the quoted 5-tuple reversed: it is the client's
 //! CONNTRACK key in the first case, and a backend's reply in the second
-//! (found as replies are, `maps::reply_flow`). Any other ICMP (echo to a VIP, errors about other traffic)
-//! passes untouched.
+//! (found as replies are, `maps::reply_flow`). Any other ICMP (echo to a
+//! VIP, errors about other traffic) passes untouched.
 
 use balancer_common::{
     counters::Counter,

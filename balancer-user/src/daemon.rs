@@ -102,10 +102,12 @@ impl Daemon {
     /// Write `next` as service `index`'s new state; on success it replaces
     /// the current one.
     fn commit(&mut self, index: usize, mut next: ServiceState) -> anyhow::Result<()> {
-        let others = self.services.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, s)| s);
+        // In service order, `next` in its place: BACKEND_VIPS lists VIPs in
+        // that order, and an entry whose order changed would be rewritten.
+        let services = self.services.iter().enumerate().map(|(i, s)| if i == index { &next } else { s });
         self.dataplane
-            .write_reply_maps(others.chain([&next]))
-            .with_context(|| format!("service {}: writing BACKEND_VIPS", next.config.name))?;
+            .write_reply_maps(services)
+            .with_context(|| format!("service {}: writing the reply maps", next.config.name))?;
         self.dataplane
             .write_service(&mut next)
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;

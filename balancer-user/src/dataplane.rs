@@ -123,8 +123,8 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
 }
 
 /// Set `port`'s bit in VIP_PORTS. Done before the service is written: a
-/// packet must never find one with its port's bit clear. A bit already set is not written again
-/// (`write_service` runs on every health change).
+/// packet must never find one with its port's bit clear. A bit already set
+/// is not written again (`write_service` runs on every health change).
 fn add_vip_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
     let word = u32::from(port) / 64;
     let bits = ports.get(&word, 0)?;
@@ -366,6 +366,9 @@ impl DataPlane {
         }
         for (&port, &who) in wanted.ports.iter().filter(|(k, v)| written.ports.get(k) != Some(v)) {
             self.backend_ports.set(u32::from(port), who, 0).context("writing BACKEND_PORTS")?;
+        }
+        for &id in written.service_vips.keys().filter(|k| !wanted.service_vips.contains_key(k)) {
+            self.service_vips.set(id, ServiceKey::default(), 0).context("clearing SERVICE_VIPS")?;
         }
         for &port in written.ports.keys().filter(|k| !wanted.ports.contains_key(k)) {
             self.backend_ports.set(u32::from(port), 0, 0).context("clearing BACKEND_PORTS")?;
