@@ -122,7 +122,8 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// `Flow::tcp_state` bits, set by the kernel as it sees FIN and RST.
+/// `TCP_*` bits of a flow (`Flow::tcp_state`), set by the kernel as it
+/// sees FIN and RST.
 pub const TCP_FIN_FROM_CLIENT: u32 = 1;
 pub const TCP_FIN_FROM_BACKEND: u32 = 2;
 pub const TCP_RST: u32 = 4;
@@ -152,8 +153,14 @@ pub const fn tcp_closed(state: u32) -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
-    /// `TCP_*` bits (always 0 for UDP).
-    pub tcp_state: u32,
+    /// `TCP_*` bits the client's packets set (always 0 for UDP). Each
+    /// direction keeps its own bits, because the two directions of a flow
+    /// run on different CPUs and a shared word would need an atomic OR,
+    /// which the Rust BPF target does not offer: when both ends sent FIN at
+    /// once, a plain read-modify-write lost one of them, and the closed
+    /// connection counted as open until its idle timeout. Read the two
+    /// together with `tcp_state()`.
+    pub client_tcp_state: u32,
     /// CLOCK_MONOTONIC ns (the kernel's coarse clock) of the last client packet,
     /// to within a quarter of a second (stored only when it moves that much).
     pub last_seen_ns: u64,
@@ -173,9 +180,23 @@ pub struct Flow {
     /// the client's next hop from the FIB into `client_mac`, `gateway_mac`
     /// and `client_ifindex` (see the data plane's `forward`).
     pub path_epoch: u16,
-    pub _pad: [u8; 6],
+    /// `TCP_*` bits the backend's replies set: `TCP_FIN_FROM_BACKEND`,
+    /// `TCP_RST`, `TCP_BACKEND_ANSWERED` (see `client_tcp_state`). Written
+    /// only by replies, so a flow's two directions never store the same
+    /// word. (An entry made by a build with one shared word has 0 here and
+    /// all its bits in `client_tcp_state`, which `tcp_state()` reads alike.)
+    pub backend_tcp_state: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<Flow>() == 56);
+
+impl Flow {
+    /// The connection's `TCP_*` bits, both directions'.
+    #[inline(always)]
+    pub const fn tcp_state(&self) -> u32 {
+        self.client_tcp_state | self.backend_tcp_state as u32
+    }
+}
 
 /// Value of `BACKEND_VIPS`: the VIPs (as `SERVICES` keys) of the services
 /// a backend address:port serves, the first `count` of `vips`.

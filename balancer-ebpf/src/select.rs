@@ -40,12 +40,12 @@ const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 /// seconds to minutes (`balancer_user::accounting`).
 const LAST_SEEN_STEP_NS: u64 = 250_000_000;
 
-/// Add `bits` to a flow's `TCP_*` state, storing only if that changes it
-/// (see `existing_flow`).
+/// Add `bits` to one direction's `TCP_*` state (see `Flow::client_tcp_state`),
+/// storing only if that changes it (see `existing_flow`).
 #[inline(always)]
-fn set_tcp_state(flow: &mut Flow, bits: u32) {
-    if flow.tcp_state | bits != flow.tcp_state {
-        flow.tcp_state |= bits;
+fn add_tcp_bits<T: Copy + PartialEq + core::ops::BitOr<Output = T>>(state: &mut T, bits: T) {
+    if *state | bits != *state {
+        *state = *state | bits;
     }
 }
 
@@ -87,7 +87,7 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
 #[inline(always)]
 fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
     let flow = unsafe { &mut *CONNTRACK.get_ptr_mut(&pkt.key)? };
-    if pkt.is_syn() && tcp_closed(flow.tcp_state) {
+    if pkt.is_syn() && tcp_closed(flow.tcp_state()) {
         return None;
     }
     let backend = backend_if_up(flow.backend_id, service.id)?;
@@ -98,7 +98,7 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
         flow.last_seen_ns = now;
     }
     if pkt.is_tcp() {
-        set_tcp_state(flow, tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT));
+        add_tcp_bits(&mut flow.client_tcp_state, tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT));
     }
     if service.flags & SERVICE_FOUR_TUPLE == 0 && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS {
         flow.affinity_touched_ns = now;
@@ -163,7 +163,8 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
     // a `memcpy` call, and every call adds a frame to the verifier's count.
     let flow = &mut scratch().ok_or(Counter::DropInternal)?.flow;
     flow.backend_id = backend_id;
-    flow.tcp_state = if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 };
+    flow.client_tcp_state = if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 };
+    flow.backend_tcp_state = 0;
     flow.last_seen_ns = now;
     flow.affinity_touched_ns = now;
     flow.created_ns = now;
@@ -221,7 +222,8 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, flow: *mut Flow, vip: &Service
         if pkt.tcp_flags & TCP_SYN != 0 {
             bits |= TCP_BACKEND_ANSWERED;
         }
-        set_tcp_state(flow, bits);
+        // Every backend-side bit fits the byte (`Flow::backend_tcp_state`).
+        add_tcp_bits(&mut flow.backend_tcp_state, bits as u8);
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
     fragment::record_first(pkt, &vip_addr, backend_id, Some(&forward::L2Path::to_client(flow)));

@@ -53,8 +53,8 @@ pub fn monotonic_ns() -> u64 {
 pub fn flow_active(key: &FlowKey, flow: &Flow, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(flow.last_seen_ns);
     if key.proto == PROTO_TCP {
-        let timeout = if flow.tcp_state & TCP_BACKEND_ANSWERED != 0 { TCP_IDLE_TIMEOUT } else { TCP_HANDSHAKE_TIMEOUT };
-        !tcp_closed(flow.tcp_state) && idle < timeout.as_nanos() as u64
+        let timeout = if flow.tcp_state() & TCP_BACKEND_ANSWERED != 0 { TCP_IDLE_TIMEOUT } else { TCP_HANDSHAKE_TIMEOUT };
+        !tcp_closed(flow.tcp_state()) && idle < timeout.as_nanos() as u64
     } else {
         idle < UDP_IDLE_TIMEOUT.as_nanos() as u64
     }
@@ -164,10 +164,14 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
+    /// Each bit in the field of the direction that sets it, as the kernel
+    /// stores them (`Flow::client_tcp_state`).
     fn flow(proto: u8, tcp_state: u32, idle_s: u64, now: u64) -> (FlowKey, Flow) {
         let key = FlowKey { proto, ..FlowKey::default() };
         let last = now - idle_s * S;
-        (key, Flow { tcp_state, last_seen_ns: last, created_ns: last, ..Flow::default() })
+        let client_tcp_state = tcp_state & TCP_FIN_FROM_CLIENT;
+        let backend_tcp_state = (tcp_state & !TCP_FIN_FROM_CLIENT) as u8;
+        (key, Flow { client_tcp_state, backend_tcp_state, last_seen_ns: last, created_ns: last, ..Flow::default() })
     }
 
     #[test]

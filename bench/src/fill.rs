@@ -112,7 +112,7 @@ pub fn fill(pin_dir: &Path, entries: usize, daemon_pid: u32) -> Result<Filled> {
         .collect();
     let flow = Flow {
         backend_id,
-        tcp_state: TCP_BACKEND_ANSWERED,
+        backend_tcp_state: TCP_BACKEND_ANSWERED as u8,
         last_seen_ns: now,
         affinity_touched_ns: now,
         created_ns: now,

@@ -72,7 +72,7 @@ fn key(i: u32) -> FlowKey {
 fn value(i: u32) -> Flow {
     Flow {
         backend_id: i,
-        tcp_state: i % 7,
+        client_tcp_state: i % 7,
         last_seen_ns: u64::from(i) * 1_000_003,
         affinity_touched_ns: !u64::from(i),
         created_ns: u64::from(i) << 20,
@@ -80,7 +80,8 @@ fn value(i: u32) -> Flow {
         client_mac: [i as u8, 1, 2, 3, 4, (i >> 8) as u8],
         gateway_mac: [(i >> 16) as u8, 5, 6, 7, 8, 9],
         path_epoch: i as u16,
-        _pad: [0; 6],
+        backend_tcp_state: (i % 11) as u8,
+        _pad: [0; 5],
     }
 }
 

@@ -128,7 +128,7 @@ impl Daemon {
                     protocol: s.config.protocol.to_string(),
                     client: client_of(key).to_string(),
                     backend,
-                    state: tcp_state_name(key, flow.tcp_state).to_owned(),
+                    state: tcp_state_name(key, flow.tcp_state()).to_owned(),
                     active: flow_active(key, flow, now),
                     idle_ms: now.saturating_sub(flow.last_seen_ns) / 1_000_000,
                     age_ms: now.saturating_sub(flow.created_ns) / 1_000_000,
