@@ -26,13 +26,18 @@ pub const FRAGMENTS: &str = "FRAGMENTS";
 /// first can still be placed by client address alone.
 pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 
-/// `Array<u64>` of `PORT_WORDS` words, not pinned: bit `p` (host order) is
-/// set when some service has port `p`. A packet to any other port cannot be
-/// for a VIP, so the kernel skips the SERVICES lookup for it: for replies
-/// (to a client's ephemeral port) and most non-VIP traffic. Written by the
-/// daemon at every start, before it attaches.
+/// `Array<u32>` of `PORTS` entries, not pinned, indexed by a port (host
+/// order): which services have a VIP on it. 0: none (a packet to that port
+/// is not for a VIP: replies to a client's ephemeral port, most other
+/// traffic); `id + 1`: service `id` only (the packet's service is
+/// `SERVICES_BY_ID[id]` if its address and protocol are
+/// `SERVICE_VIPS[id]`'s: two array reads); `PORT_SHARED`: several services
+/// (a SERVICES lookup, which hashes the key). Written by the daemon with
+/// `BACKEND_PORTS`, at every start before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
-pub const PORT_WORDS: u32 = 65536 / 64;
+/// `Array<Service>` indexed by service id, not pinned: the same value as
+/// the service's SERVICES entry, written just after it (`VIP_PORTS`).
+pub const SERVICES_BY_ID: &str = "SERVICES_BY_ID";
 /// `Array<u32>` of `PORTS` entries, not pinned, indexed by a backend port
 /// (host order): who may send replies from it. 0: no backend (a packet from
 /// that port is not a reply, and costs no lookup); `id + 1`: backends of
@@ -42,7 +47,7 @@ pub const PORT_WORDS: u32 = 65536 / 64;
 /// `BACKEND_VIPS`.
 pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
 pub const PORTS: u32 = 65536;
-/// See `BACKEND_PORTS`.
+/// See `VIP_PORTS` and `BACKEND_PORTS`.
 pub const PORT_SHARED: u32 = u32::MAX;
 /// `Array<ServiceKey>` indexed by service id, not pinned: each service's VIP.
 pub const SERVICE_VIPS: &str = "SERVICE_VIPS";

@@ -115,9 +115,7 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 
 #[inline(always)]
 fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
-    if maps::has_port(&maps::VIP_PORTS, pkt.key.dport)
-        && let Some(service) = maps::service_for(pkt)
-    {
+    if let Some(service) = maps::service_for(pkt) {
         return select::to_backend(ctx, pkt, service);
     }
     if let Some((flow, vip)) = maps::reply_flow(&pkt.key) {

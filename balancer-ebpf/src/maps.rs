@@ -12,7 +12,7 @@ use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-        MAX_VIPS_PER_BACKEND, PORT_SHARED, PORT_WORDS, PORTS,
+        MAX_VIPS_PER_BACKEND, PORT_SHARED, PORTS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
@@ -56,7 +56,10 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentNat> = LruHashMap::pinned(
 pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map]
-pub static VIP_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+pub static VIP_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
+
+#[map]
+pub static SERVICES_BY_ID: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
 pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
@@ -67,19 +70,31 @@ pub static SERVICE_VIPS: Array<ServiceKey> = Array::with_max_entries(MAX_SERVICE
 #[map]
 pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
-/// Is `port`'s (network order) bit set in a port bitmap? An inlined array
-/// read, where a hash lookup would hash a 20- or 40-byte key first.
-#[inline(always)]
-pub fn has_port(ports: &Array<u64>, port: u16) -> bool {
-    let port = u32::from(u16::from_be(port));
-    ports.get(port >> 6).is_some_and(|word| word & (1 << (port & 63)) != 0)
-}
-
-/// The service whose VIP this packet is addressed to.
+/// The service whose VIP this packet is addressed to. Array reads by the
+/// destination port (see `VIP_PORTS`) where one service has that port, as
+/// most do; a SERVICES lookup, which hashes a 20-byte key, only where
+/// several do.
 #[inline(always)]
 pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
-    let key = ServiceKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
-    unsafe { SERVICES.get(&key) }
+    let port = u32::from(u16::from_be(pkt.key.dport));
+    match *VIP_PORTS.get(port)? {
+        0 => None,
+        PORT_SHARED => {
+            let key = ServiceKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+            unsafe { SERVICES.get(&key) }
+        }
+        service => {
+            let vip = SERVICE_VIPS.get(service - 1)?;
+            let ours = vip.addr == pkt.key.dst
+                && vip.port == pkt.key.dport
+                && vip.proto == pkt.key.proto
+                && vip.family == pkt.key.family;
+            if !ours {
+                return None;
+            }
+            SERVICES_BY_ID.get(service - 1)
+        }
+    }
 }
 
 /// The flow a backend → client packet (`reply`, its 5-tuple) belongs to,

@@ -106,8 +106,8 @@ impl Daemon {
         // that order, and an entry whose order changed would be rewritten.
         let services = self.services.iter().enumerate().map(|(i, s)| if i == index { &next } else { s });
         self.dataplane
-            .write_reply_maps(services)
-            .with_context(|| format!("service {}: writing the reply maps", next.config.name))?;
+            .write_port_maps(services)
+            .with_context(|| format!("service {}: writing the port maps", next.config.name))?;
         self.dataplane
             .write_service(&mut next)
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;

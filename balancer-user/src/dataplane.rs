@@ -28,7 +28,7 @@ use crate::{
     attach,
     config::{AffinityMode, Mode},
     object::ebpf_object,
-    reply_maps::ReplyMaps,
+    port_maps::PortMaps,
     state::ServiceState,
 };
 
@@ -49,13 +49,14 @@ pub struct DataPlane {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
-    vip_ports: Array<MapData, u64>,
+    vip_ports: Array<MapData, u32>,
+    services_by_id: Array<MapData, Service>,
     backend_ports: Array<MapData, u32>,
     backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
     service_vips: Array<MapData, ServiceKey>,
     /// What the three maps above hold: this daemon created them, and only
     /// it writes there.
-    reply_maps_written: ReplyMaps,
+    port_maps_written: PortMaps,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -122,19 +123,6 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
     Ok(maglev)
 }
 
-/// Set `port`'s bit in VIP_PORTS. Done before the service is written: a
-/// packet must never find one with its port's bit clear. A bit already set
-/// is not written again (`write_service` runs on every health change).
-fn add_vip_port(ports: &mut Array<MapData, u64>, port: u16) -> Result<(), MapError> {
-    let word = u32::from(port) / 64;
-    let bits = ports.get(&word, 0)?;
-    let bit = 1 << (port % 64);
-    if bits & bit != 0 {
-        return Ok(());
-    }
-    ports.set(word, bits | bit, 0)
-}
-
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
     let map = ebpf.take_map(name).with_context(|| format!("the kernel object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
@@ -172,10 +160,11 @@ impl DataPlane {
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
+            services_by_id: take_map(&mut ebpf, maps::SERVICES_BY_ID)?,
             backend_ports: take_map(&mut ebpf, maps::BACKEND_PORTS)?,
             backend_vips: take_map(&mut ebpf, maps::BACKEND_VIPS)?,
             service_vips: take_map(&mut ebpf, maps::SERVICE_VIPS)?,
-            reply_maps_written: ReplyMaps::default(),
+            port_maps_written: PortMaps::default(),
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
@@ -348,15 +337,18 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Make BACKEND_PORTS, SERVICE_VIPS and BACKEND_VIPS say how replies
-    /// of `services` find their VIP ([`ReplyMaps`]): entries that changed
-    /// are written, entries no service needs any more cleared. A reply of a
-    /// backend not yet written here passes to the kernel unrewritten, so
-    /// this runs before a new backend is written into its service. `Err`
+    /// Make VIP_PORTS say how packets of `services` find their service, and
+    /// BACKEND_PORTS, SERVICE_VIPS and BACKEND_VIPS how their replies find
+    /// their VIP ([`PortMaps`]): entries that changed are written, entries
+    /// no service needs any more cleared. A reply of a backend not yet
+    /// written here passes to the kernel unrewritten, so this runs before a
+    /// new backend is written into its service. A VIP port names a
+    /// SERVICES_BY_ID entry that `write_service` writes: at start both run
+    /// before the program is attached (services do not change after). `Err`
     /// before any write when a backend would serve too many services.
-    pub fn write_reply_maps<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
-        let wanted = ReplyMaps::of(services)?;
-        let written = &self.reply_maps_written;
+    pub fn write_port_maps<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
+        let wanted = PortMaps::of(services)?;
+        let written = &self.port_maps_written;
         // The VIP lists first: a port marked shared must find them.
         for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
             self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
@@ -366,6 +358,12 @@ impl DataPlane {
         }
         for (&port, &who) in wanted.ports.iter().filter(|(k, v)| written.ports.get(k) != Some(v)) {
             self.backend_ports.set(u32::from(port), who, 0).context("writing BACKEND_PORTS")?;
+        }
+        for (&port, &who) in wanted.vip_ports.iter().filter(|(k, v)| written.vip_ports.get(k) != Some(v)) {
+            self.vip_ports.set(u32::from(port), who, 0).context("writing VIP_PORTS")?;
+        }
+        for &port in written.vip_ports.keys().filter(|k| !wanted.vip_ports.contains_key(k)) {
+            self.vip_ports.set(u32::from(port), 0, 0).context("clearing VIP_PORTS")?;
         }
         for &id in written.service_vips.keys().filter(|k| !wanted.service_vips.contains_key(k)) {
             self.service_vips.set(id, ServiceKey::default(), 0).context("clearing SERVICE_VIPS")?;
@@ -379,7 +377,7 @@ impl DataPlane {
                 Err(e) => return Err(e).context("removing from BACKEND_VIPS"),
             }
         }
-        self.reply_maps_written = wanted;
+        self.port_maps_written = wanted;
         Ok(())
     }
 
@@ -389,7 +387,6 @@ impl DataPlane {
     /// half-written table.
     pub fn write_service(&mut self, service: &mut ServiceState) -> anyhow::Result<()> {
         let key = service.key();
-        add_vip_port(&mut self.vip_ports, u16::from_be(key.port)).context("VIP_PORTS")?;
         let active = match self.services.get(&key, 0) {
             Ok(current) => current.active_table & 1,
             Err(MapError::KeyNotFound) => 1,
@@ -402,9 +399,17 @@ impl DataPlane {
         let table = service.next_table();
         let base = service.table_base + next * service.config.table_size;
         self.write_table(base, &table)?;
-        self.services
-            .insert(key, service.map_value(next, !table.is_empty()), 0)
-            .context("writing SERVICES")?;
+        let value = service.map_value(next, !table.is_empty());
+        self.services.insert(key, value, 0).context("writing SERVICES")?;
+        // The array copy packets read when the service has its port alone
+        // (`maps::VIP_PORTS`). Written in place, not swapped like a hash
+        // entry: a packet reading it during this write may see the old and
+        // new value mixed. Only `active_table` changes here (one word),
+        // besides `table_size` when the service gains or loses its last
+        // backend; a mixed value reads a slot whose backend `backend_if_up`
+        // still checks belongs to this service, so at worst a new flow in
+        // that instant goes to another of its backends, or is dropped.
+        self.services_by_id.set(service.id, value, 0).context("writing SERVICES_BY_ID")?;
         for b in service.backends.iter().filter(|b| !b.up) {
             self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
         }

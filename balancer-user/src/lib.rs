@@ -17,6 +17,6 @@ pub mod netif;
 pub mod object;
 pub mod oneline;
 pub mod pin;
-pub mod reply_maps;
+pub mod port_maps;
 pub mod run;
 pub mod state;

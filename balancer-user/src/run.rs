@@ -53,7 +53,7 @@ fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Pl
     let pinned = dataplane.read_pinned()?;
     let mut plan = adopt::plan(config, &pinned)?;
     let adopted: HashSet<u32> = pinned.backends.iter().map(|(id, _)| *id).collect();
-    dataplane.write_reply_maps(&plan.services)?;
+    dataplane.write_port_maps(&plan.services)?;
     for service in &mut plan.services {
         for b in service.backends.iter().filter(|b| !adopted.contains(&b.id)) {
             dataplane.reset_backend_stats(b.id)?;

@@ -362,7 +362,7 @@ pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture)
         let mut services = state::from_config(&config);
         let mut dataplane =
             DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&config), config.interfaces.mode).unwrap();
-        dataplane.write_reply_maps(&services).unwrap();
+        dataplane.write_port_maps(&services).unwrap();
         for s in &mut services {
             dataplane.write_service(s).unwrap();
         }

@@ -258,6 +258,23 @@ test_both_modes! {
         expect_passed(fx, false, &vlan_tagged(&reply, ETH_P_8021Q, 5), "pass_vlan", "tagged reply");
     }
 
+    /// Port 8080 has one service, `web-24` (TCP, 198.18.0.100): the kernel
+    /// finds it by port alone (`VIP_PORTS`), then checks the rest of the
+    /// VIP. Port 80 has two (`web`, `web6`), found by a SERVICES lookup.
+    fn a_packet_on_a_vip_port_that_is_not_for_its_vip_passes_untouched(fx) {
+        let cases = [
+            ("another address", Frame::tcp("198.18.0.10", 46100, "198.18.0.99", 8080, TCP_SYN)),
+            ("another protocol", Frame::udp("198.18.0.10", 46100, VIP4, 8080)),
+            ("another family", Frame::tcp("2001:db8::10", 46100, VIP6, 8080, TCP_SYN)),
+            ("another address, shared port", Frame::tcp("198.18.0.10", 46100, "198.18.0.99", 80, TCP_SYN)),
+        ];
+        for (what, frame) in cases {
+            expect_passed(fx, true, &frame.build(), "pass_not_ours", what);
+        }
+        let backend = open_flow(fx, "web-24", "198.18.0.10", 10, 46101, VIP4, 8080);
+        assert_eq!(backend.port(), 3001, "the port's one service");
+    }
+
     fn frag_needed_and_packet_too_big_for_a_live_flow_go_to_its_backend(fx) {
         for (service, client, i, vip, router, icmp_type, code, mtu) in [
             ("web", "198.18.0.11", 11, VIP4, "198.18.0.250", ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400),

@@ -1,6 +1,8 @@
-//! How a backend's reply finds its VIP, as the kernel's BACKEND_PORTS,
-//! SERVICE_VIPS and BACKEND_VIPS hold it (see `balancer_common::maps`):
-//! pure logic over the daemon's services, written by `dataplane`.
+//! How a packet finds its service by its destination port (VIP_PORTS), and
+//! a backend's reply its VIP by its source port (BACKEND_PORTS,
+//! SERVICE_VIPS, BACKEND_VIPS), as the kernel holds them (see
+//! `balancer_common::maps`): pure logic over the daemon's services, written
+//! by `dataplane`.
 
 use std::collections::HashMap;
 
@@ -14,7 +16,10 @@ use balancer_common::{
 use crate::state::ServiceState;
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReplyMaps {
+pub struct PortMaps {
+    /// VIP_PORTS entries that are not 0: VIP port → `id + 1` of the one
+    /// service on it, or `PORT_SHARED`.
+    pub vip_ports: HashMap<u16, u32>,
     /// BACKEND_PORTS entries that are not 0: backend port → `id + 1` of the
     /// one service whose backends use it, or `PORT_SHARED`.
     pub ports: HashMap<u16, u32>,
@@ -25,20 +30,18 @@ pub struct ReplyMaps {
     pub backend_vips: HashMap<ServiceKey, BackendVips>,
 }
 
-impl ReplyMaps {
+impl PortMaps {
     /// The maps as `services` define them. `Err` when a backend
     /// address:port serves more than `MAX_VIPS_PER_BACKEND` services (the
     /// config check and `balancer backend add` refuse that first).
-    pub fn of<'a>(services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<ReplyMaps> {
-        let mut maps = ReplyMaps::default();
+    pub fn of<'a>(services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<PortMaps> {
+        let mut maps = PortMaps::default();
         for service in services {
             let vip = service.key();
             maps.service_vips.insert(service.id, vip);
+            mark_port(&mut maps.vip_ports, u16::from_be(vip.port), service.id);
             for b in &service.backends {
-                let who = maps.ports.entry(b.address.port()).or_insert(service.id + 1);
-                if *who != service.id + 1 {
-                    *who = PORT_SHARED;
-                }
+                mark_port(&mut maps.ports, b.address.port(), service.id);
                 let (addr, family) = to_words(b.address.ip());
                 let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
                 let entry = maps.backend_vips.entry(key).or_default();
@@ -51,6 +54,14 @@ impl ReplyMaps {
             }
         }
         Ok(maps)
+    }
+}
+
+/// Record that service `id` uses `port`: `id + 1` while it is the only one.
+fn mark_port(ports: &mut HashMap<u16, u32>, port: u16, id: u32) {
+    let who = ports.entry(port).or_insert(id + 1);
+    if *who != id + 1 {
+        *who = PORT_SHARED;
     }
 }
 
@@ -86,8 +97,9 @@ mod tests {
     #[test]
     fn a_port_of_one_service_names_it_and_a_shared_one_says_so() {
         let services = services(4);
-        let maps = ReplyMaps::of(&services).unwrap();
+        let maps = PortMaps::of(&services).unwrap();
         assert_eq!(maps.ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
+        assert_eq!(maps.vip_ports, HashMap::from([(80, PORT_SHARED)]));
         assert_eq!(maps.service_vips.len(), 4);
         assert_eq!(maps.service_vips[&services[2].id], services[2].key());
         let shared = maps.backend_vips[&endpoint("198.18.1.99:3000")];
@@ -97,15 +109,29 @@ mod tests {
         assert_eq!((own.count, own.vips[0]), (1, services[3].key()));
     }
 
+    #[test]
+    fn a_vip_port_of_one_service_names_it() {
+        let text = "[interfaces]\nclients = \"eth0\"\n\
+            [[services]]\nname = \"web\"\nvip = \"198.18.0.100:80\"\n\
+            [[services.backends]]\naddress = \"198.18.1.11:3000\"\n\
+            [[services]]\nname = \"tls\"\nvip = \"198.18.0.100:443\"\n\
+            [[services.backends]]\naddress = \"198.18.1.11:3001\"\n\
+            [[services]]\nname = \"other\"\nvip = \"[2001:db8::100]:443\"\n\
+            [[services.backends]]\naddress = \"[2001:db8:1::11]:3001\"\n";
+        let services = state::from_config(&Config::from_str(text).unwrap());
+        let maps = PortMaps::of(&services).unwrap();
+        assert_eq!(maps.vip_ports, HashMap::from([(80, services[0].id + 1), (443, PORT_SHARED)]));
+    }
+
     /// `balancer backend add` of a fifth service's backend: refused, before
     /// anything is written.
     #[test]
     fn a_backend_of_a_fifth_service_is_refused() {
         let mut services = services(5);
-        ReplyMaps::of(&services).unwrap();
+        PortMaps::of(&services).unwrap();
         let shared = services[0].backends[0].clone();
         services[4].backends.push(shared);
-        let err = ReplyMaps::of(&services).unwrap_err().to_string();
+        let err = PortMaps::of(&services).unwrap_err().to_string();
         assert_eq!(err, "backend 198.18.1.99:3000 serves more than 4 services");
     }
 }
