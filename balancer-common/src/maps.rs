@@ -29,19 +29,22 @@ pub const FRAGMENT_SERVICES: &str = "FRAGMENT_SERVICES";
 /// `Array<u32>` of `PORTS` entries, not pinned, indexed by a port (host
 /// order): which services have a VIP on it. 0: none (a packet to that port
 /// is not for a VIP: replies to a client's ephemeral port, most other
-/// traffic); `id + 1`: service `id` only (the packet's service is
-/// `SERVICES_BY_ID[id]` if its address and protocol are
-/// `SERVICE_VIPS[id]`'s: two array reads); `PORT_SHARED`: several services
-/// (a SERVICES lookup, which hashes the key). Written by the daemon with
-/// `BACKEND_PORTS`, at every start before it attaches.
+/// traffic); `id + 1`: service `id` only (the packet's service is in
+/// `SERVICE_SLOTS[id]` if the slot's VIP is the packet's destination: two
+/// array reads); `PORT_SHARED`: several services (a SERVICES lookup, which
+/// hashes the key). Written by the daemon with `BACKEND_PORTS`, at every
+/// start before it attaches.
 pub const VIP_PORTS: &str = "VIP_PORTS";
-/// `Array<Service>` indexed by service id, not pinned: the same value as
-/// the service's SERVICES entry, written just after it (`VIP_PORTS`).
-pub const SERVICES_BY_ID: &str = "SERVICES_BY_ID";
+/// `Array<ServiceSlot>` indexed by service id, not pinned, mmapable (so its
+/// values start page-aligned and each 64-byte slot is one cache line): the
+/// service's VIP, and the same value as its SERVICES entry, written just
+/// after it. Packets of a port with one service (`VIP_PORTS`) and replies
+/// of backends of one service (`BACKEND_PORTS`) read it.
+pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
 /// `Array<u32>` of `PORTS` entries, not pinned, indexed by a backend port
 /// (host order): who may send replies from it. 0: no backend (a packet from
 /// that port is not a reply, and costs no lookup); `id + 1`: backends of
-/// service `id` only (the reply's VIP is `SERVICE_VIPS[id]`, an array
+/// service `id` only (the reply's VIP is in `SERVICE_SLOTS[id]`, an array
 /// read); `PORT_SHARED`: backends of several services (the VIPs come from
 /// `BACKEND_VIPS`, a hash lookup). Written by the daemon with
 /// `BACKEND_VIPS`.
@@ -49,8 +52,6 @@ pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
 pub const PORTS: u32 = 65536;
 /// See `VIP_PORTS` and `BACKEND_PORTS`.
 pub const PORT_SHARED: u32 = u32::MAX;
-/// `Array<ServiceKey>` indexed by service id, not pinned: each service's VIP.
-pub const SERVICE_VIPS: &str = "SERVICE_VIPS";
 /// `HashMap<ServiceKey, BackendVips>`, not pinned: a backend's address,
 /// port and protocol → the VIPs of the services it serves, for replies
 /// from a `PORT_SHARED` port. Written by the daemon from its services at

@@ -62,6 +62,18 @@ impl Service {
     }
 }
 
+/// Value of `SERVICE_SLOTS` (see `maps::SERVICE_SLOTS`), by service id:
+/// the service's VIP and its SERVICES value in one 64-byte slot, so that
+/// finding a packet's service touches one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub vip: ServiceKey,
+    pub _pad: u32,
+    pub service: Service,
+}
+const _: () = assert!(size_of::<ServiceSlot>() == 64);
+
 /// `Backend::state` bits.
 pub const BACKEND_UP: u8 = 1;
 /// Up but taking no new clients: existing flows and affinities stay.

@@ -16,7 +16,7 @@ use balancer_common::{
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
-        ServiceKey,
+        ServiceKey, ServiceSlot,
     },
 };
 
@@ -58,14 +58,17 @@ pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(
 #[map]
 pub static VIP_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 
+/// Mmapable: the kernel then starts the values on a page, so each 64-byte
+/// slot is one cache line (a plain array's values start 56 bytes into a
+/// line on 6.18, and every slot would straddle two).
 #[map]
-pub static SERVICES_BY_ID: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, BPF_F_MMAPABLE);
 
 #[map]
 pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 
-#[map]
-pub static SERVICE_VIPS: Array<ServiceKey> = Array::with_max_entries(MAX_SERVICES, 0);
+/// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
@@ -84,15 +87,13 @@ pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
             unsafe { SERVICES.get(&key) }
         }
         service => {
-            let vip = SERVICE_VIPS.get(service - 1)?;
+            let slot = SERVICE_SLOTS.get(service - 1)?;
+            let vip = &slot.vip;
             let ours = vip.addr == pkt.key.dst
                 && vip.port == pkt.key.dport
                 && vip.proto == pkt.key.proto
                 && vip.family == pkt.key.family;
-            if !ours {
-                return None;
-            }
-            SERVICES_BY_ID.get(service - 1)
+            ours.then_some(&slot.service)
         }
     }
 }
@@ -121,7 +122,7 @@ pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
             None
         }
         service => {
-            let vip = SERVICE_VIPS.get(service - 1)?;
+            let vip = &SERVICE_SLOTS.get(service - 1)?.vip;
             if vip.proto != reply.proto || vip.family != reply.family {
                 return None;
             }

@@ -19,7 +19,7 @@ use balancer_common::{
     maps::{self, MAX_BACKENDS},
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
-        ServiceKey,
+        ServiceKey, ServiceSlot,
     },
 };
 
@@ -50,10 +50,9 @@ pub struct DataPlane {
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u32>,
-    services_by_id: Array<MapData, Service>,
+    service_slots: Array<MapData, ServiceSlot>,
     backend_ports: Array<MapData, u32>,
     backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
-    service_vips: Array<MapData, ServiceKey>,
     /// What the three maps above hold: this daemon created them, and only
     /// it writes there.
     port_maps_written: PortMaps,
@@ -160,10 +159,9 @@ impl DataPlane {
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
-            services_by_id: take_map(&mut ebpf, maps::SERVICES_BY_ID)?,
+            service_slots: take_map(&mut ebpf, maps::SERVICE_SLOTS)?,
             backend_ports: take_map(&mut ebpf, maps::BACKEND_PORTS)?,
             backend_vips: take_map(&mut ebpf, maps::BACKEND_VIPS)?,
-            service_vips: take_map(&mut ebpf, maps::SERVICE_VIPS)?,
             port_maps_written: PortMaps::default(),
             redirect_devs: take_map(&mut ebpf, maps::REDIRECT_DEVS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
@@ -338,23 +336,20 @@ impl DataPlane {
     }
 
     /// Make VIP_PORTS say how packets of `services` find their service, and
-    /// BACKEND_PORTS, SERVICE_VIPS and BACKEND_VIPS how their replies find
-    /// their VIP ([`PortMaps`]): entries that changed are written, entries
-    /// no service needs any more cleared. A reply of a backend not yet
-    /// written here passes to the kernel unrewritten, so this runs before a
-    /// new backend is written into its service. A VIP port names a
-    /// SERVICES_BY_ID entry that `write_service` writes: at start both run
-    /// before the program is attached (services do not change after). `Err`
-    /// before any write when a backend would serve too many services.
+    /// BACKEND_PORTS and BACKEND_VIPS how their replies find their VIP
+    /// ([`PortMaps`]): entries that changed are written, entries no service
+    /// needs any more cleared. A reply of a backend not yet written here
+    /// passes to the kernel unrewritten, so this runs before a new backend
+    /// is written into its service. Both port arrays name SERVICE_SLOTS
+    /// entries, which `write_service` writes: at start both run before the
+    /// program is attached, and a service's id and VIP do not change after.
+    /// `Err` before any write when a backend would serve too many services.
     pub fn write_port_maps<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
         let wanted = PortMaps::of(services)?;
         let written = &self.port_maps_written;
         // The VIP lists first: a port marked shared must find them.
         for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
             self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
-        }
-        for (&id, vip) in wanted.service_vips.iter().filter(|(k, v)| written.service_vips.get(k) != Some(v)) {
-            self.service_vips.set(id, vip, 0).context("writing SERVICE_VIPS")?;
         }
         for (&port, &who) in wanted.ports.iter().filter(|(k, v)| written.ports.get(k) != Some(v)) {
             self.backend_ports.set(u32::from(port), who, 0).context("writing BACKEND_PORTS")?;
@@ -364,9 +359,6 @@ impl DataPlane {
         }
         for &port in written.vip_ports.keys().filter(|k| !wanted.vip_ports.contains_key(k)) {
             self.vip_ports.set(u32::from(port), 0, 0).context("clearing VIP_PORTS")?;
-        }
-        for &id in written.service_vips.keys().filter(|k| !wanted.service_vips.contains_key(k)) {
-            self.service_vips.set(id, ServiceKey::default(), 0).context("clearing SERVICE_VIPS")?;
         }
         for &port in written.ports.keys().filter(|k| !wanted.ports.contains_key(k)) {
             self.backend_ports.set(u32::from(port), 0, 0).context("clearing BACKEND_PORTS")?;
@@ -402,14 +394,15 @@ impl DataPlane {
         let value = service.map_value(next, !table.is_empty());
         self.services.insert(key, value, 0).context("writing SERVICES")?;
         // The array copy packets read when the service has its port alone
-        // (`maps::VIP_PORTS`). Written in place, not swapped like a hash
+        // (`maps::SERVICE_SLOTS`). Written in place, not swapped like a hash
         // entry: a packet reading it during this write may see the old and
         // new value mixed. Only `active_table` changes here (one word),
         // besides `table_size` when the service gains or loses its last
         // backend; a mixed value reads a slot whose backend `backend_if_up`
         // still checks belongs to this service, so at worst a new flow in
         // that instant goes to another of its backends, or is dropped.
-        self.services_by_id.set(service.id, value, 0).context("writing SERVICES_BY_ID")?;
+        let slot = ServiceSlot { vip: key, _pad: 0, service: value };
+        self.service_slots.set(service.id, slot, 0).context("writing SERVICE_SLOTS")?;
         for b in service.backends.iter().filter(|b| !b.up) {
             self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
         }

@@ -1,6 +1,6 @@
 //! How a packet finds its service by its destination port (VIP_PORTS), and
 //! a backend's reply its VIP by its source port (BACKEND_PORTS,
-//! SERVICE_VIPS, BACKEND_VIPS), as the kernel holds them (see
+//! BACKEND_VIPS), as the kernel holds them (see
 //! `balancer_common::maps`): pure logic over the daemon's services, written
 //! by `dataplane`.
 
@@ -23,8 +23,6 @@ pub struct PortMaps {
     /// BACKEND_PORTS entries that are not 0: backend port → `id + 1` of the
     /// one service whose backends use it, or `PORT_SHARED`.
     pub ports: HashMap<u16, u32>,
-    /// SERVICE_VIPS: service id → its VIP.
-    pub service_vips: HashMap<u32, ServiceKey>,
     /// BACKEND_VIPS: backend address:port/proto → the VIPs it serves, in
     /// service order.
     pub backend_vips: HashMap<ServiceKey, BackendVips>,
@@ -38,7 +36,6 @@ impl PortMaps {
         let mut maps = PortMaps::default();
         for service in services {
             let vip = service.key();
-            maps.service_vips.insert(service.id, vip);
             mark_port(&mut maps.vip_ports, u16::from_be(vip.port), service.id);
             for b in &service.backends {
                 mark_port(&mut maps.ports, b.address.port(), service.id);
@@ -100,8 +97,6 @@ mod tests {
         let maps = PortMaps::of(&services).unwrap();
         assert_eq!(maps.ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
         assert_eq!(maps.vip_ports, HashMap::from([(80, PORT_SHARED)]));
-        assert_eq!(maps.service_vips.len(), 4);
-        assert_eq!(maps.service_vips[&services[2].id], services[2].key());
         let shared = maps.backend_vips[&endpoint("198.18.1.99:3000")];
         assert_eq!(shared.count, 4);
         assert_eq!(shared.vips, [services[0].key(), services[1].key(), services[2].key(), services[3].key()]);
