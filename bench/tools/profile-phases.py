@@ -3,30 +3,9 @@
 usage: profile-phases.py PERF_SCRIPT_TXT BENCH_LOG (see profile-phases.sh)
 """
 import collections
-import re
 import sys
 
-
-def phases(log):
-    """(start s, end s, kind) of the balancer's phases, from BENCH_PHASE_LOG lines."""
-    out = []
-    for line in open(log):
-        if line.startswith("phase "):
-            _, start, end, who, kind = line.split()[:5]
-            if who == "balancer":
-                out.append((int(start) / 1e9, int(end) / 1e9, kind))
-    return out
-
-
-def samples(txt):
-    """(time s, [symbols, innermost first]) of every sample."""
-    for block in open(txt).read().split("\n\n"):
-        lines = block.strip().split("\n")
-        head = re.search(r" (\d+\.\d+): ", lines[0]) if lines else None
-        if not head:
-            continue
-        syms = [re.sub(r"\+0x[0-9a-f]+$", "", l.split()[1]) for l in lines[1:] if len(l.split()) > 1]
-        yield float(head.group(1)), syms
+from phaselog import phases, samples
 
 
 def main():
