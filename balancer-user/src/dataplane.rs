@@ -122,6 +122,22 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
     Ok(maglev)
 }
 
+/// Make a port array hold `wanted` where it holds `written`, writing only
+/// the entries that change.
+fn write_port_array(
+    array: &mut Array<MapData, u32>,
+    wanted: &StdHashMap<u16, u32>,
+    written: &StdHashMap<u16, u32>,
+) -> Result<(), MapError> {
+    for (&port, &who) in wanted.iter().filter(|(k, v)| written.get(k) != Some(v)) {
+        array.set(u32::from(port), who, 0)?;
+    }
+    for &port in written.keys().filter(|k| !wanted.contains_key(k)) {
+        array.set(u32::from(port), 0, 0)?;
+    }
+    Ok(())
+}
+
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
     let map = ebpf.take_map(name).with_context(|| format!("the kernel object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
@@ -351,18 +367,8 @@ impl DataPlane {
         for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
             self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
         }
-        for (&port, &who) in wanted.ports.iter().filter(|(k, v)| written.ports.get(k) != Some(v)) {
-            self.backend_ports.set(u32::from(port), who, 0).context("writing BACKEND_PORTS")?;
-        }
-        for (&port, &who) in wanted.vip_ports.iter().filter(|(k, v)| written.vip_ports.get(k) != Some(v)) {
-            self.vip_ports.set(u32::from(port), who, 0).context("writing VIP_PORTS")?;
-        }
-        for &port in written.vip_ports.keys().filter(|k| !wanted.vip_ports.contains_key(k)) {
-            self.vip_ports.set(u32::from(port), 0, 0).context("clearing VIP_PORTS")?;
-        }
-        for &port in written.ports.keys().filter(|k| !wanted.ports.contains_key(k)) {
-            self.backend_ports.set(u32::from(port), 0, 0).context("clearing BACKEND_PORTS")?;
-        }
+        write_port_array(&mut self.backend_ports, &wanted.ports, &written.ports).context("writing BACKEND_PORTS")?;
+        write_port_array(&mut self.vip_ports, &wanted.vip_ports, &written.vip_ports).context("writing VIP_PORTS")?;
         for key in written.backend_vips.keys().filter(|k| !wanted.backend_vips.contains_key(k)) {
             match self.backend_vips.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
