@@ -41,17 +41,38 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     code as u64 | ((dst | (src << 4)) as u64) << 8 | (off as u16 as u64) << 16 | (imm as u32 as u64) << 32
 }
 
-/// Capacity of the one-insert reference's map: the balancer's CONNTRACK's.
-const INSERT_MAP_ENTRIES: u32 = balancer_common::maps::MAX_FLOWS;
+/// Capacity of the references' maps: the balancer's CONNTRACK's.
+const REFERENCE_MAP_ENTRIES: u32 = balancer_common::maps::MAX_FLOWS;
 const FLOW_KEY: i32 = size_of::<balancer_common::types::FlowKey>() as i32;
 const FLOW_VALUE: i32 = size_of::<balancer_common::types::Flow>() as i32;
 
-/// The one-insert reference, XDP: a key of the balancer's flow-key size on
-/// the stack, its first words the frame's IPv4 source, destination and
-/// ports (every new connection a new key), a zeroed value of the flow
-/// size, one `bpf_map_update_elem` into `map_fd`, then XDP_PASS. What one
-/// conntrack insert costs by itself, with nothing else a new flow does.
-fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
+/// The map-cost references: hand-assembled XDP programs that make only the
+/// conntrack call a balancer path cannot do without, into a new LRU hash of
+/// CONNTRACK's size and layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// One `bpf_map_update_elem` per frame: a new connection's insert.
+    Insert,
+    /// One `bpf_map_lookup_elem` per frame, and an insert only on a miss:
+    /// under frames of flows it has seen, a conntrack hit's lookup.
+    Lookup,
+}
+
+impl Reference {
+    fn prog_name(self) -> &'static [u8] {
+        match self {
+            Reference::Insert => b"insert_ref",
+            Reference::Lookup => b"lookup_ref",
+        }
+    }
+}
+
+/// A reference program, XDP: a key of the balancer's flow-key size on the
+/// stack, its first words the frame's IPv4 source, destination and ports
+/// (every connection its own key), a zeroed value of the flow size, then
+/// the reference's map calls into `map_fd`, then XDP_PASS. What those calls
+/// cost by themselves, with nothing else the balancer does.
+fn reference_insns(map_fd: i32, reference: Reference) -> Vec<u64> {
     const LDXW: u8 = 0x61;
     const STXW: u8 = 0x63;
     const STDW: u8 = 0x7a;
@@ -62,6 +83,8 @@ fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
     const LD_IMM64: u8 = 0x18;
     const PSEUDO_MAP_FD: u8 = 1;
     const CALL: u8 = 0x85;
+    const JNE_K: u8 = 0x55;
+    const MAP_LOOKUP_ELEM: i32 = 1;
     const MAP_UPDATE_ELEM: i32 = 2;
     const EXIT: u8 = 0x95;
     let (key, value) = (-FLOW_KEY as i16, -(FLOW_KEY + FLOW_VALUE) as i16);
@@ -72,7 +95,7 @@ fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
         insn(ADD_K, 4, 0, 0, 38), // through the TCP ports
         insn(JGT_X, 4, 3, 0, 0),  // to `pass`, patched below
     ];
-    let jump = p.len() - 1;
+    let mut to_pass = vec![p.len() - 1];
     for off in (key..0).step_by(8) {
         p.push(insn(STDW, 10, 0, off, 0));
     }
@@ -82,6 +105,17 @@ fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
     }
     for off in (value..key).step_by(8) {
         p.push(insn(STDW, 10, 0, off, 0));
+    }
+    if reference == Reference::Lookup {
+        p.extend([
+            insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, map_fd),
+            0,
+            insn(MOV_X, 2, 10, 0, 0),
+            insn(ADD_K, 2, 0, 0, key.into()),
+            insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM),
+            insn(JNE_K, 0, 0, 0, 0), // found: to `pass`, patched below
+        ]);
+        to_pass.push(p.len() - 1);
     }
     p.extend([
         insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, map_fd),
@@ -94,7 +128,11 @@ fn insert_reference_insns(map_fd: i32) -> Vec<u64> {
         insn(CALL, 0, 0, 0, MAP_UPDATE_ELEM),
     ]);
     let pass = p.len();
-    p[jump] = insn(JGT_X, 4, 3, (pass - jump - 1) as i16, 0);
+    for jump in to_pass {
+        // Keep each jump's opcode and registers; set its offset.
+        let off = (pass - jump - 1) as i16;
+        p[jump] = (p[jump] & !(0xffff << 16)) | (off as u16 as u64) << 16;
+    }
     p.extend([insn(MOV_K, 0, 0, 0, XDP_PASS), insn(EXIT, 0, 0, 0, 0)]);
     p
 }
@@ -143,21 +181,21 @@ pub fn load_floor(hook: Hook) -> io::Result<OwnedFd> {
     load(prog_type, &floor_insns(verdict), name)
 }
 
-/// Load the one-insert reference (XDP, `insert_ref`) with a new LRU hash
+/// Load a reference (XDP, `insert_ref` or `lookup_ref`) with a new LRU hash
 /// of the balancer's CONNTRACK size and layout: (program, map). The map
 /// lives as long as the program, whether or not its fd is kept.
-pub fn load_insert_reference() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn load_reference(reference: Reference) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut attr = zeroed_attr();
     // Writing union fields is safe; the BPF_MAP_CREATE member is the one read.
     attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
     attr.__bindgen_anon_1.key_size = FLOW_KEY as u32;
     attr.__bindgen_anon_1.value_size = FLOW_VALUE as u32;
-    attr.__bindgen_anon_1.max_entries = INSERT_MAP_ENTRIES;
+    attr.__bindgen_anon_1.max_entries = REFERENCE_MAP_ENTRIES;
     let map = owned_fd(sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?);
     let prog = load(
         bpf_prog_type::BPF_PROG_TYPE_XDP,
-        &insert_reference_insns(map.as_raw_fd()),
-        b"insert_ref",
+        &reference_insns(map.as_raw_fd(), reference),
+        reference.prog_name(),
     )?;
     Ok((prog, map))
 }
@@ -247,32 +285,66 @@ mod tests {
         assert_eq!([insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)], floor_insns(2));
     }
 
-    /// Needs root. The verifier takes the hand-assembled reference, and it
-    /// inserts one entry per frame with new addresses or ports, none for a
+    /// Needs root. The verifier takes the hand-assembled references, and
+    /// both leave one entry per frame with new addresses or ports, none for a
     /// frame too short to carry ports.
     #[test]
-    fn insert_reference_inserts_one_entry_per_new_flow() {
+    fn references_keep_one_entry_per_flow() {
+        for reference in [Reference::Insert, Reference::Lookup] {
+            let keys = reference_keys(reference, &[40000, 40001, 40001]);
+            assert_eq!(keys.len(), 2, "{reference:?}: two distinct flows; the short frame made none");
+            assert_eq!(&keys[0][..12], &[198, 18, 0, 1, 198, 18, 0, 100, 0x9c, 0x40, 0, 80], "{reference:?}");
+        }
+    }
+
+    /// Needs root. The lookup reference inserts only on a miss: a flow's
+    /// entry made by its first frame is the one later frames find (an
+    /// update would rewrite it; the test marks it to tell).
+    #[test]
+    fn lookup_reference_finds_a_known_flow_and_leaves_it() {
         use std::os::fd::AsFd as _;
 
+        let (prog, map) = load_reference(Reference::Lookup).unwrap();
+        let mut map = flow_map(map);
+        assert_eq!(test_run(prog.as_fd(), &frame(40000), None, 1).unwrap().retval, XDP_PASS as u32);
+        let key = map.keys().next().unwrap().unwrap();
+        map.insert(key, [7u8; FLOW_VALUE as usize], 0).unwrap();
+        assert_eq!(test_run(prog.as_fd(), &frame(40000), None, 1).unwrap().retval, XDP_PASS as u32);
+        assert_eq!(map.get(&key, 0).unwrap(), [7u8; FLOW_VALUE as usize], "found, not rewritten");
+    }
+
+    type FlowMap = aya::maps::HashMap<aya::maps::MapData, [u8; FLOW_KEY as usize], [u8; FLOW_VALUE as usize]>;
+
+    fn flow_map(fd: OwnedFd) -> FlowMap {
         use aya::maps::{HashMap, Map, MapData};
-        let (prog, map) = load_insert_reference().unwrap();
-        let frame = |sport: u16| {
-            let mut f = vec![0u8; 54];
-            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            f[26..30].copy_from_slice(&[198, 18, 0, 1]);
-            f[30..34].copy_from_slice(&[198, 18, 0, 100]);
-            f[34..36].copy_from_slice(&sport.to_be_bytes());
-            f[36..38].copy_from_slice(&80u16.to_be_bytes());
-            f
-        };
-        for f in [frame(40000), frame(40001), frame(40001), frame(40002)[..37].to_vec()] {
+        HashMap::try_from(Map::LruHashMap(MapData::from_fd(fd).unwrap())).unwrap()
+    }
+
+    /// A TCP frame from 198.18.0.1:`sport` to 198.18.0.100:80 (the IPv4 and
+    /// TCP headers' bytes the references read; the rest zero).
+    fn frame(sport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 54];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        f[30..34].copy_from_slice(&[198, 18, 0, 100]);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f
+    }
+
+    /// The keys `reference` leaves after a frame from each of `sports`, and
+    /// one frame cut before its ports; sorted.
+    fn reference_keys(reference: Reference, sports: &[u16]) -> Vec<[u8; FLOW_KEY as usize]> {
+        use std::os::fd::AsFd as _;
+
+        let (prog, map) = load_reference(reference).unwrap();
+        let mut frames: Vec<Vec<u8>> = sports.iter().map(|&p| frame(p)).collect();
+        frames.push(frame(40009)[..37].to_vec());
+        for f in frames {
             assert_eq!(test_run(prog.as_fd(), &f, None, 1).unwrap().retval, XDP_PASS as u32);
         }
-        let map: HashMap<_, [u8; FLOW_KEY as usize], [u8; FLOW_VALUE as usize]> =
-            HashMap::try_from(Map::LruHashMap(MapData::from_fd(map).unwrap())).unwrap();
-        let mut keys: Vec<_> = map.keys().map(Result::unwrap).collect();
+        let mut keys: Vec<_> = flow_map(map).keys().map(Result::unwrap).collect();
         keys.sort();
-        assert_eq!(keys.len(), 2, "two distinct flows; the short frame inserted nothing");
-        assert_eq!(&keys[0][..12], &[198, 18, 0, 1, 198, 18, 0, 100, 0x9c, 0x40, 0, 80]);
+        keys
     }
 }

@@ -353,7 +353,7 @@ impl Floor {
     }
 
     /// Another reference program in the floor's place (the one-insert
-    /// reference, `bpf::load_insert_reference`).
+    /// reference, `bpf::load_reference`).
     pub fn attach_prog(gw: &NetNs, hook: Hook, prog: std::os::fd::OwnedFd) -> Result<Floor> {
         let mut links = Vec::new();
         for ifname in [GW_CLIENT_IF, GW_BACKEND_IF] {

@@ -14,7 +14,7 @@ use balancer_tests::topology::{GW_BACKEND_IF, GW_CLIENT_IF};
 use balancer_user::accounting::monotonic_ns;
 
 use crate::{
-    bpf::{self, Hook},
+    bpf::{self, Hook, Reference},
     fill::{self, Filled},
     gateways::{Balancer, Floor},
     pinned::Counters,
@@ -67,6 +67,9 @@ pub struct Results {
     /// Per round, XDP, under the frames of "new connection, known client":
     /// (the one-insert reference's ns, the floor's ns).
     pub insert_reference: Vec<(f64, f64)>,
+    /// The one-lookup reference and the floor, ns, per round (XDP, the
+    /// frames of "established flow").
+    pub lookup_reference: Vec<(f64, f64)>,
 }
 
 pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
@@ -128,9 +131,12 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             }
             drop(floor);
             if hook == Hook::Xdp {
-                let floor_ns = results.rows[&(hook, Variant::Normal, Kind::NewFlow)].1.last().map_or(f64::NAN, |s| s.ns);
-                let ns = insert_reference(bed, &mut traffic, &mut results, opts)?;
-                results.insert_reference.push((ns, floor_ns));
+                let floor_ns = |kind| results.rows[&(hook, Variant::Normal, kind)].1.last().map_or(f64::NAN, |s| s.ns);
+                let (insert_floor, lookup_floor) = (floor_ns(Kind::NewFlow), floor_ns(Kind::Established));
+                let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Insert)?;
+                results.insert_reference.push((ns, insert_floor));
+                let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Lookup)?;
+                results.lookup_reference.push((ns, lookup_floor));
             }
         }
     }
@@ -140,14 +146,30 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
     Ok(results)
 }
 
-/// ns per run of the one-insert reference (`bpf::load_insert_reference`)
-/// under the frames of "new connection, known client": what one conntrack
-/// insert costs by itself on this machine.
-fn insert_reference(bed: &Testbed, traffic: &mut Traffic, results: &mut Results, opts: &Options) -> Result<f64> {
-    let (prog, _map) = bpf::load_insert_reference().context("loading the one-insert reference")?;
+/// ns per run of a map-cost reference (`bpf::load_reference`): the insert
+/// under the frames of "new connection, known client", what one conntrack
+/// insert costs by itself on this machine; the lookup under the frames of
+/// "established flow", what one conntrack hit's lookup costs. The lookup's
+/// frames are sent twice and the second pass timed: the first makes each
+/// flow's entry, so every timed run finds one.
+fn reference(
+    bed: &Testbed,
+    traffic: &mut Traffic,
+    results: &mut Results,
+    opts: &Options,
+    reference: Reference,
+) -> Result<f64> {
+    let (what, kind) = match reference {
+        Reference::Insert => ("one-insert reference", Kind::NewFlow),
+        Reference::Lookup => ("one-lookup reference", Kind::Established),
+    };
+    let (prog, _map) = bpf::load_reference(reference).with_context(|| format!("loading the {what}"))?;
     let _reference = Floor::attach_prog(bed.topo.gw(), Hook::Xdp, prog)?;
-    let ids = program_ids(bed, Hook::Xdp, results, "one-insert reference")?;
-    Ok(phase(traffic, Kind::NewFlow, &ids, None, opts)?.ns)
+    let ids = program_ids(bed, Hook::Xdp, results, what)?;
+    if reference == Reference::Lookup {
+        phase(traffic, kind, &ids, None, opts)?;
+    }
+    Ok(phase(traffic, kind, &ids, None, opts)?.ns)
 }
 
 /// The programs of `hook` on both gateway interfaces, noting how they sit
