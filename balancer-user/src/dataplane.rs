@@ -53,8 +53,8 @@ pub struct DataPlane {
     service_slots: Array<MapData, ServiceSlot>,
     backend_ports: Array<MapData, u32>,
     backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
-    /// What the three maps above hold: this daemon created them, and only
-    /// it writes there.
+    /// What VIP_PORTS, BACKEND_PORTS and BACKEND_VIPS hold: this daemon
+    /// created them, and only it writes there.
     port_maps_written: PortMaps,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,

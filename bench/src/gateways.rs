@@ -352,7 +352,7 @@ impl Floor {
         Floor::attach_prog(gw, hook, prog)
     }
 
-    /// Another reference program in the floor's place (the one-insert
+    /// Another reference program in the floor's place (a map-cost
     /// reference, `bpf::load_reference`).
     pub fn attach_prog(gw: &NetNs, hook: Hook, prog: std::os::fd::OwnedFd) -> Result<Floor> {
         let mut links = Vec::new();
