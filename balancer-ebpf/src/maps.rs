@@ -58,17 +58,17 @@ pub static FRAGMENT_SERVICES: HashMap<ServiceKey, ServiceKey> = HashMap::pinned(
 #[map]
 pub static VIP_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 
+/// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Mmapable: the kernel then starts the values on a page, so each 64-byte
 /// slot is one cache line (a plain array's values start 56 bytes into a
-/// line on 6.18, and every slot would straddle two).
+/// line on 6.18, so slots would straddle two, the first one among them).
 #[map]
 pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, BPF_F_MMAPABLE);
 
 #[map]
 pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
-
-/// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`).
-const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);

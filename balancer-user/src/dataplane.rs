@@ -367,7 +367,7 @@ impl DataPlane {
         for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
             self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
         }
-        write_port_array(&mut self.backend_ports, &wanted.ports, &written.ports).context("writing BACKEND_PORTS")?;
+        write_port_array(&mut self.backend_ports, &wanted.backend_ports, &written.backend_ports).context("writing BACKEND_PORTS")?;
         write_port_array(&mut self.vip_ports, &wanted.vip_ports, &written.vip_ports).context("writing VIP_PORTS")?;
         for key in written.backend_vips.keys().filter(|k| !wanted.backend_vips.contains_key(k)) {
             match self.backend_vips.remove(key) {

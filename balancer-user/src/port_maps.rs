@@ -22,7 +22,7 @@ pub struct PortMaps {
     pub vip_ports: HashMap<u16, u32>,
     /// BACKEND_PORTS entries that are not 0: backend port → `id + 1` of the
     /// one service whose backends use it, or `PORT_SHARED`.
-    pub ports: HashMap<u16, u32>,
+    pub backend_ports: HashMap<u16, u32>,
     /// BACKEND_VIPS: backend address:port/proto → the VIPs it serves, in
     /// service order.
     pub backend_vips: HashMap<ServiceKey, BackendVips>,
@@ -38,7 +38,7 @@ impl PortMaps {
             let vip = service.key();
             mark_port(&mut maps.vip_ports, u16::from_be(vip.port), service.id);
             for b in &service.backends {
-                mark_port(&mut maps.ports, b.address.port(), service.id);
+                mark_port(&mut maps.backend_ports, b.address.port(), service.id);
                 let (addr, family) = to_words(b.address.ip());
                 let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
                 let entry = maps.backend_vips.entry(key).or_default();
@@ -95,7 +95,7 @@ mod tests {
     fn a_port_of_one_service_names_it_and_a_shared_one_says_so() {
         let services = services(4);
         let maps = PortMaps::of(&services).unwrap();
-        assert_eq!(maps.ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
+        assert_eq!(maps.backend_ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
         assert_eq!(maps.vip_ports, HashMap::from([(80, PORT_SHARED)]));
         let shared = maps.backend_vips[&endpoint("198.18.1.99:3000")];
         assert_eq!(shared.count, 4);

@@ -67,8 +67,8 @@ pub struct Results {
     /// Per round, XDP, under the frames of "new connection, known client":
     /// (the one-insert reference's ns, the floor's ns).
     pub insert_reference: Vec<(f64, f64)>,
-    /// The one-lookup reference and the floor, ns, per round (XDP, the
-    /// frames of "established flow").
+    /// The same for the one-lookup reference, under the frames of
+    /// "established flow".
     pub lookup_reference: Vec<(f64, f64)>,
 }
 

@@ -28,6 +28,18 @@ pub struct Report<'a> {
     pub maglev: Option<&'a [maglev::Row]>,
 }
 
+/// A map-cost reference's rounds, `(reference ns, floor ns)` each, as the
+/// report prints them: ns and ratio to the floor, median [min–max]. `None`
+/// when it did not run.
+fn reference_figures(rounds: &[(f64, f64)]) -> Option<(String, String)> {
+    if rounds.is_empty() {
+        return None;
+    }
+    let ns: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let ratio: Vec<f64> = rounds.iter().map(|r| r.0 / r.1).collect();
+    Some((fmt_spread(spread(&ns), 1), fmt_spread(spread(&ratio), 2)))
+}
+
 fn fmt_spread(s: Spread, digits: usize) -> String {
     if s.n == 0 {
         return "–".into();
@@ -184,31 +196,23 @@ impl Report<'_> {
                 fmt_spread(ratio, 2)
             );
         }
-        if !pp.insert_reference.is_empty() {
-            let refs: Vec<f64> = pp.insert_reference.iter().map(|r| r.0).collect();
-            let ratio: Vec<f64> = pp.insert_reference.iter().map(|r| r.0 / r.1).collect();
+        if let Some((ns, ratio)) = reference_figures(&pp.insert_reference) {
             let _ = writeln!(
                 md,
                 "\nOne insert alone (XDP, the frames of \"new connection, known client\"): a reference program that \
                  builds a flow-sized key from each frame's addresses and ports and makes one `bpf_map_update_elem` \
-                 into a new LRU hash of CONNTRACK's size and layout ({} entries), nothing else: {} ns, {} × the \
-                 floor. A new connection makes at least this insert (conntrack), a new client one more (affinity).",
+                 into a new LRU hash of CONNTRACK's size and layout ({} entries), nothing else: {ns} ns, {ratio} × \
+                 the floor. A new connection makes at least this insert (conntrack), a new client one more (affinity).",
                 balancer_common::maps::MAX_FLOWS,
-                fmt_spread(spread(&refs), 1),
-                fmt_spread(spread(&ratio), 2)
             );
         }
-        if !pp.lookup_reference.is_empty() {
-            let refs: Vec<f64> = pp.lookup_reference.iter().map(|r| r.0).collect();
-            let ratio: Vec<f64> = pp.lookup_reference.iter().map(|r| r.0 / r.1).collect();
+        if let Some((ns, ratio)) = reference_figures(&pp.lookup_reference) {
             let _ = writeln!(
                 md,
                 "\nOne lookup alone (XDP, the frames of \"established flow\", sent twice and the second pass \
                  timed): the same key and map, one `bpf_map_lookup_elem` that finds the flow (an insert only on a \
-                 miss, which the first pass takes), nothing else: {} ns, {} × the floor. A conntrack hit makes this \
-                 lookup; the rest of the hit (parse, service, NAT, counters, next hop) is what the balancer adds.",
-                fmt_spread(spread(&refs), 1),
-                fmt_spread(spread(&ratio), 2)
+                 miss, which the first pass takes), nothing else: {ns} ns, {ratio} × the floor. A conntrack hit makes \
+                 this lookup; the rest of the hit (parse, service, NAT, counters, next hop) is what the balancer adds."
             );
         }
         self.full_tables_md(md, pp);
