@@ -22,7 +22,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     aya_build::build_ebpf(
-        [Package { name: "balancer-ebpf", root_dir: "../balancer-ebpf", ..Default::default() }],
+        [Package {
+            name: "balancer-ebpf",
+            root_dir: "../balancer-ebpf",
+            ..Default::default()
+        }],
         Toolchain::Nightly,
     )
 }

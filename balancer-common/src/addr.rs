@@ -84,13 +84,34 @@ mod tests {
 
     #[test]
     fn v4_prefixes() {
-        assert_eq!(masked("198.18.7.201", 32), "198.18.7.201".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.18.7.201", 24), "198.18.7.0".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.18.7.201", 16), "198.18.0.0".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.18.7.201", 15), "198.18.0.0".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.19.7.201", 15), "198.18.0.0".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.18.7.201", 0), "0.0.0.0".parse::<IpAddr>().unwrap());
-        assert_eq!(masked("198.18.7.201", 200), "198.18.7.201".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            masked("198.18.7.201", 32),
+            "198.18.7.201".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.18.7.201", 24),
+            "198.18.7.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.18.7.201", 16),
+            "198.18.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.18.7.201", 15),
+            "198.18.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.19.7.201", 15),
+            "198.18.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.18.7.201", 0),
+            "0.0.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            masked("198.18.7.201", 200),
+            "198.18.7.201".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -113,13 +134,23 @@ mod tests {
             (0, "::"),
         ];
         for (p, want) in cases {
-            assert_eq!(masked("2001:db8:1:2:3:4:5:6", p), want.parse::<IpAddr>().unwrap(), "/{p}");
+            assert_eq!(
+                masked("2001:db8:1:2:3:4:5:6", p),
+                want.parse::<IpAddr>().unwrap(),
+                "/{p}"
+            );
         }
     }
 
     #[test]
     fn words_round_trip() {
-        for ip in ["198.18.0.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "::"] {
+        for ip in [
+            "198.18.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             let (w, f) = to_words(ip);
             assert_eq!(from_words(w, f), ip);

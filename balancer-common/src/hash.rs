@@ -15,7 +15,9 @@ const P5: u32 = 0x1656_67B1;
 
 #[inline(always)]
 const fn round(acc: u32, input: u32) -> u32 {
-    acc.wrapping_add(input.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1)
+    acc.wrapping_add(input.wrapping_mul(P2))
+        .rotate_left(13)
+        .wrapping_mul(P1)
 }
 
 /// xxh32 of the `4 × N` bytes `words` holds (as little-endian words).
@@ -43,7 +45,10 @@ pub const fn xxh32_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
     };
     h = h.wrapping_add((N * 4) as u32);
     while i < N {
-        h = h.wrapping_add(words[i].wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
+        h = h
+            .wrapping_add(words[i].wrapping_mul(P3))
+            .rotate_left(17)
+            .wrapping_mul(P4);
         i += 1;
     }
     h ^= h >> 15;
@@ -62,14 +67,25 @@ pub const fn xxh32_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
 /// hash so two services spread the same clients differently.
 #[inline(always)]
 pub const fn flow_hash(service_id: u32, flags: u32, client: &[u32; 4], sport: u16) -> u32 {
-    let port_word = if flags & SERVICE_FOUR_TUPLE != 0 { sport as u32 | 0x1_0000 } else { 0 };
-    xxh32_words(&[client[0], client[1], client[2], client[3], port_word], service_id)
+    let port_word = if flags & SERVICE_FOUR_TUPLE != 0 {
+        sport as u32 | 0x1_0000
+    } else {
+        0
+    };
+    xxh32_words(
+        &[client[0], client[1], client[2], client[3], port_word],
+        service_id,
+    )
 }
 
 /// The slot of `hash` in a table of `table_size` entries.
 #[inline(always)]
 pub const fn slot(hash: u32, table_size: u32) -> u32 {
-    if table_size == 0 { 0 } else { hash % table_size }
+    if table_size == 0 {
+        0
+    } else {
+        hash % table_size
+    }
 }
 
 #[cfg(test)]
@@ -95,8 +111,14 @@ mod tests {
             let w: [u32; 9] = core::array::from_fn(|_| next());
             let seed = next();
             assert_eq!(xxh32_words(&[w[0]], seed), xxh32(&bytes(&w[..1]), seed));
-            assert_eq!(xxh32_words(&[w[0], w[1], w[2]], seed), xxh32(&bytes(&w[..3]), seed));
-            assert_eq!(xxh32_words(&[w[0], w[1], w[2], w[3]], seed), xxh32(&bytes(&w[..4]), seed));
+            assert_eq!(
+                xxh32_words(&[w[0], w[1], w[2]], seed),
+                xxh32(&bytes(&w[..3]), seed)
+            );
+            assert_eq!(
+                xxh32_words(&[w[0], w[1], w[2], w[3]], seed),
+                xxh32(&bytes(&w[..4]), seed)
+            );
             let five = [w[0], w[1], w[2], w[3], w[4]];
             assert_eq!(xxh32_words(&five, seed), xxh32(&bytes(&five), seed));
             assert_eq!(xxh32_words(&w, seed), xxh32(&bytes(&w), seed));
@@ -107,7 +129,10 @@ mod tests {
     fn four_tuple_uses_port_source_ip_does_not() {
         let c = [0x0100_12c6, 0, 0, 0];
         assert_eq!(flow_hash(1, 0, &c, 1000), flow_hash(1, 0, &c, 2000));
-        assert_ne!(flow_hash(1, SERVICE_FOUR_TUPLE, &c, 1000), flow_hash(1, SERVICE_FOUR_TUPLE, &c, 2000));
+        assert_ne!(
+            flow_hash(1, SERVICE_FOUR_TUPLE, &c, 1000),
+            flow_hash(1, SERVICE_FOUR_TUPLE, &c, 2000)
+        );
         assert_ne!(flow_hash(1, 0, &c, 0), flow_hash(2, 0, &c, 0));
     }
 }

@@ -33,12 +33,17 @@ fn permutation(identity: &[u32; 6], m: u32) -> (u64, u64) {
 /// permutation visits every slot.
 pub fn build(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
     assert!(m >= 2, "Maglev table size must be at least 2");
-    let live: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].weight > 0).collect();
+    let live: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0)
+        .collect();
     if live.is_empty() {
         return Vec::new();
     }
     let max_weight = live.iter().map(|&i| backends[i].weight).max().unwrap_or(1);
-    let perms: Vec<(u64, u64)> = live.iter().map(|&i| permutation(&backends[i].identity, m)).collect();
+    let perms: Vec<(u64, u64)> = live
+        .iter()
+        .map(|&i| permutation(&backends[i].identity, m))
+        .collect();
     let mut next = vec![0u64; live.len()];
     let mut credit = vec![0u64; live.len()];
     let mut table = vec![u32::MAX; m as usize];
@@ -94,7 +99,9 @@ pub fn rebuild(previous: &[u32], backends: &[MaglevBackend], m: u32) -> Vec<u32>
     }
     let mut table: Vec<Option<u32>> = previous
         .iter()
-        .map(|&b| (b != u32::MAX && (b as usize) < backends.len() && target[b as usize] > 0).then_some(b))
+        .map(|&b| {
+            (b != u32::MAX && (b as usize) < backends.len() && target[b as usize] > 0).then_some(b)
+        })
         .collect();
     let mut count = vec![0u32; backends.len()];
     for b in table.iter().flatten() {
@@ -127,7 +134,10 @@ pub fn rebuild(previous: &[u32], backends: &[MaglevBackend], m: u32) -> Vec<u32>
         *owner = Some(needy as u32);
         count[needy] += 1;
     }
-    table.into_iter().map(|o| o.expect("every slot is filled")).collect()
+    table
+        .into_iter()
+        .map(|o| o.expect("every slot is filled"))
+        .collect()
 }
 
 /// Table sizes must be prime.
@@ -157,7 +167,10 @@ mod tests {
     fn backend(n: u32, weight: u32) -> MaglevBackend {
         // 198.18.(n/256).(n%256):3000 as address words.
         let addr = u32::from_ne_bytes([198, 18, (n / 256) as u8, (n % 256) as u8]);
-        MaglevBackend { identity: [addr, 0, 0, 0, 3000, 4], weight }
+        MaglevBackend {
+            identity: [addr, 0, 0, 0, 3000, 4],
+            weight,
+        }
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<f64> {
@@ -165,7 +178,10 @@ mod tests {
         for &b in table {
             counts[b as usize] += 1;
         }
-        counts.iter().map(|&c| c as f64 / table.len() as f64).collect()
+        counts
+            .iter()
+            .map(|&c| c as f64 / table.len() as f64)
+            .collect()
     }
 
     fn assert_within_1pct_of_weight(backends: &[MaglevBackend]) {
@@ -177,9 +193,17 @@ mod tests {
             let want = f64::from(backends[i].weight) / f64::from(total);
             let rel = (share - want).abs() / want;
             worst = worst.max(rel);
-            assert!(rel <= 0.01, "backend {i}: share {share:.5}, weight share {want:.5} ({:.2}% off)", rel * 100.0);
+            assert!(
+                rel <= 0.01,
+                "backend {i}: share {share:.5}, weight share {want:.5} ({:.2}% off)",
+                rel * 100.0
+            );
         }
-        println!("{} backends: worst share {:.3}% off its weight share", backends.len(), worst * 100.0);
+        println!(
+            "{} backends: worst share {:.3}% off its weight share",
+            backends.len(),
+            worst * 100.0
+        );
     }
 
     #[test]
@@ -214,15 +238,26 @@ mod tests {
         let t1 = build(&b, M);
         let t2 = build(&r, M);
         // Same backend (by identity) in each slot, whatever the input order.
-        let moved = t1.iter().zip(&t2).filter(|(x, y)| b[**x as usize] != r[**y as usize]).count();
-        assert!(moved as f64 / f64::from(M) < 0.01, "{moved} slots differ with order");
+        let moved = t1
+            .iter()
+            .zip(&t2)
+            .filter(|(x, y)| b[**x as usize] != r[**y as usize])
+            .count();
+        assert!(
+            moved as f64 / f64::from(M) < 0.01,
+            "{moved} slots differ with order"
+        );
     }
 
     /// Fraction of slots whose backend identity differs.
     fn moved(before: &[MaglevBackend], after: &[MaglevBackend]) -> (f64, Vec<u32>, Vec<u32>) {
         let t1 = build(before, M);
         let t2 = build(after, M);
-        let n = t1.iter().zip(&t2).filter(|(x, y)| before[**x as usize] != after[**y as usize]).count();
+        let n = t1
+            .iter()
+            .zip(&t2)
+            .filter(|(x, y)| before[**x as usize] != after[**y as usize])
+            .count();
         (n as f64 / f64::from(M), t1, t2)
     }
 
@@ -237,9 +272,17 @@ mod tests {
             // Every slot the new backend took moved (ideal); Maglev moves a
             // little more than that, a few percent of the table at most.
             let new_share = t2.iter().filter(|&&i| i == n).count() as f64 / f64::from(M);
-            println!("add one to {n}: moved {frac:.4} of slots (ideal 1/(N+1) = {ideal:.4}), new backend's share {new_share:.4}");
-            assert!((new_share - ideal).abs() / ideal < 0.01, "n={n}: new backend got {new_share:.4}");
-            assert!(frac >= ideal * 0.99 && frac <= ideal * 1.5 + 0.01, "n={n}: moved {frac:.4}, ideal {ideal:.4}");
+            println!(
+                "add one to {n}: moved {frac:.4} of slots (ideal 1/(N+1) = {ideal:.4}), new backend's share {new_share:.4}"
+            );
+            assert!(
+                (new_share - ideal).abs() / ideal < 0.01,
+                "n={n}: new backend got {new_share:.4}"
+            );
+            assert!(
+                frac >= ideal * 0.99 && frac <= ideal * 1.5 + 0.01,
+                "n={n}: moved {frac:.4}, ideal {ideal:.4}"
+            );
         }
     }
 
@@ -248,12 +291,21 @@ mod tests {
         for n in [3u32, 10, 100] {
             let before: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
             let gone = n / 2;
-            let after: Vec<_> = before.iter().copied().filter(|b| *b != backend(gone, 1)).collect();
+            let after: Vec<_> = before
+                .iter()
+                .copied()
+                .filter(|b| *b != backend(gone, 1))
+                .collect();
             let (frac, t1, _) = moved(&before, &after);
             let its_share = t1.iter().filter(|&&i| i == gone).count() as f64 / f64::from(M);
-            println!("remove one of {n}: moved {frac:.4} of slots, its own share was {its_share:.4}");
+            println!(
+                "remove one of {n}: moved {frac:.4} of slots, its own share was {its_share:.4}"
+            );
             assert!(frac >= its_share, "n={n}");
-            assert!(frac <= its_share * 1.5 + 0.01, "n={n}: moved {frac:.4}, its share {its_share:.4}");
+            assert!(
+                frac <= its_share * 1.5 + 0.01,
+                "n={n}: moved {frac:.4}, its share {its_share:.4}"
+            );
         }
     }
 
@@ -262,15 +314,26 @@ mod tests {
     fn reindex(table: &[u32], old: &[MaglevBackend], new: &[MaglevBackend]) -> Vec<u32> {
         table
             .iter()
-            .map(|&i| new.iter().position(|b| b.identity == old[i as usize].identity).map_or(u32::MAX, |p| p as u32))
+            .map(|&i| {
+                new.iter()
+                    .position(|b| b.identity == old[i as usize].identity)
+                    .map_or(u32::MAX, |p| p as u32)
+            })
             .collect()
     }
 
     /// `before` and `after` tables as identities, and the fraction that differs.
-    fn moved_incremental(before: &[MaglevBackend], after: &[MaglevBackend]) -> (f64, Vec<u32>, Vec<u32>) {
+    fn moved_incremental(
+        before: &[MaglevBackend],
+        after: &[MaglevBackend],
+    ) -> (f64, Vec<u32>, Vec<u32>) {
         let t1 = build(before, M);
         let t2 = rebuild(&reindex(&t1, before, after), after, M);
-        let n = t1.iter().zip(&t2).filter(|(x, y)| before[**x as usize].identity != after[**y as usize].identity).count();
+        let n = t1
+            .iter()
+            .zip(&t2)
+            .filter(|(x, y)| before[**x as usize].identity != after[**y as usize].identity)
+            .count();
         (n as f64 / f64::from(M), t1, t2)
     }
 
@@ -279,7 +342,11 @@ mod tests {
         for n in [3u32, 10, 100] {
             let before: Vec<_> = (0..n).map(|i| backend(i, 1)).collect();
             let gone = n / 2;
-            let after: Vec<_> = before.iter().copied().filter(|b| *b != backend(gone, 1)).collect();
+            let after: Vec<_> = before
+                .iter()
+                .copied()
+                .filter(|b| *b != backend(gone, 1))
+                .collect();
             let (frac, t1, t2) = moved_incremental(&before, &after);
             let its_slots = t1.iter().filter(|&&i| i == gone).count();
             assert_eq!((frac * f64::from(M)).round() as usize, its_slots, "n={n}");
@@ -297,9 +364,15 @@ mod tests {
             let (frac, _, t2) = moved_incremental(&before, &after);
             let new_slots = t2.iter().filter(|&&i| i == n).count();
             assert_eq!((frac * f64::from(M)).round() as usize, new_slots, "n={n}");
-            assert!((frac - 1.0 / f64::from(n + 1)).abs() * f64::from(n + 1) < 0.01, "n={n}: {frac}");
+            assert!(
+                (frac - 1.0 / f64::from(n + 1)).abs() * f64::from(n + 1) < 0.01,
+                "n={n}: {frac}"
+            );
             assert_within_1pct(&after, &t2);
-            println!("incremental: add one to {n}: moved {frac:.4} (ideal {:.4})", 1.0 / f64::from(n + 1));
+            println!(
+                "incremental: add one to {n}: moved {frac:.4} (ideal {:.4})",
+                1.0 / f64::from(n + 1)
+            );
         }
     }
 
@@ -318,14 +391,21 @@ mod tests {
             assert_within_1pct(&set, &table);
         }
         assert_eq!(rebuild(&table, &set, M), table, "no change, no move");
-        assert_eq!(rebuild(&[], &set, M), build(&set, M), "no previous table: a fresh build");
+        assert_eq!(
+            rebuild(&[], &set, M),
+            build(&set, M),
+            "no previous table: a fresh build"
+        );
     }
 
     fn assert_within_1pct(backends: &[MaglevBackend], table: &[u32]) {
         let total: u32 = backends.iter().map(|b| b.weight).sum();
         for (i, share) in shares(table, backends.len()).iter().enumerate() {
             let want = f64::from(backends[i].weight) / f64::from(total);
-            assert!((share - want).abs() / want <= 0.01, "backend {i}: {share} vs {want}");
+            assert!(
+                (share - want).abs() / want <= 0.01,
+                "backend {i}: {share} vs {want}"
+            );
         }
     }
 

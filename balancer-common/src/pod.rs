@@ -5,4 +5,17 @@ use crate::types::*;
 macro_rules! pod {
     ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
 }
-pod!(ServiceKey, Service, ServiceSlot, Backend, FlowKey, Flow, BackendVips, FragmentKey, FragmentNat, AffinityKey, Affinity, BackendStats);
+pod!(
+    ServiceKey,
+    Service,
+    ServiceSlot,
+    Backend,
+    FlowKey,
+    Flow,
+    BackendVips,
+    FragmentKey,
+    FragmentNat,
+    AffinityKey,
+    Affinity,
+    BackendStats
+);

@@ -58,7 +58,11 @@ impl Service {
     /// The affinity prefix for a client of `family`.
     #[inline(always)]
     pub const fn source_prefix(&self, family: u8) -> u8 {
-        if family == FAMILY_V4 { self.prefix_v4 } else { self.prefix_v6 }
+        if family == FAMILY_V4 {
+            self.prefix_v4
+        } else {
+            self.prefix_v6
+        }
     }
 }
 
@@ -295,12 +299,14 @@ const _: () = assert!(size_of::<BackendStats>() == 40);
 impl BackendStats {
     /// Sum of the per-CPU values.
     pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a BackendStats>) -> BackendStats {
-        per_cpu.into_iter().fold(BackendStats::default(), |a, b| BackendStats {
-            connections_total: a.connections_total + b.connections_total,
-            packets_in: a.packets_in + b.packets_in,
-            bytes_in: a.bytes_in + b.bytes_in,
-            packets_out: a.packets_out + b.packets_out,
-            bytes_out: a.bytes_out + b.bytes_out,
-        })
+        per_cpu
+            .into_iter()
+            .fold(BackendStats::default(), |a, b| BackendStats {
+                connections_total: a.connections_total + b.connections_total,
+                packets_in: a.packets_in + b.packets_in,
+                bytes_in: a.bytes_in + b.bytes_in,
+                packets_out: a.packets_out + b.packets_out,
+                bytes_out: a.bytes_out + b.bytes_out,
+            })
     }
 }

@@ -34,7 +34,10 @@ impl Diff {
     pub fn addr(self, old: &[u32; 4], new: &[u32; 4], words: usize) -> Diff {
         let mut d = self.u32(old[0], new[0]);
         if words == 4 {
-            d = d.u32(old[1], new[1]).u32(old[2], new[2]).u32(old[3], new[3]);
+            d = d
+                .u32(old[1], new[1])
+                .u32(old[2], new[2])
+                .u32(old[3], new[3]);
         }
         Diff(u32::from(fold(d.0)))
     }

@@ -108,7 +108,9 @@ impl Frame for XdpContext {
             Action::Drop => xdp_action::XDP_DROP,
             Action::Aborted => xdp_action::XDP_ABORTED,
             Action::Tx => xdp_action::XDP_TX,
-            Action::Redirect(ifindex) => REDIRECT_DEVS.redirect(ifindex, 0).unwrap_or(xdp_action::XDP_ABORTED),
+            Action::Redirect(ifindex) => REDIRECT_DEVS
+                .redirect(ifindex, 0)
+                .unwrap_or(xdp_action::XDP_ABORTED),
         }
     }
 }
@@ -122,7 +124,11 @@ const TC_HEADER_BYTES: u32 = 256;
 /// access sees them. Nothing is pulled when they already are.
 #[inline(always)]
 pub fn tc_pull_headers(ctx: &TcContext) {
-    let want = if ctx.len() < TC_HEADER_BYTES { ctx.len() } else { TC_HEADER_BYTES };
+    let want = if ctx.len() < TC_HEADER_BYTES {
+        ctx.len()
+    } else {
+        TC_HEADER_BYTES
+    };
     if ctx.data() + want as usize > ctx.data_end() {
         unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
     }
@@ -160,11 +166,20 @@ impl Frame for TcContext {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 } else { 0 };
         let skb = self.skb.skb;
         // Size 0 in the flags: `to` is a checksum difference, `from` 0.
-        let rc = unsafe { bpf_l4_csum_replace(skb, offset as u32, 0, u64::from(fold(pseudo.0)), BPF_F_PSEUDO_HDR | mangled) };
+        let rc = unsafe {
+            bpf_l4_csum_replace(
+                skb,
+                offset as u32,
+                0,
+                u64::from(fold(pseudo.0)),
+                BPF_F_PSEUDO_HDR | mangled,
+            )
+        };
         if rc != 0 {
             return Err(());
         }
-        let rc = unsafe { bpf_l4_csum_replace(skb, offset as u32, 0, u64::from(fold(data.0)), mangled) };
+        let rc =
+            unsafe { bpf_l4_csum_replace(skb, offset as u32, 0, u64::from(fold(data.0)), mangled) };
         if rc == 0 { Ok(()) } else { Err(()) }
     }
     #[inline(always)]

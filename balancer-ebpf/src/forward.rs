@@ -20,7 +20,8 @@ use core::mem::size_of;
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup, macros::map, maps::PerCpuArray,
+    bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup, macros::map,
+    maps::PerCpuArray,
 };
 use balancer_common::{
     counters::Counter,
@@ -58,7 +59,11 @@ impl L2Path {
     /// since (see `Flow`).
     #[inline(always)]
     pub fn to_client(flow: &Flow) -> Self {
-        L2Path { ifindex: flow.client_ifindex, dst_mac: flow.client_mac, src_mac: flow.gateway_mac }
+        L2Path {
+            ifindex: flow.client_ifindex,
+            dst_mac: flow.client_mac,
+            src_mac: flow.gateway_mac,
+        }
     }
 }
 
@@ -82,14 +87,25 @@ static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKE
 
 /// Forward a packet just rewritten for `backend`.
 #[inline(always)]
-pub fn to_backend<C: Frame>(ctx: &C, family: u8, proto: u8, backend_id: u32, backend: &Backend, now: u64) -> Action {
+pub fn to_backend<C: Frame>(
+    ctx: &C,
+    family: u8,
+    proto: u8,
+    backend_id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Action {
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
         return forward(ctx, family, proto, None);
     };
     let hop = unsafe { &mut *hop };
     let epoch = epoch(now);
     if hop.epoch == epoch && hop.ifindex != 0 && hop.addr == backend.addr {
-        let path = L2Path { ifindex: hop.ifindex, dst_mac: hop.dst_mac, src_mac: hop.src_mac };
+        let path = L2Path {
+            ifindex: hop.ifindex,
+            dst_mac: hop.dst_mac,
+            src_mac: hop.src_mac,
+        };
         return send(ctx, family, &path);
     }
     let path = match lookup(ctx, family, proto, None) {
@@ -138,7 +154,12 @@ pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Pat
 /// it leaves by the same interface, when the FIB has no neighbour entry.
 /// `Err`: the packet is passed to the kernel, counted.
 #[inline(always)]
-fn lookup<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -> Result<L2Path, Action> {
+fn lookup<C: Frame>(
+    ctx: &C,
+    family: u8,
+    proto: u8,
+    fallback: Option<&L2Path>,
+) -> Result<L2Path, Action> {
     let Some(scratch) = scratch() else {
         return Err(stats::pass(Counter::PassFibOther));
     };
@@ -148,7 +169,11 @@ fn lookup<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Path>) -
     }
     let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
     match (rc, fallback) {
-        (FIB_SUCCESS, _) => Ok(L2Path { ifindex: fib.ifindex, dst_mac: fib.dmac, src_mac: fib.smac }),
+        (FIB_SUCCESS, _) => Ok(L2Path {
+            ifindex: fib.ifindex,
+            dst_mac: fib.dmac,
+            src_mac: fib.smac,
+        }),
         (FIB_NO_NEIGH, Some(path)) if path.ifindex == fib.ifindex => {
             stats::count(Counter::NoNeighbourLearnedMac);
             Ok(*path)
@@ -207,5 +232,9 @@ fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
         (*eth).dst_addr = path.dst_mac;
         (*eth).src_addr = path.src_mac;
     }
-    if same_interface { Action::Tx } else { Action::Redirect(path.ifindex) }
+    if same_interface {
+        Action::Tx
+    } else {
+        Action::Redirect(path.ifindex)
+    }
 }

@@ -31,7 +31,14 @@ use crate::{
 
 #[inline(always)]
 fn key(pkt: &Packet, id: u32) -> FragmentKey {
-    FragmentKey { src: pkt.key.src, dst: pkt.key.dst, id, proto: pkt.key.proto, family: pkt.key.family, _pad: [0; 2] }
+    FragmentKey {
+        src: pkt.key.src,
+        dst: pkt.key.dst,
+        id,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        _pad: [0; 2],
+    }
 }
 
 /// Remember a first fragment's rewrite for the rest of its datagram: the
@@ -76,8 +83,16 @@ pub fn forward_later<C: Frame>(ctx: &C, pkt: &Packet, id: u32) -> Result<Action,
     // The new address, whose backend, and for a reply the client's path.
     let (addr, backend_id, client_path) = match unsafe { FRAGMENTS.get(&key(pkt, id)) } {
         Some(nat) => {
-            let path = L2Path { ifindex: nat.client_ifindex, dst_mac: nat.client_mac, src_mac: nat.gateway_mac };
-            (nat.addr, nat.backend_id, (nat.direction == FRAGMENT_TO_CLIENT).then_some(path))
+            let path = L2Path {
+                ifindex: nat.client_ifindex,
+                dst_mac: nat.client_mac,
+                src_mac: nat.gateway_mac,
+            };
+            (
+                nat.addr,
+                nat.backend_id,
+                (nat.direction == FRAGMENT_TO_CLIENT).then_some(path),
+            )
         }
         None => match by_client(pkt) {
             Some(Ok((backend_id, backend))) => (backend.addr, backend_id, None),
@@ -85,19 +100,32 @@ pub fn forward_later<C: Frame>(ctx: &C, pkt: &Packet, id: u32) -> Result<Action,
             None => return Ok(stats::pass(Counter::PassFragment)),
         },
     };
-    let (end, direction) =
-        if client_path.is_some() { (End::Source, Direction::ToClient) } else { (End::Destination, Direction::ToBackend) };
+    let (end, direction) = if client_path.is_some() {
+        (End::Source, Direction::ToClient)
+    } else {
+        (End::Destination, Direction::ToBackend)
+    };
     stats::backend_packet(backend_id, pkt.len, direction, false);
     rewrite(ctx, pkt, end, &addr, 0)?;
     stats::count(Counter::ForwardFragment);
-    Ok(forward(ctx, pkt.key.family, pkt.key.proto, client_path.as_ref()))
+    Ok(forward(
+        ctx,
+        pkt.key.family,
+        pkt.key.proto,
+        client_path.as_ref(),
+    ))
 }
 
 /// The backend of a `source-ip` service at this VIP address for this
 /// client; `None` if no such service.
 #[inline(always)]
 fn by_client(pkt: &Packet) -> Option<Result<(u32, &'static Backend), Counter>> {
-    let vip = ServiceKey { addr: pkt.key.dst, port: 0, proto: pkt.key.proto, family: pkt.key.family };
+    let vip = ServiceKey {
+        addr: pkt.key.dst,
+        port: 0,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
     let service_key = unsafe { FRAGMENT_SERVICES.get(&vip)? };
     let service = unsafe { SERVICES.get(service_key)? };
     let affinity_key = affinity_key(pkt, service);

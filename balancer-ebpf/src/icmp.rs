@@ -62,9 +62,18 @@ pub struct IcmpError {
 #[inline(always)]
 fn is_error(family: u8, icmp_type: u8) -> bool {
     if family == FAMILY_V4 {
-        matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+        matches!(
+            icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
     } else {
-        matches!(icmp_type, ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED | ICMPV6_PARAMETER_PROBLEM)
+        matches!(
+            icmp_type,
+            ICMPV6_DEST_UNREACH
+                | ICMPV6_PACKET_TOO_BIG
+                | ICMPV6_TIME_EXCEEDED
+                | ICMPV6_PARAMETER_PROBLEM
+        )
     }
 }
 
@@ -86,13 +95,23 @@ pub fn parse_error<C: Frame>(ctx: &C, ip: &Ip) -> Result<IcmpError, Counter> {
             return Err(Counter::PassNotOurs);
         }
         let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        (h[9], [word(12), 0, 0, 0], [word(16), 0, 0, 0], inner_l3_off + header_len)
+        (
+            h[9],
+            [word(12), 0, 0, 0],
+            [word(16), 0, 0, 0],
+            inner_l3_off + header_len,
+        )
     } else {
         let h = read_at::<Ipv6Hdr, C>(ctx, inner_l3_off).ok_or(Counter::PassTruncated)?;
         if h.vcf[0] >> 4 != 6 {
             return Err(Counter::PassNotOurs);
         }
-        (h.next_hdr, words(&h.src_addr), words(&h.dst_addr), inner_l3_off + Ipv6Hdr::LEN)
+        (
+            h.next_hdr,
+            words(&h.src_addr),
+            words(&h.dst_addr),
+            inner_l3_off + Ipv6Hdr::LEN,
+        )
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotOurs);
@@ -109,7 +128,15 @@ pub fn parse_error<C: Frame>(ctx: &C, ip: &Ip) -> Result<IcmpError, Counter> {
         icmp_off: ip.l4_off,
         inner_l3_off,
         inner_l4_off,
-        inner: FlowKey { src, dst, sport: ports[0], dport: ports[1], proto, family: ip.family, _pad: [0; 2] },
+        inner: FlowKey {
+            src,
+            dst,
+            sport: ports[0],
+            dport: ports[1],
+            proto,
+            family: ip.family,
+            _pad: [0; 2],
+        },
         len: ctx.len(),
     })
 }
@@ -141,7 +168,12 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
         stats::backend_packet(backend_id, err.len, Direction::ToBackend, false);
         let outer = set_addr(ctx, L3_OFF, err.family, End::Destination, &addr)?;
         let quoted = rewrite_quoted(ctx, err, End::Source, &addr, port)?;
-        update_icmp_checksum(ctx, err, Diff::default().addr(&outer, &addr, addr_words(err.family)), quoted)?;
+        update_icmp_checksum(
+            ctx,
+            err,
+            Diff::default().addr(&outer, &addr, addr_words(err.family)),
+            quoted,
+        )?;
         stats::count(Counter::ForwardIcmp);
         return Ok(forward(ctx, err.family, icmp_proto(err.family), None));
     }
@@ -160,7 +192,12 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
         }
         update_icmp_checksum(ctx, err, pseudo, quoted)?;
         stats::count(Counter::ForwardIcmp);
-        return Ok(forward(ctx, err.family, icmp_proto(err.family), Some(&path)));
+        return Ok(forward(
+            ctx,
+            err.family,
+            icmp_proto(err.family),
+            Some(&path),
+        ));
     }
     Ok(stats::pass(Counter::PassNotOurs))
 }
@@ -172,7 +209,13 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
 /// checksum is left alone: it covers data the error does not carry, and
 /// receivers do not check it.
 #[inline(always)]
-fn rewrite_quoted<C: Frame>(ctx: &C, err: &IcmpError, end: End, addr: &[u32; 4], port: u16) -> Result<Diff, ()> {
+fn rewrite_quoted<C: Frame>(
+    ctx: &C,
+    err: &IcmpError,
+    end: End,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<Diff, ()> {
     let old_addr = set_addr(ctx, err.inner_l3_off, err.family, end, addr)?;
     let mut diff = set_port(ctx, err.inner_l4_off, end, port)?;
     if err.family != FAMILY_V4 {
@@ -184,7 +227,16 @@ fn rewrite_quoted<C: Frame>(ctx: &C, err: &IcmpError, end: End, addr: &[u32; 4],
 /// ICMPv4's checksum covers the message only; ICMPv6's also a
 /// pseudo-header with the outer addresses.
 #[inline(always)]
-fn update_icmp_checksum<C: Frame>(ctx: &C, err: &IcmpError, outer: Diff, quoted: Diff) -> Result<(), ()> {
-    let pseudo = if err.family == FAMILY_V4 { Diff::default() } else { outer };
+fn update_icmp_checksum<C: Frame>(
+    ctx: &C,
+    err: &IcmpError,
+    outer: Diff,
+    quoted: Diff,
+) -> Result<(), ()> {
+    let pseudo = if err.family == FAMILY_V4 {
+        Diff::default()
+    } else {
+        outer
+    };
     ctx.l4_csum_update(err.icmp_off + 2, pseudo, quoted, false)
 }

@@ -36,13 +36,23 @@ pub fn addr_words(family: u8) -> usize {
 /// one. An IPv4 header checksum is updated (IPv6 has none; the L4
 /// checksum's pseudo-header is the caller's business).
 #[inline(always)]
-pub fn set_addr<C: Frame>(ctx: &C, l3_off: usize, family: u8, end: End, new: &[u32; 4]) -> Result<[u32; 4], ()> {
+pub fn set_addr<C: Frame>(
+    ctx: &C,
+    l3_off: usize,
+    family: u8,
+    end: End,
+    new: &[u32; 4],
+) -> Result<[u32; 4], ()> {
     let off = addr_off(l3_off, family, end);
     if family == FAMILY_V4 {
         let old = read_at::<u32, C>(ctx, off).ok_or(())?;
         write_at(ctx, off, new[0])?;
         let check = read_at::<u16, C>(ctx, l3_off + V4_CHECK).ok_or(())?;
-        write_at(ctx, l3_off + V4_CHECK, apply(check, Diff::default().u32(old, new[0])))?;
+        write_at(
+            ctx,
+            l3_off + V4_CHECK,
+            apply(check, Diff::default().u32(old, new[0])),
+        )?;
         Ok([old, 0, 0, 0])
     } else {
         let old = read_words(ctx, off).ok_or(())?;
@@ -55,7 +65,12 @@ pub fn set_addr<C: Frame>(ctx: &C, l3_off: usize, family: u8, end: End, new: &[u
 /// so the kernel gets the original packet and sends its ICMP error.
 #[inline(always)]
 pub fn ttl_expired<C: Frame>(ctx: &C, l3_off: usize, family: u8) -> bool {
-    let off = l3_off + if family == FAMILY_V4 { V4_TTL } else { V6_HOP_LIMIT };
+    let off = l3_off
+        + if family == FAMILY_V4 {
+            V4_TTL
+        } else {
+            V6_HOP_LIMIT
+        };
     read_at::<u8, C>(ctx, off).is_none_or(|ttl| ttl <= 1)
 }
 
@@ -72,7 +87,11 @@ pub fn decrement_ttl<C: Frame>(ctx: &C, l3_off: usize, family: u8) -> Result<(),
     let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
     write_at(ctx, l3_off + V4_TTL, new)?;
     let check = read_at::<u16, C>(ctx, l3_off + V4_CHECK).ok_or(())?;
-    write_at(ctx, l3_off + V4_CHECK, apply(check, Diff::default().u16(old, new)))
+    write_at(
+        ctx,
+        l3_off + V4_CHECK,
+        apply(check, Diff::default().u16(old, new)),
+    )
 }
 
 /// Offset of one address in an IP header at `l3_off`.

@@ -11,12 +11,12 @@ use aya_ebpf::{
 use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
-        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-        MAX_VIPS_PER_BACKEND, PORT_SHARED, PORTS,
+        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS,
+        MAX_REDIRECT_DEVS, MAX_SERVICES, MAX_VIPS_PER_BACKEND, PORT_SHARED, PORTS,
     },
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
-        ServiceKey, ServiceSlot,
+        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
+        FragmentNat, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -65,13 +65,15 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// slot is one cache line (a plain array's values start 56 bytes into a
 /// line on 6.18, so slots would straddle two, the first one among them).
 #[map]
-pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, BPF_F_MMAPABLE);
+pub static SERVICE_SLOTS: Array<ServiceSlot> =
+    Array::with_max_entries(MAX_SERVICES, BPF_F_MMAPABLE);
 
 #[map]
 pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 
 #[map]
-pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// The service whose VIP this packet is addressed to. Array reads by the
 /// destination port (see `VIP_PORTS`) where one service has that port, as
@@ -83,7 +85,12 @@ pub fn service_for(pkt: &Packet) -> Option<&'static Service> {
     match *VIP_PORTS.get(port)? {
         0 => None,
         PORT_SHARED => {
-            let key = ServiceKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+            let key = ServiceKey {
+                addr: pkt.key.dst,
+                port: pkt.key.dport,
+                proto: pkt.key.proto,
+                family: pkt.key.family,
+            };
             unsafe { SERVICES.get(&key) }
         }
         service => {
@@ -109,7 +116,12 @@ pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
     match *BACKEND_PORTS.get(port)? {
         0 => None,
         PORT_SHARED => {
-            let endpoint = ServiceKey { addr: reply.src, port: reply.sport, proto: reply.proto, family: reply.family };
+            let endpoint = ServiceKey {
+                addr: reply.src,
+                port: reply.sport,
+                proto: reply.proto,
+                family: reply.family,
+            };
             let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
             for i in 0..MAX_VIPS_PER_BACKEND {
                 if i as u32 >= vips.count {

@@ -12,7 +12,13 @@ use crate::{
 /// Rewrite `end` of `pkt` to `addr:port`. A later fragment has no ports
 /// (and no L4 checksum): only its address changes.
 #[inline(always)]
-pub fn rewrite<C: Frame>(ctx: &C, pkt: &Packet, end: End, addr: &[u32; 4], port: u16) -> Result<(), ()> {
+pub fn rewrite<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    end: End,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), ()> {
     let old_addr = set_addr(ctx, L3_OFF, pkt.key.family, end, addr)?;
     if let Piece::Later(_) = pkt.piece {
         return Ok(());
@@ -27,7 +33,11 @@ pub fn rewrite<C: Frame>(ctx: &C, pkt: &Packet, end: End, addr: &[u32; 4], port:
 /// the checksum that covers it.
 #[inline(always)]
 pub fn set_port<C: Frame>(ctx: &C, l4_off: usize, end: End, port: u16) -> Result<Diff, ()> {
-    let port_off = if end == End::Destination { l4_off + 2 } else { l4_off };
+    let port_off = if end == End::Destination {
+        l4_off + 2
+    } else {
+        l4_off
+    };
     let old_port = read_at::<u16, C>(ctx, port_off).ok_or(())?;
     write_at(ctx, port_off, port)?;
     Ok(Diff::default().u16(old_port, port))

@@ -9,7 +9,12 @@ use balancer_common::{
     counters::Counter,
     types::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP},
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 use crate::{
     ctx::Frame,
@@ -144,7 +149,15 @@ pub fn reparse_ip<C: Frame>(ctx: &C) -> Result<Ip, Counter> {
 
 #[inline(always)]
 fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
-    let mut key = FlowKey { src: ip.src, dst: ip.dst, sport: 0, dport: 0, proto: ip.proto, family: ip.family, _pad: [0; 2] };
+    let mut key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+        proto: ip.proto,
+        family: ip.family,
+        _pad: [0; 2],
+    };
     let len = ctx.len();
     if ip.proto == icmp_proto(ip.family) {
         if ip.piece != Piece::Whole {
@@ -156,10 +169,21 @@ fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
         return Parsed::Pass(Counter::PassNotOurs);
     }
     if let Piece::Later(_) = ip.piece {
-        return Parsed::Packet(Packet { l4_off: 0, l4_check_off: 0, key, tcp_flags: 0, piece: ip.piece, len });
+        return Parsed::Packet(Packet {
+            l4_off: 0,
+            l4_check_off: 0,
+            key,
+            tcp_flags: 0,
+            piece: ip.piece,
+            len,
+        });
     }
     let l4_off = ip.l4_off;
-    let header_len = if ip.proto == PROTO_TCP { TcpHdr::LEN } else { UdpHdr::LEN };
+    let header_len = if ip.proto == PROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    };
     if (l4_off + header_len) as u64 > ip.end {
         return Parsed::Pass(Counter::PassTruncated);
     }
@@ -171,7 +195,9 @@ fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
             return Parsed::Pass(Counter::PassTruncated);
         };
         // Byte 13 of the TCP header holds the flags.
-        (tcp as *const u8, l4_off + 16, unsafe { *(tcp as *const u8).add(13) })
+        (tcp as *const u8, l4_off + 16, unsafe {
+            *(tcp as *const u8).add(13)
+        })
     } else {
         let Some(udp) = ptr_at::<UdpHdr, C>(ctx, l4_off) else {
             return Parsed::Pass(Counter::PassTruncated);
@@ -182,7 +208,14 @@ fn parse_l4<C: Frame>(ctx: &C, ip: Ip) -> Parsed {
     let ports = unsafe { core::ptr::read_unaligned(l4 as *const [u16; 2]) };
     key.sport = ports[0];
     key.dport = ports[1];
-    Parsed::Packet(Packet { l4_off, l4_check_off, key, tcp_flags, piece: ip.piece, len })
+    Parsed::Packet(Packet {
+        l4_off,
+        l4_check_off,
+        key,
+        tcp_flags,
+        piece: ip.piece,
+        len,
+    })
 }
 
 /// The IPv4 header at `l3_off`, options skipped.
@@ -287,14 +320,26 @@ pub fn parse_ipv6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Ip, Counter> {
     if off as u64 > end {
         return Err(Counter::PassTruncated);
     }
-    Ok(Ip { family: FAMILY_V6, src, dst, proto: next, l4_off: off, piece, end })
+    Ok(Ip {
+        family: FAMILY_V6,
+        src,
+        dst,
+        proto: next,
+        l4_off: off,
+        piece,
+        end,
+    })
 }
 
 /// The ICMP protocol number of `family` (ICMP only counts under its own
 /// family's number).
 #[inline(always)]
 pub fn icmp_proto(family: u8) -> u8 {
-    if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 }
+    if family == FAMILY_V4 {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    }
 }
 
 /// An address's bytes as the four native words keys hold.

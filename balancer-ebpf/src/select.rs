@@ -12,16 +12,15 @@ use balancer_common::{
     counters::Counter,
     hash::{flow_hash, slot},
     types::{
-        Affinity, AffinityKey, Backend, Flow, SERVICE_FOUR_TUPLE, Service, ServiceKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND,
-        TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
+        Affinity, AffinityKey, Backend, Flow, SERVICE_FOUR_TUPLE, Service, ServiceKey,
+        TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
     },
 };
 
 use crate::{
-    ctx::{Action, Frame},
     clock::{epoch, now_ns},
-    forward,
-    fragment,
+    ctx::{Action, Frame},
+    forward, fragment,
     ip::{End, ttl_expired},
     maps::{AFFINITY, CONNTRACK, MAGLEV, backend_if_up},
     nat::rewrite,
@@ -79,7 +78,14 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
     fragment::record_first(pkt, &backend.addr, backend_id, None);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
     stats::count(Counter::ForwardToBackend);
-    Ok(forward::to_backend(ctx, pkt.key.family, pkt.key.proto, backend_id, backend, now))
+    Ok(forward::to_backend(
+        ctx,
+        pkt.key.family,
+        pkt.key.proto,
+        backend_id,
+        backend,
+        now,
+    ))
 }
 
 /// The flow's backend from conntrack, if the flow is known, its backend up,
@@ -98,9 +104,14 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
         flow.last_seen_ns = now;
     }
     if pkt.is_tcp() {
-        add_tcp_bits(&mut flow.client_tcp_state, tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT));
+        add_tcp_bits(
+            &mut flow.client_tcp_state,
+            tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT),
+        );
     }
-    if service.flags & SERVICE_FOUR_TUPLE == 0 && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS {
+    if service.flags & SERVICE_FOUR_TUPLE == 0
+        && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS
+    {
         flow.affinity_touched_ns = now;
         let key = affinity_key(pkt, service);
         if let Some(a) = AFFINITY.get_ptr_mut(&key) {
@@ -109,7 +120,15 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
                 a.last_seen_ns = now;
             }
         } else {
-            let _ = AFFINITY.insert(&key, &Affinity { backend_id: flow.backend_id, _pad: 0, last_seen_ns: now }, 0);
+            let _ = AFFINITY.insert(
+                &key,
+                &Affinity {
+                    backend_id: flow.backend_id,
+                    _pad: 0,
+                    last_seen_ns: now,
+                },
+                0,
+            );
         }
     }
     Some((flow.backend_id, backend))
@@ -120,7 +139,11 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
 #[inline(always)]
 pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
     use core::ptr::{addr_of_mut, write_volatile};
-    let client = mask(pkt.key.src, pkt.key.family, service.source_prefix(pkt.key.family));
+    let client = mask(
+        pkt.key.src,
+        pkt.key.family,
+        service.source_prefix(pkt.key.family),
+    );
     let mut key = core::mem::MaybeUninit::<AffinityKey>::uninit();
     let p = key.as_mut_ptr();
     unsafe {
@@ -138,7 +161,12 @@ pub fn affinity_key(pkt: &Packet, service: &Service) -> AffinityKey {
 
 /// Choose a backend for a flow conntrack does not know, and remember it.
 #[inline(always)]
-fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Result<(u32, &'static Backend), Counter> {
+fn new_flow<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    service: &Service,
+    now: u64,
+) -> Result<(u32, &'static Backend), Counter> {
     // The client's L2 path, remembered for replies (see `Flow`); only
     // new flows need it, so the conntrack fast path never reads it.
     // The MACs one at a time (a 14-byte header copy would call `memmove`).
@@ -147,13 +175,21 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
     let ifindex = ctx.ingress_ifindex();
     let four_tuple = service.flags & SERVICE_FOUR_TUPLE != 0;
     let affinity_key = affinity_key(pkt, service);
-    let sticky = if four_tuple { None } else { fresh_affinity(&affinity_key, service, now) };
+    let sticky = if four_tuple {
+        None
+    } else {
+        fresh_affinity(&affinity_key, service, now)
+    };
     let (backend_id, backend) = match sticky {
         Some(found) => found,
         None => {
             let found = maglev_pick(pkt, service, &affinity_key.client)?;
             if !four_tuple {
-                let value = Affinity { backend_id: found.0, _pad: 0, last_seen_ns: now };
+                let value = Affinity {
+                    backend_id: found.0,
+                    _pad: 0,
+                    last_seen_ns: now,
+                };
                 let _ = AFFINITY.insert(&affinity_key, &value, 0);
             }
             found
@@ -163,7 +199,11 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
     // a `memcpy` call, and every call adds a frame to the verifier's count.
     let flow = &mut scratch().ok_or(Counter::DropInternal)?.flow;
     flow.backend_id = backend_id;
-    flow.client_tcp_state = if pkt.is_tcp() { tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT) } else { 0 };
+    flow.client_tcp_state = if pkt.is_tcp() {
+        tcp_state_bits(pkt, TCP_FIN_FROM_CLIENT)
+    } else {
+        0
+    };
     flow.backend_tcp_state = 0;
     flow.last_seen_ns = now;
     flow.affinity_touched_ns = now;
@@ -182,7 +222,11 @@ fn new_flow<C: Frame>(ctx: &C, pkt: &Packet, service: &Service, now: u64) -> Res
 /// The client's affinity, if it is younger than the service's timeout and
 /// its backend is still up; refreshed on use.
 #[inline(always)]
-pub fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<(u32, &'static Backend)> {
+pub fn fresh_affinity(
+    key: &AffinityKey,
+    service: &Service,
+    now: u64,
+) -> Option<(u32, &'static Backend)> {
     let affinity = unsafe { &mut *AFFINITY.get_ptr_mut(key)? };
     if now.saturating_sub(affinity.last_seen_ns) > service.affinity_timeout_ns {
         return None;
@@ -195,13 +239,22 @@ pub fn fresh_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<
 /// The backend at the flow's Maglev slot. `masked_client` is the client
 /// address masked to the service's prefix (used by source-ip services).
 #[inline(always)]
-pub fn maglev_pick(pkt: &Packet, service: &Service, masked_client: &[u32; 4]) -> Result<(u32, &'static Backend), Counter> {
+pub fn maglev_pick(
+    pkt: &Packet,
+    service: &Service,
+    masked_client: &[u32; 4],
+) -> Result<(u32, &'static Backend), Counter> {
     if service.table_size == 0 {
         return Err(Counter::DropNoBackend);
     }
-    let client = if service.flags & SERVICE_FOUR_TUPLE != 0 { &pkt.key.src } else { masked_client };
+    let client = if service.flags & SERVICE_FOUR_TUPLE != 0 {
+        &pkt.key.src
+    } else {
+        masked_client
+    };
     let hash = flow_hash(service.id, service.flags, client, pkt.key.sport);
-    let index = service.table_offset[(service.active_table & 1) as usize] + slot(hash, service.table_size);
+    let index =
+        service.table_offset[(service.active_table & 1) as usize] + slot(hash, service.table_size);
     let backend_id = *MAGLEV.get(index).ok_or(Counter::DropNoBackend)?;
     let backend = backend_if_up(backend_id, service.id).ok_or(Counter::DropBackendDown)?;
     Ok((backend_id, backend))
@@ -209,7 +262,12 @@ pub fn maglev_pick(pkt: &Packet, service: &Service, masked_client: &[u32; 4]) ->
 
 /// A reply in `flow` (see `maps::reply_flow`): SNAT back to `vip`.
 #[inline(always)]
-pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, flow: *mut Flow, vip: &ServiceKey) -> Result<Action, ()> {
+pub fn to_client<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow: *mut Flow,
+    vip: &ServiceKey,
+) -> Result<Action, ()> {
     if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
@@ -226,8 +284,19 @@ pub fn to_client<C: Frame>(ctx: &C, pkt: &Packet, flow: *mut Flow, vip: &Service
         add_tcp_bits(&mut flow.backend_tcp_state, bits as u8);
     }
     stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    fragment::record_first(pkt, &vip_addr, backend_id, Some(&forward::L2Path::to_client(flow)));
+    fragment::record_first(
+        pkt,
+        &vip_addr,
+        backend_id,
+        Some(&forward::L2Path::to_client(flow)),
+    );
     rewrite(ctx, pkt, End::Source, &vip_addr, vip_port)?;
     stats::count(Counter::ForwardToClient);
-    Ok(forward::to_client(ctx, pkt.key.family, pkt.key.proto, flow, now))
+    Ok(forward::to_client(
+        ctx,
+        pkt.key.family,
+        pkt.key.proto,
+        flow,
+        now,
+    ))
 }

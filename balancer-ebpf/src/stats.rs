@@ -36,7 +36,9 @@ pub enum Direction {
 
 #[inline(always)]
 pub fn backend_packet(backend_id: u32, len: u64, direction: Direction, new_connection: bool) {
-    let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) else { return };
+    let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) else {
+        return;
+    };
     let s = unsafe { &mut *s };
     match direction {
         Direction::ToBackend => {

@@ -43,7 +43,10 @@ const MIN_PERIOD: Duration = Duration::from_secs(1);
 /// The kernel's clock (`bpf_ktime_get_coarse_ns`, a tick behind at most):
 /// CLOCK_MONOTONIC in ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // Cannot fail for CLOCK_MONOTONIC with a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -53,7 +56,11 @@ pub fn monotonic_ns() -> u64 {
 pub fn flow_active(key: &FlowKey, flow: &Flow, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(flow.last_seen_ns);
     if key.proto == PROTO_TCP {
-        let timeout = if flow.tcp_state() & TCP_BACKEND_ANSWERED != 0 { TCP_IDLE_TIMEOUT } else { TCP_HANDSHAKE_TIMEOUT };
+        let timeout = if flow.tcp_state() & TCP_BACKEND_ANSWERED != 0 {
+            TCP_IDLE_TIMEOUT
+        } else {
+            TCP_HANDSHAKE_TIMEOUT
+        };
         !tcp_closed(flow.tcp_state()) && idle < timeout.as_nanos() as u64
     } else {
         idle < UDP_IDLE_TIMEOUT.as_nanos() as u64
@@ -78,7 +85,10 @@ pub struct FlowCounts {
 pub type SharedCounts = Arc<Mutex<FlowCounts>>;
 
 pub fn latest(counts: &SharedCounts) -> FlowCounts {
-    counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    counts
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 /// The pinned maps a recount reads, opened on their own file descriptors so
@@ -94,7 +104,10 @@ impl FlowTables {
             let path = pin_dir.join(name);
             MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))
         };
-        Ok(FlowTables { conntrack: open(maps::CONNTRACK)?, affinity: open(maps::AFFINITY)? })
+        Ok(FlowTables {
+            conntrack: open(maps::CONNTRACK)?,
+            affinity: open(maps::AFFINITY)?,
+        })
     }
 
     /// Count both maps now. `affinity_timeout_ns` is by service id.
@@ -110,7 +123,9 @@ impl FlowTables {
         })
         .context("counting CONNTRACK")?;
         mapscan::scan::<AffinityKey, Affinity>(&self.affinity, |key, a| {
-            let Some(&timeout) = affinity_timeout_ns.get(&key.service_id) else { return };
+            let Some(&timeout) = affinity_timeout_ns.get(&key.service_id) else {
+                return;
+            };
             if now.saturating_sub(a.last_seen_ns) < timeout {
                 *counts.affinity.entry(key.service_id).or_default() += 1;
             }
@@ -132,7 +147,11 @@ impl FlowTables {
 /// ten times as long as a count takes when the tables are huge, so counting
 /// never takes more than a tenth of a CPU. `affinity_timeout_ns` is by
 /// service id (services come from the config, so it does not change).
-pub async fn run(tables: Arc<FlowTables>, shared: SharedCounts, affinity_timeout_ns: HashMap<u32, u64>) {
+pub async fn run(
+    tables: Arc<FlowTables>,
+    shared: SharedCounts,
+    affinity_timeout_ns: HashMap<u32, u64>,
+) {
     let timeouts = Arc::new(affinity_timeout_ns);
     loop {
         let (tables2, timeouts2) = (Arc::clone(&tables), Arc::clone(&timeouts));
@@ -167,11 +186,23 @@ mod tests {
     /// Each bit in the field of the direction that sets it, as the kernel
     /// stores them (`Flow::client_tcp_state`).
     fn flow(proto: u8, tcp_state: u32, idle_s: u64, now: u64) -> (FlowKey, Flow) {
-        let key = FlowKey { proto, ..FlowKey::default() };
+        let key = FlowKey {
+            proto,
+            ..FlowKey::default()
+        };
         let last = now - idle_s * S;
         let client_tcp_state = tcp_state & TCP_FIN_FROM_CLIENT;
         let backend_tcp_state = (tcp_state & !TCP_FIN_FROM_CLIENT) as u8;
-        (key, Flow { client_tcp_state, backend_tcp_state, last_seen_ns: last, created_ns: last, ..Flow::default() })
+        (
+            key,
+            Flow {
+                client_tcp_state,
+                backend_tcp_state,
+                last_seen_ns: last,
+                created_ns: last,
+                ..Flow::default()
+            },
+        )
     }
 
     #[test]
@@ -180,10 +211,28 @@ mod tests {
         let answered = TCP_BACKEND_ANSWERED;
         let cases = [
             (PROTO_TCP, answered, 1, true, "established"),
-            (PROTO_TCP, answered, 599, true, "established, idle under 10 min"),
+            (
+                PROTO_TCP,
+                answered,
+                599,
+                true,
+                "established, idle under 10 min",
+            ),
             (PROTO_TCP, answered, 601, false, "idle past 10 min"),
-            (PROTO_TCP, answered | TCP_FIN_FROM_CLIENT, 1, true, "half closed"),
-            (PROTO_TCP, answered | TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND, 0, false, "closed both ways"),
+            (
+                PROTO_TCP,
+                answered | TCP_FIN_FROM_CLIENT,
+                1,
+                true,
+                "half closed",
+            ),
+            (
+                PROTO_TCP,
+                answered | TCP_FIN_FROM_CLIENT | TCP_FIN_FROM_BACKEND,
+                0,
+                false,
+                "closed both ways",
+            ),
             (PROTO_TCP, answered | TCP_RST, 0, false, "reset"),
             (PROTO_TCP, 0, 1, true, "handshake in progress"),
             (PROTO_TCP, 0, 6, false, "a SYN the backend never answered"),

@@ -69,32 +69,53 @@ pub struct Plan {
 /// The services to run: the config, with ids, regions and tables adopted
 /// from `pinned` where they are still valid.
 pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
-    let by_key: HashMap<ServiceKey, &PinnedService> = pinned.services.iter().map(|p| (p.key, p)).collect();
+    let by_key: HashMap<ServiceKey, &PinnedService> =
+        pinned.services.iter().map(|p| (p.key, p)).collect();
     let keys: Vec<ServiceKey> = config.services.iter().map(ServiceState::key_of).collect();
 
     // Service ids: adopted, then the lowest free ones.
-    let mut used_ids: BTreeSet<u32> =
-        keys.iter().filter_map(|k| by_key.get(k)).map(|p| p.value.id).collect();
+    let mut used_ids: BTreeSet<u32> = keys
+        .iter()
+        .filter_map(|k| by_key.get(k))
+        .map(|p| p.value.id)
+        .collect();
     let mut services: Vec<ServiceState> = Vec::with_capacity(config.services.len());
     // Every pinned region is taken: packets read them until each service's
     // new table is flipped in (or the service removed), after the writes.
-    let mut regions: Vec<(u32, u32)> =
-        pinned.services.iter().map(|p| (p.value.table_offset[0], 2 * p.table_size)).collect();
+    let mut regions: Vec<(u32, u32)> = pinned
+        .services
+        .iter()
+        .map(|p| (p.value.table_offset[0], 2 * p.table_size))
+        .collect();
     let mut pending_region: Vec<usize> = Vec::new();
     for (cfg, key) in config.services.iter().zip(&keys) {
         let adopted = by_key.get(key);
         let id = match adopted {
             Some(p) => p.value.id,
             None => {
-                let id = (0..MAX_SERVICES).find(|i| !used_ids.contains(i)).expect("config allows at most MAX_SERVICES");
+                let id = (0..MAX_SERVICES)
+                    .find(|i| !used_ids.contains(i))
+                    .expect("config allows at most MAX_SERVICES");
                 used_ids.insert(id);
                 id
             }
         };
-        let config = ServiceConfig { backends: Vec::new(), ..cfg.clone() };
-        let mut service = ServiceState { id, table_base: 0, config, backends: Vec::new(), table: Vec::new() };
+        let config = ServiceConfig {
+            backends: Vec::new(),
+            ..cfg.clone()
+        };
+        let mut service = ServiceState {
+            id,
+            table_base: 0,
+            config,
+            backends: Vec::new(),
+            table: Vec::new(),
+        };
         match adopted {
-            Some(p) if p.table_size == cfg.table_size && p.value.table_offset[0] + 2 * p.table_size <= pinned.maglev_capacity => {
+            Some(p)
+                if p.table_size == cfg.table_size
+                    && p.value.table_offset[0] + 2 * p.table_size <= pinned.maglev_capacity =>
+            {
                 service.table_base = p.value.table_offset[0];
                 service.table = p.table.clone();
             }
@@ -116,7 +137,11 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
     }
 
     // Backends: adopted by (service id, address), then new ids.
-    let service_of_id: HashMap<u32, usize> = services.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let service_of_id: HashMap<u32, usize> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id, i))
+        .collect();
     let mut pinned_backends: Vec<Vec<(u32, Backend)>> = vec![Vec::new(); services.len()];
     let mut freed = Vec::new();
     for &(id, b) in &pinned.backends {
@@ -141,8 +166,17 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                     runtime: false,
                 },
                 None => {
-                    let Some(id) = ids.allocate() else { bail!("no free backend id (at most {MAX_BACKENDS})") };
-                    BackendState { id, address: b.address, weight: b.weight, up: true, draining: false, runtime: false }
+                    let Some(id) = ids.allocate() else {
+                        bail!("no free backend id (at most {MAX_BACKENDS})")
+                    };
+                    BackendState {
+                        id,
+                        address: b.address,
+                        weight: b.weight,
+                        up: true,
+                        draining: false,
+                        runtime: false,
+                    }
                 }
             };
             services[i].backends.push(state);
@@ -163,8 +197,18 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
             }
         }
     }
-    let removed_services = pinned.services.iter().map(|p| p.key).filter(|k| !keys.contains(k)).collect();
-    Ok(Plan { services, removed_services, freed_backends: freed, ids })
+    let removed_services = pinned
+        .services
+        .iter()
+        .map(|p| p.key)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    Ok(Plan {
+        services,
+        removed_services,
+        freed_backends: freed,
+        ids,
+    })
 }
 
 fn address(b: &Backend) -> std::net::SocketAddr {

@@ -41,7 +41,9 @@ pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Resu
     let link_id = if let Some(old) = unpin(&pin_path)? {
         let link = XdpLink::try_from(old).context("the pinned link is not an XDP link")?;
         info!(interface = %iface.name, "adopting the pinned XDP link");
-        program.attach_to_link(link).context("cannot replace the program in the pinned link")?
+        program
+            .attach_to_link(link)
+            .context("cannot replace the program in the pinned link")?
     } else {
         match program.attach_to_if_index(iface.ifindex, XdpMode::Driver) {
             Ok(id) => id,
@@ -49,15 +51,23 @@ pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Resu
                 warn!(interface = %iface.name, "native XDP failed ({e}); using generic (skb) XDP");
                 program
                     .attach_to_if_index(iface.ifindex, XdpMode::Skb)
-                    .with_context(|| format!("{}: cannot attach XDP to {}", iface.field, iface.name))?
+                    .with_context(|| {
+                        format!("{}: cannot attach XDP to {}", iface.field, iface.name)
+                    })?
             }
         }
     };
     let link = program.take_link(link_id)?;
     let Ok(fd_link) = FdLink::try_from(link) else {
-        bail!("{}: the kernel attached XDP to {} without a bpf_link (kernel too old to pin it)", iface.field, iface.name);
+        bail!(
+            "{}: the kernel attached XDP to {} without a bpf_link (kernel too old to pin it)",
+            iface.field,
+            iface.name
+        );
     };
-    fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
+    fd_link
+        .pin(&pin_path)
+        .with_context(|| format!("cannot pin {}", pin_path.display()))?;
     remove_tc(pin_dir, &iface.name);
     Ok(())
 }
@@ -67,16 +77,26 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
     if has_tcx() {
         let pin_path = pin::tc_link(pin_dir, &iface.name);
         let link_id = if let Some(old) = unpin(&pin_path)? {
-            let link = SchedClassifierLink::try_from(old).context("the pinned link is not a TCX link")?;
+            let link =
+                SchedClassifierLink::try_from(old).context("the pinned link is not a TCX link")?;
             info!(interface = %iface.name, "adopting the pinned TCX link");
-            program.attach_to_link(link).context("cannot replace the program in the pinned link")?
+            program
+                .attach_to_link(link)
+                .context("cannot replace the program in the pinned link")?
         } else {
             program
-                .attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    &iface.name,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .with_context(what)?
         };
-        let fd_link = FdLink::try_from(program.take_link(link_id)?).context("the TCX link has no fd")?;
-        fd_link.pin(&pin_path).with_context(|| format!("cannot pin {}", pin_path.display()))?;
+        let fd_link =
+            FdLink::try_from(program.take_link(link_id)?).context("the TCX link has no fd")?;
+        fd_link
+            .pin(&pin_path)
+            .with_context(|| format!("cannot pin {}", pin_path.display()))?;
     } else {
         // EEXIST: there from a previous run. Anything else (no sch_ingress
         // in this kernel) makes the attach fail, and is the reason to give.
@@ -85,13 +105,27 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
         {
             return Err(e).with_context(|| format!("{}: cannot add the clsact qdisc", what()));
         }
-        let options = || NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None };
-        let link_id = match program.attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::Netlink(options())) {
+        let options = || NlOptions {
+            priority: TC_PRIORITY,
+            handle: TC_HANDLE,
+            classid: None,
+        };
+        let link_id = match program.attach_with_options(
+            &iface.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(options()),
+        ) {
             Ok(id) => id,
             Err(_) => {
                 // Our filter is there (a previous daemon's): replace its program.
-                let link = SchedClassifierLink::attached(&iface.name, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
-                    .with_context(what)?;
+                let link = SchedClassifierLink::attached(
+                    &iface.name,
+                    TcAttachType::Ingress,
+                    TC_PRIORITY,
+                    TC_HANDLE,
+                    None,
+                )
+                .with_context(what)?;
                 info!(interface = %iface.name, "replacing the program of the existing cls_bpf filter");
                 program.attach_to_link(link).with_context(what)?
             }
@@ -109,7 +143,8 @@ fn unpin(pin_path: &Path) -> anyhow::Result<Option<FdLink>> {
     if !pin_path.exists() {
         return Ok(None);
     }
-    let link = PinnedLink::from_pin(pin_path).with_context(|| format!("cannot open pinned link {}", pin_path.display()))?;
+    let link = PinnedLink::from_pin(pin_path)
+        .with_context(|| format!("cannot open pinned link {}", pin_path.display()))?;
     Ok(Some(link.unpin()?))
 }
 
@@ -133,7 +168,9 @@ fn remove_tc(pin_dir: &Path, ifname: &str) {
 /// Delete every cls_bpf filter running our program in this network
 /// namespace (pre-TCX kernels; links are removed with the pins).
 pub fn remove_tc_filters() {
-    let Ok(entries) = interface_names() else { return };
+    let Ok(entries) = interface_names() else {
+        return;
+    };
     for name in entries {
         let _ = tc::qdisc_detach_program(&name, TcAttachType::Ingress, PROG_TC);
     }
@@ -152,7 +189,11 @@ fn interface_names() -> std::io::Result<Vec<String>> {
         if entry.if_index == 0 || entry.if_name.is_null() {
             break;
         }
-        names.push(unsafe { std::ffi::CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned());
+        names.push(
+            unsafe { std::ffi::CStr::from_ptr(entry.if_name) }
+                .to_string_lossy()
+                .into_owned(),
+        );
         i += 1;
     }
     unsafe { libc::if_freenameindex(list) };

@@ -39,7 +39,6 @@
 //! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`
 //! (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`); they serialize the same way.
 
-use crate::oneline::escape_controls;
 use std::{
     collections::{HashMap, HashSet},
     fmt, io,
@@ -57,6 +56,7 @@ use balancer_common::{
 use serde::{Serialize, Serializer};
 
 use self::document::Section;
+use crate::oneline::escape_controls;
 
 mod document;
 pub mod duration;
@@ -554,7 +554,9 @@ impl Config {
             let path = format!("services[{i}]");
             check_service(&path, service)?;
             for (j, b) in service.backends.iter().enumerate() {
-                let n = services_of_backend.entry((b.address, service.protocol)).or_default();
+                let n = services_of_backend
+                    .entry((b.address, service.protocol))
+                    .or_default();
                 *n += 1;
                 if *n > MAX_VIPS_PER_BACKEND {
                     return Err(ConfigError::invalid(

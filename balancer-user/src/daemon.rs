@@ -46,8 +46,15 @@ impl Daemon {
         counts: SharedCounts,
         tables: Arc<FlowTables>,
     ) -> Self {
-        let mut daemon =
-            Daemon { dataplane, services, ids, checks: HashMap::new(), health_events, counts, tables };
+        let mut daemon = Daemon {
+            dataplane,
+            services,
+            ids,
+            checks: HashMap::new(),
+            health_events,
+            counts,
+            tables,
+        };
         let all: Vec<(usize, BackendState)> = daemon
             .services
             .iter()
@@ -68,7 +75,12 @@ impl Daemon {
     pub fn affinity_timeouts(&self) -> HashMap<u32, u64> {
         self.services
             .iter()
-            .map(|s| (s.id, u64::try_from(s.config.affinity_timeout.as_nanos()).unwrap_or(u64::MAX)))
+            .map(|s| {
+                (
+                    s.id,
+                    u64::try_from(s.config.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
+                )
+            })
             .collect()
     }
 
@@ -85,10 +97,17 @@ impl Daemon {
     }
 
     fn service_index(&self, name: &str) -> anyhow::Result<usize> {
-        self.services.iter().position(|s| s.config.name == name).with_context(|| {
-            let names: Vec<&str> = self.services.iter().map(|s| s.config.name.as_str()).collect();
-            format!("unknown service {name:?} (services: {})", names.join(", "))
-        })
+        self.services
+            .iter()
+            .position(|s| s.config.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self
+                    .services
+                    .iter()
+                    .map(|s| s.config.name.as_str())
+                    .collect();
+                format!("unknown service {name:?} (services: {})", names.join(", "))
+            })
     }
 
     fn backend_index(&self, service: usize, address: SocketAddr) -> anyhow::Result<usize> {
@@ -104,7 +123,11 @@ impl Daemon {
     fn commit(&mut self, index: usize, mut next: ServiceState) -> anyhow::Result<()> {
         // In service order, `next` in its place: BACKEND_VIPS lists VIPs in
         // that order, and an entry whose order changed would be rewritten.
-        let services = self.services.iter().enumerate().map(|(i, s)| if i == index { &next } else { s });
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i == index { &next } else { s });
         self.dataplane
             .write_port_maps(services)
             .with_context(|| format!("service {}: writing the port maps", next.config.name))?;
@@ -117,7 +140,9 @@ impl Daemon {
 
     /// A health checker's transition.
     pub fn apply_health(&mut self, event: &HealthEvent) -> anyhow::Result<()> {
-        let Ok(i) = self.service_index(&event.service) else { return Ok(()) };
+        let Ok(i) = self.service_index(&event.service) else {
+            return Ok(());
+        };
         let Ok(k) = self.backend_index(i, event.backend) else {
             return Ok(()); // removed since the check started
         };
@@ -132,17 +157,40 @@ impl Daemon {
     /// `balancer backend add`. With health checks the backend starts down
     /// and takes clients once it passes `rise` checks: no client is sent to
     /// a server nobody has seen answer.
-    pub fn add_backend(&mut self, service: &str, address: SocketAddr, weight: u32) -> anyhow::Result<String> {
+    pub fn add_backend(
+        &mut self,
+        service: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> anyhow::Result<String> {
         let i = self.service_index(service)?;
         let s = &self.services[i];
         let mut check = s.config.clone();
-        check.backends = s.backends.iter().map(|b| BackendConfig { address: b.address, weight: b.weight }).collect();
-        check.check_new_backend(&BackendConfig { address, weight }).map_err(|e| anyhow::anyhow!("{e}"))?;
+        check.backends = s
+            .backends
+            .iter()
+            .map(|b| BackendConfig {
+                address: b.address,
+                weight: b.weight,
+            })
+            .collect();
+        check
+            .check_new_backend(&BackendConfig { address, weight })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let checked = s.config.health.check != HealthCheckKind::None;
-        let Some(id) = self.ids.allocate() else { bail!("no free backend id: all are in use") };
+        let Some(id) = self.ids.allocate() else {
+            bail!("no free backend id: all are in use")
+        };
         let result = self.dataplane.reset_backend_stats(id).and_then(|()| {
             let mut next = self.services[i].clone();
-            let b = BackendState { id, address, weight, up: !checked, draining: false, runtime: true };
+            let b = BackendState {
+                id,
+                address,
+                weight,
+                up: !checked,
+                draining: false,
+                runtime: true,
+            };
             next.backends.push(b.clone());
             self.commit(i, next)?;
             Ok(b)
@@ -157,7 +205,10 @@ impl Daemon {
         self.start_check(i, &b);
         info!(service, backend = %address, weight, id, "backend added");
         Ok(if checked {
-            format!("added {address} to {service} (weight {weight}); it takes clients once it passes {} health checks", self.services[i].config.health.rise)
+            format!(
+                "added {address} to {service} (weight {weight}); it takes clients once it passes {} health checks",
+                self.services[i].config.health.rise
+            )
         } else {
             format!("added {address} to {service} (weight {weight})")
         })
@@ -177,16 +228,26 @@ impl Daemon {
             check.stop();
         }
         info!(service, backend = %address, "backend removed");
-        Ok(format!("removed {address} from {service}; its clients move on their next packet"))
+        Ok(format!(
+            "removed {address} from {service}; its clients move on their next packet"
+        ))
     }
 
     /// `balancer backend drain|undrain`.
-    pub fn set_draining(&mut self, service: &str, address: SocketAddr, draining: bool) -> anyhow::Result<String> {
+    pub fn set_draining(
+        &mut self,
+        service: &str,
+        address: SocketAddr,
+        draining: bool,
+    ) -> anyhow::Result<String> {
         let i = self.service_index(service)?;
         let k = self.backend_index(i, address)?;
         let verb = if draining { "draining" } else { "undrained" };
         if self.services[i].backends[k].draining == draining {
-            return Ok(format!("{address} in {service} is already {}", if draining { "draining" } else { "not draining" }));
+            return Ok(format!(
+                "{address} in {service} is already {}",
+                if draining { "draining" } else { "not draining" }
+            ));
         }
         let mut next = self.services[i].clone();
         next.backends[k].draining = draining;

@@ -10,16 +10,15 @@ use std::{
 use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
-use aya::maps::PerCpuValues;
 use balancer_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{self, MAX_BACKENDS},
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey, FragmentNat, Service,
-        ServiceKey, ServiceSlot,
+        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
+        FragmentNat, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -72,7 +71,9 @@ pub struct DataPlane {
 fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
     use std::mem::size_of as s;
 
-    use balancer_common::maps::{MAX_AFFINITY, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES};
+    use balancer_common::maps::{
+        MAX_AFFINITY, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
+    };
     match name {
         maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
         maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
@@ -102,7 +103,11 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
             .and_then(|m| m.info())
             .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
         let (key, value, entries) = expected_layout(name);
-        let found = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
         if (found.0, found.1) != (key, value) || entries.is_some_and(|n| n != found.2) {
             bail!(
                 "the pinned map {} has {}-byte keys, {}-byte values and {} entries, this build uses {key}, {value} \
@@ -138,8 +143,13 @@ fn write_port_array(
     Ok(())
 }
 
-fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
-    let map = ebpf.take_map(name).with_context(|| format!("the kernel object has no map {name}"))?;
+fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the kernel object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -158,14 +168,22 @@ impl DataPlane {
             .context("loading the kernel object")?;
         match mode {
             Mode::Xdp => {
-                let program: &mut Xdp =
-                    ebpf.program_mut(maps::PROG_XDP).context("the kernel object has no XDP program")?.try_into()?;
-                program.load().context("the kernel rejected the XDP program")?;
+                let program: &mut Xdp = ebpf
+                    .program_mut(maps::PROG_XDP)
+                    .context("the kernel object has no XDP program")?
+                    .try_into()?;
+                program
+                    .load()
+                    .context("the kernel rejected the XDP program")?;
             }
             Mode::Tc => {
-                let program: &mut SchedClassifier =
-                    ebpf.program_mut(maps::PROG_TC).context("the kernel object has no TC program")?.try_into()?;
-                program.load().context("the kernel rejected the TC program")?;
+                let program: &mut SchedClassifier = ebpf
+                    .program_mut(maps::PROG_TC)
+                    .context("the kernel object has no TC program")?
+                    .try_into()?;
+                program
+                    .load()
+                    .context("the kernel rejected the TC program")?;
             }
         }
         Ok(Self {
@@ -184,7 +202,8 @@ impl DataPlane {
             backend_stats: take_map(&mut ebpf, maps::BACKEND_STATS)?,
             conntrack: take_map(&mut ebpf, maps::CONNTRACK)?,
             affinity: take_map(&mut ebpf, maps::AFFINITY)?,
-            maglev_batch: MapData::from_pin(pin_dir.join(maps::MAGLEV)).context("opening the pinned MAGLEV")?,
+            maglev_batch: MapData::from_pin(pin_dir.join(maps::MAGLEV))
+                .context("opening the pinned MAGLEV")?,
             maglev_capacity,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -201,7 +220,10 @@ impl DataPlane {
 
     /// The loaded TC program (`mode = "tc"`).
     pub fn tc(&self) -> &SchedClassifier {
-        self.ebpf.program(maps::PROG_TC).and_then(|p| p.try_into().ok()).expect("the TC program is loaded")
+        self.ebpf
+            .program(maps::PROG_TC)
+            .and_then(|p| p.try_into().ok())
+            .expect("the TC program is loaded")
     }
 
     /// A global counter, summed over CPUs.
@@ -223,7 +245,9 @@ impl DataPlane {
     /// without batch updates.
     fn write_table(&mut self, base: u32, table: &[u32]) -> anyhow::Result<()> {
         let slots: Vec<u32> = (base..base + table.len() as u32).collect();
-        if crate::mapscan::update_batch(&self.maglev_batch, &slots, table).context("writing MAGLEV")? {
+        if crate::mapscan::update_batch(&self.maglev_batch, &slots, table)
+            .context("writing MAGLEV")?
+        {
             return Ok(());
         }
         for (&slot, id) in slots.iter().zip(table) {
@@ -264,13 +288,24 @@ impl DataPlane {
             };
             let size = value.table_offset[1].wrapping_sub(value.table_offset[0]);
             let base = value.table_offset[(value.active_table & 1) as usize];
-            let table = if value.table_size == 0 || base.checked_add(size).is_none_or(|end| end > self.maglev_capacity)
+            let table = if value.table_size == 0
+                || base
+                    .checked_add(size)
+                    .is_none_or(|end| end > self.maglev_capacity)
             {
                 Vec::new()
             } else {
-                (base..base + size).map(|i| self.maglev.get(&i, 0)).collect::<Result<_, _>>().context("reading MAGLEV")?
+                (base..base + size)
+                    .map(|i| self.maglev.get(&i, 0))
+                    .collect::<Result<_, _>>()
+                    .context("reading MAGLEV")?
             };
-            services.push(PinnedService { key, value, table_size: size, table });
+            services.push(PinnedService {
+                key,
+                value,
+                table_size: size,
+                table,
+            });
         }
         let mut backends = Vec::new();
         for id in 0..MAX_BACKENDS {
@@ -279,7 +314,11 @@ impl DataPlane {
                 backends.push((id, b));
             }
         }
-        Ok(Pinned { services, backends, maglev_capacity: self.maglev_capacity })
+        Ok(Pinned {
+            services,
+            backends,
+            maglev_capacity: self.maglev_capacity,
+        })
     }
 
     /// Stop balancing a VIP that left the config.
@@ -293,19 +332,25 @@ impl DataPlane {
     /// Free a backend slot: flows and affinities that name it find no
     /// backend there and choose again on their next packet.
     pub fn clear_backend(&mut self, id: u32) -> anyhow::Result<()> {
-        self.backends.set(id, Backend::default(), 0).context("clearing a BACKENDS slot")
+        self.backends
+            .set(id, Backend::default(), 0)
+            .context("clearing a BACKENDS slot")
     }
 
     /// Zero a backend id's counters before a new backend takes the id.
     pub fn reset_backend_stats(&mut self, id: u32) -> anyhow::Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let zeros = PerCpuValues::try_from(vec![BackendStats::default(); cpus])?;
-        self.backend_stats.set(id, zeros, 0).context("zeroing BACKEND_STATS")
+        self.backend_stats
+            .set(id, zeros, 0)
+            .context("zeroing BACKEND_STATS")
     }
 
     /// A backend's counters, summed over CPUs.
     pub fn backend_stats(&self, backend_id: u32) -> anyhow::Result<BackendStats> {
-        Ok(BackendStats::sum(self.backend_stats.get(&backend_id, 0)?.iter()))
+        Ok(BackendStats::sum(
+            self.backend_stats.get(&backend_id, 0)?.iter(),
+        ))
     }
 
     /// Attach to each interface (see [`attach`]); a previous daemon's
@@ -314,15 +359,27 @@ impl DataPlane {
         for iface in interfaces {
             self.redirect_devs
                 .insert(iface.ifindex, iface.ifindex, None, 0)
-                .with_context(|| format!("{}: cannot add {} to the redirect map", iface.field, iface.name))?;
+                .with_context(|| {
+                    format!(
+                        "{}: cannot add {} to the redirect map",
+                        iface.field, iface.name
+                    )
+                })?;
             match self.mode {
                 Mode::Xdp => {
-                    let program: &mut Xdp = self.ebpf.program_mut(maps::PROG_XDP).context("no XDP program")?.try_into()?;
+                    let program: &mut Xdp = self
+                        .ebpf
+                        .program_mut(maps::PROG_XDP)
+                        .context("no XDP program")?
+                        .try_into()?;
                     attach::xdp(program, &self.pin_dir, iface)?;
                 }
                 Mode::Tc => {
-                    let program: &mut SchedClassifier =
-                        self.ebpf.program_mut(maps::PROG_TC).context("no TC program")?.try_into()?;
+                    let program: &mut SchedClassifier = self
+                        .ebpf
+                        .program_mut(maps::PROG_TC)
+                        .context("no TC program")?
+                        .try_into()?;
                     attach::tc(program, &self.pin_dir, iface)?;
                 }
             }
@@ -335,18 +392,30 @@ impl DataPlane {
     /// first can be placed by client address alone; remove the rest.
     pub fn write_fragment_services(&mut self, services: &[ServiceState]) -> anyhow::Result<()> {
         let mut by_address: StdHashMap<ServiceKey, Vec<ServiceKey>> = Default::default();
-        for s in services.iter().filter(|s| s.config.affinity == AffinityMode::SourceIp) {
+        for s in services
+            .iter()
+            .filter(|s| s.config.affinity == AffinityMode::SourceIp)
+        {
             let key = s.key();
-            by_address.entry(ServiceKey { port: 0, ..key }).or_default().push(key);
+            by_address
+                .entry(ServiceKey { port: 0, ..key })
+                .or_default()
+                .push(key);
         }
-        let stale: Vec<ServiceKey> = self.fragment_services.keys().filter_map(Result::ok).collect();
+        let stale: Vec<ServiceKey> = self
+            .fragment_services
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
         for key in stale {
             if by_address.get(&key).is_none_or(|v| v.len() != 1) {
                 let _ = self.fragment_services.remove(&key);
             }
         }
         for (address, keys) in by_address.iter().filter(|(_, v)| v.len() == 1) {
-            self.fragment_services.insert(address, keys[0], 0).context("writing FRAGMENT_SERVICES")?;
+            self.fragment_services
+                .insert(address, keys[0], 0)
+                .context("writing FRAGMENT_SERVICES")?;
         }
         Ok(())
     }
@@ -360,16 +429,35 @@ impl DataPlane {
     /// entries, which `write_service` writes: at start both run before the
     /// program is attached, and a service's id and VIP do not change after.
     /// `Err` before any write when a backend would serve too many services.
-    pub fn write_port_maps<'a>(&mut self, services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<()> {
+    pub fn write_port_maps<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a ServiceState>,
+    ) -> anyhow::Result<()> {
         let wanted = PortMaps::of(services)?;
         let written = &self.port_maps_written;
         // The VIP lists first: a port marked shared must find them.
-        for (key, vips) in wanted.backend_vips.iter().filter(|(k, v)| written.backend_vips.get(k) != Some(v)) {
-            self.backend_vips.insert(key, vips, 0).context("writing BACKEND_VIPS")?;
+        for (key, vips) in wanted
+            .backend_vips
+            .iter()
+            .filter(|(k, v)| written.backend_vips.get(k) != Some(v))
+        {
+            self.backend_vips
+                .insert(key, vips, 0)
+                .context("writing BACKEND_VIPS")?;
         }
-        write_port_array(&mut self.backend_ports, &wanted.backend_ports, &written.backend_ports).context("writing BACKEND_PORTS")?;
-        write_port_array(&mut self.vip_ports, &wanted.vip_ports, &written.vip_ports).context("writing VIP_PORTS")?;
-        for key in written.backend_vips.keys().filter(|k| !wanted.backend_vips.contains_key(k)) {
+        write_port_array(
+            &mut self.backend_ports,
+            &wanted.backend_ports,
+            &written.backend_ports,
+        )
+        .context("writing BACKEND_PORTS")?;
+        write_port_array(&mut self.vip_ports, &wanted.vip_ports, &written.vip_ports)
+            .context("writing VIP_PORTS")?;
+        for key in written
+            .backend_vips
+            .keys()
+            .filter(|k| !wanted.backend_vips.contains_key(k))
+        {
             match self.backend_vips.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context("removing from BACKEND_VIPS"),
@@ -392,13 +480,17 @@ impl DataPlane {
         };
         let next = active ^ 1;
         for b in service.backends.iter().filter(|b| b.up) {
-            self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
+            self.backends
+                .set(b.id, b.map_value(service.id), 0)
+                .context("writing BACKENDS")?;
         }
         let table = service.next_table();
         let base = service.table_base + next * service.config.table_size;
         self.write_table(base, &table)?;
         let value = service.map_value(next, !table.is_empty());
-        self.services.insert(key, value, 0).context("writing SERVICES")?;
+        self.services
+            .insert(key, value, 0)
+            .context("writing SERVICES")?;
         // The array copy packets read when the service has its port alone
         // (`maps::SERVICE_SLOTS`). Written in place, not swapped like a hash
         // entry: a packet reading it during this write may see the old and
@@ -407,10 +499,18 @@ impl DataPlane {
         // backend; a mixed value reads a slot whose backend `backend_if_up`
         // still checks belongs to this service, so at worst a new flow in
         // that instant goes to another of its backends, or is dropped.
-        let slot = ServiceSlot { vip: key, _pad: 0, service: value };
-        self.service_slots.set(service.id, slot, 0).context("writing SERVICE_SLOTS")?;
+        let slot = ServiceSlot {
+            vip: key,
+            _pad: 0,
+            service: value,
+        };
+        self.service_slots
+            .set(service.id, slot, 0)
+            .context("writing SERVICE_SLOTS")?;
         for b in service.backends.iter().filter(|b| !b.up) {
-            self.backends.set(b.id, b.map_value(service.id), 0).context("writing BACKENDS")?;
+            self.backends
+                .set(b.id, b.map_value(service.id), 0)
+                .context("writing BACKENDS")?;
         }
         service.table = table;
         Ok(())

@@ -29,7 +29,9 @@ impl BackendIds {
     /// The next free id at or after the cursor (wrapping), or `None` when
     /// all `MAX_BACKENDS` are taken.
     pub fn allocate(&mut self) -> Option<u32> {
-        let id = (self.cursor..MAX_BACKENDS).chain(0..self.cursor).find(|id| !self.used.contains(id))?;
+        let id = (self.cursor..MAX_BACKENDS)
+            .chain(0..self.cursor)
+            .find(|id| !self.used.contains(id))?;
         self.used.insert(id);
         self.cursor = (id + 1) % MAX_BACKENDS;
         Some(id)
@@ -52,7 +54,9 @@ mod tests {
         assert_eq!((a, b), (0, 1));
         ids.release(a);
         // Every other free id comes first.
-        let next: Vec<u32> = (0..MAX_BACKENDS - 1).map(|_| ids.allocate().unwrap()).collect();
+        let next: Vec<u32> = (0..MAX_BACKENDS - 1)
+            .map(|_| ids.allocate().unwrap())
+            .collect();
         assert_eq!(next.first(), Some(&2));
         assert_eq!(next.last(), Some(&0), "the freed id comes last");
         assert_eq!(ids.allocate(), None, "all taken");

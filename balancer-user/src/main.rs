@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the context chain joined by ": ".
-            eprintln!("balancer: {}", balancer_user::oneline::escape_controls(&format!("{e:#}")));
+            eprintln!(
+                "balancer: {}",
+                balancer_user::oneline::escape_controls(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

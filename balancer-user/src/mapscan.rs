@@ -494,7 +494,10 @@ pub fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> 
                 Ok(_) => done = k.len(),
                 Err(e) if done == 0 && attr.count == 0 && is_unsupported(&e) => return Ok(false),
                 // Interrupted part way: `count` entries were written.
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::EAGAIN) =>
+                {
                     done += attr.count as usize;
                 }
                 Err(e) => return Err(e),
@@ -507,5 +510,8 @@ pub fn update_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> 
 /// How a kernel without a batch command (or without it for this map type)
 /// refuses it.
 fn is_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
 }

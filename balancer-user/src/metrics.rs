@@ -52,11 +52,17 @@ pub fn render_prometheus_text(s: &Snapshot) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(name) { format!("{name}_total") } else { name.to_owned() };
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
                 out.push_str(&format!("{prefix}{name} {tail}\n"));
             }
             None => {
@@ -507,7 +513,10 @@ pub(crate) mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
         );
-        let counters = text.lines().filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter")).count();
+        let counters = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter"))
+            .count();
         assert_eq!(counters, 5, "{text}");
         assert!(!text.contains("# EOF"));
     }

@@ -8,7 +8,9 @@ pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The embedded object, or an error saying how to get a real one.
 pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
     if EBPF_OBJECT.is_empty() {
-        anyhow::bail!("this binary was built with AYA_BUILD_SKIP and holds no kernel object; build it with `cargo xtask build`");
+        anyhow::bail!(
+            "this binary was built with AYA_BUILD_SKIP and holds no kernel object; build it with `cargo xtask build`"
+        );
     }
     Ok(EBPF_OBJECT)
 }

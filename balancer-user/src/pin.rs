@@ -40,7 +40,8 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<PathBuf> {
         ),
         Err(e) => bail!("bpf.pin_dir: cannot check {}: {e}", on_fs.display()),
     }
-    fs::create_dir_all(pin_dir).with_context(|| format!("bpf.pin_dir: cannot create {}", pin_dir.display()))?;
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("bpf.pin_dir: cannot create {}", pin_dir.display()))?;
     Ok(pin_dir.to_path_buf())
 }
 

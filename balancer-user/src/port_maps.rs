@@ -32,7 +32,9 @@ impl PortMaps {
     /// The maps as `services` define them. `Err` when a backend
     /// address:port serves more than `MAX_VIPS_PER_BACKEND` services (the
     /// config check and `balancer backend add` refuse that first).
-    pub fn of<'a>(services: impl IntoIterator<Item = &'a ServiceState>) -> anyhow::Result<PortMaps> {
+    pub fn of<'a>(
+        services: impl IntoIterator<Item = &'a ServiceState>,
+    ) -> anyhow::Result<PortMaps> {
         let mut maps = PortMaps::default();
         for service in services {
             let vip = service.key();
@@ -40,11 +42,19 @@ impl PortMaps {
             for b in &service.backends {
                 mark_port(&mut maps.backend_ports, b.address.port(), service.id);
                 let (addr, family) = to_words(b.address.ip());
-                let key = ServiceKey { addr, port: b.address.port().to_be(), proto: vip.proto, family };
+                let key = ServiceKey {
+                    addr,
+                    port: b.address.port().to_be(),
+                    proto: vip.proto,
+                    family,
+                };
                 let entry = maps.backend_vips.entry(key).or_default();
                 let count = entry.count as usize;
                 if count == MAX_VIPS_PER_BACKEND {
-                    bail!("backend {} serves more than {MAX_VIPS_PER_BACKEND} services", b.address);
+                    bail!(
+                        "backend {} serves more than {MAX_VIPS_PER_BACKEND} services",
+                        b.address
+                    );
                 }
                 entry.vips[count] = vip;
                 entry.count += 1;
@@ -76,7 +86,10 @@ mod tests {
     fn services(n: u8) -> Vec<ServiceState> {
         let mut text = String::from("[interfaces]\nclients = \"eth0\"\n");
         for i in 0..n {
-            text += &format!("[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\n", 100 + i);
+            text += &format!(
+                "[[services]]\nname = \"s{i}\"\nvip = \"198.18.0.{}:80\"\n",
+                100 + i
+            );
             if i < 4 {
                 text += "[[services.backends]]\naddress = \"198.18.1.99:3000\"\n";
             }
@@ -88,18 +101,34 @@ mod tests {
     fn endpoint(s: &str) -> ServiceKey {
         let a: std::net::SocketAddr = s.parse().unwrap();
         let (addr, family) = to_words(a.ip());
-        ServiceKey { addr, port: a.port().to_be(), proto: PROTO_TCP, family }
+        ServiceKey {
+            addr,
+            port: a.port().to_be(),
+            proto: PROTO_TCP,
+            family,
+        }
     }
 
     #[test]
     fn a_port_of_one_service_names_it_and_a_shared_one_says_so() {
         let services = services(4);
         let maps = PortMaps::of(&services).unwrap();
-        assert_eq!(maps.backend_ports, HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)]));
+        assert_eq!(
+            maps.backend_ports,
+            HashMap::from([(3000, PORT_SHARED), (4000, services[3].id + 1)])
+        );
         assert_eq!(maps.vip_ports, HashMap::from([(80, PORT_SHARED)]));
         let shared = maps.backend_vips[&endpoint("198.18.1.99:3000")];
         assert_eq!(shared.count, 4);
-        assert_eq!(shared.vips, [services[0].key(), services[1].key(), services[2].key(), services[3].key()]);
+        assert_eq!(
+            shared.vips,
+            [
+                services[0].key(),
+                services[1].key(),
+                services[2].key(),
+                services[3].key()
+            ]
+        );
         let own = maps.backend_vips[&endpoint("198.18.1.11:4000")];
         assert_eq!((own.count, own.vips[0]), (1, services[3].key()));
     }
@@ -115,7 +144,10 @@ mod tests {
             [[services.backends]]\naddress = \"[2001:db8:1::11]:3001\"\n";
         let services = state::from_config(&Config::from_str(text).unwrap());
         let maps = PortMaps::of(&services).unwrap();
-        assert_eq!(maps.vip_ports, HashMap::from([(80, services[0].id + 1), (443, PORT_SHARED)]));
+        assert_eq!(
+            maps.vip_ports,
+            HashMap::from([(80, services[0].id + 1), (443, PORT_SHARED)])
+        );
     }
 
     /// `balancer backend add` of a fifth service's backend: refused, before

@@ -49,7 +49,11 @@ fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
 /// it, keeping every id and table a previous daemon left that is still
 /// valid ([`adopt`]). Nothing is attached yet.
 fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Plan)> {
-    let mut dataplane = DataPlane::load(pin_dir, state::maglev_entries(config), config.interfaces.mode)?;
+    let mut dataplane = DataPlane::load(
+        pin_dir,
+        state::maglev_entries(config),
+        config.interfaces.mode,
+    )?;
     let pinned = dataplane.read_pinned()?;
     let mut plan = adopt::plan(config, &pinned)?;
     let adopted: HashSet<u32> = pinned.backends.iter().map(|(id, _)| *id).collect();
@@ -58,7 +62,9 @@ fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Pl
         for b in service.backends.iter().filter(|b| !adopted.contains(&b.id)) {
             dataplane.reset_backend_stats(b.id)?;
         }
-        dataplane.write_service(service).with_context(|| format!("service {}", service.config.name))?;
+        dataplane
+            .write_service(service)
+            .with_context(|| format!("service {}", service.config.name))?;
     }
     for key in &plan.removed_services {
         dataplane.remove_service(key)?;
@@ -101,7 +107,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let tables = Arc::new(FlowTables::open(&pin_dir)?);
     let counts = SharedCounts::default();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let daemon = Daemon::new(dataplane, plan.services, plan.ids, health_tx, Arc::clone(&counts), Arc::clone(&tables));
+    let daemon = Daemon::new(
+        dataplane,
+        plan.services,
+        plan.ids,
+        health_tx,
+        Arc::clone(&counts),
+        Arc::clone(&tables),
+    );
     let timeouts = daemon.affinity_timeouts();
     let daemon = Arc::new(Mutex::new(daemon));
 
@@ -110,7 +123,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         async move {
             while let Some(event) = health_rx.recv().await {
                 let daemon = Arc::clone(&daemon);
-                let applied = tokio::task::spawn_blocking(move || lock(&daemon).apply_health(&event)).await;
+                let applied =
+                    tokio::task::spawn_blocking(move || lock(&daemon).apply_health(&event)).await;
                 match applied {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!("applying a health change: {e:#}"),

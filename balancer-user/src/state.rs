@@ -12,8 +12,8 @@ use balancer_common::{
     hash::{flow_hash, slot},
     maglev::{self, MaglevBackend},
     types::{
-        BACKEND_ADMIN_DRAIN, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP, Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service,
-        ServiceKey,
+        BACKEND_ADMIN_DRAIN, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP, Backend, PROTO_TCP,
+        PROTO_UDP, SERVICE_FOUR_TUPLE, Service, ServiceKey,
     },
 };
 
@@ -70,7 +70,14 @@ impl BackendState {
 
     fn maglev_identity(&self) -> [u32; 6] {
         let (a, family) = to_words(self.address.ip());
-        [a[0], a[1], a[2], a[3], u32::from(self.address.port()), u32::from(family)]
+        [
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            u32::from(self.address.port()),
+            u32::from(family),
+        ]
     }
 }
 
@@ -102,7 +109,12 @@ impl ServiceState {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
         };
-        ServiceKey { addr, port: config.vip.port().to_be(), proto, family }
+        ServiceKey {
+            addr,
+            port: config.vip.port().to_be(),
+            proto,
+            family,
+        }
     }
 
     /// The `SERVICES` value pointing packets at table half `active`.
@@ -118,7 +130,8 @@ impl ServiceState {
             table_offset: [self.table_base, self.table_base + self.config.table_size],
             active_table: active,
             table_size: if has_table { self.config.table_size } else { 0 },
-            affinity_timeout_ns: u64::try_from(self.config.affinity_timeout.as_nanos()).unwrap_or(u64::MAX),
+            affinity_timeout_ns: u64::try_from(self.config.affinity_timeout.as_nanos())
+                .unwrap_or(u64::MAX),
             prefix_v4: self.config.source_prefix_v4,
             prefix_v6: self.config.source_prefix_v6,
             _pad: [0; 6],
@@ -136,8 +149,17 @@ impl ServiceState {
                 weight: if b.takes_new_clients() { b.weight } else { 0 },
             })
             .collect();
-        let position: HashMap<u32, u32> = self.backends.iter().enumerate().map(|(i, b)| (b.id, i as u32)).collect();
-        let previous: Vec<u32> = self.table.iter().map(|id| position.get(id).copied().unwrap_or(u32::MAX)).collect();
+        let position: HashMap<u32, u32> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i as u32))
+            .collect();
+        let previous: Vec<u32> = self
+            .table
+            .iter()
+            .map(|id| position.get(id).copied().unwrap_or(u32::MAX))
+            .collect();
         maglev::rebuild(&previous, &input, self.config.table_size)
             .into_iter()
             .map(|i| self.backends[i as usize].id)
@@ -161,7 +183,11 @@ impl ServiceState {
             return None;
         }
         let value = self.map_value(0, true);
-        let key_addr = if value.flags & SERVICE_FOUR_TUPLE != 0 { to_words(client).0 } else { self.masked(client).0 };
+        let key_addr = if value.flags & SERVICE_FOUR_TUPLE != 0 {
+            to_words(client).0
+        } else {
+            self.masked(client).0
+        };
         let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
         Some(slot(hash, self.config.table_size))
     }
@@ -170,7 +196,10 @@ impl ServiceState {
     /// the family: what the kernel's affinity key and source-ip hash use.
     pub fn masked(&self, client: IpAddr) -> ([u32; 4], u8) {
         let (words, family) = to_words(client);
-        (mask(words, family, self.map_value(0, true).source_prefix(family)), family)
+        (
+            mask(words, family, self.map_value(0, true).source_prefix(family)),
+            family,
+        )
     }
 
     pub fn backend_by_id(&self, id: u32) -> Option<&BackendState> {
@@ -185,15 +214,24 @@ impl ServiceState {
 /// Services and backends as a first start gives them (nothing pinned):
 /// ids in config order, every backend up until health checks say otherwise.
 pub fn from_config(config: &Config) -> Vec<ServiceState> {
-    let pinned = Pinned { maglev_capacity: maglev_entries(config), ..Pinned::default() };
-    crate::adopt::plan(config, &pinned).expect("a fresh plan always fits").services
+    let pinned = Pinned {
+        maglev_capacity: maglev_entries(config),
+        ..Pinned::default()
+    };
+    crate::adopt::plan(config, &pinned)
+        .expect("a fresh plan always fits")
+        .services
 }
 
 /// The `MAGLEV` size for a first start: every service's two halves, and room
 /// for as much again, because the array's size is fixed once pinned and a
 /// restart with more services must still fit.
 pub fn maglev_entries(config: &Config) -> u32 {
-    let needed: u64 = config.services.iter().map(|s| 2 * u64::from(s.table_size)).sum();
+    let needed: u64 = config
+        .services
+        .iter()
+        .map(|s| 2 * u64::from(s.table_size))
+        .sum();
     let floor = 8 * u64::from(balancer_common::maps::MAGLEV_DEFAULT_ENTRIES);
     (2 * needed).max(floor).min(MAX_MAGLEV_ENTRIES).max(needed) as u32
 }

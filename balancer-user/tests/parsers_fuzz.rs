@@ -53,7 +53,10 @@ fn one_line(e: &str) {
 
 /// 10,000 cases unless `PROPTEST_CASES` says otherwise.
 fn cases() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
     ProptestConfig::with_cases(cases)
 }
 

@@ -38,7 +38,10 @@ const fn floor_insns(verdict: i32) -> [u64; 2] {
 
 /// One instruction: opcode, registers, offset, immediate.
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64 | ((dst | (src << 4)) as u64) << 8 | (off as u16 as u64) << 16 | (imm as u32 as u64) << 32
+    code as u64
+        | ((dst | (src << 4)) as u64) << 8
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
 }
 
 /// Capacity of the references' maps: the balancer's CONNTRACK's.
@@ -282,7 +285,10 @@ mod tests {
     #[test]
     fn floor_is_mov_r0_then_exit() {
         assert_eq!(floor_insns(2), [0x0000_0002_0000_00b7, 0x95]);
-        assert_eq!([insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)], floor_insns(2));
+        assert_eq!(
+            [insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)],
+            floor_insns(2)
+        );
     }
 
     /// Needs root. The verifier takes the hand-assembled references, and
@@ -292,8 +298,16 @@ mod tests {
     fn references_keep_one_entry_per_flow() {
         for reference in [Reference::Insert, Reference::Lookup] {
             let keys = reference_keys(reference, &[40000, 40001, 40001]);
-            assert_eq!(keys.len(), 2, "{reference:?}: two distinct flows; the short frame made none");
-            assert_eq!(&keys[0][..12], &[198, 18, 0, 1, 198, 18, 0, 100, 0x9c, 0x40, 0, 80], "{reference:?}");
+            assert_eq!(
+                keys.len(),
+                2,
+                "{reference:?}: two distinct flows; the short frame made none"
+            );
+            assert_eq!(
+                &keys[0][..12],
+                &[198, 18, 0, 1, 198, 18, 0, 100, 0x9c, 0x40, 0, 80],
+                "{reference:?}"
+            );
         }
     }
 
@@ -306,14 +320,29 @@ mod tests {
 
         let (prog, map) = load_reference(Reference::Lookup).unwrap();
         let mut map = flow_map(map);
-        assert_eq!(test_run(prog.as_fd(), &frame(40000), None, 1).unwrap().retval, XDP_PASS as u32);
+        assert_eq!(
+            test_run(prog.as_fd(), &frame(40000), None, 1)
+                .unwrap()
+                .retval,
+            XDP_PASS as u32
+        );
         let key = map.keys().next().unwrap().unwrap();
         map.insert(key, [7u8; FLOW_VALUE as usize], 0).unwrap();
-        assert_eq!(test_run(prog.as_fd(), &frame(40000), None, 1).unwrap().retval, XDP_PASS as u32);
-        assert_eq!(map.get(&key, 0).unwrap(), [7u8; FLOW_VALUE as usize], "found, not rewritten");
+        assert_eq!(
+            test_run(prog.as_fd(), &frame(40000), None, 1)
+                .unwrap()
+                .retval,
+            XDP_PASS as u32
+        );
+        assert_eq!(
+            map.get(&key, 0).unwrap(),
+            [7u8; FLOW_VALUE as usize],
+            "found, not rewritten"
+        );
     }
 
-    type FlowMap = aya::maps::HashMap<aya::maps::MapData, [u8; FLOW_KEY as usize], [u8; FLOW_VALUE as usize]>;
+    type FlowMap =
+        aya::maps::HashMap<aya::maps::MapData, [u8; FLOW_KEY as usize], [u8; FLOW_VALUE as usize]>;
 
     fn flow_map(fd: OwnedFd) -> FlowMap {
         use aya::maps::{HashMap, Map, MapData};
@@ -341,7 +370,10 @@ mod tests {
         let mut frames: Vec<Vec<u8>> = sports.iter().map(|&p| frame(p)).collect();
         frames.push(frame(40009)[..37].to_vec());
         for f in frames {
-            assert_eq!(test_run(prog.as_fd(), &f, None, 1).unwrap().retval, XDP_PASS as u32);
+            assert_eq!(
+                test_run(prog.as_fd(), &f, None, 1).unwrap().retval,
+                XDP_PASS as u32
+            );
         }
         let mut keys: Vec<_> = flow_map(map).keys().map(Result::unwrap).collect();
         keys.sort();

@@ -109,7 +109,11 @@ fn swap(n: u32, m: u32, repeats: usize) -> Result<(Spread, Spread)> {
     let service = &mut services[0];
     let all = service.backends.clone();
     service.backends.truncate(n as usize);
-    let mut dataplane = DataPlane::load(&pin_dir, state::maglev_entries(&config), config.interfaces.mode)?;
+    let mut dataplane = DataPlane::load(
+        &pin_dir,
+        state::maglev_entries(&config),
+        config.interfaces.mode,
+    )?;
     dataplane.write_service(service)?;
     let (mut times, mut rebuilds) = (Vec::new(), Vec::new());
     for extra in all.into_iter().skip(n as usize) {

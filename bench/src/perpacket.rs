@@ -131,8 +131,14 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             }
             drop(floor);
             if hook == Hook::Xdp {
-                let floor_ns = |kind| results.rows[&(hook, Variant::Normal, kind)].1.last().map_or(f64::NAN, |s| s.ns);
-                let (insert_floor, lookup_floor) = (floor_ns(Kind::NewFlow), floor_ns(Kind::Established));
+                let floor_ns = |kind| {
+                    results.rows[&(hook, Variant::Normal, kind)]
+                        .1
+                        .last()
+                        .map_or(f64::NAN, |s| s.ns)
+                };
+                let (insert_floor, lookup_floor) =
+                    (floor_ns(Kind::NewFlow), floor_ns(Kind::Established));
                 let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Insert)?;
                 results.insert_reference.push((ns, insert_floor));
                 let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Lookup)?;
@@ -163,7 +169,8 @@ fn reference(
         Reference::Insert => ("one-insert reference", Kind::NewFlow),
         Reference::Lookup => ("one-lookup reference", Kind::Established),
     };
-    let (prog, _map) = bpf::load_reference(reference).with_context(|| format!("loading the {what}"))?;
+    let (prog, _map) =
+        bpf::load_reference(reference).with_context(|| format!("loading the {what}"))?;
     let _reference = Floor::attach_prog(bed.topo.gw(), Hook::Xdp, prog)?;
     let ids = program_ids(bed, Hook::Xdp, results, what)?;
     if reference == Reference::Lookup {
@@ -232,7 +239,11 @@ fn phase(
             "phase {} {} {} {:?}",
             started,
             monotonic_ns(),
-            if balancer.is_some() { "balancer" } else { "floor" },
+            if balancer.is_some() {
+                "balancer"
+            } else {
+                "floor"
+            },
             kind
         );
     }

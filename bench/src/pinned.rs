@@ -39,7 +39,9 @@ pub struct Counters {
 
 impl Counters {
     pub fn read(pin_dir: &Path) -> Result<Counters> {
-        let values = balancer_tests::xdp_fixture::Counters::read_pinned(pin_dir).0.to_vec();
+        let values = balancer_tests::xdp_fixture::Counters::read_pinned(pin_dir)
+            .0
+            .to_vec();
         let stats: PerCpuArray<MapData, BackendStats> = typed(pin_dir, maps::BACKEND_STATS)?;
         let mut connections = 0;
         for id in 0..BACKEND_IDS {

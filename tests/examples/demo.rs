@@ -40,9 +40,17 @@ fn main() {
     println!("creating the topology: a client namespace, a gateway, a switch and three backends");
     let topo = Topology::new(&TopologyOpts::default());
     let bpffs = TempBpffs::new();
-    let servers: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
+    let servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| tcp_whoami(b.ns(), b.name(), 3000))
+        .collect();
     let socket = bpffs.control_socket();
-    let backends = backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), 3000)));
+    let backends = backends_toml(
+        topo.backends()
+            .iter()
+            .map(|b| SocketAddr::new(b.v4().into(), 3000)),
+    );
     let config = format!(
         r#"# The demo's config: one source-ip service, tcp health checks.
 {head}
@@ -63,11 +71,19 @@ timeout = "500ms"
     daemon.wait_serving(topo.gw(), &socket);
 
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
-    let clients: Vec<IpAddr> = topo.clients_v4().iter().take(CLIENTS).map(|&a| IpAddr::V4(a)).collect();
+    let clients: Vec<IpAddr> = topo
+        .clients_v4()
+        .iter()
+        .take(CLIENTS)
+        .map(|&a| IpAddr::V4(a))
+        .collect();
     println!("\n{CLIENTS} clients, 3 connections each, to the VIP {vip}:");
     for &client in &clients {
         let answers: Vec<String> = (0..3)
-            .map(|_| tcp_ask(topo.client(), client, vip, TIMEOUT).map_or_else(|e| format!("error: {e}"), |a| a.backend))
+            .map(|_| {
+                tcp_ask(topo.client(), client, vip, TIMEOUT)
+                    .map_or_else(|e| format!("error: {e}"), |a| a.backend)
+            })
             .collect();
         println!("  {client:<14} -> {}", answers.join(", "));
     }
@@ -78,7 +94,9 @@ timeout = "500ms"
     let forward = forward_metrics(topo.gw());
     match &forward {
         Ok(port) => {
-            println!("status page: http://127.0.0.1:{port}/   metrics: http://127.0.0.1:{port}/metrics   JSON: http://127.0.0.1:{port}/status");
+            println!(
+                "status page: http://127.0.0.1:{port}/   metrics: http://127.0.0.1:{port}/metrics   JSON: http://127.0.0.1:{port}/status"
+            );
         }
         Err(e) => println!("(no host port for the status page: {e})"),
     }
@@ -104,7 +122,11 @@ timeout = "500ms"
     // ways, unmounting the bpffs and deleting the namespaces below remove
     // whatever is left.
     let pin_dir = bpffs.pin_dir();
-    let _ = cli(topo.gw(), &socket, &["detach", "--pin-dir", pin_dir.to_str().unwrap()]);
+    let _ = cli(
+        topo.gw(),
+        &socket,
+        &["detach", "--pin-dir", pin_dir.to_str().unwrap()],
+    );
     drop(daemon);
     drop(servers);
     drop(topo);
@@ -140,7 +162,9 @@ fn forward_metrics(gw: &NetNs) -> io::Result<u16> {
 
 /// Copy both ways until either side closes.
 fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
     std::thread::spawn(move || {
         let _ = io::copy(&mut &a, &mut &b);
         let _ = b.shutdown(std::net::Shutdown::Write);

@@ -17,7 +17,11 @@ impl TempBpffs {
     pub fn new() -> Self {
         let root = std::env::temp_dir().join(format!("lbt-bpffs-{}", random_suffix()));
         std::fs::create_dir_all(&root).expect("create bpffs mount point");
-        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&root).status().expect("run mount");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&root)
+            .status()
+            .expect("run mount");
         assert!(status.success(), "mount -t bpf {} failed", root.display());
         TempBpffs { root }
     }

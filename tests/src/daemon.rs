@@ -21,7 +21,11 @@ pub fn balancer_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/balancer");
-    assert!(bin.exists(), "no balancer binary at {}: run `cargo xtask build` or set BALANCER_BIN", bin.display());
+    assert!(
+        bin.exists(),
+        "no balancer binary at {}: run `cargo xtask build` or set BALANCER_BIN",
+        bin.display()
+    );
     bin
 }
 
@@ -30,7 +34,9 @@ pub fn balancer(ns: &NetNs, args: &[&str]) -> Output {
     let bin = balancer_bin();
     let mut all = vec![bin.to_str().unwrap()];
     all.extend_from_slice(args);
-    ns.command(all[0], &all[1..]).output().expect("run balancer")
+    ns.command(all[0], &all[1..])
+        .output()
+        .expect("run balancer")
 }
 
 /// How the network-namespace suites attach the balancer:
@@ -62,7 +68,10 @@ pub fn config_head(bpffs: &TempBpffs, metrics: &str) -> String {
 
 /// `[[services.backends]]` entries, one per address.
 pub fn backends_toml(addresses: impl IntoIterator<Item = std::net::SocketAddr>) -> String {
-    addresses.into_iter().map(|a| format!("[[services.backends]]\naddress = \"{a}\"\n")).collect()
+    addresses
+        .into_iter()
+        .map(|a| format!("[[services.backends]]\naddress = \"{a}\"\n"))
+        .collect()
 }
 
 /// `balancer ARGS --socket SOCKET` in `ns`.
@@ -85,7 +94,8 @@ pub fn cli_ok(ns: &NetNs, socket: &Path, args: &[&str]) -> String {
 
 /// `balancer status --json`, parsed.
 pub fn status(ns: &NetNs, socket: &Path) -> Snapshot {
-    serde_json::from_str(&cli_ok(ns, socket, &["status", "--json"])).expect("status --json is a Snapshot")
+    serde_json::from_str(&cli_ok(ns, socket, &["status", "--json"]))
+        .expect("status --json is a Snapshot")
 }
 
 /// A running `balancer run`; stopped (SIGTERM, then SIGKILL) on drop.
@@ -98,22 +108,32 @@ impl Daemon {
     /// Write `config` to a temp file and start the daemon in `ns`; returns
     /// once every link in `ready_pins` (names under `pin_dir`) is pinned.
     pub fn start(ns: &NetNs, config: &str, pin_dir: &Path, ready_pins: &[&str]) -> Daemon {
-        let path = std::env::temp_dir().join(format!("lbt-config-{}.toml", crate::netns::random_suffix()));
+        let path =
+            std::env::temp_dir().join(format!("lbt-config-{}.toml", crate::netns::random_suffix()));
         std::fs::write(&path, config).expect("write config");
         let bin = balancer_bin();
         let child = ns
-            .command(bin.to_str().unwrap(), ["run", "--config", path.to_str().unwrap()])
+            .command(
+                bin.to_str().unwrap(),
+                ["run", "--config", path.to_str().unwrap()],
+            )
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn balancer run");
-        let mut daemon = Daemon { child, config: path };
+        let mut daemon = Daemon {
+            child,
+            config: path,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready_pins.iter().all(|p| pin_dir.join(p).exists()) {
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 panic!("balancer run exited early with {status}");
             }
-            assert!(Instant::now() < deadline, "balancer run not ready after 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "balancer run not ready after 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon
@@ -134,7 +154,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("balancer run exited early with {status}");
             }
-            assert!(Instant::now() < deadline, "balancer run not serving {} after 30 s", socket.display());
+            assert!(
+                Instant::now() < deadline,
+                "balancer run not serving {} after 30 s",
+                socket.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -146,7 +170,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "balancer run still running after {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "balancer run still running after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -190,7 +217,10 @@ impl Drop for Daemon {
 /// Is the balancer attached to `ifname` in `ns` in [`test_mode`]?
 pub fn attached(ns: &NetNs, ifname: &str) -> bool {
     if test_mode() == "xdp" {
-        let out = Command::new("ip").args(["-n", ns.name(), "-d", "link", "show", ifname]).output().expect("ip link");
+        let out = Command::new("ip")
+            .args(["-n", ns.name(), "-d", "link", "show", ifname])
+            .output()
+            .expect("ip link");
         return String::from_utf8_lossy(&out.stdout).contains("prog/xdp");
     }
     tc_attached(ns, ifname)
@@ -209,6 +239,9 @@ fn tc_attached(ns: &NetNs, ifname: &str) -> bool {
     if let Ok(found) = tcx {
         return found;
     }
-    let out = Command::new("tc").args(["-n", ns.name(), "filter", "show", "dev", ifname, "ingress"]).output().expect("tc");
+    let out = Command::new("tc")
+        .args(["-n", ns.name(), "filter", "show", "dev", ifname, "ingress"])
+        .output()
+        .expect("tc");
     String::from_utf8_lossy(&out.stdout).contains(PROG_TC)
 }

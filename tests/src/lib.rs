@@ -10,8 +10,8 @@
 pub mod bpffs;
 pub mod daemon;
 pub mod http;
-pub mod packet;
 pub mod netns;
+pub mod packet;
 pub mod servers;
 pub mod socketio;
 pub mod topology;
@@ -19,6 +19,7 @@ pub mod xdp_fixture;
 
 pub use netns::{NetNs, require_root};
 pub use servers::{
-    Answer, BIG_DATAGRAM, Server, TIMEOUT, ask, tcp_ask, tcp_connect, tcp_whoami, udp_ask, udp_ask_sized, udp_whoami,
+    Answer, BIG_DATAGRAM, Server, TIMEOUT, ask, tcp_ask, tcp_connect, tcp_whoami, udp_ask,
+    udp_ask_sized, udp_whoami,
 };
 pub use topology::{Backend, Topology, TopologyOpts};

@@ -49,23 +49,35 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 /// Is `icmp_type` an error (one that quotes a packet) in `family`'s ICMP?
 pub fn is_icmp_error(v4: bool, icmp_type: u8) -> bool {
     if v4 {
-        matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+        matches!(
+            icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
     } else {
         matches!(
             icmp_type,
-            ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED | ICMPV6_PARAMETER_PROBLEM
+            ICMPV6_DEST_UNREACH
+                | ICMPV6_PACKET_TOO_BIG
+                | ICMPV6_TIME_EXCEEDED
+                | ICMPV6_PARAMETER_PROBLEM
         )
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { flags: u8 },
+    Tcp {
+        flags: u8,
+    },
     Udp,
     /// ICMP (ICMPv6 in an IPv6 frame): type, code and the four bytes after
     /// the checksum (an MTU, a pointer); the message body is the frame's
     /// `payload` (for an error, the quoted packet).
-    Icmp { icmp_type: u8, code: u8, rest: u32 },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+    },
 }
 
 /// Where a fragment sits in its datagram: offset in 8-byte units, the
@@ -89,10 +101,16 @@ impl Fragment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtHeader {
     /// `(len + 1) * 8` bytes of PadN.
-    HopByHop { len: u8 },
-    DestOpts { len: u8 },
+    HopByHop {
+        len: u8,
+    },
+    DestOpts {
+        len: u8,
+    },
     /// A segment-routing header with one segment.
-    Routing { segments_left: u8 },
+    Routing {
+        segments_left: u8,
+    },
     Fragment(Fragment),
     /// 24 bytes: AH with a 12-byte ICV.
     Auth,
@@ -126,7 +144,9 @@ impl ExtHeader {
             }
             ExtHeader::Routing { segments_left } => {
                 let mut h = vec![next, 2, 4, segments_left, 0, 0, 0, 0];
-                h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99]);
+                h.extend_from_slice(&[
+                    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99,
+                ]);
                 h
             }
             ExtHeader::Fragment(f) => {
@@ -192,18 +212,51 @@ impl Frame {
     }
 
     /// A TCP or UDP frame by protocol number.
-    pub fn of_proto(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Self {
-        let l4 = if proto == PROTO_UDP { L4::Udp } else { L4::Tcp { flags } };
-        Self { src, dst, ..Self::new("0.0.0.0", sport, "0.0.0.0", dport, l4) }
+    pub fn of_proto(
+        proto: u8,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        flags: u8,
+    ) -> Self {
+        let l4 = if proto == PROTO_UDP {
+            L4::Udp
+        } else {
+            L4::Tcp { flags }
+        };
+        Self {
+            src,
+            dst,
+            ..Self::new("0.0.0.0", sport, "0.0.0.0", dport, l4)
+        }
     }
 
     /// An ICMP (or ICMPv6) error from `src` to `dst` quoting the IP packet
     /// of `quoted_frame` (an Ethernet frame), cut to `quote_len` bytes.
-    pub fn icmp_error(src: &str, dst: &str, icmp_type: u8, code: u8, rest: u32, quoted_frame: &[u8], quote_len: usize) -> Self {
+    pub fn icmp_error(
+        src: &str,
+        dst: &str,
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+        quoted_frame: &[u8],
+        quote_len: usize,
+    ) -> Self {
         let quoted = &quoted_frame[ETH_LEN..];
         Frame {
             payload: quoted[..quote_len.min(quoted.len())].to_vec(),
-            ..Self::new(src, 0, dst, 0, L4::Icmp { icmp_type, code, rest })
+            ..Self::new(
+                src,
+                0,
+                dst,
+                0,
+                L4::Icmp {
+                    icmp_type,
+                    code,
+                    rest,
+                },
+            )
         }
     }
 
@@ -241,7 +294,11 @@ impl Frame {
 
     pub fn build(&self) -> Vec<u8> {
         let later = self.fragment.is_some_and(|f| f.offset != 0);
-        let body = if later { self.payload.clone() } else { self.l4_bytes() };
+        let body = if later {
+            self.payload.clone()
+        } else {
+            self.l4_bytes()
+        };
         self.frame_around(&body, self.fragment)
     }
 
@@ -250,14 +307,21 @@ impl Frame {
     /// with identification `id`. The L4 checksum covers the whole datagram,
     /// as a sender's does.
     pub fn fragments(&self, id: u32, chunk: usize) -> Vec<Vec<u8>> {
-        assert!(chunk > 0 && chunk.is_multiple_of(8), "fragment size {chunk}");
+        assert!(
+            chunk > 0 && chunk.is_multiple_of(8),
+            "fragment size {chunk}"
+        );
         let segment = self.l4_bytes();
         let pieces: Vec<&[u8]> = segment.chunks(chunk).collect();
         pieces
             .iter()
             .enumerate()
             .map(|(i, piece)| {
-                let fragment = Fragment { offset: (i * chunk / 8) as u16, more: i + 1 < pieces.len(), id };
+                let fragment = Fragment {
+                    offset: (i * chunk / 8) as u16,
+                    more: i + 1 < pieces.len(),
+                    id,
+                };
                 self.frame_around(piece, Some(fragment))
             })
             .collect()
@@ -308,7 +372,12 @@ impl Frame {
     }
 
     fn ipv6_headers(&self, body_len: usize, fragment: Option<Fragment>) -> Vec<u8> {
-        let chain: Vec<ExtHeader> = self.ext_headers.iter().copied().chain(fragment.map(ExtHeader::Fragment)).collect();
+        let chain: Vec<ExtHeader> = self
+            .ext_headers
+            .iter()
+            .copied()
+            .chain(fragment.map(ExtHeader::Fragment))
+            .collect();
         let mut ext = Vec::new();
         for (i, h) in chain.iter().enumerate() {
             let next = chain.get(i + 1).map_or(self.proto(), ExtHeader::code);
@@ -355,11 +424,19 @@ impl Frame {
                     l4[6..8].copy_from_slice(&c.to_be_bytes());
                 }
             }
-            L4::Icmp { icmp_type, code, rest } => {
+            L4::Icmp {
+                icmp_type,
+                code,
+                rest,
+            } => {
                 l4.extend_from_slice(&[icmp_type, code, 0, 0]);
                 l4.extend_from_slice(&rest.to_be_bytes());
                 l4.extend_from_slice(&self.payload);
-                let c = if self.is_v4() { checksum(&l4) } else { l4_checksum(self.src, self.dst, PROTO_ICMPV6, &l4) };
+                let c = if self.is_v4() {
+                    checksum(&l4)
+                } else {
+                    l4_checksum(self.src, self.dst, PROTO_ICMPV6, &l4)
+                };
                 l4[2..4].copy_from_slice(&c.to_be_bytes());
             }
         }
@@ -400,7 +477,11 @@ pub fn vlan_tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from(chunk[0]) << 8
+        };
         sum += u32::from(word);
     }
     while sum > 0xffff {
@@ -479,7 +560,11 @@ fn parse_ip(f: &[u8], l3: usize, v4: bool, whole: bool) -> Option<IpHeader> {
             f.len()
         };
         let word = be16(h, 6);
-        let fragment = Fragment { offset: word & 0x1fff, more: word & 0x2000 != 0, id: u32::from(be16(h, 4)) };
+        let fragment = Fragment {
+            offset: word & 0x1fff,
+            more: word & 0x2000 != 0,
+            id: u32::from(be16(h, 4)),
+        };
         return Some(IpHeader {
             src: addr_at(&h[12..], true),
             dst: addr_at(&h[16..], true),
@@ -512,7 +597,9 @@ fn parse_ip(f: &[u8], l3: usize, v4: bool, whole: bool) -> Option<IpHeader> {
     let mut ext_headers = 0;
     while ext_headers < 8 {
         let e = match next {
-            IPV6_HOP_BY_HOP | IPV6_DEST_OPTS | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AUTH => f.get(off..off + 8)?,
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTS | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AUTH => {
+                f.get(off..off + 8)?
+            }
             _ => break,
         };
         if off + 8 > end {
@@ -520,7 +607,11 @@ fn parse_ip(f: &[u8], l3: usize, v4: bool, whole: bool) -> Option<IpHeader> {
         }
         if next == IPV6_FRAGMENT {
             let word = be16(e, 2);
-            let f = Fragment { offset: word >> 3, more: word & 1 != 0, id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]) };
+            let f = Fragment {
+                offset: word >> 3,
+                more: word & 1 != 0,
+                id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
+            };
             fragment = Some(f);
             off += 8;
             if f.offset != 0 {
@@ -670,7 +761,9 @@ pub fn try_parse_to(f: &[u8], whole: bool) -> Option<Parsed> {
                 let at = parsed.ip.l4_off + 8;
                 let inner = &f[..parsed.ip.end];
                 parse_ip(inner, at, v4, false).map(|ip| {
-                    let ports = inner.get(ip.l4_off..ip.l4_off + 4).map(|p| (be16(p, 0), be16(p, 2)));
+                    let ports = inner
+                        .get(ip.l4_off..ip.l4_off + 4)
+                        .map(|p| (be16(p, 0), be16(p, 2)));
                     Quoted { ip, ports }
                 })
             } else {
@@ -728,7 +821,9 @@ fn ipv4_header_valid(header: &[u8], what: &str) -> Result<(), String> {
     zeroed[11] = 0;
     let (carried, want) = (be16(header, 10), checksum(&zeroed));
     if carried != want {
-        return Err(format!("{what} checksum {carried:#06x}, should be {want:#06x}"));
+        return Err(format!(
+            "{what} checksum {carried:#06x}, should be {want:#06x}"
+        ));
     }
     Ok(())
 }
@@ -741,8 +836,14 @@ pub fn segment_valid(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> Res
         PROTO_ICMP | PROTO_ICMPV6 => 2,
         _ => return Err(format!("protocol {proto}")),
     };
-    if segment.len() < off + 2 || (proto == PROTO_TCP && segment.len() < 20) || (proto == PROTO_UDP && segment.len() < 8) {
-        return Err(format!("protocol {proto}: segment of {} bytes", segment.len()));
+    if segment.len() < off + 2
+        || (proto == PROTO_TCP && segment.len() < 20)
+        || (proto == PROTO_UDP && segment.len() < 8)
+    {
+        return Err(format!(
+            "protocol {proto}: segment of {} bytes",
+            segment.len()
+        ));
     }
     let carried = be16(segment, off);
     if proto == PROTO_UDP && carried == 0 {
@@ -751,12 +852,18 @@ pub fn segment_valid(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> Res
     let mut seg = segment.to_vec();
     seg[off] = 0;
     seg[off + 1] = 0;
-    let mut want = if proto == PROTO_ICMP { checksum(&seg) } else { l4_checksum(src, dst, proto, &seg) };
+    let mut want = if proto == PROTO_ICMP {
+        checksum(&seg)
+    } else {
+        l4_checksum(src, dst, proto, &seg)
+    };
     if proto == PROTO_UDP && want == 0 {
         want = 0xffff;
     }
     if want != carried {
-        return Err(format!("L4 checksum (protocol {proto}) {carried:#06x}, should be {want:#06x}"));
+        return Err(format!(
+            "L4 checksum (protocol {proto}) {carried:#06x}, should be {want:#06x}"
+        ));
     }
     Ok(())
 }
@@ -782,7 +889,10 @@ pub fn reassemble(fragments: &[&[u8]]) -> Result<(Parsed, Vec<u8>), String> {
             return Err(format!("fragment at {offset} of another datagram: {p:?}"));
         }
         if usize::from(*offset) * 8 != segment.len() {
-            return Err(format!("fragment at {offset} after {} bytes", segment.len()));
+            return Err(format!(
+                "fragment at {offset} after {} bytes",
+                segment.len()
+            ));
         }
         segment.extend_from_slice(body);
         if !more && segment.len() != usize::from(*offset) * 8 + body.len() {
@@ -830,7 +940,9 @@ mod tests {
 
     #[test]
     fn crafted_frames_have_valid_checksums() {
-        assert_checksums_valid(&Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_SYN).build());
+        assert_checksums_valid(
+            &Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_SYN).build(),
+        );
         assert_checksums_valid(&Frame::udp("198.18.0.1", 40000, "198.18.0.100", 53).build());
         let mut f = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_ACK);
         f.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
@@ -844,28 +956,48 @@ mod tests {
     fn ipv6_frames_with_extension_headers() {
         let mut f = Frame::tcp("2001:db8::1", 40000, "2001:db8::100", 80, TCP_SYN);
         assert_checksums_valid(&f.build());
-        f.ext_headers = vec![ExtHeader::HopByHop { len: 0 }, ExtHeader::DestOpts { len: 1 }, ExtHeader::Routing { segments_left: 0 }];
+        f.ext_headers = vec![
+            ExtHeader::HopByHop { len: 0 },
+            ExtHeader::DestOpts { len: 1 },
+            ExtHeader::Routing { segments_left: 0 },
+        ];
         let b = f.build();
         assert_checksums_valid(&b);
         let p = parse(&b);
-        assert_eq!((p.ip.proto, p.ip.ext_headers, p.ip.l4_off), (PROTO_TCP, 3, ETH_LEN + IPV6_LEN + 8 + 16 + 24));
+        assert_eq!(
+            (p.ip.proto, p.ip.ext_headers, p.ip.l4_off),
+            (PROTO_TCP, 3, ETH_LEN + IPV6_LEN + 8 + 16 + 24)
+        );
         assert_eq!(p.dst_sock(), "[2001:db8::100]:80".parse().unwrap());
         assert_eq!(b[ETH_LEN + 6], IPV6_HOP_BY_HOP);
         f.ext_headers = vec![ExtHeader::Auth];
         let p = parse(&f.build());
-        assert_eq!((p.ip.proto, p.ip.l4_off), (PROTO_TCP, ETH_LEN + IPV6_LEN + 24));
+        assert_eq!(
+            (p.ip.proto, p.ip.l4_off),
+            (PROTO_TCP, ETH_LEN + IPV6_LEN + 24)
+        );
         assert_checksums_valid(&Frame::udp("2001:db8::1", 5000, "2001:db8::100", 53).build());
     }
 
     #[test]
     fn fragments_reassemble() {
-        for (src, dst) in [("198.18.0.1", "198.18.0.100"), ("2001:db8::1", "2001:db8::100")] {
+        for (src, dst) in [
+            ("198.18.0.1", "198.18.0.100"),
+            ("2001:db8::1", "2001:db8::100"),
+        ] {
             let mut f = Frame::udp(src, 5000, dst, 53);
             f.payload = (0..100).collect();
             let pieces = f.fragments(0x4242, 48);
             assert_eq!(pieces.len(), 3);
             let first = parse(&pieces[0]);
-            assert_eq!(first.ip.fragment, Some(Fragment { offset: 0, more: true, id: 0x4242 }));
+            assert_eq!(
+                first.ip.fragment,
+                Some(Fragment {
+                    offset: 0,
+                    more: true,
+                    id: 0x4242
+                })
+            );
             assert_eq!(first.dport(), 53);
             let later = parse(&pieces[2]);
             assert_eq!((later.ip.fragment.unwrap().offset, later.ports), (12, None));
@@ -881,22 +1013,60 @@ mod tests {
     #[test]
     fn icmp_errors_quote_a_packet() {
         let quoted = Frame::tcp("198.18.0.100", 80, "198.18.0.1", 40000, TCP_ACK).build();
-        let e = Frame::icmp_error("198.18.5.1", "198.18.0.100", ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400, &quoted, 28).build();
+        let e = Frame::icmp_error(
+            "198.18.5.1",
+            "198.18.0.100",
+            ICMP_DEST_UNREACH,
+            ICMP_FRAG_NEEDED,
+            1400,
+            &quoted,
+            28,
+        )
+        .build();
         assert_checksums_valid(&e);
         let q = parse(&e).icmp.unwrap().quoted.unwrap();
-        assert_eq!((q.src(), q.dst()), ("198.18.0.100:80".parse().unwrap(), "198.18.0.1:40000".parse().unwrap()));
+        assert_eq!(
+            (q.src(), q.dst()),
+            (
+                "198.18.0.100:80".parse().unwrap(),
+                "198.18.0.1:40000".parse().unwrap()
+            )
+        );
         let mut bad = e.clone();
         bad[ETH_LEN + IPV4_LEN + 8 + 12] ^= 1; // quoted source address
-        assert!(verify_checksums(&bad).is_err(), "the quoted header's checksum is checked");
-        set_quoted_end(&mut bad, ETH_LEN + IPV4_LEN + 8, End::Source, "198.18.1.11:3000".parse().unwrap());
-        assert!(verify_checksums(&bad).unwrap_err().contains("L4 checksum"), "only ICMP's own is off now");
+        assert!(
+            verify_checksums(&bad).is_err(),
+            "the quoted header's checksum is checked"
+        );
+        set_quoted_end(
+            &mut bad,
+            ETH_LEN + IPV4_LEN + 8,
+            End::Source,
+            "198.18.1.11:3000".parse().unwrap(),
+        );
+        assert!(
+            verify_checksums(&bad).unwrap_err().contains("L4 checksum"),
+            "only ICMP's own is off now"
+        );
 
         let quoted = Frame::tcp("2001:db8::100", 80, "2001:db8::1", 40000, TCP_ACK).build();
-        let e = Frame::icmp_error("2001:db8:5::1", "2001:db8::100", ICMPV6_PACKET_TOO_BIG, 0, 1280, &quoted, 1000).build();
+        let e = Frame::icmp_error(
+            "2001:db8:5::1",
+            "2001:db8::100",
+            ICMPV6_PACKET_TOO_BIG,
+            0,
+            1280,
+            &quoted,
+            1000,
+        )
+        .build();
         assert_checksums_valid(&e);
         let p = parse(&e);
         assert_eq!(p.ip.proto, PROTO_ICMPV6);
-        assert_eq!(p.icmp.unwrap().quoted.unwrap().dst(), "[2001:db8::1]:40000".parse().unwrap());
+        assert_eq!(
+            p.icmp.unwrap().quoted.unwrap().dst(),
+            "[2001:db8::1]:40000".parse().unwrap()
+        );
         let mut bad = e.clone();
         bad[ETH_LEN + 8] ^= 1; // outer source: in ICMPv6's pseudo-header
         assert!(verify_checksums(&bad).is_err());
@@ -926,8 +1096,16 @@ mod tests {
     fn parsing_any_bytes_never_panics() {
         let base = [
             Frame::tcp("2001:db8::1", 1, "2001:db8::100", 80, TCP_SYN).build(),
-            Frame::icmp_error("198.18.5.1", "198.18.0.100", 3, 4, 0, &Frame::udp("198.18.0.100", 53, "198.18.0.1", 9).build(), 60)
-                .build(),
+            Frame::icmp_error(
+                "198.18.5.1",
+                "198.18.0.100",
+                3,
+                4,
+                0,
+                &Frame::udp("198.18.0.100", 53, "198.18.0.1", 9).build(),
+                60,
+            )
+            .build(),
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for b in base {

@@ -43,7 +43,9 @@ impl SocketIoServer {
             .spawn()
             .expect("spawn node server.js");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("server output");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("server output");
         assert!(line.starts_with("ready"), "{name}: server.js said {line:?}");
         SocketIoServer { child }
     }
@@ -127,7 +129,12 @@ impl Driver {
     /// Drive `sessions` against `url` (the VIP) for `duration` after they
     /// are all connected; every session sends an acknowledged message every
     /// 200 ms.
-    pub fn start(ns: &NetNs, vip: SocketAddr, sessions: &[SessionSpec], duration: Duration) -> Self {
+    pub fn start(
+        ns: &NetNs,
+        vip: SocketAddr,
+        sessions: &[SessionSpec],
+        duration: Duration,
+    ) -> Self {
         let config = std::env::temp_dir().join(format!("lbt-sio-{}.json", random_suffix()));
         let cfg = DriverConfig {
             url: format!("http://{vip}"),
@@ -160,7 +167,11 @@ impl Driver {
                 }
             }
         });
-        Driver { child, lines, config }
+        Driver {
+            child,
+            lines,
+            config,
+        }
     }
 
     /// Wait for event `name` (other events are passed over); panics after
@@ -199,5 +210,8 @@ pub fn error_total(sessions: &[Session]) -> usize {
 
 /// The errors kept of every session (the first few of each).
 pub fn errors(sessions: &[Session]) -> Vec<(usize, &SessionError)> {
-    sessions.iter().flat_map(|s| s.errors.iter().map(move |e| (s.id, e))).collect()
+    sessions
+        .iter()
+        .flat_map(|s| s.errors.iter().map(move |e| (s.id, e)))
+        .collect()
 }

@@ -55,7 +55,9 @@ pub fn backend_mac(i: u8) -> [u8; 6] {
 pub fn backend_index(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(v4) => v4.octets()[3],
-        IpAddr::V6(v6) => format!("{:x}", v6.segments()[7]).parse().expect("a backend address"),
+        IpAddr::V6(v6) => format!("{:x}", v6.segments()[7])
+            .parse()
+            .expect("a backend address"),
     }
 }
 
@@ -95,7 +97,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn service(&self, name: &str) -> &ServiceState {
-        self.services.iter().find(|s| s.config.name == name).unwrap()
+        self.services
+            .iter()
+            .find(|s| s.config.name == name)
+            .unwrap()
     }
 
     /// The service a backend address belongs to.
@@ -187,9 +192,17 @@ impl Counters {
     /// The counters of a running data plane, from the maps pinned in
     /// `pin_dir` (a daemon's), summed over CPUs.
     pub fn read_pinned(pin_dir: &std::path::Path) -> Counters {
-        let map = aya::maps::MapData::from_pin(pin_dir.join(balancer_common::maps::COUNTERS)).expect("pinned COUNTERS");
-        let counters = aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(map)).expect("a per-CPU array");
-        Counters(Counter::ALL.map(|c| counters.get(&(c as u32), 0).expect("read a counter").iter().sum()))
+        let map = aya::maps::MapData::from_pin(pin_dir.join(balancer_common::maps::COUNTERS))
+            .expect("pinned COUNTERS");
+        let counters = aya::maps::PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(map))
+            .expect("a per-CPU array");
+        Counters(Counter::ALL.map(|c| {
+            counters
+                .get(&(c as u32), 0)
+                .expect("read a counter")
+                .iter()
+                .sum()
+        }))
     }
 
     pub fn get(&self, c: Counter) -> u64 {
@@ -337,17 +350,28 @@ pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture)
     ];
     for i in 0..=CLIENTS_WITH_NEIGHBOURS {
         let lladdr = mac(client_mac(i));
-        lines.push(format!("neigh replace 198.18.0.{i} lladdr {lladdr} dev veth0 nud permanent"));
-        lines.push(format!("neigh replace 2001:db8::{i:x} lladdr {lladdr} dev veth0 nud permanent"));
+        lines.push(format!(
+            "neigh replace 198.18.0.{i} lladdr {lladdr} dev veth0 nud permanent"
+        ));
+        lines.push(format!(
+            "neigh replace 2001:db8::{i:x} lladdr {lladdr} dev veth0 nud permanent"
+        ));
     }
     for i in 11..=13u8 {
         let lladdr = mac(backend_mac(i));
-        lines.push(format!("neigh replace 198.18.1.{i} lladdr {lladdr} dev veth1 nud permanent"));
+        lines.push(format!(
+            "neigh replace 198.18.1.{i} lladdr {lladdr} dev veth1 nud permanent"
+        ));
         // 2001:db8:1::11-13: the digits of the IPv4 backends' last octet.
-        lines.push(format!("neigh replace 2001:db8:1::{i} lladdr {lladdr} dev veth1 nud permanent"));
+        lines.push(format!(
+            "neigh replace 2001:db8:1::{i} lladdr {lladdr} dev veth1 nud permanent"
+        ));
     }
     ns.ip_batch(&lines);
-    ns.sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")]);
+    ns.sysctl(&[
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ]);
     let client_if = ns.ifindex("veth0");
     let backend_if = ns.ifindex("veth1");
     let bpffs = TempBpffs::new();
@@ -355,13 +379,19 @@ pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture)
         Mode::Xdp => "xdp",
         Mode::Tc => "tc",
     };
-    let config = config.replace("PIN_DIR", bpffs.pin_dir().to_str().unwrap()).replace("MODE", mode_name);
+    let config = config
+        .replace("PIN_DIR", bpffs.pin_dir().to_str().unwrap())
+        .replace("MODE", mode_name);
     ns.run(move || {
         let config = Config::from_str(&config).unwrap();
         std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
         let mut services = state::from_config(&config);
-        let mut dataplane =
-            DataPlane::load(&config.bpf.pin_dir, state::maglev_entries(&config), config.interfaces.mode).unwrap();
+        let mut dataplane = DataPlane::load(
+            &config.bpf.pin_dir,
+            state::maglev_entries(&config),
+            config.interfaces.mode,
+        )
+        .unwrap();
         dataplane.write_port_maps(&services).unwrap();
         for s in &mut services {
             dataplane.write_service(s).unwrap();
@@ -369,11 +399,25 @@ pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture)
         dataplane.write_fragment_services(&services).unwrap();
         dataplane
             .attach(&[
-                Interface { field: "interfaces.clients", name: "veth0".into(), ifindex: client_if },
-                Interface { field: "interfaces.backends", name: "veth1".into(), ifindex: backend_if },
+                Interface {
+                    field: "interfaces.clients",
+                    name: "veth0".into(),
+                    ifindex: client_if,
+                },
+                Interface {
+                    field: "interfaces.backends",
+                    name: "veth1".into(),
+                    ifindex: backend_if,
+                },
             ])
             .unwrap();
-        test(&Fixture { mode, dataplane, services, client_if, backend_if });
+        test(&Fixture {
+            mode,
+            dataplane,
+            services,
+            client_if,
+            backend_if,
+        });
     });
     drop(bpffs);
 }
@@ -409,9 +453,16 @@ macro_rules! test_both_modes {
 }
 
 pub fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn client_mac(i: u8) -> [u8; 6] {
-    if i == 1 { CLIENT_MAC } else { [0x02, 0, 0, 0, 0x02, i] }
+    if i == 1 {
+        CLIENT_MAC
+    } else {
+        [0x02, 0, 0, 0, 0x02, i]
+    }
 }

@@ -13,10 +13,11 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
-    daemon::{Daemon, backends_toml, cli, cli_ok, config_head, status, attached},
+    daemon::{Daemon, attached, backends_toml, cli, cli_ok, config_head, status},
     http::{self, metric, metric_sum},
-    require_root, tcp_ask, tcp_connect, tcp_whoami,
+    require_root,
     servers::Server,
+    tcp_ask, tcp_connect, tcp_whoami,
     topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
 };
 use balancer_user::{control::LookupAnswer, metrics::Snapshot};
@@ -46,9 +47,21 @@ impl Rig {
         require_root();
         let topo = Topology::new(&opts);
         let bpffs = TempBpffs::new();
-        let servers =
-            topo.backends().iter().map(|b| (b.name().to_owned(), Some(tcp_whoami(b.ns(), b.name(), PORT)))).collect();
-        let backends = backends_toml(topo.backends()[..in_config].iter().map(|b| SocketAddr::new(b.v4().into(), PORT)));
+        let servers = topo
+            .backends()
+            .iter()
+            .map(|b| {
+                (
+                    b.name().to_owned(),
+                    Some(tcp_whoami(b.ns(), b.name(), PORT)),
+                )
+            })
+            .collect();
+        let backends = backends_toml(
+            topo.backends()[..in_config]
+                .iter()
+                .map(|b| SocketAddr::new(b.v4().into(), PORT)),
+        );
         let config = format!(
             r#"{head}
 [[services]]
@@ -67,7 +80,13 @@ fall = {FALL}
             interval = INTERVAL.as_millis(),
             timeout = CHECK_TIMEOUT.as_millis(),
         );
-        let mut rig = Rig { topo, bpffs, servers, daemon: None, config };
+        let mut rig = Rig {
+            topo,
+            bpffs,
+            servers,
+            daemon: None,
+            config,
+        };
         rig.start_daemon();
         rig
     }
@@ -95,21 +114,33 @@ fall = {FALL}
     }
 
     fn metrics(&self) -> String {
-        let (code, body) = http::get(self.topo.gw(), METRICS.parse().unwrap(), "/metrics").expect("GET /metrics");
+        let (code, body) =
+            http::get(self.topo.gw(), METRICS.parse().unwrap(), "/metrics").expect("GET /metrics");
         assert_eq!(code, 200);
         body
     }
 
     /// `ADDR:PORT` of backend `name`.
     fn addr(&self, name: &str) -> String {
-        let b = self.topo.backends().iter().find(|b| b.name() == name).unwrap();
+        let b = self
+            .topo
+            .backends()
+            .iter()
+            .find(|b| b.name() == name)
+            .unwrap();
         format!("{}:{PORT}", b.v4())
     }
 
     /// Backend name of `ADDR:PORT`.
     fn name_of(&self, addr: &str) -> String {
         let ip: SocketAddr = addr.parse().unwrap();
-        self.topo.backends().iter().find(|b| IpAddr::V4(b.v4()) == ip.ip()).unwrap().name().to_owned()
+        self.topo
+            .backends()
+            .iter()
+            .find(|b| IpAddr::V4(b.v4()) == ip.ip())
+            .unwrap()
+            .name()
+            .to_owned()
     }
 
     fn connect(&self, client: Ipv4Addr) -> TcpStream {
@@ -125,24 +156,35 @@ fall = {FALL}
     }
 
     fn lookup(&self, client: Ipv4Addr) -> LookupAnswer {
-        serde_json::from_str(&self.cli_ok(&["lookup", "web", &client.to_string(), "--json"])).unwrap()
+        serde_json::from_str(&self.cli_ok(&["lookup", "web", &client.to_string(), "--json"]))
+            .unwrap()
     }
 
     /// Wait until `done(status)`, at most `limit`; how long it took.
-    fn wait_status(&self, what: &str, limit: Duration, done: impl Fn(&Snapshot) -> bool) -> Duration {
+    fn wait_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let s = self.status();
             if done(&s) {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < limit, "{what}: not within {limit:?}; status: {s:#?}");
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}; status: {s:#?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn wait_all_up(&self) {
-        self.wait_status("every backend up", Duration::from_secs(10), |s| s.services[0].backends.iter().all(|b| b.up));
+        self.wait_status("every backend up", Duration::from_secs(10), |s| {
+            s.services[0].backends.iter().all(|b| b.up)
+        });
     }
 }
 
@@ -150,17 +192,28 @@ fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP_V4), 80)
 }
 
-fn backend_state<'a>(s: &'a Snapshot, addr: &str) -> Option<&'a balancer_user::metrics::BackendSnapshot> {
+fn backend_state<'a>(
+    s: &'a Snapshot,
+    addr: &str,
+) -> Option<&'a balancer_user::metrics::BackendSnapshot> {
     s.services[0].backends.iter().find(|b| b.address == addr)
 }
 
 /// The backends as an operator sees them: address, up, draining, weight.
 fn view(s: &Snapshot) -> Vec<(String, bool, bool, u32)> {
-    s.services[0].backends.iter().map(|b| (b.address.clone(), b.up, b.draining, b.weight)).collect()
+    s.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.address.clone(), b.up, b.draining, b.weight))
+        .collect()
 }
 
 fn active_sum(metrics: &str) -> f64 {
-    metric_sum(metrics, "balancer_backend_active_connections", &[("service", "web")])
+    metric_sum(
+        metrics,
+        "balancer_backend_active_connections",
+        &[("service", "web")],
+    )
 }
 
 #[test]
@@ -180,13 +233,23 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         if metric(&rig.metrics(), "balancer_backend_up", &labels) == Some(0.0) {
             break;
         }
-        assert!(killed.elapsed() < limit, "{victim} not reported down within {limit:?}");
+        assert!(
+            killed.elapsed() < limit,
+            "{victim} not reported down within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let detection = killed.elapsed();
     println!("detection: {victim} down on /metrics after {detection:?} (bound {limit:?})");
-    let failed = metric(&rig.metrics(), "balancer_health_checks_total", &[("backend", victim_addr.as_str()), ("result", "failed")]);
-    assert!(failed.unwrap() >= f64::from(FALL), "failed checks counted: {failed:?}");
+    let failed = metric(
+        &rig.metrics(),
+        "balancer_health_checks_total",
+        &[("backend", victim_addr.as_str()), ("result", "failed")],
+    );
+    assert!(
+        failed.unwrap() >= f64::from(FALL),
+        "failed checks counted: {failed:?}"
+    );
 
     // The client that was on it gets another backend, and keeps it.
     let moved = rig.backend_of(client);
@@ -195,15 +258,32 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
 
     // Start it again: up after `rise` checks.
     let restarted = Instant::now();
-    let b = rig.topo.backends().iter().find(|b| b.name() == victim).unwrap();
-    rig.servers.insert(victim.clone(), Some(tcp_whoami(b.ns(), b.name(), PORT)));
-    let back = rig.wait_status("back up", INTERVAL * (RISE + 1) + CHECK_TIMEOUT + Duration::from_secs(1), |s| {
-        backend_state(s, &victim_addr).is_some_and(|b| b.up)
-    });
-    println!("recovery: {victim} up again {back:?} after its server restarted (rise {RISE} × {INTERVAL:?})");
-    assert!(restarted.elapsed() >= INTERVAL * (RISE - 1), "up before {RISE} checks could pass");
+    let b = rig
+        .topo
+        .backends()
+        .iter()
+        .find(|b| b.name() == victim)
+        .unwrap();
+    rig.servers
+        .insert(victim.clone(), Some(tcp_whoami(b.ns(), b.name(), PORT)));
+    let back = rig.wait_status(
+        "back up",
+        INTERVAL * (RISE + 1) + CHECK_TIMEOUT + Duration::from_secs(1),
+        |s| backend_state(s, &victim_addr).is_some_and(|b| b.up),
+    );
+    println!(
+        "recovery: {victim} up again {back:?} after its server restarted (rise {RISE} × {INTERVAL:?})"
+    );
+    assert!(
+        restarted.elapsed() >= INTERVAL * (RISE - 1),
+        "up before {RISE} checks could pass"
+    );
     // The moved client stays where its session now lives.
-    assert_eq!(rig.backend_of(client), moved, "a recovered backend must not steal sessions back");
+    assert_eq!(
+        rig.backend_of(client),
+        moved,
+        "a recovered backend must not steal sessions back"
+    );
 }
 
 #[test]
@@ -230,18 +310,32 @@ fn active_connection_counts_are_exact_and_follow_closes() {
         loop {
             let m = rig.metrics();
             let exact = per_backend(open).iter().all(|(b, &count)| {
-                metric(&m, "balancer_backend_active_connections", &[("backend", rig.addr(b).as_str())]) == Some(count)
+                metric(
+                    &m,
+                    "balancer_backend_active_connections",
+                    &[("backend", rig.addr(b).as_str())],
+                ) == Some(count)
             });
             if active_sum(&m) == n && exact {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < Duration::from_secs(5), "active connections not exactly {n}:\n{m}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "active connections not exactly {n}:\n{m}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
     let took = wait_active(30.0, &open);
-    println!("30 open: active sums to 30, per backend {:?}, after {took:?}", per_backend(&open));
-    let total = metric_sum(&rig.metrics(), "balancer_backend_connections_total", &[("service", "web")]);
+    println!(
+        "30 open: active sums to 30, per backend {:?}, after {took:?}",
+        per_backend(&open)
+    );
+    let total = metric_sum(
+        &rig.metrics(),
+        "balancer_backend_connections_total",
+        &[("service", "web")],
+    );
     assert_eq!(total, 30.0);
 
     // Close 10 (FIN both ways): exactly 20, and it stays exact.
@@ -253,10 +347,22 @@ fn active_connection_counts_are_exact_and_follow_closes() {
     std::thread::sleep(Duration::from_secs(2));
     let m = rig.metrics();
     assert_eq!(active_sum(&m), 20.0, "drifted after two more recounts");
-    assert_eq!(metric_sum(&m, "balancer_backend_connections_total", &[("service", "web")]), 30.0, "total keeps the closed ones");
-    let flows: serde_json::Value = serde_json::from_str(&rig.cli_ok(&["flows", "--service", "web", "--json"])).unwrap();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "balancer_backend_connections_total",
+            &[("service", "web")]
+        ),
+        30.0,
+        "total keeps the closed ones"
+    );
+    let flows: serde_json::Value =
+        serde_json::from_str(&rig.cli_ok(&["flows", "--service", "web", "--json"])).unwrap();
     let listed = flows["flows"].as_array().unwrap();
-    assert_eq!(flows["total"], 30, "conntrack keeps closed flows until they are evicted or reused");
+    assert_eq!(
+        flows["total"], 30,
+        "conntrack keeps closed flows until they are evicted or reused"
+    );
     assert_eq!(listed.iter().filter(|f| f["active"] == true).count(), 20);
     assert_eq!(listed.iter().filter(|f| f["state"] == "closed").count(), 10);
     drop(open);
@@ -264,7 +370,10 @@ fn active_connection_counts_are_exact_and_follow_closes() {
 
 #[test]
 fn backend_add_drain_and_remove_during_traffic() {
-    let opts = TopologyOpts { clients_v4: 60, ..TopologyOpts::default() };
+    let opts = TopologyOpts {
+        clients_v4: 60,
+        ..TopologyOpts::default()
+    };
     let rig = Rig::new(opts, 2);
     rig.wait_all_up();
     let clients = rig.topo.clients_v4().to_vec();
@@ -275,20 +384,28 @@ fn backend_add_drain_and_remove_during_traffic() {
     let b3 = rig.addr("b3");
     let out = rig.cli_ok(&["backend", "add", "web", &b3]);
     println!("add: {}", out.trim());
-    let up = rig.wait_status("b3 up", Duration::from_secs(5), |s| backend_state(s, &b3).is_some_and(|b| b.up));
+    let up = rig.wait_status("b3 up", Duration::from_secs(5), |s| {
+        backend_state(s, &b3).is_some_and(|b| b.up)
+    });
     println!("b3 took clients {up:?} after `backend add`");
     for (&c, b) in &before {
         assert_eq!(&rig.backend_of(c), b, "{c} moved when b3 was added");
     }
     let (new_a, new_b) = fresh.split_at(20);
-    let new_clients: BTreeMap<Ipv4Addr, String> = new_a.iter().map(|&c| (c, rig.backend_of(c))).collect();
+    let new_clients: BTreeMap<Ipv4Addr, String> =
+        new_a.iter().map(|&c| (c, rig.backend_of(c))).collect();
     let on_b3 = new_clients.values().filter(|b| *b == "b3").count();
     assert!(on_b3 > 0, "no new client reached b3: {new_clients:?}");
     println!("add: 0 of 20 known clients moved; {on_b3} of 20 new clients on b3");
 
     // drain b1: its clients stay, no new client reaches it.
     let b1 = rig.addr("b1");
-    let on_b1: Vec<Ipv4Addr> = before.iter().chain(&new_clients).filter(|(_, b)| *b == "b1").map(|(&c, _)| c).collect();
+    let on_b1: Vec<Ipv4Addr> = before
+        .iter()
+        .chain(&new_clients)
+        .filter(|(_, b)| *b == "b1")
+        .map(|(&c, _)| c)
+        .collect();
     assert!(!on_b1.is_empty());
     let held = rig.connect(on_b1[0]);
     rig.cli_ok(&["backend", "drain", "web", &b1]);
@@ -297,10 +414,21 @@ fn backend_add_drain_and_remove_during_traffic() {
         assert_eq!(rig.backend_of(c), "b1", "{c} left the draining backend");
     }
     for &c in new_b {
-        assert_ne!(rig.backend_of(c), "b1", "new client {c} reached the draining backend");
+        assert_ne!(
+            rig.backend_of(c),
+            "b1",
+            "new client {c} reached the draining backend"
+        );
     }
-    assert_eq!(ask(&held).unwrap().backend, "b1", "an open connection stays on the draining backend");
-    println!("drain: {} clients stayed on b1, 0 of 20 new clients reached it", on_b1.len());
+    assert_eq!(
+        ask(&held).unwrap().backend,
+        "b1",
+        "an open connection stays on the draining backend"
+    );
+    println!(
+        "drain: {} clients stayed on b1, 0 of 20 new clients reached it",
+        on_b1.len()
+    );
 
     // remove b1: its clients move.
     rig.cli_ok(&["backend", "remove", "web", &b1]);
@@ -316,11 +444,22 @@ fn backend_add_drain_and_remove_during_traffic() {
 
 #[test]
 fn lookup_agrees_with_the_kernel_for_100_clients() {
-    let opts = TopologyOpts { clients_v4: 60, extra_nets: vec![2, 3], clients_per_extra_net: 20, ..TopologyOpts::default() };
+    let opts = TopologyOpts {
+        clients_v4: 60,
+        extra_nets: vec![2, 3],
+        clients_per_extra_net: 20,
+        ..TopologyOpts::default()
+    };
     let rig = Rig::new(opts, 3);
     rig.wait_all_up();
-    let clients: Vec<Ipv4Addr> =
-        rig.topo.clients_v4().iter().chain(rig.topo.clients_extra_v4()).copied().take(100).collect();
+    let clients: Vec<Ipv4Addr> = rig
+        .topo
+        .clients_v4()
+        .iter()
+        .chain(rig.topo.clients_extra_v4())
+        .copied()
+        .take(100)
+        .collect();
     assert_eq!(clients.len(), 100);
     let mut used = BTreeSet::new();
     for &c in &clients {
@@ -328,11 +467,20 @@ fn lookup_agrees_with_the_kernel_for_100_clients() {
         assert_eq!(predicted.via, "maglev", "{c}: {predicted:?}");
         let predicted = rig.name_of(predicted.backend.as_deref().expect("a backend"));
         let actual = rig.backend_of(c);
-        assert_eq!(predicted, actual, "{c}: lookup said {predicted}, the kernel chose {actual}");
+        assert_eq!(
+            predicted, actual,
+            "{c}: lookup said {predicted}, the kernel chose {actual}"
+        );
         used.insert(actual);
         // Now the client has an affinity entry, and lookup reports it.
         let again = rig.lookup(c);
-        assert_eq!((again.via.as_str(), rig.name_of(again.backend.as_deref().unwrap())), ("affinity", predicted));
+        assert_eq!(
+            (
+                again.via.as_str(),
+                rig.name_of(again.backend.as_deref().unwrap())
+            ),
+            ("affinity", predicted)
+        );
     }
     assert_eq!(used.len(), 3, "100 clients over 3 backends used {used:?}");
     println!("lookup: 100 of 100 predictions matched the kernel");
@@ -340,7 +488,13 @@ fn lookup_agrees_with_the_kernel_for_100_clients() {
 
 #[test]
 fn prometheus_scrapes_the_metrics() {
-    let rig = Rig::new(TopologyOpts { clients_v4: 10, ..TopologyOpts::default() }, 3);
+    let rig = Rig::new(
+        TopologyOpts {
+            clients_v4: 10,
+            ..TopologyOpts::default()
+        },
+        3,
+    );
     rig.wait_all_up();
     for &c in &rig.topo.clients_v4()[..10] {
         rig.backend_of(c);
@@ -356,10 +510,18 @@ fn prometheus_scrapes_the_metrics() {
         .expect("promtool (Debian's prometheus package)");
     std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
     let checked = promtool.wait_with_output().unwrap();
-    assert!(checked.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 
     // A real Prometheus on loopback in the gateway namespace scrapes it.
-    let dir = std::env::temp_dir().join(format!("lbt-prom-{}", balancer_tests::netns::random_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "lbt-prom-{}",
+        balancer_tests::netns::random_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -380,21 +542,43 @@ fn prometheus_scrapes_the_metrics() {
     let api: SocketAddr = "127.0.0.1:9091".parse().unwrap();
     let start = Instant::now();
     let result = loop {
-        if let Ok((200, body)) = http::get(rig.topo.gw(), api, "/api/v1/query?query=balancer_backend_connections_total") {
+        if let Ok((200, body)) = http::get(
+            rig.topo.gw(),
+            api,
+            "/api/v1/query?query=balancer_backend_connections_total",
+        ) {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
             if result.len() == 3 {
                 break result;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "Prometheus has no per-backend series after 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Prometheus has no per-backend series after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
-    let total: f64 = result.iter().map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap()).sum();
-    assert_eq!(total, 10.0, "Prometheus' per-backend connections: {result:?}");
-    let backends: BTreeSet<String> = result.iter().map(|r| r["metric"]["backend"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(backends, ["b1", "b2", "b3"].iter().map(|b| rig.addr(b)).collect());
-    println!("prometheus: scraped 3 per-backend series after {:?}", start.elapsed());
+    let total: f64 = result
+        .iter()
+        .map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        total, 10.0,
+        "Prometheus' per-backend connections: {result:?}"
+    );
+    let backends: BTreeSet<String> = result
+        .iter()
+        .map(|r| r["metric"]["backend"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        backends,
+        ["b1", "b2", "b3"].iter().map(|b| rig.addr(b)).collect()
+    );
+    println!(
+        "prometheus: scraped 3 per-backend series after {:?}",
+        start.elapsed()
+    );
     drop(prom);
 }
 
@@ -421,13 +605,20 @@ fn kill_9_loses_no_flow_and_a_restart_adopts_everything() {
             (s, b)
         })
         .collect();
-    let chosen: BTreeMap<Ipv4Addr, String> = clients[5..25].iter().map(|&c| (c, rig.backend_of(c))).collect();
+    let chosen: BTreeMap<Ipv4Addr, String> = clients[5..25]
+        .iter()
+        .map(|&c| (c, rig.backend_of(c)))
+        .collect();
     let before = rig.status();
 
     rig.daemon.take().unwrap().kill9();
     // Mid-conversation connections carry on, on their backends.
     for (i, (stream, backend)) in open.iter().enumerate() {
-        assert_eq!(&ask(stream).unwrap().backend, backend, "open connection {i} after kill -9");
+        assert_eq!(
+            &ask(stream).unwrap().backend,
+            backend,
+            "open connection {i} after kill -9"
+        );
     }
     // New connections are balanced: known clients keep their backends, new
     // ones spread.
@@ -435,56 +626,111 @@ fn kill_9_loses_no_flow_and_a_restart_adopts_everything() {
         assert_eq!(&rig.backend_of(c), b, "{c} with the daemon dead");
     }
     let spread: BTreeSet<String> = clients[25..40].iter().map(|&c| rig.backend_of(c)).collect();
-    assert!(spread.len() >= 2, "new clients with the daemon dead all went to {spread:?}");
+    assert!(
+        spread.len() >= 2,
+        "new clients with the daemon dead all went to {spread:?}"
+    );
 
     // Restart: the same state, the same choices, the counts still right.
     rig.start_daemon();
     let after = rig.status();
     assert_eq!(view(&after), view(&before));
     for (i, (stream, backend)) in open.iter().enumerate() {
-        assert_eq!(&ask(stream).unwrap().backend, backend, "open connection {i} after the restart");
+        assert_eq!(
+            &ask(stream).unwrap().backend,
+            backend,
+            "open connection {i} after the restart"
+        );
     }
     for (&c, b) in &chosen {
         assert_eq!(&rig.backend_of(c), b, "{c} after the restart");
-        assert_eq!(rig.lookup(c).via, "affinity", "{c}: its affinity entry survived");
+        assert_eq!(
+            rig.lookup(c).via,
+            "affinity",
+            "{c}: its affinity entry survived"
+        );
     }
     let opened = 5 + chosen.len() * 3 + 15;
     let start = Instant::now();
     loop {
         let m = rig.metrics();
         if active_sum(&m) == 5.0 {
-            assert_eq!(metric_sum(&m, "balancer_backend_connections_total", &[("service", "web")]), opened as f64);
+            assert_eq!(
+                metric_sum(
+                    &m,
+                    "balancer_backend_connections_total",
+                    &[("service", "web")]
+                ),
+                opened as f64
+            );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "active not 5 after the restart:\n{m}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "active not 5 after the restart:\n{m}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("kill -9: 5 open connections kept talking, 20 clients kept their backends, counts exact after restart");
+    println!(
+        "kill -9: 5 open connections kept talking, 20 clients kept their backends, counts exact after restart"
+    );
 }
 
 #[test]
 fn bad_control_requests_get_one_line_and_change_nothing() {
-    let rig = Rig::new(TopologyOpts { clients_v4: 10, ..TopologyOpts::default() }, 3);
+    let rig = Rig::new(
+        TopologyOpts {
+            clients_v4: 10,
+            ..TopologyOpts::default()
+        },
+        3,
+    );
     rig.wait_all_up();
     let socket = rig.socket();
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the control socket is owner-only");
 
     let lookups = |rig: &Rig| -> Vec<Option<String>> {
-        rig.topo.clients_v4().iter().map(|&c| rig.lookup(c).backend).collect()
+        rig.topo
+            .clients_v4()
+            .iter()
+            .map(|&c| rig.lookup(c).backend)
+            .collect()
     };
     let before = (view(&rig.status()), lookups(&rig));
     let b1 = rig.addr("b1");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["backend", "add", "nosuch", "198.18.1.99:3000"], "unknown service"),
-        (vec!["backend", "add", "web", "198.18.1:3000"], "malformed backend address"),
-        (vec!["backend", "add", "web", "198.18.1.99"], "malformed backend address"),
+        (
+            vec!["backend", "add", "nosuch", "198.18.1.99:3000"],
+            "unknown service",
+        ),
+        (
+            vec!["backend", "add", "web", "198.18.1:3000"],
+            "malformed backend address",
+        ),
+        (
+            vec!["backend", "add", "web", "198.18.1.99"],
+            "malformed backend address",
+        ),
         (vec!["backend", "add", "web", &b1], "198.18.1.11:3000"),
-        (vec!["backend", "add", "web", "198.18.1.99:3000", "--weight", "0"], "weight"),
-        (vec!["backend", "remove", "web", "198.18.1.99:3000"], "has no backend"),
+        (
+            vec!["backend", "add", "web", "198.18.1.99:3000", "--weight", "0"],
+            "weight",
+        ),
+        (
+            vec!["backend", "remove", "web", "198.18.1.99:3000"],
+            "has no backend",
+        ),
         (vec!["backend", "drain", "chat", &b1], "unknown service"),
-        (vec!["lookup", "web", "not-an-ip"], "malformed client address"),
-        (vec!["lookup", "web", "2001:db8::1"], "different IP families"),
+        (
+            vec!["lookup", "web", "not-an-ip"],
+            "malformed client address",
+        ),
+        (
+            vec!["lookup", "web", "2001:db8::1"],
+            "different IP families",
+        ),
         (vec!["flows", "--service", "nosuch"], "unknown service"),
     ];
     for (args, says) in &cases {
@@ -493,11 +739,20 @@ fn bad_control_requests_get_one_line_and_change_nothing() {
         assert!(!out.status.success(), "{args:?} succeeded");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
-        assert!(lines[0].contains(says), "{args:?}: {:?} should say {says:?}", lines[0]);
+        assert!(
+            lines[0].contains(says),
+            "{args:?}: {:?} should say {says:?}",
+            lines[0]
+        );
         println!("{args:?} -> {}", lines[0]);
     }
     // Garbage straight on the socket.
-    for garbage in ["hello\n", "{\"request\":\"reboot\"}\n", "\u{1}\u{2}\n", "{\"request\":\"backend_add\"}\n"] {
+    for garbage in [
+        "hello\n",
+        "{\"request\":\"reboot\"}\n",
+        "\u{1}\u{2}\n",
+        "{\"request\":\"backend_add\"}\n",
+    ] {
         let answer = rig.topo.gw().run(|| {
             use std::io::{Read, Write};
             let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -506,38 +761,79 @@ fn bad_control_requests_get_one_line_and_change_nothing() {
             s.read_to_string(&mut answer).unwrap();
             answer
         });
-        let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("{garbage:?}: {answer:?}: {e}"));
-        let error = v["error"].as_str().unwrap_or_else(|| panic!("{garbage:?}: not an error: {answer}"));
-        assert!(error.starts_with("malformed request") && !error.contains('\n'), "{garbage:?}: {error}");
+        let v: serde_json::Value = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|e| panic!("{garbage:?}: {answer:?}: {e}"));
+        let error = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{garbage:?}: not an error: {answer}"));
+        assert!(
+            error.starts_with("malformed request") && !error.contains('\n'),
+            "{garbage:?}: {error}"
+        );
     }
-    assert_eq!((view(&rig.status()), lookups(&rig)), before, "a bad request changed the state");
+    assert_eq!(
+        (view(&rig.status()), lookups(&rig)),
+        before,
+        "a bad request changed the state"
+    );
 }
 
 #[test]
 fn the_cli_shows_status_and_flows_and_detach_removes_everything() {
-    let mut rig = Rig::new(TopologyOpts { clients_v4: 10, ..TopologyOpts::default() }, 3);
+    let mut rig = Rig::new(
+        TopologyOpts {
+            clients_v4: 10,
+            ..TopologyOpts::default()
+        },
+        3,
+    );
     rig.wait_all_up();
     let client = rig.topo.clients_v4()[3];
     let held = rig.connect(client);
     let backend = ask(&held).unwrap().backend;
 
     let table = rig.cli_ok(&["status"]);
-    assert!(table.contains("web") && table.contains(&format!("{VIP_V4}:80")), "{table}");
+    assert!(
+        table.contains("web") && table.contains(&format!("{VIP_V4}:80")),
+        "{table}"
+    );
     for b in ["b1", "b2", "b3"] {
-        let row = table.lines().find(|l| l.contains(&rig.addr(b))).unwrap_or_else(|| panic!("no row for {b}:\n{table}"));
+        let row = table
+            .lines()
+            .find(|l| l.contains(&rig.addr(b)))
+            .unwrap_or_else(|| panic!("no row for {b}:\n{table}"));
         assert!(row.contains("up"), "{row}");
     }
     let flows = rig.cli_ok(&["flows"]);
-    let row = flows.lines().find(|l| l.contains(&client.to_string())).unwrap_or_else(|| panic!("{client} not in\n{flows}"));
-    assert!(row.contains(&rig.addr(&backend)) && row.contains("open"), "{row}");
+    let row = flows
+        .lines()
+        .find(|l| l.contains(&client.to_string()))
+        .unwrap_or_else(|| panic!("{client} not in\n{flows}"));
+    assert!(
+        row.contains(&rig.addr(&backend)) && row.contains("open"),
+        "{row}"
+    );
     let lookup = rig.cli_ok(&["lookup", "web", &client.to_string()]);
-    assert!(lookup.contains(&rig.addr(&backend)) && lookup.contains("affinity"), "{lookup}");
+    assert!(
+        lookup.contains(&rig.addr(&backend)) && lookup.contains("affinity"),
+        "{lookup}"
+    );
 
     let out = rig.cli_ok(&["detach"]);
     assert!(out.contains("detached"), "{out}");
-    let status = rig.daemon.take().unwrap().wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "the daemon exits cleanly after detach: {status}");
-    assert!(!attached(rig.topo.gw(), GW_CLIENT_IF) && !attached(rig.topo.gw(), GW_BACKEND_IF), "still attached");
+    let status = rig
+        .daemon
+        .take()
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "the daemon exits cleanly after detach: {status}"
+    );
+    assert!(
+        !attached(rig.topo.gw(), GW_CLIENT_IF) && !attached(rig.topo.gw(), GW_BACKEND_IF),
+        "still attached"
+    );
     assert!(!rig.bpffs.pin_dir().exists(), "pins left behind");
     assert!(!rig.socket().exists(), "the control socket is removed");
     drop(held);

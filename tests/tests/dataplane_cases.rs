@@ -12,13 +12,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use balancer_tests::{
     packet::{
-        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, End, ExtHeader, Frame, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST,
-        ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST,
-        ICMPV6_PACKET_TOO_BIG, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums_valid, checksum, parse, reassemble, set_quoted_end,
-        vlan_tagged,
+        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, End, ExtHeader, Frame, ICMP_DEST_UNREACH,
+        ICMP_ECHO_REQUEST, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED,
+        ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG, L4, PROTO_ICMP,
+        PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN, assert_checksums_valid,
+        checksum, parse, reassemble, set_quoted_end, vlan_tagged,
     },
     test_both_modes,
-    xdp_fixture::{BACKEND_IF_MAC, CLIENT_IF_MAC, Fixture, Verdict, backend_index, backend_mac, client_mac},
+    xdp_fixture::{
+        BACKEND_IF_MAC, CLIENT_IF_MAC, Fixture, Verdict, backend_index, backend_mac, client_mac,
+    },
 };
 
 const VIP4: &str = "198.18.0.100";
@@ -28,7 +31,9 @@ const VIP6: &str = "2001:db8::100";
 /// userspace.
 fn predicted(fx: &Fixture, service: &str, client: &str, sport: u16) -> SocketAddr {
     let s = fx.service(service);
-    let id = s.predict(client.parse().unwrap(), sport).expect("the service has a table");
+    let id = s
+        .predict(client.parse().unwrap(), sport)
+        .expect("the service has a table");
     s.backend_by_id(id).unwrap().address
 }
 
@@ -51,7 +56,14 @@ fn to_backend(f: &Frame, backend: SocketAddr) -> Frame {
 
 /// `f` as the balancer sends it to client number `i` (its MAC), from `vip`.
 fn to_client(f: &Frame, vip: SocketAddr, i: u8) -> Frame {
-    Frame { src_mac: CLIENT_IF_MAC, dst_mac: client_mac(i), src: vip.ip(), sport: vip.port(), ttl: f.ttl - 1, ..f.clone() }
+    Frame {
+        src_mac: CLIENT_IF_MAC,
+        dst_mac: client_mac(i),
+        src: vip.ip(),
+        sport: vip.port(),
+        ttl: f.ttl - 1,
+        ..f.clone()
+    }
 }
 
 /// A backend's packet to a client, arriving on the backend side.
@@ -59,19 +71,34 @@ fn from_backend(backend: SocketAddr, client: &str, cport: u16, proto: u8, flags:
     Frame {
         src_mac: backend_mac(backend_index(backend.ip())),
         dst_mac: BACKEND_IF_MAC,
-        ..Frame::of_proto(proto, backend.ip(), backend.port(), client.parse().unwrap(), cport, flags)
+        ..Frame::of_proto(
+            proto,
+            backend.ip(),
+            backend.port(),
+            client.parse().unwrap(),
+            cport,
+            flags,
+        )
     }
 }
 
 /// The protocol number of a configured service.
 fn proto(fx: &Fixture, service: &str) -> u8 {
-    if fx.service(service).config.protocol.to_string() == "udp" { PROTO_UDP } else { PROTO_TCP }
+    if fx.service(service).config.protocol.to_string() == "udp" {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    }
 }
 
 /// Send `frame` from the client side and expect exactly `want`, forwarded.
 fn expect_forwarded(fx: &Fixture, from_client: bool, frame: &Frame, want: &Frame) {
     let input = frame.build();
-    let (verdict, out) = if from_client { fx.run_client_frame(&input) } else { fx.run_backend_frame(&input) };
+    let (verdict, out) = if from_client {
+        fx.run_client_frame(&input)
+    } else {
+        fx.run_backend_frame(&input)
+    };
     assert_eq!(verdict, Verdict::Forwarded, "{frame:?}");
     assert_eq!(out, want.build(), "{frame:?}: rewritten as expected");
     assert_checksums_valid(&out);
@@ -80,15 +107,31 @@ fn expect_forwarded(fx: &Fixture, from_client: bool, frame: &Frame, want: &Frame
 /// Send `frame` and expect it passed untouched, counted under `counter`.
 fn expect_passed(fx: &Fixture, from_client: bool, input: &[u8], counter: &'static str, what: &str) {
     let before = fx.counters();
-    let (verdict, out) = if from_client { fx.run_client_frame(input) } else { fx.run_backend_frame(input) };
+    let (verdict, out) = if from_client {
+        fx.run_client_frame(input)
+    } else {
+        fx.run_backend_frame(input)
+    };
     assert_eq!(verdict, Verdict::Pass, "{what}");
     assert_eq!(out, input, "{what}: untouched");
-    assert_eq!(fx.counters().since(&before), vec![(counter, 1)], "{what}: counted");
+    assert_eq!(
+        fx.counters().since(&before),
+        vec![(counter, 1)],
+        "{what}: counted"
+    );
 }
 
 /// A client's SYN to `vip:port` and the backend's SYN-ACK, both checked:
 /// a live flow. Returns its backend.
-fn open_flow(fx: &Fixture, service: &str, client: &str, i: u8, cport: u16, vip: &str, port: u16) -> SocketAddr {
+fn open_flow(
+    fx: &Fixture,
+    service: &str,
+    client: &str,
+    i: u8,
+    cport: u16,
+    vip: &str,
+    port: u16,
+) -> SocketAddr {
     open_flow_with(fx, service, client, i, cport, vip, port, |f| f)
 }
 
@@ -108,11 +151,24 @@ fn open_flow_with(
     let first = shape(Frame {
         src_mac: client_mac(i),
         dst_mac: CLIENT_IF_MAC,
-        ..Frame::of_proto(proto, client.parse().unwrap(), cport, vip.parse().unwrap(), port, TCP_SYN)
+        ..Frame::of_proto(
+            proto,
+            client.parse().unwrap(),
+            cport,
+            vip.parse().unwrap(),
+            port,
+            TCP_SYN,
+        )
     });
     let backend = predicted(fx, service, client, cport);
     expect_forwarded(fx, true, &first, &to_backend(&first, backend));
-    let reply = shape(from_backend(backend, client, cport, proto, TCP_SYN | TCP_ACK));
+    let reply = shape(from_backend(
+        backend,
+        client,
+        cport,
+        proto,
+        TCP_SYN | TCP_ACK,
+    ));
     expect_forwarded(fx, false, &reply, &to_client(&reply, sock(vip, port), i));
     backend
 }
@@ -438,14 +494,23 @@ test_both_modes! {
 }
 
 /// Send each piece, expect each forwarded exactly as `want`; the outputs.
-fn send_pieces(fx: &Fixture, from_client: bool, pieces: &[Vec<u8>], want: &[Vec<u8>]) -> Vec<Vec<u8>> {
+fn send_pieces(
+    fx: &Fixture,
+    from_client: bool,
+    pieces: &[Vec<u8>],
+    want: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
     assert_eq!(pieces.len(), want.len());
     pieces
         .iter()
         .zip(want)
         .enumerate()
         .map(|(k, (piece, want))| {
-            let (verdict, out) = if from_client { fx.run_client_frame(piece) } else { fx.run_backend_frame(piece) };
+            let (verdict, out) = if from_client {
+                fx.run_client_frame(piece)
+            } else {
+                fx.run_backend_frame(piece)
+            };
             assert_eq!(verdict, Verdict::Forwarded, "piece {k}");
             assert_eq!(&out, want, "piece {k} rewritten as expected");
             assert_checksums_valid(&out);

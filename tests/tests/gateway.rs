@@ -10,7 +10,7 @@ use std::{
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
-    daemon::{Daemon, balancer, attached},
+    daemon::{Daemon, attached, balancer},
     require_root, tcp_ask, tcp_whoami,
     topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
     udp_ask, udp_whoami,
@@ -78,11 +78,22 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     require_root();
     let topo = Topology::new(&TopologyOpts::default());
     let bpffs = TempBpffs::new();
-    let tcp: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
-    let udp: Vec<_> = topo.backends().iter().map(|b| udp_whoami(b.ns(), b.name(), 5353)).collect();
+    let tcp: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| tcp_whoami(b.ns(), b.name(), 3000))
+        .collect();
+    let udp: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| udp_whoami(b.ns(), b.name(), 5353))
+        .collect();
     let pin_dir = bpffs.pin_dir();
     let mut daemon = Daemon::start(topo.gw(), &config(&topo, &pin_dir), &pin_dir, &[]);
-    daemon.wait_serving(topo.gw(), &balancer_tests::bpffs::control_socket_of(&pin_dir));
+    daemon.wait_serving(
+        topo.gw(),
+        &balancer_tests::bpffs::control_socket_of(&pin_dir),
+    );
     assert!(attached(topo.gw(), GW_CLIENT_IF) && attached(topo.gw(), GW_BACKEND_IF));
 
     // source-ip: every one of 10 new connections from a client lands on the
@@ -90,14 +101,23 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     // talks to the VIP (the handshake only completes if replies come back
     // from VIP:80).
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), WEB_PORT);
-    let clients: Vec<IpAddr> = topo.clients_v4().iter().take(16).map(|&a| IpAddr::V4(a)).collect();
+    let clients: Vec<IpAddr> = topo
+        .clients_v4()
+        .iter()
+        .take(16)
+        .map(|&a| IpAddr::V4(a))
+        .collect();
     let mut chosen: HashMap<IpAddr, String> = HashMap::new();
     for &client in &clients {
         let mut seen = BTreeSet::new();
         for i in 0..10 {
             let answer = tcp_ask(topo.client(), client, vip, TIMEOUT)
                 .unwrap_or_else(|e| panic!("{client} connection {i} to {vip}: {e}"));
-            assert_eq!(answer.seen.ip(), client, "the backend sees the real client address");
+            assert_eq!(
+                answer.seen.ip(),
+                client,
+                "the backend sees the real client address"
+            );
             assert_eq!(answer.local.ip(), client);
             seen.insert(answer.backend);
         }
@@ -112,9 +132,16 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     let spread_vip = SocketAddr::new(IpAddr::V4(VIP_V4), SPREAD_PORT);
     let one = clients[0];
     let spread: BTreeSet<String> = (0..30)
-        .map(|i| tcp_ask(topo.client(), one, spread_vip, TIMEOUT).unwrap_or_else(|e| panic!("four-tuple {i}: {e}")).backend)
+        .map(|i| {
+            tcp_ask(topo.client(), one, spread_vip, TIMEOUT)
+                .unwrap_or_else(|e| panic!("four-tuple {i}: {e}"))
+                .backend
+        })
         .collect();
-    assert!(spread.len() >= 2, "four-tuple: 30 connections from {one} reached only {spread:?}");
+    assert!(
+        spread.len() >= 2,
+        "four-tuple: 30 connections from {one} reached only {spread:?}"
+    );
     println!("four-tuple: 30 connections from one client reached {spread:?}");
 
     // UDP, source-ip: each client's datagrams (new socket, new source port
@@ -124,7 +151,10 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     let mut udp_used = BTreeSet::new();
     for &client in clients.iter().take(12) {
         let seen: BTreeSet<String> = (0..5)
-            .map(|i| udp_ask(topo.client(), client, dns_vip, TIMEOUT).unwrap_or_else(|e| panic!("UDP {client} #{i}: {e}")))
+            .map(|i| {
+                udp_ask(topo.client(), client, dns_vip, TIMEOUT)
+                    .unwrap_or_else(|e| panic!("UDP {client} #{i}: {e}"))
+            })
             .map(|a| {
                 assert_eq!(a.seen.ip(), client);
                 a.backend
@@ -138,27 +168,50 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
     // Traffic that is not for a VIP is routed by the gateway as before.
     for b in topo.backends() {
         let direct = SocketAddr::new(IpAddr::V4(b.v4()), 3000);
-        let answer = tcp_ask(topo.client(), clients[1], direct, TIMEOUT).expect("direct connection to a backend");
+        let answer = tcp_ask(topo.client(), clients[1], direct, TIMEOUT)
+            .expect("direct connection to a backend");
         assert_eq!(answer.backend, b.name());
-        let answer = udp_ask(topo.client(), clients[1], SocketAddr::new(IpAddr::V4(b.v4()), 5353), TIMEOUT)
-            .expect("direct UDP to a backend");
+        let answer = udp_ask(
+            topo.client(),
+            clients[1],
+            SocketAddr::new(IpAddr::V4(b.v4()), 5353),
+            TIMEOUT,
+        )
+        .expect("direct UDP to a backend");
         assert_eq!(answer.backend, b.name());
     }
 
     // Stopping the daemon leaves the data plane forwarding (pinned), and
     // clients keep their backends.
     assert!(daemon.stop().success());
-    assert!(attached(topo.gw(), GW_CLIENT_IF), "the pinned link outlives the daemon");
+    assert!(
+        attached(topo.gw(), GW_CLIENT_IF),
+        "the pinned link outlives the daemon"
+    );
     for (&client, backend) in chosen.iter().take(4) {
-        let answer = tcp_ask(topo.client(), client, vip, TIMEOUT).expect("balanced with the daemon stopped");
+        let answer =
+            tcp_ask(topo.client(), client, vip, TIMEOUT).expect("balanced with the daemon stopped");
         assert_eq!(&answer.backend, backend);
     }
     // `balancer detach` removes it.
     // With the daemon stopped, its (stale) socket refuses and the CLI removes
     // the pins itself.
     let socket = bpffs.control_socket();
-    let out = balancer(topo.gw(), &["detach", "--pin-dir", pin_dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
-    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let out = balancer(
+        topo.gw(),
+        &[
+            "detach",
+            "--pin-dir",
+            pin_dir.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF));
     drop((tcp, udp));
 }
@@ -166,20 +219,49 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
 #[test]
 fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
     require_root();
-    let topo = Topology::new(&TopologyOpts { backends: 1, ..TopologyOpts::default() });
+    let topo = Topology::new(&TopologyOpts {
+        backends: 1,
+        ..TopologyOpts::default()
+    });
     let bpffs = TempBpffs::new();
     let pin_dir = bpffs.pin_dir();
     let good = config(&topo, &pin_dir);
     let not_bpffs = std::env::temp_dir().join("lbt-not-bpffs");
     let cases = [
-        ("table size", good.replacen("name = \"web\"", "name = \"web\"\ntable_size = 65536", 1), "table_size"),
-        ("interface", good.replace("clients = \"gwc\"", "clients = \"nosuchif0\""), "interfaces.clients"),
-        ("mode", good.replace(&format!("mode = \"{}\"", balancer_tests::daemon::test_mode()), "mode = \"ebpf\""), "interfaces.mode"),
-        ("pin dir", good.replace(pin_dir.to_str().unwrap(), not_bpffs.to_str().unwrap()), "bpf.pin_dir"),
-        ("syntax", good.replace("[[services]]", "[[services]"), "TOML"),
+        (
+            "table size",
+            good.replacen("name = \"web\"", "name = \"web\"\ntable_size = 65536", 1),
+            "table_size",
+        ),
+        (
+            "interface",
+            good.replace("clients = \"gwc\"", "clients = \"nosuchif0\""),
+            "interfaces.clients",
+        ),
+        (
+            "mode",
+            good.replace(
+                &format!("mode = \"{}\"", balancer_tests::daemon::test_mode()),
+                "mode = \"ebpf\"",
+            ),
+            "interfaces.mode",
+        ),
+        (
+            "pin dir",
+            good.replace(pin_dir.to_str().unwrap(), not_bpffs.to_str().unwrap()),
+            "bpf.pin_dir",
+        ),
+        (
+            "syntax",
+            good.replace("[[services]]", "[[services]"),
+            "TOML",
+        ),
     ];
     for (what, text, names) in cases {
-        let path = std::env::temp_dir().join(format!("lbt-bad-{}.toml", balancer_tests::netns::random_suffix()));
+        let path = std::env::temp_dir().join(format!(
+            "lbt-bad-{}.toml",
+            balancer_tests::netns::random_suffix()
+        ));
         std::fs::write(&path, &text).unwrap();
         let out = balancer(topo.gw(), &["run", "--config", path.to_str().unwrap()]);
         std::fs::remove_file(&path).unwrap();
@@ -187,9 +269,19 @@ fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
         assert!(!out.status.success(), "{what}: exit status {}", out.status);
         let lines: Vec<_> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
-        assert!(lines[0].contains(names), "{what}: {:?} should name {names}", lines[0]);
-        assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF), "{what}: attached");
-        assert!(!pin_dir.exists() || std::fs::read_dir(&pin_dir).unwrap().next().is_none(), "{what}: pinned something");
+        assert!(
+            lines[0].contains(names),
+            "{what}: {:?} should name {names}",
+            lines[0]
+        );
+        assert!(
+            !attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF),
+            "{what}: attached"
+        );
+        assert!(
+            !pin_dir.exists() || std::fs::read_dir(&pin_dir).unwrap().next().is_none(),
+            "{what}: pinned something"
+        );
         println!("{what}: {}", lines[0]);
     }
 }
@@ -197,7 +289,10 @@ fn a_bad_config_exits_with_one_line_and_attaches_nothing() {
 #[test]
 fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
     require_root();
-    let topo = Topology::new(&TopologyOpts { backends: 1, ..TopologyOpts::default() });
+    let topo = Topology::new(&TopologyOpts {
+        backends: 1,
+        ..TopologyOpts::default()
+    });
     let bpffs = TempBpffs::new();
     let pin_dir = bpffs.pin_dir();
     std::fs::create_dir_all(&pin_dir).unwrap();
@@ -207,8 +302,13 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
         0,
     )
     .expect("create a per-CPU array");
-    counters.pin(pin_dir.join(balancer_common::maps::COUNTERS)).expect("pin it");
-    let path = std::env::temp_dir().join(format!("lbt-old-{}.toml", balancer_tests::netns::random_suffix()));
+    counters
+        .pin(pin_dir.join(balancer_common::maps::COUNTERS))
+        .expect("pin it");
+    let path = std::env::temp_dir().join(format!(
+        "lbt-old-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
     std::fs::write(&path, config(&topo, &pin_dir)).unwrap();
     let out = balancer(topo.gw(), &["run", "--config", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
@@ -216,7 +316,11 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
     assert!(!out.status.success());
     let lines: Vec<_> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line, got {stderr:?}");
-    assert!(lines[0].contains("COUNTERS") && lines[0].contains("another version"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("COUNTERS") && lines[0].contains("another version"),
+        "{}",
+        lines[0]
+    );
     assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF));
     println!("{}", lines[0]);
 }

@@ -46,10 +46,30 @@ fn ipv4_and_ipv6_services_side_by_side() {
     let topo = Topology::new(&TopologyOpts::default());
     let extra = extra_clients(&topo);
     let bpffs = TempBpffs::new();
-    let _tcp: Vec<_> = topo.backends().iter().map(|b| tcp_whoami(b.ns(), b.name(), 3000)).collect();
-    let _udp: Vec<_> = topo.backends().iter().map(|b| udp_whoami(b.ns(), b.name(), 5353)).collect();
-    let v4 = |port| backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), port)));
-    let v6 = |port| backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v6().into(), port)));
+    let _tcp: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| tcp_whoami(b.ns(), b.name(), 3000))
+        .collect();
+    let _udp: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| udp_whoami(b.ns(), b.name(), 5353))
+        .collect();
+    let v4 = |port| {
+        backends_toml(
+            topo.backends()
+                .iter()
+                .map(|b| SocketAddr::new(b.v4().into(), port)),
+        )
+    };
+    let v6 = |port| {
+        backends_toml(
+            topo.backends()
+                .iter()
+                .map(|b| SocketAddr::new(b.v6().into(), port)),
+        )
+    };
     let config = format!(
         "{head}\n\
          [[services]]\nname = \"web4\"\nvip = \"{VIP_V4}:80\"\n[services.health]\ncheck = \"none\"\n{web4}\n\
@@ -64,27 +84,45 @@ fn ipv4_and_ipv6_services_side_by_side() {
     let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
     let socket = bpffs.control_socket();
     daemon.wait_serving(topo.gw(), &socket);
-    let name_of: HashMap<String, String> =
-        topo.backends().iter().map(|b| (SocketAddr::new(b.v6().into(), 3000).to_string(), b.name().to_owned())).collect();
+    let name_of: HashMap<String, String> = topo
+        .backends()
+        .iter()
+        .map(|b| {
+            (
+                SocketAddr::new(b.v6().into(), 3000).to_string(),
+                b.name().to_owned(),
+            )
+        })
+        .collect();
 
     // TCP over v6, /128 affinity: every connection of a client on one
     // backend, which sees the client's own address; `lookup` predicted it.
     let web6 = SocketAddr::new(VIP_V6.into(), 80);
     let mut used = BTreeSet::new();
     for &client in topo.clients_v6().iter().take(16) {
-        let predicted: LookupAnswer =
-            serde_json::from_str(&cli_ok(topo.gw(), &socket, &["lookup", "web6", &client.to_string(), "--json"])).unwrap();
+        let predicted: LookupAnswer = serde_json::from_str(&cli_ok(
+            topo.gw(),
+            &socket,
+            &["lookup", "web6", &client.to_string(), "--json"],
+        ))
+        .unwrap();
         let predicted = &name_of[predicted.backend.as_deref().expect("a backend")];
         let mut seen = BTreeSet::new();
         for _ in 0..3 {
             let answer = tcp_ask(topo.client(), client.into(), web6, TIMEOUT)
                 .unwrap_or_else(|e| panic!("{client} → {web6}: {e}"));
-            assert_eq!(answer.seen, answer.local, "the backend sees the client itself");
+            assert_eq!(
+                answer.seen, answer.local,
+                "the backend sees the client itself"
+            );
             seen.insert(answer.backend);
         }
         assert_eq!(seen.len(), 1, "{client} spread over {seen:?}");
         let chosen = seen.pop_first().unwrap();
-        assert_eq!(&chosen, predicted, "{client}: lookup said {predicted}, the kernel chose {chosen}");
+        assert_eq!(
+            &chosen, predicted,
+            "{client}: lookup said {predicted}, the kernel chose {chosen}"
+        );
         used.insert(chosen);
     }
     assert!(used.len() >= 2, "16 v6 clients all went to {used:?}");
@@ -100,13 +138,18 @@ fn ipv4_and_ipv6_services_side_by_side() {
         }
     }
     for (net, backends) in &by_net {
-        assert_eq!(backends.len(), 1, "2001:db8:{net}::/64 spread over {backends:?}");
+        assert_eq!(
+            backends.len(),
+            1,
+            "2001:db8:{net}::/64 spread over {backends:?}"
+        );
     }
 
     // UDP over v6: consistent per client, no source NAT.
     let dns6 = SocketAddr::new(VIP_V6.into(), 53);
     for &client in topo.clients_v6().iter().take(8) {
-        let first = udp_ask(topo.client(), client.into(), dns6, TIMEOUT).unwrap_or_else(|e| panic!("{client}: {e}"));
+        let first = udp_ask(topo.client(), client.into(), dns6, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{client}: {e}"));
         assert_eq!(first.seen, first.local);
         let again = udp_ask(topo.client(), client.into(), dns6, TIMEOUT).unwrap();
         assert_eq!(again.backend, first.backend, "{client}: UDP moved");
@@ -120,6 +163,9 @@ fn ipv4_and_ipv6_services_side_by_side() {
         assert_eq!(a.backend, b.backend);
         assert_eq!(a.seen, a.local);
     }
-    println!("ipv6: 16 v6 clients on {} backends, each /64 on one backend, v6 UDP and v4 alongside", used.len());
+    println!(
+        "ipv6: 16 v6 clients on {} backends, each /64 on one backend, v6 UDP and v4 alongside",
+        used.len()
+    );
     drop(daemon);
 }

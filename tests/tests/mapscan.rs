@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapData, MapType};
 use balancer_common::types::{Flow, FlowKey};
 use balancer_tests::require_root;
-use balancer_user::mapscan::{self, Method, ScanError, ScanOptions, ScanStats, sys_bpf, ElemAttr};
+use balancer_user::mapscan::{self, ElemAttr, Method, ScanError, ScanOptions, ScanStats, sys_bpf};
 
 // include/uapi/linux/bpf.h
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -37,8 +37,6 @@ struct CreateAttr {
     max_entries: u32,
     map_flags: u32,
 }
-
-
 
 /// A map of `FlowKey` → `Flow` of `map_type`, closed on drop.
 fn create_map(map_type: u32, max_entries: u32) -> MapData {
@@ -392,7 +390,10 @@ fn update_batch_writes_every_entry() {
     let keys: Vec<FlowKey> = (0..n).map(key).collect();
     let values: Vec<Flow> = (0..n).map(value).collect();
     let start = std::time::Instant::now();
-    assert!(mapscan::update_batch(&map, &keys, &values).expect("BPF_MAP_UPDATE_BATCH"), "batch refused");
+    assert!(
+        mapscan::update_batch(&map, &keys, &values).expect("BPF_MAP_UPDATE_BATCH"),
+        "batch refused"
+    );
     let batched = start.elapsed();
     let (seen, _) = collect(&map, ScanOptions::default());
     assert_eq!(seen.len(), n as usize);
@@ -403,5 +404,8 @@ fn update_batch_writes_every_entry() {
     let other = create_map(BPF_MAP_TYPE_HASH, n + 1024);
     let start = std::time::Instant::now();
     fill(&other, n);
-    println!("{n} entries: batched {batched:?}, one by one {:?}", start.elapsed());
+    println!(
+        "{n} entries: batched {batched:?}, one by one {:?}",
+        start.elapsed()
+    );
 }

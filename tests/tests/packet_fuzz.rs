@@ -40,12 +40,13 @@ use std::{
 use balancer_common::counters::Counter;
 use balancer_tests::{
     packet::{
-        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ExtHeader, Fragment, Frame, IPV6_LEN, PROTO_TCP,
-        PROTO_UDP, Parsed, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, try_parse_to, verify_checksums, vlan_tagged,
+        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ExtHeader, Fragment, Frame,
+        IPV6_LEN, PROTO_TCP, PROTO_UDP, Parsed, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+        try_parse_to, verify_checksums, vlan_tagged,
     },
     xdp_fixture::{
-        Fixture, Mode, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Verdict, XDP_DROP,
-        XDP_PASS, XDP_REDIRECT, XDP_TX, with_fixture_mode,
+        Fixture, Mode, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Verdict, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, XDP_TX, with_fixture_mode,
     },
 };
 use balancer_user::state::ServiceState;
@@ -90,7 +91,11 @@ struct Expect<'a> {
 }
 
 fn proto_of(s: &ServiceState) -> u8 {
-    if s.config.protocol.to_string() == "udp" { PROTO_UDP } else { PROTO_TCP }
+    if s.config.protocol.to_string() == "udp" {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    }
 }
 
 fn expect(fx: &Fixture) -> Expect<'_> {
@@ -108,8 +113,14 @@ fn expect(fx: &Fixture) -> Expect<'_> {
         e.vips.push((vip, proto));
         for b in &s.backends {
             e.backend_vip.insert((b.address, proto), vip);
-            e.vip_backends.entry((vip.ip(), proto)).or_default().insert(b.address.ip());
-            e.backend_vips.entry((b.address.ip(), proto)).or_default().insert(vip.ip());
+            e.vip_backends
+                .entry((vip.ip(), proto))
+                .or_default()
+                .insert(b.address.ip());
+            e.backend_vips
+                .entry((b.address.ip(), proto))
+                .or_default()
+                .insert(vip.ip());
             e.backends.push((b.address, proto));
         }
     }
@@ -130,22 +141,56 @@ fn client_v4(rng: &mut Rng) -> IpAddr {
 }
 
 fn client_v6(rng: &mut Rng) -> IpAddr {
-    let net = if rng.one_in(4) { rng.below(8) as u16 } else { 0 };
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, 1 + rng.below(250) as u16))
+    let net = if rng.one_in(4) {
+        rng.below(8) as u16
+    } else {
+        0
+    };
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        net,
+        0,
+        0,
+        0,
+        1 + rng.below(250) as u16,
+    ))
 }
 
 fn random_addr(rng: &mut Rng, v4: bool) -> IpAddr {
-    if v4 { IpAddr::V4(Ipv4Addr::from(rng.next() as u32)) } else { IpAddr::V6(Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next()))) }
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(
+            u128::from(rng.next()) << 64 | u128::from(rng.next()),
+        ))
+    }
 }
 
 fn random_flags(rng: &mut Rng) -> u8 {
     let any = rng.next() as u8;
-    *rng.pick(&[TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK, TCP_RST, any])
+    *rng.pick(&[
+        TCP_SYN,
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_FIN | TCP_ACK,
+        TCP_RST,
+        any,
+    ])
 }
 
 fn random_fragment(rng: &mut Rng) -> Fragment {
-    let offset = if rng.one_in(2) { 0 } else { 1 + rng.below(100) as u16 };
-    Fragment { offset, more: rng.one_in(2), id: rng.below(4) as u32 }
+    let offset = if rng.one_in(2) {
+        0
+    } else {
+        1 + rng.below(100) as u16
+    };
+    Fragment {
+        offset,
+        more: rng.one_in(2),
+        id: rng.below(4) as u32,
+    }
 }
 
 /// A well-formed TCP or UDP frame of one family: a client's VIP packet, a
@@ -155,30 +200,57 @@ fn valid(rng: &mut Rng, e: &Expect, flows: &[Flow], v4: bool) -> (Frame, bool) {
     let client = if v4 { client_v4(rng) } else { client_v6(rng) };
     let flags = random_flags(rng);
     let vips: Vec<_> = e.vips.iter().filter(|(a, _)| a.is_ipv4() == v4).collect();
-    let backends: Vec<_> = e.backends.iter().filter(|(a, _)| a.is_ipv4() == v4).collect();
+    let backends: Vec<_> = e
+        .backends
+        .iter()
+        .filter(|(a, _)| a.is_ipv4() == v4)
+        .collect();
     let live: Vec<_> = flows.iter().filter(|f| f.client.is_ipv4() == v4).collect();
     let (mut frame, from_client) = match rng.below(3) {
         // Client → VIP (a configured port mostly, sometimes not).
         0 => {
             let &&(vip, proto) = rng.pick(&vips);
-            let (port, proto) = if rng.one_in(5) { (rng.next() as u16, *rng.pick(&[PROTO_TCP, PROTO_UDP])) } else { (vip.port(), proto) };
-            (Frame::of_proto(proto, client, rng.next() as u16, vip.ip(), port, flags), true)
+            let (port, proto) = if rng.one_in(5) {
+                (rng.next() as u16, *rng.pick(&[PROTO_TCP, PROTO_UDP]))
+            } else {
+                (vip.port(), proto)
+            };
+            (
+                Frame::of_proto(proto, client, rng.next() as u16, vip.ip(), port, flags),
+                true,
+            )
         }
         // Backend → client in a live flow.
         1 if !live.is_empty() && rng.one_in(2) => {
             let f = **rng.pick(&live);
-            (Frame::of_proto(f.proto, f.backend.ip(), f.backend.port(), f.client.ip(), f.client.port(), flags), false)
+            (
+                Frame::of_proto(
+                    f.proto,
+                    f.backend.ip(),
+                    f.backend.port(),
+                    f.client.ip(),
+                    f.client.port(),
+                    flags,
+                ),
+                false,
+            )
         }
         // Backend → client (a reply, if the program knows the flow).
         1 => {
             let &&(b, proto) = rng.pick(&backends);
-            (Frame::of_proto(proto, b.ip(), b.port(), client, rng.next() as u16, flags), false)
+            (
+                Frame::of_proto(proto, b.ip(), b.port(), client, rng.next() as u16, flags),
+                false,
+            )
         }
         // Anything else.
         _ => {
             let proto = *rng.pick(&[PROTO_TCP, PROTO_UDP]);
             let (src, dst) = (random_addr(rng, v4), random_addr(rng, v4));
-            (Frame::of_proto(proto, src, rng.next() as u16, dst, rng.next() as u16, flags), rng.one_in(2))
+            (
+                Frame::of_proto(proto, src, rng.next() as u16, dst, rng.next() as u16, flags),
+                rng.one_in(2),
+            )
         }
     };
     let any_ttl = rng.next() as u8;
@@ -190,9 +262,15 @@ fn valid(rng: &mut Rng, e: &Expect, flows: &[Flow], v4: bool) -> (Frame, bool) {
     if !v4 && rng.one_in(3) {
         frame.ext_headers = (0..1 + rng.below(5))
             .map(|_| match rng.below(7) {
-                0 => ExtHeader::HopByHop { len: rng.below(3) as u8 },
-                1 | 2 => ExtHeader::DestOpts { len: rng.below(3) as u8 },
-                3 => ExtHeader::Routing { segments_left: if rng.one_in(2) { 0 } else { rng.next() as u8 } },
+                0 => ExtHeader::HopByHop {
+                    len: rng.below(3) as u8,
+                },
+                1 | 2 => ExtHeader::DestOpts {
+                    len: rng.below(3) as u8,
+                },
+                3 => ExtHeader::Routing {
+                    segments_left: if rng.one_in(2) { 0 } else { rng.next() as u8 },
+                },
                 4 => ExtHeader::Fragment(random_fragment(rng)),
                 5 => ExtHeader::Auth,
                 _ => ExtHeader::Esp,
@@ -218,32 +296,70 @@ fn icmp(rng: &mut Rng, e: &Expect, flows: &[Flow]) -> (Frame, bool) {
     let (src, dst, quoted, from_client) = match flow {
         // About the reply as it left (VIP → client), to the VIP.
         Some(f) if rng.one_in(2) => {
-            let q = Frame::of_proto(f.proto, f.vip.ip(), f.vip.port(), f.client.ip(), f.client.port(), flags);
+            let q = Frame::of_proto(
+                f.proto,
+                f.vip.ip(),
+                f.vip.port(),
+                f.client.ip(),
+                f.client.port(),
+                flags,
+            );
             (router, f.vip.ip(), q, true)
         }
         // About the request as it reached the backend, to the client, from
         // the backend or a router.
         Some(f) => {
-            let q = Frame::of_proto(f.proto, f.client.ip(), f.client.port(), f.backend.ip(), f.backend.port(), flags);
-            let src = if rng.one_in(2) { f.backend.ip() } else { router };
+            let q = Frame::of_proto(
+                f.proto,
+                f.client.ip(),
+                f.client.port(),
+                f.backend.ip(),
+                f.backend.port(),
+                flags,
+            );
+            let src = if rng.one_in(2) {
+                f.backend.ip()
+            } else {
+                router
+            };
             (src, f.client.ip(), q, false)
         }
         None => {
             let (mut q, from_client) = valid(rng, e, flows, v4);
             q.ext_headers.clear();
-            let dst = if rng.one_in(2) { q.src } else { random_addr(rng, v4) };
+            let dst = if rng.one_in(2) {
+                q.src
+            } else {
+                random_addr(rng, v4)
+            };
             (router, dst, q, from_client)
         }
     };
     let payload_len = rng.below(64) as usize;
-    let quoted = Frame { payload: rng.bytes(payload_len), ..quoted }.build();
+    let quoted = Frame {
+        payload: rng.bytes(payload_len),
+        ..quoted
+    }
+    .build();
     let any_type = rng.next() as u8;
-    let icmp_type = if v4 { *rng.pick(&[3, 3, 3, 11, 12, 0, 8, any_type]) } else { *rng.pick(&[1, 2, 2, 3, 4, 128, 129, any_type]) };
+    let icmp_type = if v4 {
+        *rng.pick(&[3, 3, 3, 11, 12, 0, 8, any_type])
+    } else {
+        *rng.pick(&[1, 2, 2, 3, 4, 128, 129, any_type])
+    };
     let any_len = rng.below(120) as usize;
     let quote_len = *rng.pick(&[28, 48, 68, any_len, usize::MAX]);
     let any_rest = rng.next() as u32;
     let rest = *rng.pick(&[1280, 1400, any_rest]);
-    let mut frame = Frame::icmp_error(&src.to_string(), &dst.to_string(), icmp_type, rng.below(6) as u8, rest, &quoted, quote_len);
+    let mut frame = Frame::icmp_error(
+        &src.to_string(),
+        &dst.to_string(),
+        icmp_type,
+        rng.below(6) as u8,
+        rest,
+        &quoted,
+        quote_len,
+    );
     let any_ttl = rng.next() as u8;
     frame.ttl = *rng.pick(&[64, 64, 1, any_ttl]);
     (frame, from_client)
@@ -325,7 +441,12 @@ struct Rewrite {
 /// Nothing past the IP packet's announced length may change: the program
 /// bounds the headers it rewrites by that length, not by the frame (which
 /// may carry padding).
-fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Result<Rewrite, String> {
+fn check_rewrite(
+    e: &Expect,
+    input: &[u8],
+    out: &[u8],
+    verdict: Verdict,
+) -> Result<Rewrite, String> {
     let ip_end = announced_end(input).ok_or("rewrote a frame shorter than its IP packet")?;
     let pi = try_parse_to(input, false).ok_or("rewrote a frame that is not untagged IP")?;
     let po = try_parse_to(out, false).ok_or("rewrote into a frame that does not parse")?;
@@ -333,18 +454,29 @@ fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Resu
         return Err(format!("length {} became {}", input.len(), out.len()));
     }
     let allowed = rewritable(&pi);
-    if let Some(at) = (0..input.len()).find(|&i| input[i] != out[i] && !allowed.iter().any(|r| r.contains(&i))) {
+    if let Some(at) =
+        (0..input.len()).find(|&i| input[i] != out[i] && !allowed.iter().any(|r| r.contains(&i)))
+    {
         return Err(format!("byte {at} changed, which NAT never touches"));
     }
     let past_ip_end = (ip_end..input.len()).any(|i| input[i] != out[i]);
     if past_ip_end {
-        return Err(format!("rewrote bytes past the IP packet's announced end ({ip_end})"));
+        return Err(format!(
+            "rewrote bytes past the IP packet's announced end ({ip_end})"
+        ));
     }
     let proto = pi.ip.proto;
     let forwarded = verdict == Verdict::Forwarded;
-    let want_ttl = if forwarded { pi.ip.ttl.wrapping_sub(1) } else { pi.ip.ttl };
+    let want_ttl = if forwarded {
+        pi.ip.ttl.wrapping_sub(1)
+    } else {
+        pi.ip.ttl
+    };
     if po.ip.ttl != want_ttl {
-        return Err(format!("TTL {} became {} ({verdict:?})", pi.ip.ttl, po.ip.ttl));
+        return Err(format!(
+            "TTL {} became {} ({verdict:?})",
+            pi.ip.ttl, po.ip.ttl
+        ));
     }
     let mut flow = None;
     let what;
@@ -359,34 +491,71 @@ fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Resu
         }
         if po.dst() != pi.dst() {
             // To the backend: the quote is VIP → client.
-            let service =
-                e.services.get(&(qi.src(), q_proto)).ok_or("ICMP to a backend about a packet not from a VIP")?;
+            let service = e
+                .services
+                .get(&(qi.src(), q_proto))
+                .ok_or("ICMP to a backend about a packet not from a VIP")?;
             let backend = predicted(service, qi.dst())?;
-            if (po.dst(), qo.src(), qo.dst(), po.src()) != (backend.ip(), backend, qi.dst(), pi.src()) {
-                return Err(format!("ICMP error for {} sent to {}, quoting {} → {}", qi.src(), po.dst(), qo.src(), qo.dst()));
+            if (po.dst(), qo.src(), qo.dst(), po.src())
+                != (backend.ip(), backend, qi.dst(), pi.src())
+            {
+                return Err(format!(
+                    "ICMP error for {} sent to {}, quoting {} → {}",
+                    qi.src(),
+                    po.dst(),
+                    qo.src(),
+                    qo.dst()
+                ));
             }
             what = "ICMP error to a backend";
         } else {
             // To the client: the quote is client → backend.
-            let vip = e.backend_vip.get(&(qi.dst(), q_proto)).ok_or("ICMP to a client about a packet not to a backend")?;
-            let src = if pi.src() == qi.ip.dst { vip.ip() } else { pi.src() };
+            let vip = e
+                .backend_vip
+                .get(&(qi.dst(), q_proto))
+                .ok_or("ICMP to a client about a packet not to a backend")?;
+            let src = if pi.src() == qi.ip.dst {
+                vip.ip()
+            } else {
+                pi.src()
+            };
             if (po.src(), qo.dst(), qo.src()) != (src, *vip, qi.src()) {
-                return Err(format!("ICMP error from {} about {} became from {}, quoting {}", pi.src(), qi.dst(), po.src(), qo.dst()));
+                return Err(format!(
+                    "ICMP error from {} about {} became from {}, quoting {}",
+                    pi.src(),
+                    qi.dst(),
+                    po.src(),
+                    qo.dst()
+                ));
             }
             what = "ICMP error to a client";
         }
     } else if pi.ip.is_later_fragment() {
         // Ports are not there: their bytes are not in `rewritable`.
         if po.dst() != pi.dst() {
-            let ok = e.vip_backends.get(&(pi.dst(), proto)).is_some_and(|b| b.contains(&po.dst()));
+            let ok = e
+                .vip_backends
+                .get(&(pi.dst(), proto))
+                .is_some_and(|b| b.contains(&po.dst()));
             if !ok || po.src() != pi.src() {
-                return Err(format!("later fragment to {} sent to {}", pi.dst(), po.dst()));
+                return Err(format!(
+                    "later fragment to {} sent to {}",
+                    pi.dst(),
+                    po.dst()
+                ));
             }
             what = "later fragment to a backend";
         } else {
-            let ok = e.backend_vips.get(&(pi.src(), proto)).is_some_and(|v| v.contains(&po.src()));
+            let ok = e
+                .backend_vips
+                .get(&(pi.src(), proto))
+                .is_some_and(|v| v.contains(&po.src()));
             if !ok {
-                return Err(format!("later fragment from {} now from {}", pi.src(), po.src()));
+                return Err(format!(
+                    "later fragment from {} now from {}",
+                    pi.src(),
+                    po.src()
+                ));
             }
             what = "later fragment to a client";
         }
@@ -394,14 +563,29 @@ fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Resu
         if let Some(service) = e.services.get(&(pi.dst_sock(), proto)) {
             let backend = predicted(service, pi.src_sock())?;
             if (po.src_sock(), po.dst_sock()) != (pi.src_sock(), backend) {
-                return Err(format!("VIP packet sent to {}, its backend is {backend}", po.dst_sock()));
+                return Err(format!(
+                    "VIP packet sent to {}, its backend is {backend}",
+                    po.dst_sock()
+                ));
             }
-            flow = Some(Flow { client: pi.src_sock(), vip: pi.dst_sock(), backend, proto });
+            flow = Some(Flow {
+                client: pi.src_sock(),
+                vip: pi.dst_sock(),
+                backend,
+                proto,
+            });
             what = "to a backend";
         } else {
-            let vip = e.backend_vip.get(&(pi.src_sock(), proto)).ok_or("rewrote a packet from no backend to no VIP")?;
+            let vip = e
+                .backend_vip
+                .get(&(pi.src_sock(), proto))
+                .ok_or("rewrote a packet from no backend to no VIP")?;
             if (po.src_sock(), po.dst_sock()) != (*vip, pi.dst_sock()) {
-                return Err(format!("reply from {} now from {}, its VIP is {vip}", pi.src_sock(), po.src_sock()));
+                return Err(format!(
+                    "reply from {} now from {}, its VIP is {vip}",
+                    pi.src_sock(),
+                    po.src_sock()
+                ));
             }
             what = "to a client";
         }
@@ -413,7 +597,11 @@ fn check_rewrite(e: &Expect, input: &[u8], out: &[u8], verdict: Verdict) -> Resu
     {
         return Err(format!("checksums broken by the rewrite ({why})"));
     }
-    Ok(Rewrite { what, flow, past_ip_end })
+    Ok(Rewrite {
+        what,
+        flow,
+        past_ip_end,
+    })
 }
 
 /// Where the IP packet of an untagged IP frame ends, by its header's
@@ -430,17 +618,29 @@ fn announced_end(f: &[u8]) -> Option<usize> {
 /// The backend `service` gives `client` (no table ever changes here, so
 /// conntrack and affinity agree with the table).
 fn predicted(service: &ServiceState, client: SocketAddr) -> Result<SocketAddr, String> {
-    let id = service.predict(client.ip(), client.port()).ok_or("a service without a table forwarded")?;
+    let id = service
+        .predict(client.ip(), client.port())
+        .ok_or("a service without a table forwarded")?;
     Ok(service.backend_by_id(id).unwrap().address)
 }
 
 fn drops(fx: &Fixture) -> u64 {
-    Counter::ALL.iter().filter(|c| c.drop_reason().is_some()).map(|&c| fx.counter(c)).sum()
+    Counter::ALL
+        .iter()
+        .filter(|c| c.drop_reason().is_some())
+        .map(|&c| fx.counter(c))
+        .sum()
 }
 
 fn fuzz(mode: Mode, default_frames: usize) {
-    let frames: usize = std::env::var("FUZZ_FRAMES").ok().and_then(|n| n.parse().ok()).unwrap_or(default_frames);
-    let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0x5eed_ba1a_2026);
+    let frames: usize = std::env::var("FUZZ_FRAMES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default_frames);
+    let seed: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0x5eed_ba1a_2026);
     with_fixture_mode(mode, |fx| {
         let e = expect(fx);
         let mut rng = Rng(seed | 1);
@@ -461,7 +661,8 @@ fn fuzz(mode: Mode, default_frames: usize) {
                 4..=5 => {
                     // Down to the Ethernet header: BPF_PROG_TEST_RUN refuses
                     // shorter frames, as no driver hands XDP one.
-                    input.truncate(ETH_LEN + rng.below((input.len() - ETH_LEN) as u64 + 1) as usize);
+                    input
+                        .truncate(ETH_LEN + rng.below((input.len() - ETH_LEN) as u64 + 1) as usize);
                     "truncated"
                 }
                 6..=8 => {
@@ -477,17 +678,29 @@ fn fuzz(mode: Mode, default_frames: usize) {
                     "random"
                 }
             };
-            let kind = if how == "random" { how.to_owned() } else { format!("{base} {how}") };
+            let kind = if how == "random" {
+                how.to_owned()
+            } else {
+                format!("{base} {how}")
+            };
             *kinds.entry(kind.clone()).or_default() += 1;
             if !fx.runnable(&input) {
                 refused += 1;
                 continue;
             }
-            let ifindex = if from_client { fx.client_if } else { fx.backend_if };
+            let ifindex = if from_client {
+                fx.client_if
+            } else {
+                fx.backend_if
+            };
             let (raw, out) = fx.run_raw_on(ifindex, &input);
             *verdicts.entry(raw).or_default() += 1;
             let verdict = Verdict::of(mode, raw);
-            let case = || format!("frame {i} ({kind}, {mode:?}, seed {seed:#x}): {input:02x?}\nout: {out:02x?}");
+            let case = || {
+                format!(
+                    "frame {i} ({kind}, {mode:?}, seed {seed:#x}): {input:02x?}\nout: {out:02x?}"
+                )
+            };
             assert!(
                 matches!(verdict, Verdict::Pass | Verdict::Drop | Verdict::Forwarded),
                 "verdict {raw} ({verdict:?}) for {}",
@@ -496,10 +709,21 @@ fn fuzz(mode: Mode, default_frames: usize) {
             dropped += u64::from(verdict == Verdict::Drop);
             let tagged = matches!(ether_type(&input), ETH_P_8021Q | ETH_P_8021AD);
             if !matches!(ether_type(&input), ETH_P_IP | ETH_P_IPV6) {
-                assert_eq!((verdict, &out), (Verdict::Pass, &input), "{} frames pass untouched: {}", if tagged { "tagged" } else { "non-IP" }, case());
+                assert_eq!(
+                    (verdict, &out),
+                    (Verdict::Pass, &input),
+                    "{} frames pass untouched: {}",
+                    if tagged { "tagged" } else { "non-IP" },
+                    case()
+                );
             }
             if out == input {
-                assert_ne!(verdict, Verdict::Forwarded, "forwarded without a rewrite: {}", case());
+                assert_ne!(
+                    verdict,
+                    Verdict::Forwarded,
+                    "forwarded without a rewrite: {}",
+                    case()
+                );
                 continue;
             }
             changed += 1;
@@ -517,7 +741,16 @@ fn fuzz(mode: Mode, default_frames: usize) {
                     }
                 }
                 Err(why) if keep_going => {
-                    let n = failures.entry(why.split(':').next().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).collect()).or_default();
+                    let n = failures
+                        .entry(
+                            why.split(':')
+                                .next()
+                                .unwrap_or("")
+                                .chars()
+                                .filter(|c| !c.is_ascii_digit())
+                                .collect(),
+                        )
+                        .or_default();
                     if *n == 0 {
                         println!("{why}: {}", case());
                     }
@@ -528,9 +761,15 @@ fn fuzz(mode: Mode, default_frames: usize) {
         }
         let seconds = started.elapsed().as_secs_f64();
         assert!(failures.is_empty(), "failures: {failures:#?}");
-        assert_eq!(drops(fx) - drops_before, dropped, "every drop is counted under a reason");
+        assert_eq!(
+            drops(fx) - drops_before,
+            dropped,
+            "every drop is counted under a reason"
+        );
         let names = match mode {
-            Mode::Xdp => format!("{XDP_DROP} drop, {XDP_PASS} pass, {XDP_TX} tx, {XDP_REDIRECT} redirect"),
+            Mode::Xdp => {
+                format!("{XDP_DROP} drop, {XDP_PASS} pass, {XDP_TX} tx, {XDP_REDIRECT} redirect")
+            }
             Mode::Tc => format!("{TC_ACT_OK} ok, {TC_ACT_SHOT} shot, {TC_ACT_REDIRECT} redirect"),
         };
         println!(

@@ -44,9 +44,21 @@ impl Rig {
         require_root();
         let topo = Topology::new(&opts);
         let bpffs = TempBpffs::new();
-        let servers =
-            topo.backends().iter().map(|b| (b.name().to_owned(), SocketIoServer::start(b.ns(), b.name(), PORT))).collect();
-        let backends = backends_toml(topo.backends().iter().map(|b| SocketAddr::new(b.v4().into(), PORT)));
+        let servers = topo
+            .backends()
+            .iter()
+            .map(|b| {
+                (
+                    b.name().to_owned(),
+                    SocketIoServer::start(b.ns(), b.name(), PORT),
+                )
+            })
+            .collect();
+        let backends = backends_toml(
+            topo.backends()
+                .iter()
+                .map(|b| SocketAddr::new(b.v4().into(), PORT)),
+        );
         let config = format!(
             r#"{head}
 [[services]]
@@ -66,7 +78,12 @@ fall = {FALL}
         );
         let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
         daemon.wait_serving(topo.gw(), &bpffs.control_socket());
-        let rig = Rig { topo, bpffs, servers, _daemon: daemon };
+        let rig = Rig {
+            topo,
+            bpffs,
+            servers,
+            _daemon: daemon,
+        };
         rig.wait_up(3);
         rig
     }
@@ -82,14 +99,28 @@ fall = {FALL}
     /// Wait until `n` backends are up.
     fn wait_up(&self, n: usize) {
         let start = Instant::now();
-        while status(self.topo.gw(), &self.socket()).services[0].backends.iter().filter(|b| b.up).count() != n {
-            assert!(start.elapsed() < Duration::from_secs(10), "{n} backends not up");
+        while status(self.topo.gw(), &self.socket()).services[0]
+            .backends
+            .iter()
+            .filter(|b| b.up)
+            .count()
+            != n
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{n} backends not up"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn addr(&self, name: &str) -> String {
-        let b = self.topo.backends().iter().find(|b| b.name() == name).unwrap();
+        let b = self
+            .topo
+            .backends()
+            .iter()
+            .find(|b| b.name() == name)
+            .unwrap();
         format!("{}:{PORT}", b.v4())
     }
 
@@ -99,8 +130,14 @@ fall = {FALL}
         addresses
             .iter()
             .flat_map(|&a| {
-                let polling = SessionSpec { address: IpAddr::V4(a), polling: true };
-                let default = SessionSpec { address: IpAddr::V4(a), polling: false };
+                let polling = SessionSpec {
+                    address: IpAddr::V4(a),
+                    polling: true,
+                };
+                let default = SessionSpec {
+                    address: IpAddr::V4(a),
+                    polling: false,
+                };
                 std::iter::once(polling).chain(std::iter::repeat_n(default, default_per_address))
             })
             .collect()
@@ -124,7 +161,9 @@ fn report(scenario: &str, sessions: &[Session]) -> usize {
     }
     let mut per_server: BTreeMap<String, usize> = BTreeMap::new();
     for s in sessions {
-        *per_server.entry(s.servers.first().cloned().unwrap_or_else(|| "none".into())).or_default() += 1;
+        *per_server
+            .entry(s.servers.first().cloned().unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
     }
     let acks: u64 = sessions.iter().map(|s| s.acks).sum();
     let connections = sessions.iter().filter(|s| s.connected).count();
@@ -136,7 +175,10 @@ fn report(scenario: &str, sessions: &[Session]) -> usize {
         error_total(sessions),
     );
     for (id, e) in errs.iter().take(5) {
-        println!("  e.g. session {id}: {} {} (on {:?}, at {} ms)", e.kind, e.detail, e.server, e.at_ms);
+        println!(
+            "  e.g. session {id}: {} {} (on {:?}, at {} ms)",
+            e.kind, e.detail, e.server, e.at_ms
+        );
     }
     error_total(sessions)
 }
@@ -145,7 +187,10 @@ fn assert_clean(scenario: &str, sessions: &[Session]) {
     let n = report(scenario, sessions);
     assert_eq!(n, 0, "{scenario}: session errors");
     for s in sessions {
-        assert!(s.connected && s.servers.len() == 1 && s.acks > 0, "{scenario}: session {s:?}");
+        assert!(
+            s.connected && s.servers.len() == 1 && s.acks > 0,
+            "{scenario}: session {s:?}"
+        );
     }
 }
 
@@ -153,18 +198,34 @@ fn assert_clean(scenario: &str, sessions: &[Session]) {
 fn four_tuple_affinity_breaks_socketio_sessions() {
     // The control case: without source affinity, a session's requests are
     // spread over the servers, and Socket.IO fails.
-    let rig = Rig::new("four-tuple", "", TopologyOpts { clients_v4: 12, ..TopologyOpts::default() });
+    let rig = Rig::new(
+        "four-tuple",
+        "",
+        TopologyOpts {
+            clients_v4: 12,
+            ..TopologyOpts::default()
+        },
+    );
     let sessions = Rig::sessions(&rig.topo.clients_v4()[..12], 1);
     let report_ = rig.drive(&sessions, Duration::from_secs(4)).finish();
     let n = report("four-tuple (control)", &report_);
-    assert!(n > 0, "four-tuple balancing produced no session error: the suite would not notice broken affinity");
-    let kinds: BTreeSet<&str> = errors(&report_).iter().map(|(_, e)| e.kind.as_str()).collect();
+    assert!(
+        n > 0,
+        "four-tuple balancing produced no session error: the suite would not notice broken affinity"
+    );
+    let kinds: BTreeSet<&str> = errors(&report_)
+        .iter()
+        .map(|(_, e)| e.kind.as_str())
+        .collect();
     println!("four-tuple error kinds: {kinds:?}");
 }
 
 #[test]
 fn source_ip_sessions_survive_scale_out() {
-    let mut opts = TopologyOpts { clients_v4: 40, ..TopologyOpts::default() };
+    let mut opts = TopologyOpts {
+        clients_v4: 40,
+        ..TopologyOpts::default()
+    };
     opts.backends = 3;
     let mut rig = Rig::new("source-ip", "", opts);
     let clients = rig.topo.clients_v4().to_vec();
@@ -180,7 +241,10 @@ fn source_ip_sessions_survive_scale_out() {
     let server = SocketIoServer::start(b4_ns, &b4_name, PORT);
     rig.servers.insert(b4_name.clone(), server);
     let b4_addr = rig.addr(&b4_name);
-    println!("{}", rig.cli_ok(&["backend", "add", "web", &b4_addr]).trim());
+    println!(
+        "{}",
+        rig.cli_ok(&["backend", "add", "web", &b4_addr]).trim()
+    );
     rig.wait_up(4);
     // New sessions, from new addresses, while the old ones still run.
     let fresh = Rig::sessions(&clients[20..40], 0);
@@ -188,14 +252,27 @@ fn source_ip_sessions_survive_scale_out() {
     let live = driver.finish();
     assert_clean("scale-out, live sessions", &live);
     assert_clean("scale-out, new sessions", &newcomers);
-    let on_b4 = newcomers.iter().filter(|s| s.server.as_deref() == Some(b4_name.as_str())).count();
+    let on_b4 = newcomers
+        .iter()
+        .filter(|s| s.server.as_deref() == Some(b4_name.as_str()))
+        .count();
     assert!(on_b4 > 0, "no new session reached {b4_name}");
-    println!("scale-out: {on_b4} of {} new sessions on {b4_name}", newcomers.len());
+    println!(
+        "scale-out: {on_b4} of {} new sessions on {b4_name}",
+        newcomers.len()
+    );
 }
 
 #[test]
 fn source_ip_sessions_survive_drain() {
-    let rig = Rig::new("source-ip", "", TopologyOpts { clients_v4: 40, ..TopologyOpts::default() });
+    let rig = Rig::new(
+        "source-ip",
+        "",
+        TopologyOpts {
+            clients_v4: 40,
+            ..TopologyOpts::default()
+        },
+    );
     let clients = rig.topo.clients_v4().to_vec();
     let live = Rig::sessions(&clients[..20], 2);
     let driver = rig.drive(&live, Duration::from_secs(6));
@@ -207,32 +284,57 @@ fn source_ip_sessions_survive_drain() {
     let live = driver.finish();
     assert_clean("drain, live sessions", &live);
     assert_clean("drain, new sessions", &newcomers);
-    let kept = live.iter().filter(|s| s.server.as_deref() == Some("b1")).count();
+    let kept = live
+        .iter()
+        .filter(|s| s.server.as_deref() == Some("b1"))
+        .count();
     assert!(kept > 0, "no live session was on b1 to drain");
-    assert!(newcomers.iter().all(|s| s.server.as_deref() != Some("b1")), "a new session landed on the draining b1");
+    assert!(
+        newcomers.iter().all(|s| s.server.as_deref() != Some("b1")),
+        "a new session landed on the draining b1"
+    );
     // Its sessions are over: its active count falls to 0 (within the
     // handshake timeout plus a recount, should a last connect attempt have
     // been cut short by the driver's exit).
     let start = Instant::now();
     loop {
         let (_, m) = http::get(rig.topo.gw(), METRICS.parse().unwrap(), "/metrics").unwrap();
-        let active = metric(&m, "balancer_backend_active_connections", &[("backend", b1.as_str())]).unwrap();
+        let active = metric(
+            &m,
+            "balancer_backend_active_connections",
+            &[("backend", b1.as_str())],
+        )
+        .unwrap();
         if active == 0.0 {
             break;
         }
         if start.elapsed() > Duration::from_secs(10) {
             let flows = rig.cli_ok(&["flows", "--service", "web", "--limit", "100000"]);
-            let open: Vec<&str> = flows.lines().filter(|l| l.contains(b1.as_str()) && l.contains(" yes ")).collect();
+            let open: Vec<&str> = flows
+                .lines()
+                .filter(|l| l.contains(b1.as_str()) && l.contains(" yes "))
+                .collect();
             panic!("b1 still has {active} active connections: {open:#?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("drain: {kept} sessions finished on b1 without error, 0 of {} new sessions on it, its active count 0 after {:?}", newcomers.len(), start.elapsed());
+    println!(
+        "drain: {kept} sessions finished on b1 without error, 0 of {} new sessions on it, its active count 0 after {:?}",
+        newcomers.len(),
+        start.elapsed()
+    );
 }
 
 #[test]
 fn a_dead_servers_sessions_reconnect_elsewhere_and_no_other_is_disturbed() {
-    let mut rig = Rig::new("source-ip", "", TopologyOpts { clients_v4: 20, ..TopologyOpts::default() });
+    let mut rig = Rig::new(
+        "source-ip",
+        "",
+        TopologyOpts {
+            clients_v4: 20,
+            ..TopologyOpts::default()
+        },
+    );
     let clients = rig.topo.clients_v4().to_vec();
     let live = Rig::sessions(&clients[..20], 2);
     let driver = rig.drive(&live, Duration::from_secs(8));
@@ -246,7 +348,10 @@ fn a_dead_servers_sessions_reconnect_elsewhere_and_no_other_is_disturbed() {
     let mut moved = 0;
     for s in &sessions {
         if s.servers.first().map(String::as_str) == Some(victim) {
-            let r = s.reconnects.first().unwrap_or_else(|| panic!("session {} on {victim} never reconnected: {s:?}", s.id));
+            let r = s
+                .reconnects
+                .first()
+                .unwrap_or_else(|| panic!("session {} on {victim} never reconnected: {s:?}", s.id));
             assert_ne!(r.to, victim);
             // Socket.IO retries every 200-400 ms: allow one retry interval.
             assert!(
@@ -257,29 +362,60 @@ fn a_dead_servers_sessions_reconnect_elsewhere_and_no_other_is_disturbed() {
             );
             moved += 1;
         } else {
-            assert!(s.error_count == 0, "session {} on {:?} was disturbed: {:?}", s.id, s.servers, s.errors);
+            assert!(
+                s.error_count == 0,
+                "session {} on {:?} was disturbed: {:?}",
+                s.id,
+                s.servers,
+                s.errors
+            );
         }
     }
     assert!(moved > 0, "no session was on {victim}");
-    let worst = sessions.iter().flat_map(|s| &s.reconnects).map(|r| r.after_ms).max().unwrap();
+    let worst = sessions
+        .iter()
+        .flat_map(|s| &s.reconnects)
+        .map(|r| r.after_ms)
+        .max()
+        .unwrap();
     let undisturbed = sessions.len() - moved;
-    println!("failure: {moved} sessions on {victim} reconnected elsewhere (slowest {worst} ms, bound {bound:?} + one retry); {undisturbed} others had 0 errors");
+    println!(
+        "failure: {moved} sessions on {victim} reconnected elsewhere (slowest {worst} ms, bound {bound:?} + one retry); {undisturbed} others had 0 errors"
+    );
 }
 
 #[test]
 fn a_slash_24_prefix_puts_a_whole_network_on_one_backend() {
-    let opts = TopologyOpts { clients_v4: 1, extra_nets: vec![2, 3, 4, 5], clients_per_extra_net: 5, ..TopologyOpts::default() };
+    let opts = TopologyOpts {
+        clients_v4: 1,
+        extra_nets: vec![2, 3, 4, 5],
+        clients_per_extra_net: 5,
+        ..TopologyOpts::default()
+    };
     let rig = Rig::new("source-ip", "source_prefix_v4 = 24", opts);
     let addresses = rig.topo.clients_extra_v4().to_vec();
-    let sessions = rig.drive(&Rig::sessions(&addresses, 1), Duration::from_secs(3)).finish();
+    let sessions = rig
+        .drive(&Rig::sessions(&addresses, 1), Duration::from_secs(3))
+        .finish();
     assert_clean("/24 prefix", &sessions);
     let mut by_net: BTreeMap<u8, BTreeSet<String>> = BTreeMap::new();
     for s in &sessions {
         let ip: Ipv4Addr = s.address.parse().unwrap();
-        by_net.entry(ip.octets()[2]).or_default().insert(s.server.clone().unwrap());
+        by_net
+            .entry(ip.octets()[2])
+            .or_default()
+            .insert(s.server.clone().unwrap());
     }
     for (net, servers) in &by_net {
-        assert_eq!(servers.len(), 1, "198.18.{net}.0/24 spread over {servers:?}");
+        assert_eq!(
+            servers.len(),
+            1,
+            "198.18.{net}.0/24 spread over {servers:?}"
+        );
     }
-    println!("/24 prefix: {} sessions from {} networks, one backend each: {by_net:?}", sessions.len(), by_net.len());
+    println!(
+        "/24 prefix: {} sessions from {} networks, one backend each: {by_net:?}",
+        sessions.len(),
+        by_net.len()
+    );
 }

@@ -24,7 +24,9 @@ use balancer_user::state::ServiceState;
 
 /// The backend `service` gives a new client, predicted in userspace.
 fn predicted(service: &ServiceState, client: &str, sport: u16) -> std::net::SocketAddr {
-    let id = service.predict(IpAddr::from_str(client).unwrap(), sport).unwrap();
+    let id = service
+        .predict(IpAddr::from_str(client).unwrap(), sport)
+        .unwrap();
     service.backend_by_id(id).unwrap().address
 }
 
@@ -241,26 +243,41 @@ test_both_modes! {
 /// The fixture's services, and a second VIP with the same backends as
 /// `web`: each of those backends serves two VIPs.
 fn config_with_an_alias_of_web() -> String {
-    let alias = "\n[[services]]\nname = \"web-alias\"\nvip = \"198.18.0.102:80\"\ntable_size = 251\n";
-    let backends: String =
-        (11..=13).map(|i| format!("[[services.backends]]\naddress = \"198.18.1.{i}:3000\"\n")).collect();
+    let alias =
+        "\n[[services]]\nname = \"web-alias\"\nvip = \"198.18.0.102:80\"\ntable_size = 251\n";
+    let backends: String = (11..=13)
+        .map(|i| format!("[[services.backends]]\naddress = \"198.18.1.{i}:3000\"\n"))
+        .collect();
     format!("{}{alias}{backends}", balancer_tests::xdp_fixture::CONFIG)
 }
 
 /// A reply's VIP is found among those its backend serves: each flow's
 /// replies come from the VIP its client connected to, whichever of the
 /// backend's VIPs that is.
-fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(fx: &balancer_tests::xdp_fixture::Fixture) {
+fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(
+    fx: &balancer_tests::xdp_fixture::Fixture,
+) {
     for (sport, vip) in [(40040, "198.18.0.100"), (40041, "198.18.0.102")] {
         let syn = Frame::tcp("198.18.0.2", sport, vip, 80, TCP_SYN).build();
         let (verdict, out) = fx.run_client_frame(&syn);
         assert_eq!(verdict, Verdict::Forwarded, "{vip}");
         let backend = parse(&out);
-        let reply = Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.2", sport, TCP_SYN | TCP_ACK).build();
+        let reply = Frame::tcp(
+            &backend.dst().to_string(),
+            backend.dport(),
+            "198.18.0.2",
+            sport,
+            TCP_SYN | TCP_ACK,
+        )
+        .build();
         let (verdict, out) = fx.run_backend_frame(&reply);
         assert_eq!(verdict, Verdict::Forwarded, "reply of the flow to {vip}");
         let p = parse(&out);
-        assert_eq!((p.src().to_string().as_str(), p.sport()), (vip, 80), "SNAT to the flow's own VIP");
+        assert_eq!(
+            (p.src().to_string().as_str(), p.sport()),
+            (vip, 80),
+            "SNAT to the flow's own VIP"
+        );
         assert_checksums_valid(&out);
     }
     assert_eq!(fx.counter(Counter::ForwardToClient), 2);
@@ -271,11 +288,19 @@ mod a_backend_of_two_services {
 
     #[test]
     fn xdp() {
-        with_fixture_config(Mode::Xdp, &super::config_with_an_alias_of_web(), super::a_backend_of_two_services_answers_each_flow_from_its_own_vip);
+        with_fixture_config(
+            Mode::Xdp,
+            &super::config_with_an_alias_of_web(),
+            super::a_backend_of_two_services_answers_each_flow_from_its_own_vip,
+        );
     }
 
     #[test]
     fn tc() {
-        with_fixture_config(Mode::Tc, &super::config_with_an_alias_of_web(), super::a_backend_of_two_services_answers_each_flow_from_its_own_vip);
+        with_fixture_config(
+            Mode::Tc,
+            &super::config_with_an_alias_of_web(),
+            super::a_backend_of_two_services_answers_each_flow_from_its_own_vip,
+        );
     }
 }

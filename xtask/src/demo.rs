@@ -20,7 +20,14 @@ pub fn run() -> Result<()> {
     let bin = build::build_balancer(Profile::Release)?;
     cmd::run(
         cmd::cargo()
-            .args(["run", "--release", "-p", "balancer-tests", "--example", "demo"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "balancer-tests",
+                "--example",
+                "demo",
+            ])
             .env("BALANCER_BIN", &bin),
     )
 }

@@ -14,15 +14,30 @@ pub const SOCKETIO_DIR: &str = "tests/socketio";
 /// `npm ci` in `tests/socketio` unless its packages are already there.
 pub fn ensure_socketio_packages() -> Result<()> {
     let dir = cmd::workspace_root().join(SOCKETIO_DIR);
-    let installed = ["socket.io", "socket.io-client"].iter().all(|p| dir.join("node_modules").join(p).join("package.json").exists());
+    let installed = ["socket.io", "socket.io-client"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    });
     if installed {
         return Ok(());
     }
     ensure!(
-        Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success()),
+        Command::new("npm")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
         "the Socket.IO suite needs Node.js and npm (`apt-get install nodejs npm`)"
     );
-    eprintln!("==> installing the Socket.IO suite's npm packages in {}", dir.display());
-    cmd::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
-        .with_context(|| format!("npm ci in {}", dir.display()))
+    eprintln!(
+        "==> installing the Socket.IO suite's npm packages in {}",
+        dir.display()
+    );
+    cmd::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+    .with_context(|| format!("npm ci in {}", dir.display()))
 }

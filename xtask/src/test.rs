@@ -89,13 +89,21 @@ pub fn run(opts: &Options) -> Result<()> {
             .env("BALANCER_BIN", &bin),
     )?;
 
-    step(5, "the network-namespace suites again, attached as TC programs (mode = \"tc\")");
+    step(
+        5,
+        "the network-namespace suites again, attached as TC programs (mode = \"tc\")",
+    );
     let mut tc = cmd::cargo();
     tc.args(["test", "--release", "-p", TESTS_PACKAGE]);
     for suite in TC_SUITES {
         tc.args(["--test", suite]);
     }
-    cmd::run(tc.args(["--", "--test-threads=1"]).args(&opts.args).env("BALANCER_BIN", &bin).env("BALANCER_TEST_MODE", "tc"))?;
+    cmd::run(
+        tc.args(["--", "--test-threads=1"])
+            .args(&opts.args)
+            .env("BALANCER_BIN", &bin)
+            .env("BALANCER_TEST_MODE", "tc"),
+    )?;
 
     eprintln!("==> all {STEPS} test steps passed");
     Ok(())

@@ -34,11 +34,19 @@ fn config(text: &str) -> Config {
 
 /// What the maps hold after a daemon ran `services` (table half 0 active).
 fn pin(services: &[ServiceState], capacity: u32) -> Pinned {
-    let mut pinned = Pinned { maglev_capacity: capacity, ..Pinned::default() };
+    let mut pinned = Pinned {
+        maglev_capacity: capacity,
+        ..Pinned::default()
+    };
     for s in services {
         let table = s.next_table();
         let value: Service = s.map_value(0, !table.is_empty());
-        pinned.services.push(PinnedService { key: s.key(), value, table_size: s.config.table_size, table });
+        pinned.services.push(PinnedService {
+            key: s.key(),
+            value,
+            table_size: s.config.table_size,
+            table,
+        });
         for b in &s.backends {
             pinned.backends.push((b.id, b.map_value(s.id)));
         }
@@ -47,7 +55,15 @@ fn pin(services: &[ServiceState], capacity: u32) -> Pinned {
 }
 
 fn fresh(text: &str) -> Vec<ServiceState> {
-    let mut services = plan(&config(text), &Pinned { maglev_capacity: 10_000, ..Pinned::default() }).unwrap().services;
+    let mut services = plan(
+        &config(text),
+        &Pinned {
+            maglev_capacity: 10_000,
+            ..Pinned::default()
+        },
+    )
+    .unwrap()
+    .services;
     for s in &mut services {
         s.table = s.next_table();
     }
@@ -63,7 +79,11 @@ fn a_restart_with_the_same_config_keeps_every_id_region_and_table() {
         assert_eq!((a.id, a.table_base), (b.id, b.table_base));
         assert_eq!(a.backends, b.backends);
         assert_eq!(a.table, b.table, "adopted table");
-        assert_eq!(b.next_table(), b.table, "rebuilding an unchanged service moves nothing");
+        assert_eq!(
+            b.next_table(),
+            b.table,
+            "rebuilding an unchanged service moves nothing"
+        );
     }
 }
 
@@ -84,7 +104,10 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
     let pinned = pin(&first, 10_000);
     // The new config drops the dns service and .11, and lists .14.
     let text = TWO_SERVICES
-        .replace("address = \"198.18.1.11:3000\"", "address = \"198.18.1.14:3000\"")
+        .replace(
+            "address = \"198.18.1.11:3000\"",
+            "address = \"198.18.1.14:3000\"",
+        )
         .split("[[services]]\nname = \"dns\"")
         .next()
         .unwrap()
@@ -93,20 +116,39 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
     assert_eq!(next.services.len(), 1);
     let chat = &next.services[0];
     assert_eq!(chat.id, first[0].id);
-    let find = |a: &str| chat.backends.iter().find(|b| b.address == a.parse().unwrap()).cloned();
+    let find = |a: &str| {
+        chat.backends
+            .iter()
+            .find(|b| b.address == a.parse().unwrap())
+            .cloned()
+    };
     let b12 = find("198.18.1.12:3000").unwrap();
-    assert_eq!((b12.id, b12.up, b12.draining), (first[0].backends[1].id, false, true), "health and drain adopted");
+    assert_eq!(
+        (b12.id, b12.up, b12.draining),
+        (first[0].backends[1].id, false, true),
+        "health and drain adopted"
+    );
     let b13 = find("198.18.1.13:3000").unwrap();
-    assert_eq!((b13.id, b13.weight, b13.runtime), (9, 3, true), "a runtime backend is kept");
+    assert_eq!(
+        (b13.id, b13.weight, b13.runtime),
+        (9, 3, true),
+        "a runtime backend is kept"
+    );
     let b14 = find("198.18.1.14:3000").unwrap();
-    assert!(b14.up && ![first[0].backends[0].id, 9, first[1].backends[0].id].contains(&b14.id), "new id: {b14:?}");
+    assert!(
+        b14.up && ![first[0].backends[0].id, 9, first[1].backends[0].id].contains(&b14.id),
+        "new id: {b14:?}"
+    );
     assert!(find("198.18.1.11:3000").is_none());
     assert_eq!(next.removed_services, vec![first[1].key()]);
     let mut freed = next.freed_backends.clone();
     freed.sort_unstable();
     let mut expected = vec![first[0].backends[0].id, first[1].backends[0].id];
     expected.sort_unstable();
-    assert_eq!(freed, expected, "the dropped backend and the dropped service's backend");
+    assert_eq!(
+        freed, expected,
+        "the dropped backend and the dropped service's backend"
+    );
 }
 
 #[test]
@@ -116,22 +158,43 @@ fn a_new_service_gets_a_free_id_and_region_and_a_changed_size_a_new_region() {
     let text = TWO_SERVICES.replace("table_size = 97", "table_size = 101")
         + "[[services]]\nname = \"new\"\nvip = \"198.18.0.101:80\"\ntable_size = 53\n";
     let next = plan(&config(&text), &pinned).unwrap();
-    let [chat, dns, new] = &next.services[..] else { panic!() };
-    assert_eq!((chat.id, chat.table_base, chat.table.clone()), (first[0].id, first[0].table_base, first[0].table.clone()));
-    assert_eq!(dns.id, first[1].id, "same VIP, same id (affinity keys stay valid)");
+    let [chat, dns, new] = &next.services[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (chat.id, chat.table_base, chat.table.clone()),
+        (first[0].id, first[0].table_base, first[0].table.clone())
+    );
+    assert_eq!(
+        dns.id, first[1].id,
+        "same VIP, same id (affinity keys stay valid)"
+    );
     assert!(dns.table.is_empty(), "another size: a fresh table");
     assert!(![chat.id, dns.id].contains(&new.id));
-    let regions = [(chat.table_base, 2 * 251), (dns.table_base, 2 * 101), (new.table_base, 2 * 53)];
+    let regions = [
+        (chat.table_base, 2 * 251),
+        (dns.table_base, 2 * 101),
+        (new.table_base, 2 * 53),
+    ];
     for (i, a) in regions.iter().enumerate() {
         assert!(a.0 + a.1 <= 10_000);
         for b in &regions[i + 1..] {
-            assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "regions overlap: {regions:?}");
+            assert!(
+                a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
+                "regions overlap: {regions:?}"
+            );
         }
     }
     // The old dns region is still in use by packets until the flip, so it
     // is not reused.
-    assert!(dns.table_base >= first[1].table_base + 2 * 97 || dns.table_base + 2 * 101 <= first[1].table_base);
-    let too_small = Pinned { maglev_capacity: 2 * 251 + 2 * 97, ..pinned };
+    assert!(
+        dns.table_base >= first[1].table_base + 2 * 97
+            || dns.table_base + 2 * 101 <= first[1].table_base
+    );
+    let too_small = Pinned {
+        maglev_capacity: 2 * 251 + 2 * 97,
+        ..pinned
+    };
     let e = plan(&config(&text), &too_small).unwrap_err().to_string();
     assert!(e.contains("MAGLEV") && e.contains("detach"), "{e}");
 }
@@ -149,6 +212,14 @@ fn pinned_backend_values_carry_state_weight_and_origin() {
     assert_ne!(v.state & BACKEND_RUNTIME, 0);
     s.backends[0].up = false;
     let v = s.backends[0].map_value(s.id);
-    assert_eq!(v.state & (BACKEND_UP | balancer_common::types::BACKEND_DRAINING), 0, "down: the kernel sees neither");
-    assert_ne!(v.state & BACKEND_ADMIN_DRAIN, 0, "the drain is kept for a restart");
+    assert_eq!(
+        v.state & (BACKEND_UP | balancer_common::types::BACKEND_DRAINING),
+        0,
+        "down: the kernel sees neither"
+    );
+    assert_ne!(
+        v.state & BACKEND_ADMIN_DRAIN,
+        0,
+        "the drain is kept for a restart"
+    );
 }

@@ -385,8 +385,13 @@ fn a_backend_may_serve_at_most_four_services_of_a_protocol() {
     };
     // The one service of `minimal` plus three: four, and a UDP one (replies
     // of another protocol are told apart by it).
-    let four: String = (1..=3).map(|i| service(i, "tcp")).chain([service(9, "udp")]).collect();
-    let text = minimal(&format!("[[services.backends]]\naddress = \"198.18.1.99:3000\"\n{four}"));
+    let four: String = (1..=3)
+        .map(|i| service(i, "tcp"))
+        .chain([service(9, "udp")])
+        .collect();
+    let text = minimal(&format!(
+        "[[services.backends]]\naddress = \"198.18.1.99:3000\"\n{four}"
+    ));
     Config::from_str(&text).unwrap();
     let five = format!("{text}{}", service(4, "tcp"));
     assert_invalid(

@@ -16,7 +16,11 @@ pub enum Request {
     Status,
     /// Add `address` to `service`; it takes clients once it passes `rise`
     /// health checks (at once with `check = "none"`).
-    BackendAdd { service: String, address: String, weight: Option<u32> },
+    BackendAdd {
+        service: String,
+        address: String,
+        weight: Option<u32>,
+    },
     /// Remove `address`: its flows and affinities move on their next packet.
     BackendRemove { service: String, address: String },
     /// Keep `address`'s clients on it, send it no new ones.
@@ -25,9 +29,16 @@ pub enum Request {
     BackendUndrain { service: String, address: String },
     /// The backend a connection from `client` (port `port`, which only
     /// four-tuple services hash) gets now.
-    Lookup { service: String, client: String, port: Option<u16> },
+    Lookup {
+        service: String,
+        client: String,
+        port: Option<u16>,
+    },
     /// Conntrack entries, of one service or all, at most `limit` of them.
-    Flows { service: Option<String>, limit: Option<usize> },
+    Flows {
+        service: Option<String>,
+        limit: Option<usize>,
+    },
     /// Detach the programs, remove every pin, and stop the daemon.
     Detach,
 }
@@ -45,11 +56,15 @@ pub enum Response {
 pub enum Reply {
     Status(Snapshot),
     /// A backend change was applied; `message` says what it did.
-    Done { message: String },
+    Done {
+        message: String,
+    },
     Lookup(LookupAnswer),
     Flows(FlowList),
     /// The daemon detached everything and is exiting.
-    Detached { pins_removed: usize },
+    Detached {
+        pins_removed: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

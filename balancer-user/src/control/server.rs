@@ -21,9 +21,8 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::oneline::escape_controls;
-
 use super::protocol::{MAX_REQUEST_BYTES, Reply, Request, Response};
+use crate::oneline::escape_controls;
 
 /// A client that sends no complete line in this long is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,14 +48,20 @@ impl Drop for ControlSocket {
 /// daemons never fight over one data plane.
 pub async fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("control.socket: cannot create {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("control.socket: cannot create {}", dir.display()))?;
     }
     match UnixStream::connect(path).await {
-        Ok(_) => bail!("control.socket: another balancer daemon is serving {}", path.display()),
+        Ok(_) => bail!(
+            "control.socket: another balancer daemon is serving {}",
+            path.display()
+        ),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(_) => {
             // Refused: a stale file from a daemon that was killed.
-            fs::remove_file(path).with_context(|| format!("control.socket: cannot remove stale {}", path.display()))?;
+            fs::remove_file(path).with_context(|| {
+                format!("control.socket: cannot remove stale {}", path.display())
+            })?;
         }
     }
     // umask is per process; nothing else creates files while the daemon
@@ -64,10 +69,14 @@ pub async fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
     let old = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(path);
     unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("control.socket: cannot bind {}", path.display()))?;
+    let listener =
+        bound.with_context(|| format!("control.socket: cannot bind {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("control.socket: cannot restrict {}", path.display()))?;
-    Ok(ControlSocket { listener, path: path.to_path_buf() })
+    Ok(ControlSocket {
+        listener,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Answer requests until the task is dropped. After answering a `detach`,
@@ -100,13 +109,15 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<bool> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let limit = MAX_REQUEST_BYTES as u64 + 1;
-    BufReader::new(read.take(limit)).read_until(b'\n', &mut line).await?;
+    BufReader::new(read.take(limit))
+        .read_until(b'\n', &mut line)
+        .await?;
     let response = match parse(&line) {
-        Ok(request) => {
-            tokio::task::spawn_blocking(move || handler(request))
-                .await
-                .unwrap_or_else(|e| Response::Error(format!("the request failed inside the daemon: {e}")))
-        }
+        Ok(request) => tokio::task::spawn_blocking(move || handler(request))
+            .await
+            .unwrap_or_else(|e| {
+                Response::Error(format!("the request failed inside the daemon: {e}"))
+            }),
         Err(message) => Response::Error(message),
     };
     let detached = matches!(response, Response::Ok(Reply::Detached { .. }));
@@ -120,7 +131,9 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<bool> {
 /// The request on one line, or a one-line reason it is not one.
 pub fn parse(line: &[u8]) -> Result<Request, String> {
     if line.len() > MAX_REQUEST_BYTES {
-        return Err(format!("malformed request: longer than {MAX_REQUEST_BYTES} bytes"));
+        return Err(format!(
+            "malformed request: longer than {MAX_REQUEST_BYTES} bytes"
+        ));
     }
     let text = std::str::from_utf8(line).map_err(|_| "malformed request: not UTF-8".to_owned())?;
     let text = text.trim();
@@ -129,7 +142,8 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
     }
     // serde quotes what it refused (an unknown variant, say) as sent, so a
     // name with a control character in it must not break the line.
-    serde_json::from_str(text).map_err(|e| format!("malformed request: {}", escape_controls(&e.to_string())))
+    serde_json::from_str(text)
+        .map_err(|e| format!("malformed request: {}", escape_controls(&e.to_string())))
 }
 
 #[cfg(test)]
@@ -148,10 +162,19 @@ mod tests {
             (b"", "empty"),
             (b"\xff\xfe", "not UTF-8"),
             (br#"{"request":"reboot"}"#, "unknown variant"),
-            (br#"{"request":"backend_drain","service":"chat","adress":"198.18.1.11:3000"}"#, "unknown field `adress`"),
-            (br#"{"request":"backend_add","service":"chat"}"#, "missing field `address`"),
+            (
+                br#"{"request":"backend_drain","service":"chat","adress":"198.18.1.11:3000"}"#,
+                "unknown field `adress`",
+            ),
+            (
+                br#"{"request":"backend_add","service":"chat"}"#,
+                "missing field `address`",
+            ),
             // Found by parsers_fuzz: a newline inside the variant's name.
-            (br#"{"request":"backend_dra\n","service":"chat","address":"[2001:db8::11]:3000"}"#, "unknown variant"),
+            (
+                br#"{"request":"backend_dra\n","service":"chat","address":"[2001:db8::11]:3000"}"#,
+                "unknown variant",
+            ),
         ] {
             let e = parse(garbage).unwrap_err();
             assert!(e.contains(says), "{garbage:?}: {e}");

@@ -36,7 +36,11 @@ impl Daemon {
         let done = |message: String| Reply::Done { message };
         Ok(match request {
             Request::Status => Reply::Status(self.snapshot()),
-            Request::BackendAdd { service, address, weight } => {
+            Request::BackendAdd {
+                service,
+                address,
+                weight,
+            } => {
                 done(self.add_backend(&service, backend_address(&address)?, weight.unwrap_or(1))?)
             }
             Request::BackendRemove { service, address } => {
@@ -48,22 +52,38 @@ impl Daemon {
             Request::BackendUndrain { service, address } => {
                 done(self.set_draining(&service, backend_address(&address)?, false)?)
             }
-            Request::Lookup { service, client, port } => Reply::Lookup(self.lookup(&service, &client, port)?),
-            Request::Flows { service, limit } => Reply::Flows(self.flows(service.as_deref(), limit)?),
-            Request::Detach => Reply::Detached { pins_removed: self.detach()? },
+            Request::Lookup {
+                service,
+                client,
+                port,
+            } => Reply::Lookup(self.lookup(&service, &client, port)?),
+            Request::Flows { service, limit } => {
+                Reply::Flows(self.flows(service.as_deref(), limit)?)
+            }
+            Request::Detach => Reply::Detached {
+                pins_removed: self.detach()?,
+            },
         })
     }
 
     /// What the kernel does with a new connection from `client` now: its
     /// fresh affinity entry if its backend is up (the kernel's step 2),
     /// else the Maglev slot the same hash picks (step 3).
-    fn lookup(&self, service: &str, client: &str, port: Option<u16>) -> anyhow::Result<LookupAnswer> {
+    fn lookup(
+        &self,
+        service: &str,
+        client: &str,
+        port: Option<u16>,
+    ) -> anyhow::Result<LookupAnswer> {
         let s = &self.services[self.service_index(service)?];
-        let ip: IpAddr = client
-            .parse()
-            .map_err(|_| anyhow::anyhow!("malformed client address {client:?}: expected an IP address"))?;
+        let ip: IpAddr = client.parse().map_err(|_| {
+            anyhow::anyhow!("malformed client address {client:?}: expected an IP address")
+        })?;
         if ip.is_ipv4() != s.config.vip.is_ipv4() {
-            bail!("client {ip} and the VIP {} of {service:?} are of different IP families", s.config.vip);
+            bail!(
+                "client {ip} and the VIP {} of {service:?} are of different IP families",
+                s.config.vip
+            );
         }
         let sport = port.unwrap_or(0);
         let value = s.map_value(0, true);
@@ -77,7 +97,12 @@ impl Daemon {
         };
         if value.flags & SERVICE_FOUR_TUPLE == 0 {
             let (client, family) = s.masked(ip);
-            let key = AffinityKey { service_id: s.id, family, _pad: [0; 3], client };
+            let key = AffinityKey {
+                service_id: s.id,
+                family,
+                _pad: [0; 3],
+                client,
+            };
             if let Some(a) = self.dataplane.affinity(&key)? {
                 let idle = monotonic_ns().saturating_sub(a.last_seen_ns);
                 let up = s.backend_by_id(a.backend_id).filter(|b| b.up);
@@ -103,17 +128,26 @@ impl Daemon {
         let limit = limit.unwrap_or(DEFAULT_FLOW_LIMIT);
         let now = monotonic_ns();
         // Looked up once per request, not once per conntrack entry.
-        let by_vip: HashMap<ServiceKey, &ServiceState> = self.services.iter().map(|s| (s.key(), s)).collect();
+        let by_vip: HashMap<ServiceKey, &ServiceState> =
+            self.services.iter().map(|s| (s.key(), s)).collect();
         let backends: HashMap<u32, String> = self
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| (b.id, b.address.to_string())))
             .collect();
         let wanted = only.map(|i| self.services[i].id);
-        let mut list = FlowList { flows: Vec::new(), total: 0 };
+        let mut list = FlowList {
+            flows: Vec::new(),
+            total: 0,
+        };
         self.tables
             .flows(|key, flow| {
-                let vip = ServiceKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
+                let vip = ServiceKey {
+                    addr: key.dst,
+                    port: key.dport,
+                    proto: key.proto,
+                    family: key.family,
+                };
                 let Some(s) = by_vip.get(&vip) else { return };
                 if wanted.is_some_and(|id| id != s.id) {
                     return;
@@ -122,7 +156,10 @@ impl Daemon {
                 if list.flows.len() >= limit {
                     return;
                 }
-                let backend = backends.get(&flow.backend_id).cloned().unwrap_or_else(|| "?".to_owned());
+                let backend = backends
+                    .get(&flow.backend_id)
+                    .cloned()
+                    .unwrap_or_else(|| "?".to_owned());
                 list.flows.push(FlowEntry {
                     service: s.config.name.clone(),
                     protocol: s.config.protocol.to_string(),
@@ -155,7 +192,9 @@ fn client_of(key: &FlowKey) -> SocketAddr {
 }
 
 fn tcp_state_name(key: &FlowKey, state: u32) -> &'static str {
-    use balancer_common::types::{TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST};
+    use balancer_common::types::{
+        TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST,
+    };
     if key.proto != PROTO_TCP {
         return "open";
     }

@@ -25,22 +25,37 @@ impl Daemon {
                 protocol: s.config.protocol.to_string(),
                 affinity: s.config.affinity.to_string(),
                 affinity_entries: counts.affinity.get(&s.id).copied().unwrap_or(0),
-                backends: s.backends.iter().map(|b| self.backend_snapshot(b, &counts)).collect(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| self.backend_snapshot(b, &counts))
+                    .collect(),
             })
             .collect();
         let drops = Counter::ALL
             .iter()
-            .filter_map(|&c| Some((c.drop_reason()?.to_owned(), self.dataplane.counter(c).unwrap_or(0))))
+            .filter_map(|&c| {
+                Some((
+                    c.drop_reason()?.to_owned(),
+                    self.dataplane.counter(c).unwrap_or(0),
+                ))
+            })
             .collect();
         Snapshot {
             services,
             conntrack_entries: counts.conntrack_entries,
             drops,
-            generated_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            generated_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         }
     }
 
-    fn backend_snapshot(&self, b: &BackendState, counts: &accounting::FlowCounts) -> BackendSnapshot {
+    fn backend_snapshot(
+        &self,
+        b: &BackendState,
+        counts: &accounting::FlowCounts,
+    ) -> BackendSnapshot {
         let stats = self.dataplane.backend_stats(b.id).unwrap_or_default();
         let health = self.checks.get(&b.id).map(|h| h.stats());
         BackendSnapshot {
@@ -64,5 +79,10 @@ impl Daemon {
 /// `"ok (200) 3 ms, 2s ago"`.
 fn describe(r: &CheckResult) -> String {
     let ago = SystemTime::now().duration_since(r.at).unwrap_or_default();
-    format!("{} {} ms, {}s ago", r.reason, r.duration.as_millis(), ago.as_secs())
+    format!(
+        "{} {} ms, {}s ago",
+        r.reason,
+        r.duration.as_millis(),
+        ago.as_secs()
+    )
 }

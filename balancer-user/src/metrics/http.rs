@@ -142,9 +142,15 @@ mod tests {
     }
 
     /// [`request`] with extra header lines (each ending in `\r\n`).
-    async fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, String) {
+    async fn request_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
         stream.write_all(req.as_bytes()).await.expect("write");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read");
@@ -168,13 +174,19 @@ mod tests {
         let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
         let (status, head, body) = request_with(addr, "GET", "/metrics", accept).await;
         assert_eq!(status, 200, "{head}");
-        assert!(head.contains(&format!("content-type: {PROMETHEUS_CONTENT_TYPE}")), "{head}");
+        assert!(
+            head.contains(&format!("content-type: {PROMETHEUS_CONTENT_TYPE}")),
+            "{head}"
+        );
         assert_eq!(body, render_prometheus(&sample()));
         assert!(body.contains(r#"balancer_backend_up{service="web",backend="198.18.1.1:8080"} 1"#));
         // Anyone else: the classic text format.
         let (status, head, body) = request(addr, "GET", "/metrics").await;
         assert_eq!(status, 200, "{head}");
-        assert!(head.contains(&format!("content-type: {TEXT_CONTENT_TYPE}")), "{head}");
+        assert!(
+            head.contains(&format!("content-type: {TEXT_CONTENT_TYPE}")),
+            "{head}"
+        );
         assert_eq!(body, render_prometheus_text(&sample()));
 
         let (status, head, body) = request(addr, "GET", "/status").await;

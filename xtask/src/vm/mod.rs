@@ -22,14 +22,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use guest::{Payload, Run};
+use qemu::{End, Machine, Transcript};
 
 use crate::{
     bootstrap,
     build::{self, Profile},
     cmd, npm,
 };
-use guest::{Payload, Run};
-use qemu::{End, Machine, Transcript};
 
 const TESTS_PACKAGE: &str = "balancer-tests";
 /// Guest memory: the initramfs (about 125 MiB, unpacked into RAM, twice
