@@ -10,10 +10,11 @@
 //!
 //! Parsing validates: [`Config::from_file`] and [`Config::from_str`] return
 //! either a config the daemon can apply as it is, or a [`ConfigError`] whose
-//! `Display` is one line naming the offending field, e.g.
-//! `services[1].backends[0].address: invalid socket address "1.2.3:80" (...) (line 27, column 11)`.
+//! `Display` is one line naming the offending field and where it is, e.g.
+//! `services[1].backends[0].address: invalid socket address "1.2.3:80" (...) (balancer.toml:27:11)`.
 //! Unknown keys are errors, so a misspelt key never silently falls back to a
-//! default.
+//! default. serde reads the file (see `parse` for which crate does what);
+//! the `de` module reads each value, `validate` checks the whole.
 //!
 //! Defaults for keys left out:
 //!
@@ -24,6 +25,7 @@
 //! | `metrics.listen` | `"127.0.0.1:9090"` |
 //! | `bpf.pin_dir` | `"/sys/fs/bpf/balancer"` |
 //! | `control.socket` | `"/run/balancer/control.sock"` |
+//! | `tables.flows` / `affinity` | `1048576` / `1048576` ([`MIN_TABLE_ENTRIES`]..=[`MAX_TABLE_ENTRIES`]) |
 //! | `services.protocol` | `"tcp"` |
 //! | `services.affinity` | `"source-ip"` |
 //! | `services.source_prefix_v4` / `_v6` | `32` / `128` |
@@ -36,8 +38,8 @@
 //! | `services.health.rise` / `fall` | `2` / `3` |
 //! | `services.backends.weight` | `1` (1..=65535) |
 //!
-//! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`
-//! (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`); they serialize the same way.
+//! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`,
+//! read and written by `humantime` (see [`duration`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -50,16 +52,17 @@ use std::{
 
 use balancer_common::{
     maglev::is_prime,
-    maps::{MAX_BACKENDS, MAX_SERVICES, MAX_VIPS_PER_BACKEND},
+    maps::{MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_VIPS_PER_BACKEND},
     types::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
 };
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use self::document::Section;
 use crate::oneline::escape_controls;
 
-mod document;
+mod de;
 pub mod duration;
+mod parse;
+pub mod tables;
 #[cfg(test)]
 mod tests;
 
@@ -74,6 +77,10 @@ listen = "127.0.0.1:9090"
 
 [bpf]
 pin_dir = "/sys/fs/bpf/balancer"   # must be on a bpffs; the default if left out
+
+[tables]                  # entries; memory is printed at start
+flows = 1048576
+affinity = 1048576
 
 [[services]]
 name = "chat"
@@ -115,6 +122,12 @@ pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// is sized to that sum, and this keeps it within 256 MiB.
 pub const MAX_MAGLEV_ENTRIES: u64 = 1 << 26;
 pub const MAX_WEIGHT: u32 = 65535;
+/// The smallest `[tables]` size: an LRU table much smaller evicts live
+/// entries under any real load.
+pub const MIN_TABLE_ENTRIES: u32 = 1024;
+/// The largest `[tables]` size, 64Mi entries: about 8 GiB of kernel memory
+/// for `flows` ([`tables::bytes`]).
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 26;
 /// Service names show up in metric labels and CLI arguments; keep them short.
 pub const MAX_NAME_LEN: usize = 64;
 /// `IFNAMSIZ - 1`.
@@ -129,11 +142,47 @@ pub struct Config {
     pub metrics: Metrics,
     pub bpf: Bpf,
     pub control: Control,
+    pub tables: Tables,
     pub services: Vec<ServiceConfig>,
 }
 
+/// The file as serde reads it: [`Config`] but for the one required section,
+/// which is checked afterwards so that its absence is named like a field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    interfaces: Option<Interfaces>,
+    #[serde(default)]
+    metrics: Metrics,
+    #[serde(default)]
+    bpf: Bpf,
+    #[serde(default)]
+    control: Control,
+    #[serde(default)]
+    tables: Tables,
+    #[serde(default, deserialize_with = "de::services")]
+    services: Vec<ServiceConfig>,
+}
+
+impl ConfigFile {
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let interfaces = self.interfaces.ok_or_else(|| {
+            ConfigError::invalid("interfaces", "required section [interfaces] is missing")
+        })?;
+        Ok(Config {
+            interfaces,
+            metrics: self.metrics,
+            bpf: self.bpf,
+            control: self.control,
+            tables: self.tables,
+            services: self.services,
+        })
+    }
+}
+
 /// `[interfaces]`
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "InterfacesFile")]
 pub struct Interfaces {
     /// Where traffic for the VIPs arrives.
     pub clients: String,
@@ -142,10 +191,34 @@ pub struct Interfaces {
     pub mode: Mode,
 }
 
+/// `[interfaces]` as written, before `backends` defaults to `clients`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([interfaces])")]
+struct InterfacesFile {
+    #[serde(deserialize_with = "de::string")]
+    clients: String,
+    #[serde(default, deserialize_with = "de::optional_string")]
+    backends: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+impl From<InterfacesFile> for Interfaces {
+    fn from(file: InterfacesFile) -> Self {
+        Interfaces {
+            backends: file.backends.unwrap_or_else(|| file.clients.clone()),
+            clients: file.clients,
+            mode: file.mode,
+        }
+    }
+}
+
 /// `[metrics]`
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([metrics])")]
 pub struct Metrics {
     /// Address of the HTTP endpoint (`/metrics`, `/status`, `/`).
+    #[serde(deserialize_with = "de::socket_addr")]
     pub listen: SocketAddr,
 }
 
@@ -158,10 +231,12 @@ impl Default for Metrics {
 }
 
 /// `[bpf]`
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([bpf])")]
 pub struct Bpf {
     /// Where maps and links are pinned; must be an absolute path on a bpffs
     /// (the daemon checks the filesystem when it starts).
+    #[serde(deserialize_with = "de::path")]
     pub pin_dir: PathBuf,
 }
 
@@ -174,10 +249,12 @@ impl Default for Bpf {
 }
 
 /// `[control]`: not in the contract's example, optional, ours.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([control])")]
 pub struct Control {
     /// The Unix socket the daemon serves the CLI on (`balancer status`,
     /// `balancer backend add`, ...): the CLI's `--socket` must match it.
+    #[serde(deserialize_with = "de::path")]
     pub socket: PathBuf,
 }
 
@@ -189,27 +266,89 @@ impl Default for Control {
     }
 }
 
+/// `[tables]`: how many entries the kernel's LRU tables hold. Their memory
+/// is taken when they are created (see [`tables`]), and a pinned table keeps
+/// its size: changing one takes a `balancer detach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([tables])")]
+pub struct Tables {
+    /// `CONNTRACK`: flows tracked at once.
+    #[serde(deserialize_with = "de::table_entries")]
+    pub flows: u32,
+    /// `AFFINITY`: clients (masked) remembered at once, all services together.
+    #[serde(deserialize_with = "de::table_entries")]
+    pub affinity: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            flows: MAX_FLOWS,
+            affinity: MAX_AFFINITY,
+        }
+    }
+}
+
 /// `[[services]]`: one VIP.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([[services]])")]
 pub struct ServiceConfig {
     /// Unique, `[A-Za-z0-9_.-]{1,64}`.
+    #[serde(deserialize_with = "de::string")]
     pub name: String,
     /// Unique together with `protocol`.
+    #[serde(deserialize_with = "de::socket_addr")]
     pub vip: SocketAddr,
+    #[serde(default)]
     pub protocol: Protocol,
+    #[serde(default)]
     pub affinity: AffinityMode,
     /// Clients in the same IPv4 /N share a backend (`source-ip` affinity).
+    #[serde(default = "defaults::prefix_v4", deserialize_with = "de::prefix_v4")]
     pub source_prefix_v4: u8,
     /// Clients in the same IPv6 /N share a backend (`source-ip` affinity).
+    #[serde(default = "defaults::prefix_v6", deserialize_with = "de::prefix_v6")]
     pub source_prefix_v6: u8,
     /// An affinity entry idle longer than this is ignored and replaced.
-    #[serde(serialize_with = "duration::serialize")]
+    #[serde(
+        default = "defaults::affinity_timeout",
+        deserialize_with = "de::duration",
+        serialize_with = "duration::serialize"
+    )]
     pub affinity_timeout: Duration,
     /// Maglev table size `M`: a prime, at least the number of backends.
+    #[serde(default = "defaults::table_size", deserialize_with = "de::table_size")]
     pub table_size: u32,
+    #[serde(default)]
     pub health: HealthConfig,
     /// May be empty: backends can be added at run time with the CLI.
+    #[serde(default, deserialize_with = "de::backends")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// `#[serde(default = ...)]` of the keys whose default is not their type's.
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn prefix_v4() -> u8 {
+        32
+    }
+
+    pub(super) fn prefix_v6() -> u8 {
+        128
+    }
+
+    pub(super) fn affinity_timeout() -> Duration {
+        super::DEFAULT_AFFINITY_TIMEOUT
+    }
+
+    pub(super) fn table_size() -> u32 {
+        super::DEFAULT_TABLE_SIZE
+    }
+
+    pub(super) fn weight() -> u32 {
+        1
+    }
 }
 
 impl ServiceConfig {
@@ -220,10 +359,10 @@ impl ServiceConfig {
             vip,
             protocol: Protocol::default(),
             affinity: AffinityMode::default(),
-            source_prefix_v4: 32,
-            source_prefix_v6: 128,
-            affinity_timeout: DEFAULT_AFFINITY_TIMEOUT,
-            table_size: DEFAULT_TABLE_SIZE,
+            source_prefix_v4: defaults::prefix_v4(),
+            source_prefix_v6: defaults::prefix_v6(),
+            affinity_timeout: defaults::affinity_timeout(),
+            table_size: defaults::table_size(),
             health: HealthConfig::default(),
             backends: Vec::new(),
         }
@@ -268,19 +407,34 @@ impl ServiceConfig {
 
 /// `[services.health]`, with HAProxy's semantics: a backend goes up after
 /// `rise` passing checks in a row and down after `fall` failing ones.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table ([services.health])"
+)]
 pub struct HealthConfig {
     pub check: HealthCheckKind,
     /// The `http` check's request path; starts with `/`.
+    #[serde(deserialize_with = "de::string")]
     pub path: String,
     /// The `http` check's expected status (100..=599).
+    #[serde(deserialize_with = "de::status")]
     pub expect_status: u16,
-    #[serde(serialize_with = "duration::serialize")]
+    #[serde(
+        deserialize_with = "de::duration",
+        serialize_with = "duration::serialize"
+    )]
     pub interval: Duration,
     /// May exceed `interval`, as in HAProxy.
-    #[serde(serialize_with = "duration::serialize")]
+    #[serde(
+        deserialize_with = "de::duration",
+        serialize_with = "duration::serialize"
+    )]
     pub timeout: Duration,
+    #[serde(deserialize_with = "de::count")]
     pub rise: u32,
+    #[serde(deserialize_with = "de::count")]
     pub fall: u32,
 }
 
@@ -299,24 +453,30 @@ impl Default for HealthConfig {
 }
 
 /// `[[services.backends]]`
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([[services.backends]])")]
 pub struct BackendConfig {
     /// Same family as the VIP; unique within the service.
+    #[serde(deserialize_with = "de::socket_addr")]
     pub address: SocketAddr,
     /// Relative share of new clients, 1..=[`MAX_WEIGHT`]. To stop sending a
     /// backend new clients, drain it (`balancer backend drain`).
+    #[serde(default = "defaults::weight", deserialize_with = "de::weight")]
     pub weight: u32,
 }
 
 impl BackendConfig {
     pub fn new(address: SocketAddr) -> Self {
-        BackendConfig { address, weight: 1 }
+        BackendConfig {
+            address,
+            weight: defaults::weight(),
+        }
     }
 }
 
 /// The keyword enums' shared plumbing: `ALL`, `as_str`, `Display`, `FromStr`
-/// (whose error is `expected "a" or "b", got "c"`) and `Serialize` (as the
-/// keyword), all from one table of variant ↔ keyword.
+/// (whose error is `expected "a" or "b", got "c"`), `Serialize` and
+/// `Deserialize` (as the keyword), all from one table of variant ↔ keyword.
 macro_rules! keywords {
     ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $name {
@@ -351,6 +511,12 @@ macro_rules! keywords {
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                de::keyword(d)
             }
         }
     };
@@ -533,6 +699,14 @@ impl Config {
                 ),
             ));
         }
+        check(
+            || "tables.flows".to_owned(),
+            table_entries(self.tables.flows.into()),
+        )?;
+        check(
+            || "tables.affinity".to_owned(),
+            table_entries(self.tables.affinity.into()),
+        )?;
         if self.services.is_empty() {
             return Err(ConfigError::invalid("services", "no [[services]] defined"));
         }
@@ -604,61 +778,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Turns the TOML tree into a `Config`: types, keywords, addresses and
-    /// durations; `validate` does the rest.
-    fn read(root: &document::Table) -> Result<Config, ConfigError> {
-        let root = Section::root(
-            root,
-            &["interfaces", "metrics", "bpf", "control", "services"],
-        )?;
-
-        let section = root.section("interfaces", &["clients", "backends", "mode"])?;
-        let interfaces = section.ok_or_else(|| {
-            ConfigError::invalid("interfaces", "required section [interfaces] is missing")
-        })?;
-        let clients = interfaces.required("clients", interfaces.string("clients")?)?;
-        let interfaces = Interfaces {
-            clients: clients.to_owned(),
-            backends: interfaces.string("backends")?.unwrap_or(clients).to_owned(),
-            mode: interfaces
-                .parsed("mode", Mode::from_str)?
-                .unwrap_or_default(),
-        };
-
-        let metrics = match root.section("metrics", &["listen"])? {
-            None => Metrics::default(),
-            Some(s) => Metrics {
-                listen: s
-                    .parsed("listen", parse_socket_addr)?
-                    .unwrap_or(DEFAULT_METRICS_LISTEN),
-            },
-        };
-        let bpf = match root.section("bpf", &["pin_dir"])? {
-            None => Bpf::default(),
-            Some(s) => Bpf {
-                pin_dir: s.string("pin_dir")?.unwrap_or(DEFAULT_PIN_DIR).into(),
-            },
-        };
-        let control = match root.section("control", &["socket"])? {
-            None => Control::default(),
-            Some(s) => Control {
-                socket: s.string("socket")?.unwrap_or(DEFAULT_CONTROL_SOCKET).into(),
-            },
-        };
-        let services = root
-            .sections("services", SERVICE_KEYS)?
-            .iter()
-            .map(read_service)
-            .collect::<Result<_, _>>()?;
-        Ok(Config {
-            interfaces,
-            metrics,
-            bpf,
-            control,
-            services,
-        })
-    }
 }
 
 impl FromStr for Config {
@@ -667,103 +786,8 @@ impl FromStr for Config {
     /// Parses and validates config text; errors carry a line and column but
     /// no file (see [`Config::from_file`]).
     fn from_str(text: &str) -> Result<Config, ConfigError> {
-        let root = document::parse(text)?;
-        Config::read(&root)
-            .and_then(|config| config.validate().map(|()| config))
-            .map_err(|mut e| {
-                if let ConfigError::Invalid { field, at, .. } = &mut e {
-                    at.line = document::span_of(&root, field)
-                        .map(|span| document::line_column(text, span.start));
-                }
-                e
-            })
+        parse::parse(text)
     }
-}
-
-const SERVICE_KEYS: &[&str] = &[
-    "name",
-    "vip",
-    "protocol",
-    "affinity",
-    "source_prefix_v4",
-    "source_prefix_v6",
-    "affinity_timeout",
-    "table_size",
-    "health",
-    "backends",
-];
-
-fn read_service(s: &Section<'_>) -> Result<ServiceConfig, ConfigError> {
-    let name = s.required("name", s.string("name")?)?;
-    let vip = s.required("vip", s.parsed("vip", parse_socket_addr)?)?;
-    let defaults = ServiceConfig::new(name, vip);
-    let health_keys = &[
-        "check",
-        "path",
-        "expect_status",
-        "interval",
-        "timeout",
-        "rise",
-        "fall",
-    ];
-    let health = match s.section("health", health_keys)? {
-        None => HealthConfig::default(),
-        Some(h) => {
-            let d = HealthConfig::default();
-            HealthConfig {
-                check: h
-                    .parsed("check", HealthCheckKind::from_str)?
-                    .unwrap_or(d.check),
-                path: h.string("path")?.map_or(d.path, str::to_owned),
-                expect_status: h
-                    .integer("expect_status", status)?
-                    .unwrap_or(d.expect_status),
-                interval: h.parsed("interval", duration::parse)?.unwrap_or(d.interval),
-                timeout: h.parsed("timeout", duration::parse)?.unwrap_or(d.timeout),
-                rise: h.integer("rise", count)?.unwrap_or(d.rise),
-                fall: h.integer("fall", count)?.unwrap_or(d.fall),
-            }
-        }
-    };
-    let backends = s
-        .sections("backends", &["address", "weight"])?
-        .iter()
-        .map(|b| {
-            Ok(BackendConfig {
-                address: b.required("address", b.parsed("address", parse_socket_addr)?)?,
-                weight: b.integer("weight", weight)?.unwrap_or(1),
-            })
-        })
-        .collect::<Result<_, ConfigError>>()?;
-    Ok(ServiceConfig {
-        protocol: s
-            .parsed("protocol", Protocol::from_str)?
-            .unwrap_or(defaults.protocol),
-        affinity: s
-            .parsed("affinity", AffinityMode::from_str)?
-            .unwrap_or(defaults.affinity),
-        source_prefix_v4: s
-            .integer("source_prefix_v4", prefix(32))?
-            .unwrap_or(defaults.source_prefix_v4),
-        source_prefix_v6: s
-            .integer("source_prefix_v6", prefix(128))?
-            .unwrap_or(defaults.source_prefix_v6),
-        affinity_timeout: s
-            .parsed("affinity_timeout", duration::parse)?
-            .unwrap_or(defaults.affinity_timeout),
-        table_size: s
-            .integer("table_size", table_size)?
-            .unwrap_or(defaults.table_size),
-        health,
-        backends,
-        ..defaults
-    })
-}
-
-fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| {
-        format!(r#"invalid socket address {s:?} (expected IP:PORT, e.g. "198.18.0.100:80" or "[2001:db8::1]:80")"#)
-    })
 }
 
 // Per-field checks of integers, shared by parsing (on the file's i64) and
@@ -795,6 +819,14 @@ fn table_size(v: i64) -> Result<u32, String> {
         .map(|n| format!("; the next prime is {n}"))
         .unwrap_or_default();
     Err(format!("{m} is not a prime{hint}"))
+}
+
+/// `[tables]` sizes.
+fn table_entries(v: i64) -> Result<u32, String> {
+    u32::try_from(v)
+        .ok()
+        .filter(|n| (MIN_TABLE_ENTRIES..=MAX_TABLE_ENTRIES).contains(n))
+        .ok_or_else(|| out_of_range(v, MIN_TABLE_ENTRIES.into(), MAX_TABLE_ENTRIES.into()))
 }
 
 fn weight(v: i64) -> Result<u32, String> {

@@ -25,7 +25,7 @@ use balancer_common::{
 use crate::{
     adopt::{Pinned, PinnedService},
     attach,
-    config::{AffinityMode, Mode},
+    config::{AffinityMode, Mode, Tables},
     object::ebpf_object,
     port_maps::PortMaps,
     state::ServiceState,
@@ -63,25 +63,25 @@ pub struct DataPlane {
     /// `MAGLEV` again, untyped, for batched table writes.
     maglev_batch: MapData,
     maglev_capacity: u32,
+    /// The sizes CONNTRACK and AFFINITY were created with.
+    tables: Tables,
 }
 
-/// Key size, value size and capacity of every map, as this build defines
-/// them (capacity `None` for `MAGLEV`, sized at creation): a map pinned by
-/// another build with another layout must not be reused.
-fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
+/// Key size, value size and capacity of every map, as this build and
+/// `[tables]` define them (capacity `None` for `MAGLEV`, sized at creation):
+/// a map pinned by another build with another layout must not be reused.
+fn expected_layout(name: &str, tables: Tables) -> (usize, usize, Option<u32>) {
     use std::mem::size_of as s;
 
-    use balancer_common::maps::{
-        MAX_AFFINITY, MAX_FLOWS, MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES,
-    };
+    use balancer_common::maps::{MAX_FRAGMENTS, MAX_REDIRECT_DEVS, MAX_SERVICES};
     match name {
         maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
         maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
         maps::MAGLEV => (s::<u32>(), s::<u32>(), None),
         // `struct bpf_devmap_val`: ifindex and a program fd.
         maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>(), Some(MAX_REDIRECT_DEVS)),
-        maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>(), Some(MAX_FLOWS)),
-        maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(MAX_AFFINITY)),
+        maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>(), Some(tables.flows)),
+        maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(tables.affinity)),
         maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>(), Some(MAX_BACKENDS)),
         maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_COUNT)),
         maps::FRAGMENTS => (s::<FragmentKey>(), s::<FragmentNat>(), Some(MAX_FRAGMENTS)),
@@ -90,9 +90,13 @@ fn expected_layout(name: &str) -> (usize, usize, Option<u32>) {
     }
 }
 
-/// Check every map pinned in `pin_dir` against this build's layouts, and
-/// return the pinned `MAGLEV`'s size (fixed once created) if there is one.
-fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
+/// Check every map pinned in `pin_dir` against this build's layouts and
+/// `tables`, and return the pinned `MAGLEV`'s size (fixed once created) if
+/// there is one. A pinned CONNTRACK or AFFINITY of another size than
+/// `[tables]` asks is refused rather than kept: running with other sizes
+/// than the config's would be a silent surprise, and resizing would drop
+/// the live entries, which only `balancer detach` may do.
+fn check_pinned_maps(pin_dir: &Path, tables: Tables) -> anyhow::Result<Option<u32>> {
     let mut maglev = None;
     for &name in maps::ALL {
         let path = pin_dir.join(name);
@@ -102,12 +106,30 @@ fn check_pinned_maps(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
-        let (key, value, entries) = expected_layout(name);
+        let (key, value, entries) = expected_layout(name, tables);
         let found = (
             info.key_size() as usize,
             info.value_size() as usize,
             info.max_entries(),
         );
+        let table_key = match name {
+            maps::CONNTRACK => Some("flows"),
+            maps::AFFINITY => Some("affinity"),
+            _ => None,
+        };
+        if let (Some(table_key), Some(wanted)) = (table_key, entries)
+            && (found.0, found.1) == (key, value)
+            && found.2 != wanted
+        {
+            bail!(
+                "the pinned {name} holds {} entries but [tables] {table_key} = {wanted}: a table keeps the size \
+                 it was created with; set {table_key} = {} to keep its entries, or run `balancer detach --pin-dir {}` \
+                 (which drops the live flows and affinities) and start again",
+                found.2,
+                found.2,
+                pin_dir.display()
+            );
+        }
         if (found.0, found.1) != (key, value) || entries.is_some_and(|n| n != found.2) {
             bail!(
                 "the pinned map {} has {}-byte keys, {}-byte values and {} entries, this build uses {key}, {value} \
@@ -154,16 +176,29 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl DataPlane {
+    /// [`Self::load_with_tables`] with the default `[tables]`.
+    pub fn load(pin_dir: &Path, maglev_entries: u32, mode: Mode) -> anyhow::Result<Self> {
+        Self::load_with_tables(pin_dir, maglev_entries, Tables::default(), mode)
+    }
+
     /// Load the object, reusing every map already pinned in `pin_dir` (so a
     /// restarted daemon sees the same flows and affinities) and pinning the
     /// ones it creates. A new `MAGLEV` gets `maglev_entries`; a pinned one
-    /// keeps its size ([`Self::maglev_capacity`]). Only `mode`'s program is
-    /// loaded.
-    pub fn load(pin_dir: &Path, maglev_entries: u32, mode: Mode) -> anyhow::Result<Self> {
-        let maglev_capacity = check_pinned_maps(pin_dir)?.unwrap_or(maglev_entries);
+    /// keeps its size ([`Self::maglev_capacity`]). New CONNTRACK and
+    /// AFFINITY get `tables`' sizes; pinned ones must have them. Only
+    /// `mode`'s program is loaded.
+    pub fn load_with_tables(
+        pin_dir: &Path,
+        maglev_entries: u32,
+        tables: Tables,
+        mode: Mode,
+    ) -> anyhow::Result<Self> {
+        let maglev_capacity = check_pinned_maps(pin_dir, tables)?.unwrap_or(maglev_entries);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(maps::MAGLEV, maglev_capacity)
+            .map_max_entries(maps::CONNTRACK, tables.flows)
+            .map_max_entries(maps::AFFINITY, tables.affinity)
             .load(ebpf_object()?)
             .context("loading the kernel object")?;
         match mode {
@@ -205,6 +240,7 @@ impl DataPlane {
             maglev_batch: MapData::from_pin(pin_dir.join(maps::MAGLEV))
                 .context("opening the pinned MAGLEV")?,
             maglev_capacity,
+            tables,
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
         })
@@ -269,6 +305,11 @@ impl DataPlane {
     /// must fit.
     pub fn maglev_capacity(&self) -> u32 {
         self.maglev_capacity
+    }
+
+    /// The sizes of CONNTRACK and AFFINITY.
+    pub fn tables(&self) -> Tables {
+        self.tables
     }
 
     pub fn pin_dir(&self) -> &Path {

@@ -25,6 +25,7 @@ pub use self::{
     http::{SnapshotSource, bind, serve},
     page::render_html,
 };
+use crate::config::tables::TablesMemory;
 
 /// `Content-Type` of [`render_prometheus`]'s output (prometheus-client's text
 /// encoder writes OpenMetrics 1.0).
@@ -80,6 +81,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
     /// Entries in the connection-tracking map.
     pub conntrack_entries: u64,
+    /// The sizes of the conntrack and affinity maps and their memory.
+    #[serde(default)]
+    pub tables: TablesMemory,
     /// Packets the kernel program dropped, by reason.
     pub drops: Vec<(String, u64)>,
     /// When the snapshot was taken, in seconds since the Unix epoch.
@@ -318,6 +322,7 @@ pub(crate) mod tests {
                 },
             ],
             conntrack_entries: 33,
+            tables: crate::config::Tables::default().into(),
             drops: vec![("no_backend".to_owned(), 44), ("malformed".to_owned(), 55)],
             generated_at: 1_700_000_000,
         }

@@ -18,7 +18,7 @@ use tracing::info;
 use crate::{
     accounting::{self, FlowTables, SharedCounts},
     adopt,
-    config::Config,
+    config::{Config, tables::TablesMemory},
     control,
     daemon::Daemon,
     dataplane::{DataPlane, Interface},
@@ -49,11 +49,16 @@ fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
 /// it, keeping every id and table a previous daemon left that is still
 /// valid ([`adopt`]). Nothing is attached yet.
 fn load(config: &Config, pin_dir: &Path) -> anyhow::Result<(DataPlane, adopt::Plan)> {
-    let mut dataplane = DataPlane::load(
+    let mut dataplane = DataPlane::load_with_tables(
         pin_dir,
         state::maglev_entries(config),
+        config.tables,
         config.interfaces.mode,
     )?;
+    info!(
+        "kernel tables: {} (allocated in full when created)",
+        TablesMemory::from(dataplane.tables())
+    );
     let pinned = dataplane.read_pinned()?;
     let mut plan = adopt::plan(config, &pinned)?;
     let adopted: HashSet<u32> = pinned.backends.iter().map(|(id, _)| *id).collect();

@@ -838,3 +838,92 @@ fn the_cli_shows_status_and_flows_and_detach_removes_everything() {
     assert!(!rig.socket().exists(), "the control socket is removed");
     drop(held);
 }
+
+/// The kernel's own account of a map's memory: `memlock` in its fdinfo.
+fn kernel_memlock(map: &aya::maps::MapData) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no memlock in the map's fdinfo:\n{info}"))
+}
+
+#[test]
+fn tables_take_the_config_s_sizes_and_a_pinned_table_keeps_its_own() {
+    use balancer_common::maps::{AFFINITY, CONNTRACK};
+    use balancer_user::config::{Tables, tables::TablesMemory};
+
+    require_root();
+    let topo = Topology::new(&TopologyOpts::default());
+    let bpffs = TempBpffs::new();
+    let socket = bpffs.control_socket();
+    let config = |flows: u32| {
+        format!(
+            "{head}[tables]\nflows = {flows}\naffinity = 32768\n\
+             [[services]]\nname = \"web\"\nvip = \"{VIP_V4}:80\"\n\
+             [services.health]\ncheck = \"none\"\n{backends}",
+            head = config_head(&bpffs, METRICS),
+            backends = backends_toml([SocketAddr::new(topo.backends()[0].v4().into(), PORT)]),
+        )
+    };
+    let mut daemon = Daemon::start(topo.gw(), &config(65536), &bpffs.pin_dir(), &[]);
+    daemon.wait_serving(topo.gw(), &socket);
+
+    let want = TablesMemory::from(Tables {
+        flows: 65536,
+        affinity: 32768,
+    });
+    assert_eq!(status(topo.gw(), &socket).tables, want);
+    let json: serde_json::Value =
+        serde_json::from_str(&cli_ok(topo.gw(), &socket, &["status", "--json"])).unwrap();
+    assert_eq!(json["tables"]["flows"]["entries"], 65536);
+    assert_eq!(json["tables"]["affinity"]["entries"], 32768);
+    assert_eq!(json["tables"]["flows"]["bytes"], want.flows.bytes);
+    let text = cli_ok(topo.gw(), &socket, &["status"]);
+    assert!(
+        text.contains("tables: flows 65536 entries (10.0 MiB), affinity 32768 entries"),
+        "{text}"
+    );
+
+    // The kernel made the maps that size, and its account of their memory
+    // is the estimate plus a fixed part of a few KiB.
+    for (name, table) in [(CONNTRACK, want.flows), (AFFINITY, want.affinity)] {
+        let map = aya::maps::MapData::from_pin(bpffs.pin_dir().join(name)).unwrap();
+        assert_eq!(map.info().unwrap().max_entries(), table.entries, "{name}");
+        let kernel = kernel_memlock(&map);
+        assert!(
+            kernel >= table.bytes && kernel - table.bytes < 64 * 1024,
+            "{name}: the kernel counts {kernel} bytes, the estimate is {}",
+            table.bytes
+        );
+    }
+
+    // Restarted with another size, the daemon refuses in one line and the
+    // pinned table, and what it holds, stay as they are.
+    assert!(daemon.stop().success());
+    let path = std::env::temp_dir().join(format!(
+        "lbt-tables-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, config(131072)).unwrap();
+    let out =
+        balancer_tests::daemon::balancer(topo.gw(), &["run", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with a resized table: {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("the pinned CONNTRACK holds 65536 entries but [tables] flows = 131072")
+            && last.contains("balancer detach"),
+        "{stderr}"
+    );
+    let map = aya::maps::MapData::from_pin(bpffs.pin_dir().join(CONNTRACK)).unwrap();
+    assert_eq!(map.info().unwrap().max_entries(), 65536);
+    println!("tables: {want}; a restart asking for 131072 flows was refused: {last}");
+}

@@ -34,7 +34,8 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 /// One block per service: a header line, then a table of its backends;
-/// then the conntrack count and the drop reasons that counted anything.
+/// then the conntrack count, the kernel tables' sizes and memory, and the
+/// drop reasons that counted anything.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     for (i, svc) in s.services.iter().enumerate() {
@@ -81,6 +82,7 @@ pub fn render(s: &Snapshot) -> String {
         out.push_str("no services\n");
     }
     out.push_str(&format!("\nconntrack entries {}\n", s.conntrack_entries));
+    out.push_str(&format!("tables: {}\n", s.tables));
     let drops: Vec<String> = s
         .drops
         .iter()
@@ -106,7 +108,7 @@ fn state(b: &BackendSnapshot) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::ServiceSnapshot;
+    use crate::{config::Tables, metrics::ServiceSnapshot};
 
     fn backend(address: &str, up: bool, draining: bool) -> BackendSnapshot {
         BackendSnapshot {
@@ -154,6 +156,11 @@ mod tests {
                 },
             ],
             conntrack_entries: 42,
+            tables: Tables {
+                flows: 65536,
+                affinity: 32768,
+            }
+            .into(),
             drops: vec![("malformed".to_owned(), 0), ("no_backend".to_owned(), 7)],
             generated_at: 1_700_000_000,
         }
@@ -174,6 +181,7 @@ dns  [2001:db8::53]:53/udp  affinity four-tuple  affinity entries 0
   no backends
 
 conntrack entries 42
+tables: flows 65536 entries (10.0 MiB), affinity 32768 entries (3.2 MiB)
 dropped packets: no_backend 7
 ";
         assert_eq!(got, want, "got:\n{got}");
@@ -183,7 +191,8 @@ dropped packets: no_backend 7
     fn cli_status_empty_snapshot() {
         assert_eq!(
             render(&Snapshot::default()),
-            "no services\n\nconntrack entries 0\n"
+            "no services\n\nconntrack entries 0\n\
+             tables: flows 0 entries (0.0 MiB), affinity 0 entries (0.0 MiB)\n"
         );
     }
 

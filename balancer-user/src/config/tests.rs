@@ -48,6 +48,10 @@ fn example_parses_with_its_values() {
             control: Control {
                 socket: "/run/balancer/control.sock".into()
             },
+            tables: Tables {
+                flows: 1 << 20,
+                affinity: 1 << 20
+            },
             services: vec![ServiceConfig {
                 name: "chat".into(),
                 vip: addr("198.18.0.100:80"),
@@ -416,38 +420,39 @@ fn unknown_keys() {
     let err = assert_invalid(
         &format!("verbose = true\n{}", minimal("")),
         "verbose",
-        "unknown key",
+        "unknown field `verbose`",
     );
     assert!(
         err.to_string()
-            .contains("`interfaces`, `metrics`, `bpf`, `control`, `services`"),
+            .contains("`interfaces`, `metrics`, `bpf`, `control`, `tables`, `services`"),
         "{err}"
     );
+    assert_eq!(err.line_column(), Some((1, 1)), "at the key");
     assert_invalid(
         &minimal("[services.health]\nchek = \"http\"\n"),
         "services[0].health.chek",
-        "unknown key (expected one of `check`,",
+        "unknown field `chek`, expected one of `check`,",
     );
     assert_invalid(
         &minimal("[[services.backends]]\naddress = \"198.18.1.11:3000\"\nwieght = 2\n"),
         "services[0].backends[0].wieght",
-        "unknown key",
+        "unknown field",
     );
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\nclient = \"eth1\"\n",
         "interfaces.client",
-        "unknown key",
+        "unknown field",
     );
     assert_invalid(
         &minimal("vips = \"198.18.0.1:80\"\n"),
         "services[0].vips",
-        "unknown key",
+        "unknown field",
     );
     // The first unknown key in the file, not in alphabetical order.
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\nzz = 1\naa = 2\n",
         "interfaces.zz",
-        "unknown key",
+        "unknown field",
     );
 }
 
@@ -459,9 +464,14 @@ fn bad_durations() {
         r#"invalid duration "10""#,
     );
     assert_invalid(
-        &minimal("affinity_timeout = \"1.5s\"\n"),
+        &minimal("affinity_timeout = \"1.5x\"\n"),
         "services[0].affinity_timeout",
-        "1500ms",
+        "unknown time unit \"x\"",
+    );
+    assert_invalid(
+        &minimal("affinity_timeout = \"366d\"\n"),
+        "services[0].affinity_timeout",
+        "longer than the maximum of 365d",
     );
     assert_invalid(
         &minimal("affinity_timeout = 600\n"),
@@ -474,7 +484,7 @@ fn bad_durations() {
         "must be longer than 0s",
     );
     assert_invalid(
-        &minimal("[services.health]\ninterval = \"2 s\"\n"),
+        &minimal("[services.health]\ninterval = \"fast\"\n"),
         "services[0].health.interval",
         "invalid duration",
     );
@@ -658,7 +668,7 @@ fn wrong_types() {
     assert_invalid(
         "interfaces = \"eth0\"\n",
         "interfaces",
-        "expected a table ([interfaces]), got a string",
+        r#"invalid type: string "eth0", expected a table ([interfaces])"#,
     );
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\n[services]\nname = \"a\"\n",
@@ -668,7 +678,7 @@ fn wrong_types() {
     assert_invalid(
         "services = [1]\n[interfaces]\nclients = \"eth0\"\n",
         "services[0]",
-        "expected a table, got an integer (1)",
+        "invalid type: integer `1`, expected a table ([[services]])",
     );
     assert_invalid(
         &minimal("name = 1979-05-27\n").replacen("name = \"chat\"\n", "", 1),
@@ -688,24 +698,24 @@ fn missing_required_keys() {
     assert_eq!(err.line_column(), None);
     let err = assert_invalid(
         "[interfaces]\nmode = \"tc\"\n",
-        "interfaces.clients",
-        "required key is missing",
+        "interfaces",
+        "interfaces: missing field `clients`",
     );
     assert_eq!(err.line_column(), Some((1, 1)), "reported at its table");
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\n[[services]]\nname = \"a\"\n",
-        "services[0].vip",
-        "required key is missing",
+        "services[0]",
+        "missing field `vip`",
     );
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\n[[services]]\nvip = \"198.18.0.1:80\"\n",
-        "services[0].name",
-        "required key is missing",
+        "services[0]",
+        "missing field `name`",
     );
     assert_invalid(
         &minimal("[[services.backends]]\nweight = 2\n"),
-        "services[0].backends[0].address",
-        "required key is missing",
+        "services[0].backends[0]",
+        "missing field `address`",
     );
     assert_invalid(
         "[interfaces]\nclients = \"eth0\"\n",
@@ -838,7 +848,7 @@ fn from_file_names_the_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "services[0].table_size: 65536 is not a prime; the next prime is 65537 ({}:20:14)",
+            "services[0].table_size: 65536 is not a prime; the next prime is 65537 ({}:24:14)",
             bad.display()
         )
     );
@@ -852,5 +862,86 @@ fn from_file_names_the_file() {
         "{err}"
     );
     assert!(!err.to_string().contains('\n'));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tables_sizes() {
+    let config = Config::from_str(&format!(
+        "[tables]\nflows = 65536\naffinity = 32768\n{}",
+        minimal("")
+    ))
+    .unwrap();
+    assert_eq!(
+        config.tables,
+        Tables {
+            flows: 65536,
+            affinity: 32768
+        }
+    );
+    let only_flows = Config::from_str(&format!("[tables]\nflows = 1024\n{}", minimal(""))).unwrap();
+    assert_eq!(
+        only_flows.tables.affinity, MAX_AFFINITY,
+        "left out: default"
+    );
+    assert_eq!(
+        Config::from_str(&minimal("")).unwrap().tables,
+        Tables {
+            flows: MAX_FLOWS,
+            affinity: MAX_AFFINITY
+        }
+    );
+
+    let err = assert_invalid(
+        &format!("[tables]\nflows = 1023\n{}", minimal("")),
+        "tables.flows",
+        "tables.flows: 1023 is out of range 1024..=67108864",
+    );
+    assert_eq!(err.line_column(), Some((2, 9)));
+    assert_invalid(
+        &format!("[tables]\naffinity = 67108865\n{}", minimal("")),
+        "tables.affinity",
+        "67108865 is out of range 1024..=67108864",
+    );
+    assert_invalid(
+        &format!("[tables]\naffinity = \"1M\"\n{}", minimal("")),
+        "tables.affinity",
+        r#"expected an integer, got a string ("1M")"#,
+    );
+    assert_invalid(
+        &format!("[tables]\nconntrack = 4096\n{}", minimal("")),
+        "tables.conntrack",
+        "unknown field `conntrack`, expected `flows` or `affinity`",
+    );
+
+    let mut config = config;
+    config.tables.flows = 0;
+    assert_eq!(
+        config.validate().unwrap_err().to_string(),
+        "tables.flows: 0 is out of range 1024..=67108864"
+    );
+}
+
+#[test]
+fn errors_name_the_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("balancer-config-at-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("balancer.toml");
+    std::fs::write(
+        &file,
+        minimal(
+            "[[services.backends]]\naddress = \"198.18.1.11:3000\"\n\
+             [[services.backends]]\naddress = \"x\"\n",
+        ),
+    )
+    .unwrap();
+    let err = Config::from_file(&file).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            r#"services[0].backends[1].address: invalid socket address "x" (expected IP:PORT, e.g. "198.18.0.100:80" or "[2001:db8::1]:80") ({}:10:11)"#,
+            file.display()
+        )
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

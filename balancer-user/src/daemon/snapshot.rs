@@ -44,6 +44,7 @@ impl Daemon {
         Snapshot {
             services,
             conntrack_entries: counts.conntrack_entries,
+            tables: self.dataplane.tables().into(),
             drops,
             generated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
