@@ -52,9 +52,22 @@ pub enum Counter {
     ForwardIcmp = 16,
     /// A later fragment of a balanced datagram, forwarded after its first.
     ForwardFragment = 17,
+    /// A new flow's conntrack entry could not be stored (the kernel's map
+    /// update failed). The packet still goes on; the flow's next packets
+    /// are placed again and its replies pass unrewritten.
+    ConntrackInsertFailed = 18,
+    /// A client's affinity entry could not be stored. The packet still goes
+    /// on; the client's next flows get their Maglev slot.
+    AffinityInsertFailed = 19,
+    /// A first fragment's rewrite could not be stored. The packet still
+    /// goes on; its later fragments are placed as if they came first.
+    FragmentInsertFailed = 20,
+    /// Dropped: the redirect helper refused a packet (XDP: the device left
+    /// REDIRECT_DEVS since it was checked; TC: a bad flag).
+    DropRedirectFailed = 21,
 }
 
-pub const COUNTER_COUNT: u32 = 18;
+pub const COUNTER_COUNT: u32 = 22;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -76,6 +89,10 @@ impl Counter {
         Counter::PassExtHeader,
         Counter::ForwardIcmp,
         Counter::ForwardFragment,
+        Counter::ConntrackInsertFailed,
+        Counter::AffinityInsertFailed,
+        Counter::FragmentInsertFailed,
+        Counter::DropRedirectFailed,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -85,6 +102,7 @@ impl Counter {
             Counter::DropBackendDown => Some("backend_down"),
             Counter::DropMalformed => Some("malformed"),
             Counter::DropInternal => Some("internal_error"),
+            Counter::DropRedirectFailed => Some("redirect_failed"),
             _ => None,
         }
     }
@@ -109,6 +127,10 @@ impl Counter {
             Counter::PassExtHeader => "pass_ext_header",
             Counter::ForwardIcmp => "forward_icmp",
             Counter::ForwardFragment => "forward_fragment",
+            Counter::ConntrackInsertFailed => "conntrack_insert_failed",
+            Counter::AffinityInsertFailed => "affinity_insert_failed",
+            Counter::FragmentInsertFailed => "fragment_insert_failed",
+            Counter::DropRedirectFailed => "drop_redirect_failed",
         }
     }
 }
@@ -122,5 +144,37 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn names_and_drop_reasons_are_unique() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+                if a.drop_reason().is_some() {
+                    assert_ne!(a.drop_reason(), b.drop_reason());
+                }
+            }
+        }
+    }
+
+    /// Each failed kernel operation has a counter of its own; only the
+    /// failed redirect loses the packet, so only it is a drop reason.
+    #[test]
+    fn failed_kernel_operations_are_counted_by_name() {
+        for (c, name) in [
+            (Counter::ConntrackInsertFailed, "conntrack_insert_failed"),
+            (Counter::AffinityInsertFailed, "affinity_insert_failed"),
+            (Counter::FragmentInsertFailed, "fragment_insert_failed"),
+        ] {
+            assert!(Counter::ALL.contains(&c));
+            assert_eq!(c.name(), name);
+            assert_eq!(c.drop_reason(), None);
+        }
+        assert!(Counter::ALL.contains(&Counter::DropRedirectFailed));
+        assert_eq!(
+            Counter::DropRedirectFailed.drop_reason(),
+            Some("redirect_failed")
+        );
     }
 }

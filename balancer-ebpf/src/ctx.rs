@@ -11,33 +11,20 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action,
+    },
     helpers::generated::{bpf_l4_csum_replace, bpf_redirect, bpf_skb_pull_data},
     programs::{TcContext, XdpContext},
 };
+use balancer_common::counters::Counter;
 
 use crate::{
+    action::Action,
     csum::{Diff, apply, fold},
     maps::REDIRECT_DEVS,
+    stats,
 };
-
-/// A verdict before it is spelled for the hook.
-#[derive(Clone, Copy)]
-pub enum Action {
-    Pass,
-    Drop,
-    /// A header the parser had checked was out of bounds later: a bug.
-    Aborted,
-    /// Out of the interface it came in on.
-    Tx,
-    /// Out of another interface.
-    Redirect(u32),
-}
-
-/// `bpf_l4_csum_replace` flags: the change is in the pseudo-header; a UDP
-/// checksum of 0 ("none") stays 0 and a computed 0 is sent as 0xffff.
-const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
-const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 
 pub trait Frame {
     fn data(&self) -> usize;
@@ -108,9 +95,12 @@ impl Frame for XdpContext {
             Action::Drop => xdp_action::XDP_DROP,
             Action::Aborted => xdp_action::XDP_ABORTED,
             Action::Tx => xdp_action::XDP_TX,
-            Action::Redirect(ifindex) => REDIRECT_DEVS
-                .redirect(ifindex, 0)
-                .unwrap_or(xdp_action::XDP_ABORTED),
+            // Flags 0: on a failure (no such device in the map) the helper
+            // answers XDP_ABORTED.
+            Action::Redirect(ifindex) => REDIRECT_DEVS.redirect(ifindex, 0).unwrap_or_else(|rc| {
+                stats::count(Counter::DropRedirectFailed);
+                rc
+            }),
         }
     }
 }
@@ -163,7 +153,13 @@ impl Frame for TcContext {
     /// GRO packet): only the helper knows, and updates it the right way.
     #[inline(always)]
     fn l4_csum_update(&self, offset: usize, pseudo: Diff, data: Diff, udp: bool) -> Result<(), ()> {
-        let mangled = if udp { BPF_F_MARK_MANGLED_0 } else { 0 };
+        // Flags: the change is in the pseudo-header; a UDP checksum of 0
+        // ("none") stays 0 and a computed 0 is sent as 0xffff.
+        let mangled = if udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
         let skb = self.skb.skb;
         // Size 0 in the flags: `to` is a checksum difference, `from` 0.
         let rc = unsafe {
@@ -172,7 +168,7 @@ impl Frame for TcContext {
                 offset as u32,
                 0,
                 u64::from(fold(pseudo.0)),
-                BPF_F_PSEUDO_HDR | mangled,
+                u64::from(BPF_F_PSEUDO_HDR) | mangled,
             )
         };
         if rc != 0 {
@@ -184,13 +180,23 @@ impl Frame for TcContext {
     }
     #[inline(always)]
     fn verdict(&self, action: Action) -> u32 {
-        // `bpf_redirect` returns TC_ACT_REDIRECT (or TC_ACT_SHOT on a bad
-        // flag): out of the egress of that interface.
         match action {
             Action::Pass => TC_ACT_OK as u32,
             Action::Drop | Action::Aborted => TC_ACT_SHOT as u32,
-            Action::Tx => unsafe { bpf_redirect(Frame::ingress_ifindex(self), 0) as u32 },
-            Action::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+            Action::Tx => tc_redirect(Frame::ingress_ifindex(self)),
+            Action::Redirect(ifindex) => tc_redirect(ifindex),
         }
     }
+}
+
+/// Out of the egress of interface `ifindex`. `bpf_redirect` answers
+/// TC_ACT_REDIRECT, or TC_ACT_SHOT on a failure (a bad flag): a drop,
+/// counted.
+#[inline(always)]
+fn tc_redirect(ifindex: u32) -> u32 {
+    let rc = unsafe { bpf_redirect(ifindex, 0) } as u32;
+    if rc != TC_ACT_REDIRECT as u32 {
+        stats::count(Counter::DropRedirectFailed);
+    }
+    rc
 }

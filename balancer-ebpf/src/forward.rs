@@ -20,31 +20,33 @@ use core::mem::size_of;
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams, helpers::generated::bpf_fib_lookup, macros::map,
-    maps::PerCpuArray,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::generated::bpf_fib_lookup,
 };
 use balancer_common::{
     counters::Counter,
-    maps::MAX_BACKENDS,
     types::{Backend, FAMILY_V4, Flow},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
+    action::Action,
     clock::epoch,
-    ctx::{Action, Frame},
+    ctx::Frame,
     ip::decrement_ttl,
-    maps::REDIRECT_DEVS,
+    maps::{NEXT_HOPS, REDIRECT_DEVS},
     parse::L3_OFF,
     ptr::{ptr_at, read_at, read_words},
     scratch::{scratch, store_bytes, store_words},
     stats,
 };
 
+/// `bpf_fib_lookup`'s address families (`linux/socket.h`; aya's bindings
+/// have no `AF_*`).
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const FIB_SUCCESS: i64 = 0;
-const FIB_NO_NEIGH: i64 = 7;
+const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
+const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
 
 /// A way to a host: out of `ifindex`, from `src_mac` to `dst_mac`.
 #[derive(Clone, Copy)]
@@ -66,24 +68,6 @@ impl L2Path {
         }
     }
 }
-
-/// A backend's next hop as the FIB last gave it, for `addr` (a backend id
-/// reused for another address never takes the old one's path).
-#[repr(C)]
-pub struct NextHop {
-    addr: [u32; 4],
-    ifindex: u32,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    /// `clock::epoch` of the lookup; `ifindex` 0 means none yet.
-    epoch: u16,
-    _pad: u16,
-}
-
-/// Per CPU, so that no two CPUs write one entry at once (no torn paths)
-/// and no cache line bounces between them. Not pinned: a cache.
-#[map]
-static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Forward a packet just rewritten for `backend`.
 #[inline(always)]

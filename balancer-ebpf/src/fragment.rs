@@ -18,14 +18,15 @@ use balancer_common::{
 };
 
 use crate::{
-    ctx::{Action, Frame},
+    action::Action,
+    choose::{affinity_key, fresh_affinity, maglev_pick},
+    ctx::Frame,
     forward::{L2Path, forward},
     ip::{End, ttl_expired},
     maps::{FRAGMENT_SERVICES, FRAGMENTS, SERVICES},
     nat::rewrite,
     parse::{L3_OFF, Packet, Piece},
     scratch::{scratch, store_bytes, store_words},
-    select::{affinity_key, fresh_affinity, maglev_pick},
     stats::{self, Direction},
 };
 
@@ -71,7 +72,14 @@ pub fn record_first(pkt: &Packet, addr: &[u32; 4], backend_id: u32, client_path:
     store_bytes(&mut nat._pad, &[0; 3]);
     store_bytes(&mut nat.client_mac, &client_mac);
     store_bytes(&mut nat.gateway_mac, &gateway_mac);
-    let _ = FRAGMENTS.insert(&s.fragment_key, &s.fragment_nat, 0);
+    // Its later fragments then pass to the kernel (`pass_fragment`) or are
+    // placed by client alone, as if they had come first.
+    if FRAGMENTS
+        .insert(&s.fragment_key, &s.fragment_nat, 0)
+        .is_err()
+    {
+        stats::count(Counter::FragmentInsertFailed);
+    }
 }
 
 /// A fragment after the first: rewrite it as its first fragment was.

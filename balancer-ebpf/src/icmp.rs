@@ -15,7 +15,7 @@
 //!
 //! Both are found from the quoted 5-tuple reversed: it is the client's
 //! CONNTRACK key in the first case, and a backend's reply in the second
-//! (found as replies are, `maps::reply_flow`). Any other ICMP (echo to a
+//! (found as replies are, `lookup::reply_flow`). Any other ICMP (echo to a
 //! VIP, errors about other traffic) passes untouched.
 
 use balancer_common::{
@@ -25,11 +25,13 @@ use balancer_common::{
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
+    action::Action,
     csum::Diff,
-    ctx::{Action, Frame},
+    ctx::Frame,
     forward::{L2Path, forward},
     ip::{End, addr_words, set_addr, ttl_expired},
-    maps::{BACKENDS, CONNTRACK, reply_flow},
+    lookup::reply_flow,
+    maps::{BACKENDS, CONNTRACK},
     nat::set_port,
     parse::{Ip, L3_OFF, icmp_proto, words},
     ptr::read_at,

@@ -14,6 +14,8 @@
 #![no_std]
 #![no_main]
 
+mod action;
+mod choose;
 mod clock;
 mod csum;
 mod ctx;
@@ -21,13 +23,16 @@ mod forward;
 mod fragment;
 mod icmp;
 mod ip;
+mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod paths;
 mod ptr;
 mod scratch;
-mod select;
 mod stats;
+mod tcp_state;
+mod values;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -36,7 +41,8 @@ use aya_ebpf::{
 use balancer_common::counters::Counter;
 
 use crate::{
-    ctx::{Action, Frame, tc_pull_headers},
+    action::Action,
+    ctx::{Frame, tc_pull_headers},
     parse::{Packet, Parsed, Piece, reparse_ip},
 };
 
@@ -51,34 +57,45 @@ pub fn balancer_tc(ctx: TcContext) -> i32 {
     run(&ctx) as i32
 }
 
-/// Returned by [`common_path`] for packets the rare paths take.
-const TO_ICMP_PATH: u32 = u32::MAX;
-const TO_FRAGMENT_PATH: u32 = u32::MAX - 1;
+/// Where [`common_path`] leaves a packet. A typed answer rather than
+/// reserved verdict values: every `u32` is some hook's verdict
+/// (`u32::MAX` is TC_ACT_UNSPEC).
+enum Next {
+    /// Done: the hook's return value.
+    Verdict(u32),
+    /// An ICMP message: [`icmp_path`].
+    Icmp,
+    /// A later fragment: [`fragment_path`].
+    Fragment,
+}
 
 /// Each path is a function of its own (BPF-to-BPF calls) and this entry
 /// keeps almost no stack: the verifier adds up the stack of a call chain,
-/// and the common path alone uses most of the 512 bytes. The rare paths
-/// parse again rather than take the common path's state across.
+/// and the common path alone uses most of the 512 bytes. The entry's only
+/// stack is the 8-byte [`Next`], which `common_path` returns through
+/// memory; within the 32 bytes 6.1 counts for any frame (see `scratch`).
+/// The rare paths parse again rather than take the common path's state
+/// across.
 #[inline(always)]
 fn run<C: Frame>(ctx: &C) -> u32 {
     match common_path(ctx) {
-        TO_ICMP_PATH => icmp_path(ctx),
-        TO_FRAGMENT_PATH => fragment_path(ctx),
-        verdict => verdict,
+        Next::Verdict(verdict) => verdict,
+        Next::Icmp => icmp_path(ctx),
+        Next::Fragment => fragment_path(ctx),
     }
 }
 
 #[inline(never)]
-fn common_path<C: Frame>(ctx: &C) -> u32 {
+fn common_path<C: Frame>(ctx: &C) -> Next {
     let pkt = match parse::parse(ctx) {
         Parsed::Packet(pkt) => pkt,
-        Parsed::Icmp => return TO_ICMP_PATH,
-        Parsed::Pass(reason) => return ctx.verdict(stats::pass(reason)),
+        Parsed::Icmp => return Next::Icmp,
+        Parsed::Pass(reason) => return Next::Verdict(ctx.verdict(stats::pass(reason))),
     };
     if let Piece::Later(_) = pkt.piece {
-        return TO_FRAGMENT_PATH;
+        return Next::Fragment;
     }
-    verdict(ctx, balance(ctx, &pkt))
+    Next::Verdict(verdict(ctx, balance(ctx, &pkt)))
 }
 
 #[inline(never)]
@@ -115,11 +132,11 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 
 #[inline(always)]
 fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
-    if let Some(service) = maps::service_for(pkt) {
-        return select::to_backend(ctx, pkt, service);
+    if let Some(service) = lookup::service_for(&pkt.key) {
+        return paths::to_backend(ctx, pkt, service);
     }
-    if let Some((flow, vip)) = maps::reply_flow(&pkt.key) {
-        return select::to_client(ctx, pkt, flow, vip);
+    if let Some((flow, vip)) = lookup::reply_flow(&pkt.key) {
+        return paths::to_client(ctx, pkt, flow, vip);
     }
     Ok(stats::pass(Counter::PassNotOurs))
 }

@@ -1,5 +1,6 @@
-//! Per-CPU scratch space for the large values the common path builds for a
-//! helper (FIB parameters, new map entries).
+//! Per-CPU scratch space (`maps::SCRATCH`) for the large values the common
+//! path builds for a helper (FIB parameters, new map entries), and the
+//! stores that fill it without a call to `memset`/`memcpy`.
 //!
 //! The verifier bounds a call chain's stack at 512 bytes, and 6.1 counts
 //! each frame rounded up to 32 bytes (the entry's empty frame as 32): the
@@ -7,22 +8,7 @@
 //! the stack (a program runs to completion on its CPU) and helpers take it
 //! wherever they take stack memory.
 
-use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, macros::map, maps::PerCpuArray};
-use balancer_common::types::{Flow, FlowKey, FragmentKey, FragmentNat};
-
-#[repr(C)]
-pub struct Scratch {
-    pub fib: FibParams,
-    /// A reply's conntrack key, as `maps::reply_flow` rebuilds it.
-    pub reply_key: FlowKey,
-    /// A new flow's conntrack entry.
-    pub flow: Flow,
-    pub fragment_key: FragmentKey,
-    pub fragment_nat: FragmentNat,
-}
-
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+use crate::{maps::SCRATCH, values::Scratch};
 
 /// This CPU's scratch space (always there: a one-entry per-CPU array).
 #[inline(always)]

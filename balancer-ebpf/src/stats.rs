@@ -3,7 +3,7 @@
 use balancer_common::counters::Counter;
 
 use crate::{
-    ctx::Action,
+    action::Action,
     maps::{BACKEND_STATS, COUNTERS},
 };
 

@@ -1,7 +1,5 @@
-//! The two balanced paths: client → backend (pick a backend, DNAT, forward)
-//! and backend → client (SNAT back to the VIP, forward).
-//!
-//! Backend choice for a client packet, in order:
+//! Choosing a backend for a client packet, and the state the choice
+//! records (conntrack and affinity entries). In order:
 //! 1. its conntrack entry, while that backend is up;
 //! 2. the client's affinity entry (source-ip services), while it is fresh
 //!    and its backend up (draining backends keep their clients);
@@ -12,22 +10,21 @@ use balancer_common::{
     counters::Counter,
     hash::{flow_hash, slot},
     types::{
-        Affinity, AffinityKey, Backend, Flow, SERVICE_FOUR_TUPLE, Service, ServiceKey,
-        TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, TCP_RST, tcp_closed,
+        Affinity, AffinityKey, Backend, SERVICE_FOUR_TUPLE, Service, TCP_FIN_FROM_CLIENT,
+        tcp_closed,
     },
 };
 
 use crate::{
-    clock::{epoch, now_ns},
-    ctx::{Action, Frame},
-    forward, fragment,
-    ip::{End, ttl_expired},
-    maps::{AFFINITY, CONNTRACK, MAGLEV, backend_if_up},
-    nat::rewrite,
-    parse::{L3_OFF, Packet, TCP_FIN, TCP_RST as TCP_FLAG_RST, TCP_SYN},
+    clock::epoch,
+    ctx::Frame,
+    lookup::backend_if_up,
+    maps::{AFFINITY, CONNTRACK, MAGLEV},
+    parse::Packet,
     ptr::read_at,
     scratch::scratch,
-    stats::{self, Direction},
+    stats,
+    tcp_state::{add_tcp_bits, tcp_state_bits},
 };
 
 /// A long-lived flow refreshes its client's affinity at most this often, so
@@ -39,53 +36,20 @@ const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 /// seconds to minutes (`balancer_user::accounting`).
 const LAST_SEEN_STEP_NS: u64 = 250_000_000;
 
-/// Add `bits` to one direction's `TCP_*` state (see `Flow::client_tcp_state`),
-/// storing only if that changes it (see `existing_flow`).
+/// The backend for a client packet of `service`, and whether it opens a
+/// new flow. `Err`: the packet is dropped, for the counter's reason.
 #[inline(always)]
-fn add_tcp_bits<T: Copy + PartialEq + core::ops::BitOr<Output = T>>(state: &mut T, bits: T) {
-    if *state | bits != *state {
-        *state = *state | bits;
+pub fn backend_for<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    service: &Service,
+    now: u64,
+) -> Result<(u32, &'static Backend, bool), Counter> {
+    if let Some((id, backend)) = existing_flow(pkt, service, now) {
+        return Ok((id, backend, false));
     }
-}
-
-/// `TCP_*` state bits a packet's flags add, seen from `fin_bit`'s side.
-#[inline(always)]
-fn tcp_state_bits(pkt: &Packet, fin_bit: u32) -> u32 {
-    let mut bits = 0;
-    if pkt.tcp_flags & TCP_FIN != 0 {
-        bits |= fin_bit;
-    }
-    if pkt.tcp_flags & TCP_FLAG_RST != 0 {
-        bits |= TCP_RST;
-    }
-    bits
-}
-
-#[inline(always)]
-pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<Action, ()> {
-    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
-        return Ok(stats::pass(Counter::PassTtlExpired));
-    }
-    let now = now_ns();
-    let (backend_id, backend, new_connection) = match existing_flow(pkt, service, now) {
-        Some((id, backend)) => (id, backend, false),
-        None => match new_flow(ctx, pkt, service, now) {
-            Ok((id, backend)) => (id, backend, true),
-            Err(counter) => return Ok(stats::drop(counter)),
-        },
-    };
-    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
-    fragment::record_first(pkt, &backend.addr, backend_id, None);
-    rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
-    stats::count(Counter::ForwardToBackend);
-    Ok(forward::to_backend(
-        ctx,
-        pkt.key.family,
-        pkt.key.proto,
-        backend_id,
-        backend,
-        now,
-    ))
+    let (id, backend) = new_flow(ctx, pkt, service, now)?;
+    Ok((id, backend, true))
 }
 
 /// The flow's backend from conntrack, if the flow is known, its backend up,
@@ -120,15 +84,12 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
                 a.last_seen_ns = now;
             }
         } else {
-            let _ = AFFINITY.insert(
-                &key,
-                &Affinity {
-                    backend_id: flow.backend_id,
-                    _pad: 0,
-                    last_seen_ns: now,
-                },
-                0,
-            );
+            let value = Affinity {
+                backend_id: flow.backend_id,
+                _pad: 0,
+                last_seen_ns: now,
+            };
+            remember_affinity(&key, &value);
         }
     }
     Some((flow.backend_id, backend))
@@ -190,7 +151,7 @@ fn new_flow<C: Frame>(
                     _pad: 0,
                     last_seen_ns: now,
                 };
-                let _ = AFFINITY.insert(&affinity_key, &value, 0);
+                remember_affinity(&affinity_key, &value);
             }
             found
         }
@@ -215,8 +176,22 @@ fn new_flow<C: Frame>(
     flow.path_epoch = epoch(now).wrapping_sub(1);
     // `_pad` stays as the zeroed scratch space has it (nothing writes it;
     // a 6-byte store of zeroes would compile to a `memset` call).
-    let _ = CONNTRACK.insert(&pkt.key, flow, 0);
+    // The packet goes on, counted: without an entry the flow's next
+    // packets are placed again (affinity, Maglev) and its replies are not
+    // SNATed back, as for a flow whose entry was evicted.
+    if CONNTRACK.insert(&pkt.key, flow, 0).is_err() {
+        stats::count(Counter::ConntrackInsertFailed);
+    }
     Ok((backend_id, backend))
+}
+
+/// Store the client's affinity; on a failure the client keeps its Maglev
+/// slot, counted.
+#[inline(always)]
+fn remember_affinity(key: &AffinityKey, value: &Affinity) {
+    if AFFINITY.insert(key, value, 0).is_err() {
+        stats::count(Counter::AffinityInsertFailed);
+    }
 }
 
 /// The client's affinity, if it is younger than the service's timeout and
@@ -258,45 +233,4 @@ pub fn maglev_pick(
     let backend_id = *MAGLEV.get(index).ok_or(Counter::DropNoBackend)?;
     let backend = backend_if_up(backend_id, service.id).ok_or(Counter::DropBackendDown)?;
     Ok((backend_id, backend))
-}
-
-/// A reply in `flow` (see `maps::reply_flow`): SNAT back to `vip`.
-#[inline(always)]
-pub fn to_client<C: Frame>(
-    ctx: &C,
-    pkt: &Packet,
-    flow: *mut Flow,
-    vip: &ServiceKey,
-) -> Result<Action, ()> {
-    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
-        return Ok(stats::pass(Counter::PassTtlExpired));
-    }
-    let flow = unsafe { &mut *flow };
-    let now = now_ns();
-    let (vip_addr, vip_port, backend_id) = (vip.addr, vip.port, flow.backend_id);
-    if pkt.is_tcp() {
-        let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
-        // Only the SYN-ACK marks the handshake answered.
-        if pkt.tcp_flags & TCP_SYN != 0 {
-            bits |= TCP_BACKEND_ANSWERED;
-        }
-        // Every backend-side bit fits the byte (`Flow::backend_tcp_state`).
-        add_tcp_bits(&mut flow.backend_tcp_state, bits as u8);
-    }
-    stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
-    fragment::record_first(
-        pkt,
-        &vip_addr,
-        backend_id,
-        Some(&forward::L2Path::to_client(flow)),
-    );
-    rewrite(ctx, pkt, End::Source, &vip_addr, vip_port)?;
-    stats::count(Counter::ForwardToClient);
-    Ok(forward::to_client(
-        ctx,
-        pkt.key.family,
-        pkt.key.proto,
-        flow,
-        now,
-    ))
 }

@@ -1,0 +1,106 @@
+//! The lookups on the maps: a packet's service, a reply's flow, a
+//! backend that is up. Each takes a 5-tuple ([`FlowKey`]), not a packet.
+
+use balancer_common::{
+    maps::{MAX_VIPS_PER_BACKEND, PORT_SHARED},
+    types::{Backend, Flow, FlowKey, Service, ServiceKey},
+};
+
+use crate::{
+    maps::{BACKEND_PORTS, BACKEND_VIPS, BACKENDS, CONNTRACK, SERVICE_SLOTS, SERVICES, VIP_PORTS},
+    scratch::{scratch, store_words},
+};
+
+/// The service whose VIP the packet of 5-tuple `key` is addressed to. Array reads by the
+/// destination port (see `VIP_PORTS`) where one service has that port, as
+/// most do; a SERVICES lookup, which hashes a 20-byte key, only where
+/// several do.
+#[inline(always)]
+pub fn service_for(key: &FlowKey) -> Option<&'static Service> {
+    let port = u32::from(u16::from_be(key.dport));
+    match *VIP_PORTS.get(port)? {
+        0 => None,
+        PORT_SHARED => {
+            let vip = ServiceKey {
+                addr: key.dst,
+                port: key.dport,
+                proto: key.proto,
+                family: key.family,
+            };
+            unsafe { SERVICES.get(&vip) }
+        }
+        service => {
+            let slot = SERVICE_SLOTS.get(service - 1)?;
+            let vip = &slot.vip;
+            let ours = vip.addr == key.dst
+                && vip.port == key.dport
+                && vip.proto == key.proto
+                && vip.family == key.family;
+            ours.then_some(&slot.service)
+        }
+    }
+}
+
+/// The flow a backend → client packet (`reply`, its 5-tuple) belongs to,
+/// and the flow's VIP: the client's conntrack entry, its key rebuilt with
+/// the VIP of the sender's service (or each VIP the sender serves, when its
+/// port is shared; see `BACKEND_PORTS`), whose backend is the sender
+/// itself (a host that is not the flow's backend gets nothing rewritten).
+#[inline(always)]
+pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
+    let port = u32::from(u16::from_be(reply.sport));
+    match *BACKEND_PORTS.get(port)? {
+        0 => None,
+        PORT_SHARED => {
+            let endpoint = ServiceKey {
+                addr: reply.src,
+                port: reply.sport,
+                proto: reply.proto,
+                family: reply.family,
+            };
+            let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
+            for i in 0..MAX_VIPS_PER_BACKEND {
+                if i as u32 >= vips.count {
+                    break;
+                }
+                if let Some(flow) = flow_of_reply(reply, &vips.vips[i]) {
+                    return Some((flow, &vips.vips[i]));
+                }
+            }
+            None
+        }
+        service => {
+            let vip = &SERVICE_SLOTS.get(service - 1)?.vip;
+            if vip.proto != reply.proto || vip.family != reply.family {
+                return None;
+            }
+            Some((flow_of_reply(reply, vip)?, vip))
+        }
+    }
+}
+
+/// The conntrack entry of the flow `reply` answers if its client spoke to
+/// `vip`, and only if the flow's backend sent `reply`.
+#[inline(always)]
+fn flow_of_reply(reply: &FlowKey, vip: &ServiceKey) -> Option<*mut Flow> {
+    // Built in scratch space: a 40-byte key on the stack would push the
+    // common path past 6.1's stack bound.
+    let key = &mut scratch()?.reply_key;
+    store_words(&mut key.src, &reply.dst);
+    store_words(&mut key.dst, &vip.addr);
+    key.sport = reply.dport;
+    key.dport = vip.port;
+    key.proto = reply.proto;
+    key.family = reply.family;
+    key._pad = [0; 2];
+    let flow = CONNTRACK.get_ptr_mut(&*key)?;
+    let backend = BACKENDS.get(unsafe { (*flow).backend_id })?;
+    (backend.in_use() && backend.addr == reply.src && backend.port == reply.sport).then_some(flow)
+}
+
+/// A backend by id, if that slot is in use and up (draining counts as up).
+#[inline(always)]
+pub fn backend_if_up(id: u32, service_id: u32) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(id)?;
+    (backend.is_up() && backend.service_id == service_id).then_some(backend)
+}

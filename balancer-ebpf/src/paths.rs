@@ -1,0 +1,86 @@
+//! The two balanced paths: client → backend (choose a backend, DNAT,
+//! forward) and backend → client (SNAT back to the VIP, forward).
+
+use balancer_common::{
+    counters::Counter,
+    types::{Flow, Service, ServiceKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND},
+};
+
+use crate::{
+    action::Action,
+    choose,
+    clock::now_ns,
+    ctx::Frame,
+    forward, fragment,
+    ip::{End, ttl_expired},
+    nat::rewrite,
+    parse::{L3_OFF, Packet, TCP_SYN},
+    stats::{self, Direction},
+    tcp_state::{add_tcp_bits, tcp_state_bits},
+};
+
+/// A client packet to `service`: pick its backend, DNAT, forward.
+#[inline(always)]
+pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<Action, ()> {
+    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
+        return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    let now = now_ns();
+    let (backend_id, backend, new_connection) = match choose::backend_for(ctx, pkt, service, now) {
+        Ok(chosen) => chosen,
+        Err(counter) => return Ok(stats::drop(counter)),
+    };
+    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
+    fragment::record_first(pkt, &backend.addr, backend_id, None);
+    rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
+    stats::count(Counter::ForwardToBackend);
+    Ok(forward::to_backend(
+        ctx,
+        pkt.key.family,
+        pkt.key.proto,
+        backend_id,
+        backend,
+        now,
+    ))
+}
+
+/// A reply in `flow` (see `lookup::reply_flow`): SNAT back to `vip`.
+#[inline(always)]
+pub fn to_client<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow: *mut Flow,
+    vip: &ServiceKey,
+) -> Result<Action, ()> {
+    if ttl_expired(ctx, L3_OFF, pkt.key.family) {
+        return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    let flow = unsafe { &mut *flow };
+    let now = now_ns();
+    let (vip_addr, vip_port, backend_id) = (vip.addr, vip.port, flow.backend_id);
+    if pkt.is_tcp() {
+        let mut bits = tcp_state_bits(pkt, TCP_FIN_FROM_BACKEND);
+        // Only the SYN-ACK marks the handshake answered.
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            bits |= TCP_BACKEND_ANSWERED;
+        }
+        // Every backend-side bit fits the byte (`Flow::backend_tcp_state`).
+        add_tcp_bits(&mut flow.backend_tcp_state, bits as u8);
+    }
+    stats::backend_packet(backend_id, pkt.len, Direction::ToClient, false);
+    fragment::record_first(
+        pkt,
+        &vip_addr,
+        backend_id,
+        Some(&forward::L2Path::to_client(flow)),
+    );
+    rewrite(ctx, pkt, End::Source, &vip_addr, vip_port)?;
+    stats::count(Counter::ForwardToClient);
+    Ok(forward::to_client(
+        ctx,
+        pkt.key.family,
+        pkt.key.proto,
+        flow,
+        now,
+    ))
+}

@@ -1,0 +1,31 @@
+//! The value types of the maps only the kernel side uses (`NEXT_HOPS`,
+//! `SCRATCH`); the shared ones are in `balancer_common::types`.
+
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+use balancer_common::types::{Flow, FlowKey, FragmentKey, FragmentNat};
+
+/// A backend's next hop as the FIB last gave it, for `addr` (a backend id
+/// reused for another address never takes the old one's path).
+#[repr(C)]
+pub struct NextHop {
+    pub addr: [u32; 4],
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// `clock::epoch` of the lookup; `ifindex` 0 means none yet.
+    pub epoch: u16,
+    pub _pad: u16,
+}
+
+/// Per-CPU scratch space for the large values the common path builds for
+/// a helper (see `scratch`).
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    /// A reply's conntrack key, as `lookup::reply_flow` rebuilds it.
+    pub reply_key: FlowKey,
+    /// A new flow's conntrack entry.
+    pub flow: Flow,
+    pub fragment_key: FragmentKey,
+    pub fragment_nat: FragmentNat,
+}
