@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod rawsend;
 pub mod servers;
 pub mod socketio;
 pub mod topology;
