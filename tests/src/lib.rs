@@ -15,6 +15,7 @@ pub mod packet;
 pub mod rawsend;
 pub mod servers;
 pub mod socketio;
+pub mod spoof;
 pub mod topology;
 pub mod xdp_fixture;
 
