@@ -116,7 +116,7 @@ impl Rig {
             clients_v4: ADDRESSES as u8,
             extra_nets: vec![],
             clients_per_extra_net: 0,
-            clients_v6: 0,
+            clients_v6: 1,
             backends: 3,
             ..TopologyOpts::default()
         });
@@ -328,11 +328,12 @@ impl Attacker {
             })
             .collect();
         println!(
-            "{label}: {} spoofed frames ({flows} flows) in {:.1} s, {:.0}/s\n  \
+            "{label}: {} spoofed frames ({} flows) in {:.1} s, {:.0}/s\n  \
          tables before: {}; after: {}\n  \
          connections_total +{grew} (the sessions opened {real} connections meanwhile; per backend {per_backend:?})\n  \
          active connections {} before, {} after (sessions: {sessions})",
             sent.frames,
+            sent.frames / (packets / flows),
             sent.elapsed.as_secs_f64(),
             sent.per_second(),
             before.tables(),
