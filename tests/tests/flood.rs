@@ -50,10 +50,11 @@ const WEBSOCKET_PER_ADDRESS: usize = 2;
 /// carries in minimum-size SYNs, and what this rig's one sending core keeps
 /// up without starving the sessions.
 const SPOOFED_PER_SECOND: u64 = 100_000;
-/// The wait after each flood: Socket.IO's default ping interval (25 s) and
-/// a margin, so every session exchanges at least one heartbeat over
-/// whatever state the flood left.
-const AFTER_FLOOD: Duration = Duration::from_secs(30);
+/// The wait after each flood: Socket.IO's default ping interval (25 s), its
+/// timeout (20 s) and a margin, so every session exchanges a heartbeat over
+/// whatever state the flood left, and one that lost its connection notices
+/// (ping timeout) before the next flood: its error counts against this one.
+const AFTER_FLOOD: Duration = Duration::from_secs(50);
 
 /// Whether the daemon's config takes a `[tables]` section (flows,
 /// affinity). Until it does, the tables have their built-in size,
