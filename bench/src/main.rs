@@ -19,7 +19,6 @@ mod perpacket;
 mod pinned;
 mod proc;
 mod progs;
-mod rawsend;
 mod report;
 mod stop;
 mod summary;

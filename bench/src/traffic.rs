@@ -11,12 +11,12 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 use balancer_tests::{
     packet::{Frame, TCP_ACK, TCP_PSH, TCP_SYN},
+    rawsend::{BlastLimits, RawSender, mac_of},
     topology::{BACKEND_IF, CLIENT_IF, GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
 };
 
 use crate::{
     pinned,
-    rawsend::RawSender,
     testbed::{SINK_PORT, Testbed},
 };
 
@@ -80,6 +80,18 @@ pub struct PhaseLimits {
     pub frames: u64,
 }
 
+impl PhaseLimits {
+    /// The sender's limits: these, and no more than `room` frames; as fast
+    /// as one core goes; stopped early by Ctrl-C.
+    fn blast(self, room: u64) -> BlastLimits {
+        BlastLimits {
+            frames: self.frames.min(room),
+            time: self.time,
+            per_second: None,
+        }
+    }
+}
+
 pub struct Traffic {
     client_tx: RawSender,
     client_mac: [u8; 6],
@@ -94,17 +106,6 @@ pub struct Traffic {
     /// conntrack and affinity entries live as long as it does).
     next_flow: u64,
     next_client: u64,
-}
-
-fn mac_of(ns: &balancer_tests::NetNs, ifname: &str) -> Result<[u8; 6]> {
-    let out = ns.ip(["-j", "link", "show", "dev", ifname]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = v[0]["address"].as_str().context("no MAC address")?;
-    let mut mac = [0u8; 6];
-    for (b, part) in mac.iter_mut().zip(text.split(':')) {
-        *b = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
 }
 
 impl Traffic {
@@ -184,34 +185,35 @@ impl Traffic {
                     .iter()
                     .map(|&(c, p)| self.client_frame(c, p, VIP_V4, TCP_ACK | TCP_PSH))
                     .collect();
-                self.client_tx.blast(limits.frames, limits.time, |i| {
-                    frames[(i % n_flows) as usize].clone()
-                })?
+                self.client_tx
+                    .blast(limits.blast(u64::MAX), crate::stop::requested, |i| {
+                        frames[(i % n_flows) as usize].clone()
+                    })?
             }
             Kind::NewFlow => {
                 let start = self.next_flow;
                 let room = u64::from(FLOW_CLIENTS) * u64::from(NEW_PORTS) - start;
-                let sent = self
-                    .client_tx
-                    .blast(limits.frames.min(room), limits.time, |i| {
-                        let n = start + i;
-                        let client =
-                            Ipv4Addr::new(198, 18, 0, 1 + (n / u64::from(NEW_PORTS)) as u8);
-                        self.client_frame(
-                            client,
-                            1024 + (n % u64::from(NEW_PORTS)) as u16,
-                            VIP_V4,
-                            TCP_SYN,
-                        )
-                    })?;
+                let sent =
+                    self.client_tx
+                        .blast(limits.blast(room), crate::stop::requested, |i| {
+                            let n = start + i;
+                            let client =
+                                Ipv4Addr::new(198, 18, 0, 1 + (n / u64::from(NEW_PORTS)) as u8);
+                            self.client_frame(
+                                client,
+                                1024 + (n % u64::from(NEW_PORTS)) as u16,
+                                VIP_V4,
+                                TCP_SYN,
+                            )
+                        })?;
                 self.next_flow += sent;
                 sent
             }
             Kind::NewClient => {
                 let start = self.next_client;
                 let sent = self.client_tx.blast(
-                    limits.frames.min(NEW_CLIENTS - start),
-                    limits.time,
+                    limits.blast(NEW_CLIENTS - start),
+                    crate::stop::requested,
                     |i| {
                         let n = start + i;
                         let client = Ipv4Addr::new(198, 19, (n / 250) as u8, 1 + (n % 250) as u8);
@@ -243,7 +245,7 @@ impl Traffic {
                     })
                     .collect();
                 let n = frames.len() as u64;
-                tx.blast(limits.frames, limits.time, |i| {
+                tx.blast(limits.blast(u64::MAX), crate::stop::requested, |i| {
                     frames[(i % n) as usize].clone()
                 })?
             }
@@ -257,9 +259,10 @@ impl Traffic {
                     .iter()
                     .map(|&(c, p)| self.client_frame(c, p, *backend, TCP_ACK | TCP_PSH))
                     .collect();
-                self.client_tx.blast(limits.frames, limits.time, |i| {
-                    frames[(i % n_flows) as usize].clone()
-                })?
+                self.client_tx
+                    .blast(limits.blast(u64::MAX), crate::stop::requested, |i| {
+                        frames[(i % n_flows) as usize].clone()
+                    })?
             }
         };
         crate::stop::check()?;

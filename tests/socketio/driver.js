@@ -4,7 +4,15 @@
 //   node driver.js CONFIG.json
 //
 // CONFIG: { url, sessions: [{ address, polling }], duration_ms, interval_ms,
-//           ack_timeout_ms, reconnection_delay_ms, ready_timeout_ms }
+//           ack_timeout_ms, reconnection_delay_ms, ready_timeout_ms,
+//           final_message, finish_on_stdin }
+//
+// interval_ms 0 sends no periodic messages (idle sessions: only Socket.IO's
+// heartbeats cross the wire). final_message: at the end every session that
+// ever connected sends one acknowledged message and waits for the answer
+// (or ack_timeout_ms) before closing; its report says `final_acked`.
+// finish_on_stdin: a `finish` line on stdin ends the run early (the run
+// still ends duration_ms after `ready` at the latest).
 //
 // Each session binds its own source address (an http.Agent with
 // `localAddress` for the long-polling requests and the WebSocket alike) and
@@ -58,6 +66,7 @@ const sessions = cfg.sessions.map((spec, id) => {
     error_count: 0,
     reconnects: [],
     connected: false,
+    final_acked: false,
     lostAt: null,
   };
   const error = (kind, detail) => {
@@ -68,6 +77,7 @@ const sessions = cfg.sessions.map((spec, id) => {
     if (st.errors.length < MAX_ERRORS_KEPT) st.errors.push(e);
     out({ event: "error", id, ...e });
   };
+  st.error = error;
   const agent = new http.Agent({ localAddress: spec.address, keepAlive: false });
   const socket = io(cfg.url, {
     transports: st.polling ? ["polling"] : ["polling", "websocket"],
@@ -110,7 +120,7 @@ const sessions = cfg.sessions.map((spec, id) => {
     if (st.lostAt === null) st.lostAt = Date.now();
     error("disconnect", details ? `${reason}: ${describe(details)}` : reason);
   });
-  st.timer = setInterval(() => {
+  if (cfg.interval_ms > 0) st.timer = setInterval(() => {
     if (!socket.connected || stopping || st.server === null || st.lostAt !== null) return;
     const expected = st.server;
     socket.timeout(cfg.ack_timeout_ms).emit("echo", st.acks, (err, r) => {
@@ -131,7 +141,40 @@ function ready() {
 
 setTimeout(() => readySent || ready(), cfg.ready_timeout_ms);
 
-function finish() {
+let finishing = false;
+
+if (cfg.finish_on_stdin) {
+  let input = "";
+  process.stdin.setEncoding("utf8");
+  process.stdin.on("data", (d) => {
+    input += d;
+    if (input.includes("finish\n")) finish();
+  });
+}
+
+// The final acknowledged message of a session that ever connected: a
+// session that lost its server (or its TCP connection) without noticing
+// finds out here.
+function finalMessage(st) {
+  if (st.server === null) return Promise.resolve();
+  const expected = st.server;
+  return new Promise((resolve) => {
+    st.socket.timeout(cfg.ack_timeout_ms).emit("echo", "final", (err, r) => {
+      if (err) st.error("ack_timeout", "final message");
+      else if (r.server !== expected) st.error("server_changed", `${expected} -> ${r.server} (final message)`);
+      else {
+        st.acks += 1;
+        st.final_acked = true;
+      }
+      resolve();
+    });
+  });
+}
+
+async function finish() {
+  if (finishing) return;
+  finishing = true;
+  if (cfg.final_message) await Promise.all(sessions.map(finalMessage));
   for (const s of sessions) {
     if (!s.polling && s.connected && !s.upgraded && s.errors.length === 0) {
       s.errors.push({ kind: "no_upgrade", detail: "still long-polling at the end", at_ms: Date.now() - started, server: s.server });
@@ -147,7 +190,7 @@ function finish() {
   // Exit only once the summary is written: stdout to a pipe is
   // asynchronous, and exiting earlier would cut it short.
   setTimeout(() => {
-    const summary = { event: "summary", sessions: sessions.map(({ socket, timer, lostAt, ...s }) => s) };
+    const summary = { event: "summary", sessions: sessions.map(({ socket, timer, lostAt, error, ...s }) => s) };
     process.stdout.write(JSON.stringify(summary) + "\n", () => process.exit(0));
   }, 500);
 }

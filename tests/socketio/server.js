@@ -2,8 +2,11 @@
 // other backends, so a request carrying another server's session id gets
 // Socket.IO's own `400 Session ID unknown`.
 //
-//   node server.js NAME PORT
+//   node server.js NAME PORT [default-heartbeat]
 //
+// By default it pings every second (timeout 2 s), so a long-polling session
+// makes a new request every second; `default-heartbeat` keeps Socket.IO's
+// own defaults (25 s, timeout 20 s), what idle sessions see in production.
 // GET /health answers 200 (the balancer's http health check). Events:
 // `hello` and `echo` are acknowledged with this server's name, so a client
 // sees which backend holds its session.
@@ -12,6 +15,7 @@ const http = require("http");
 const { Server } = require("socket.io");
 
 const [name, port] = [process.argv[2], Number(process.argv[3])];
+const defaultHeartbeat = process.argv[4] === "default-heartbeat";
 const server = http.createServer((req, res) => {
   if (req.url === "/health") {
     res.writeHead(200, { "content-type": "text/plain" });
@@ -21,8 +25,7 @@ const server = http.createServer((req, res) => {
     res.end();
   }
 });
-// Short pings so a long-polling session makes a new request every second.
-const io = new Server(server, { pingInterval: 1000, pingTimeout: 2000 });
+const io = new Server(server, defaultHeartbeat ? {} : { pingInterval: 1000, pingTimeout: 2000 });
 io.on("connection", (socket) => {
   socket.on("hello", (ack) => typeof ack === "function" && ack({ server: name, sid: socket.id }));
   socket.on("echo", (data, ack) => typeof ack === "function" && ack({ server: name, data }));

@@ -12,8 +12,10 @@ pub mod daemon;
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod rawsend;
 pub mod servers;
 pub mod socketio;
+pub mod spoof;
 pub mod topology;
 pub mod xdp_fixture;
 

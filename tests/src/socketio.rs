@@ -5,7 +5,7 @@
 //! error a user would have seen (see `tests/socketio/driver.js`).
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Child, Stdio},
@@ -32,12 +32,36 @@ pub struct SocketIoServer {
     child: Child,
 }
 
+/// How often a server pings its sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Every second (timeout 2 s): a long-polling session makes a new
+    /// request every second, so short runs see many connections.
+    Fast,
+    /// Socket.IO's defaults (ping every 25 s, timeout 20 s): what idle
+    /// sessions do in production.
+    Default,
+}
+
 impl SocketIoServer {
-    /// Start it and wait until it listens.
+    /// Start it with [`Heartbeat::Fast`] and wait until it listens.
     pub fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        Self::start_with(ns, name, port, Heartbeat::Fast)
+    }
+
+    /// Start it with `heartbeat` and wait until it listens.
+    pub fn start_with(ns: &NetNs, name: &str, port: u16, heartbeat: Heartbeat) -> Self {
         let script = dir().join("server.js");
+        let mut args = vec![
+            script.to_str().unwrap().to_owned(),
+            name.to_owned(),
+            port.to_string(),
+        ];
+        if heartbeat == Heartbeat::Default {
+            args.push("default-heartbeat".into());
+        }
         let mut child = ns
-            .command("node", [script.to_str().unwrap(), name, &port.to_string()])
+            .command("node", args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -77,10 +101,15 @@ struct DriverConfig<'a> {
     url: String,
     sessions: &'a [SessionSpec],
     duration_ms: u64,
+    /// 0: no periodic messages.
     interval_ms: u64,
     ack_timeout_ms: u64,
     reconnection_delay_ms: u64,
     ready_timeout_ms: u64,
+    /// Every session sends one acknowledged message before closing.
+    final_message: bool,
+    /// The run also ends on a `finish` line on stdin.
+    finish_on_stdin: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -116,6 +145,9 @@ pub struct Session {
     pub error_count: usize,
     pub reconnects: Vec<Reconnect>,
     pub connected: bool,
+    /// Its final message was acknowledged by its own server (runs with a
+    /// final message only).
+    pub final_acked: bool,
 }
 
 /// A running `node driver.js`.
@@ -135,20 +167,58 @@ impl Driver {
         sessions: &[SessionSpec],
         duration: Duration,
     ) -> Self {
+        Self::spawn(
+            ns,
+            DriverConfig {
+                url: format!("http://{vip}"),
+                sessions,
+                duration_ms: duration.as_millis() as u64,
+                interval_ms: 200,
+                ack_timeout_ms: 3000,
+                reconnection_delay_ms: 200,
+                ready_timeout_ms: 15_000,
+                final_message: false,
+                finish_on_stdin: false,
+            },
+        )
+    }
+
+    /// Idle `sessions` against the VIP: once connected they send nothing
+    /// but Socket.IO's heartbeats until [`Driver::stop`] (or `limit` after
+    /// they are all connected), then one acknowledged message each.
+    pub fn start_idle(
+        ns: &NetNs,
+        vip: SocketAddr,
+        sessions: &[SessionSpec],
+        limit: Duration,
+    ) -> Self {
+        Self::spawn(
+            ns,
+            DriverConfig {
+                url: format!("http://{vip}"),
+                sessions,
+                duration_ms: limit.as_millis() as u64,
+                interval_ms: 0,
+                ack_timeout_ms: 5000,
+                reconnection_delay_ms: 200,
+                ready_timeout_ms: 15_000,
+                final_message: true,
+                finish_on_stdin: true,
+            },
+        )
+    }
+
+    fn spawn(ns: &NetNs, cfg: DriverConfig) -> Self {
         let config = std::env::temp_dir().join(format!("lbt-sio-{}.json", random_suffix()));
-        let cfg = DriverConfig {
-            url: format!("http://{vip}"),
-            sessions,
-            duration_ms: duration.as_millis() as u64,
-            interval_ms: 200,
-            ack_timeout_ms: 3000,
-            reconnection_delay_ms: 200,
-            ready_timeout_ms: 15_000,
-        };
         std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
         let script = dir().join("driver.js");
         let mut child = ns
             .command("node", [script.to_str().unwrap(), config.to_str().unwrap()])
+            .stdin(if cfg.finish_on_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -186,6 +256,20 @@ impl Driver {
                 Err(e) => panic!("driver: no {name:?} event within {limit:?} ({e})"),
             }
         }
+    }
+
+    /// End a [`Driver::start_idle`] run now (final messages, then the
+    /// report); every session's report.
+    pub fn stop(mut self) -> Vec<Session> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .expect("stop() ends idle runs only");
+        stdin
+            .write_all(b"finish\n")
+            .expect("tell driver.js to finish");
+        self.finish()
     }
 
     /// Wait for the end of the run; every session's report.

@@ -1,6 +1,8 @@
-//! Crafted frames sent into an interface with an AF_PACKET socket: the
-//! per-packet phases need exactly one kind of packet through the gateway,
-//! which a TCP stack (handshakes, ACKs both ways) cannot give.
+//! Crafted frames sent into an interface with an AF_PACKET socket, past the
+//! sending namespace's TCP stack: exactly one kind of packet through the
+//! gateway (the bench's per-packet phases), or packets from addresses that
+//! never answer (the flood suite's spoofed handshakes), which a real TCP
+//! stack cannot give.
 
 use std::{
     io,
@@ -8,10 +10,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_tests::NetNs;
+use crate::NetNs;
+
+/// How many frames a blast sends between two looks at the clock.
+const BATCH: u64 = 256;
 
 pub struct RawSender {
     fd: OwnedFd,
+}
+
+/// How much a [`RawSender::blast`] sends: at most `frames`, for at most
+/// `time`, at most `per_second` if set (else as fast as one core goes).
+#[derive(Clone, Copy, Debug)]
+pub struct BlastLimits {
+    pub frames: u64,
+    pub time: Duration,
+    pub per_second: Option<u64>,
 }
 
 impl RawSender {
@@ -61,6 +75,7 @@ impl RawSender {
         })
     }
 
+    /// Send one frame; a full device queue drops it, as a NIC would.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer is valid for its length.
         let ret = unsafe {
@@ -73,7 +88,6 @@ impl RawSender {
         };
         if ret < 0 {
             let err = io::Error::last_os_error();
-            // A full device queue: drop this frame, as a NIC would.
             if err.raw_os_error() == Some(libc::ENOBUFS) || err.kind() == io::ErrorKind::WouldBlock
             {
                 return Ok(());
@@ -83,23 +97,52 @@ impl RawSender {
         Ok(())
     }
 
-    /// Send `frame(i)` for i = 0, 1, ... until `limit` frames or `time`
-    /// passed (or Ctrl-C); the number sent.
+    /// Send `frame(i)` for i = 0, 1, ... within `limits`, or until `stop()`
+    /// says so (looked at every few hundred frames); the number sent.
     pub fn blast(
         &self,
-        limit: u64,
-        time: Duration,
+        limits: BlastLimits,
+        stop: impl Fn() -> bool,
         mut frame: impl FnMut(u64) -> Vec<u8>,
     ) -> io::Result<u64> {
-        let end = Instant::now() + time;
+        let start = Instant::now();
+        let end = start + limits.time;
         let mut sent = 0;
-        while sent < limit {
-            if sent % 1024 == 0 && (Instant::now() >= end || crate::stop::requested()) {
-                break;
+        while sent < limits.frames {
+            if sent % BATCH == 0 {
+                let now = Instant::now();
+                if now >= end || stop() {
+                    break;
+                }
+                // Paced: never ahead of `per_second` since the start (a
+                // sender that falls behind catches up at full speed).
+                if let Some(rate) = limits.per_second {
+                    let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if due > now {
+                        std::thread::sleep((due - now).min(end - now));
+                    }
+                }
             }
             self.send(&frame(sent))?;
             sent += 1;
         }
         Ok(sent)
     }
+}
+
+/// The MAC address of `ifname` in `ns`, for addressing crafted frames.
+pub fn mac_of(ns: &NetNs, ifname: &str) -> io::Result<[u8; 6]> {
+    let out = ns.ip(["-j", "link", "show", "dev", ifname]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("no MAC of {ifname}"));
+    let text = v[0]["address"].as_str().ok_or_else(bad)?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    for (b, part) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
 }
