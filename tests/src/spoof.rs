@@ -1,7 +1,8 @@
 //! Spoofed TCP handshakes to a VIP, sent from the client side of the
 //! gateway with a [`RawSender`]: SYNs, or SYN-then-ACK pairs, from random
-//! addresses in 10.0.0.0/8 and random ports. The sources are addresses no
-//! namespace owns and no route leads to (the gateway has no default route),
+//! addresses in 198.19.0.0/16 (inside the tests' 198.18.0.0/15) and random
+//! ports. The sources are addresses no namespace owns and no route leads to
+//! (the gateway routes only 198.18.x.0/24s and has no default route),
 //! so the backends' answers die in the gateway and nothing leaves the
 //! topology; the attacker never sees a SYN-ACK, so an ACK's acknowledgement
 //! number is a guess.
@@ -84,7 +85,7 @@ impl Spoofer {
         per_second: u64,
         time: Duration,
     ) -> io::Result<FloodReport> {
-        let mut template = Frame::tcp("10.0.0.1", 1024, &vip.ip().to_string(), vip.port(), 0);
+        let mut template = Frame::tcp("198.19.0.1", 1024, &vip.ip().to_string(), vip.port(), 0);
         template.src_mac = self.src_mac;
         template.dst_mac = self.dst_mac;
         template.payload.clear();
@@ -115,9 +116,9 @@ impl Spoofer {
                     );
                 } else {
                     let r = rng.next();
-                    // 10.0.0.0/8: 24 random bits; ports 1024-65535.
-                    let src = Ipv4Addr::from(0x0a00_0000 | (r as u32 & 0x00ff_ffff));
-                    let sport = 1024 + ((r >> 24) % (65536 - 1024)) as u16;
+                    // 198.19.0.0/16: 16 random bits; ports 1024-65535.
+                    let src = Ipv4Addr::from(0xc613_0000 | (r as u32 & 0x0000_ffff));
+                    let sport = 1024 + ((r >> 16) % (65536 - 1024)) as u16;
                     let seq = (r >> 40) as u32 ^ rng.next() as u32;
                     open = (src, sport, seq);
                     write_tcp(&mut f, src, sport, seq, 0, TCP_SYN);
@@ -170,13 +171,13 @@ mod tests {
 
     #[test]
     fn rewritten_segments_keep_valid_checksums() {
-        let mut f = Frame::tcp("10.0.0.1", 1024, "198.18.0.100", 80, 0);
+        let mut f = Frame::tcp("198.19.0.1", 1024, "198.18.0.100", 80, 0);
         f.payload.clear();
         let mut f = f.build();
-        write_tcp(&mut f, Ipv4Addr::new(10, 1, 2, 3), 40000, 7, 9, TCP_ACK);
+        write_tcp(&mut f, Ipv4Addr::new(198, 19, 2, 3), 40000, 7, 9, TCP_ACK);
         assert_checksums_valid(&f);
         let p = parse(&f);
-        assert_eq!(p.src().to_string(), "10.1.2.3");
+        assert_eq!(p.src().to_string(), "198.19.2.3");
         assert_eq!(p.sport(), 40000);
     }
 }

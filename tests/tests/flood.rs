@@ -28,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::maps::MAX_FLOWS;
 use balancer_tests::{
     NetNs, Topology, TopologyOpts,
     bpffs::TempBpffs,
@@ -56,37 +55,19 @@ const SPOOFED_PER_SECOND: u64 = 100_000;
 /// (ping timeout) before the next flood: its error counts against this one.
 const AFTER_FLOOD: Duration = Duration::from_secs(50);
 
-/// Whether the daemon's config takes a `[tables]` section (flows,
-/// affinity). Until it does, the tables have their built-in size,
-/// `MAX_FLOWS` entries, and `BALANCER_FLOOD_TABLE` must say so.
-const TABLES_CONFIGURABLE: bool = false;
-/// The table size of the default run once `[tables]` exists: small enough
-/// that three tables' worth of SYNs take two seconds at 100k/s.
+/// The table size of the default run: small enough that three tables'
+/// worth of SYNs take a few seconds. The full-size run sets
+/// `BALANCER_FLOOD_TABLE=1048576` (the default `[tables]`).
 const DEFAULT_TABLE: u64 = 65_536;
 
 /// Entries of each table: `BALANCER_FLOOD_TABLE`, else the default.
 fn table_size() -> u64 {
-    let default = if TABLES_CONFIGURABLE {
-        DEFAULT_TABLE
-    } else {
-        u64::from(MAX_FLOWS)
-    };
-    let size = env_u64("BALANCER_FLOOD_TABLE").unwrap_or(default);
-    assert!(
-        TABLES_CONFIGURABLE || size == u64::from(MAX_FLOWS),
-        "BALANCER_FLOOD_TABLE={size}: this build's tables are fixed at {MAX_FLOWS} entries"
-    );
-    size
+    env_u64("BALANCER_FLOOD_TABLE").unwrap_or(DEFAULT_TABLE)
 }
 
-/// The `[tables]` section giving both tables `size` entries (nothing
-/// while the config has no such section).
+/// The `[tables]` section giving both tables `size` entries.
 fn tables_config(size: u64) -> String {
-    if TABLES_CONFIGURABLE {
-        format!("[tables]\nflows = {size}\naffinity = {size}\n")
-    } else {
-        String::new()
-    }
+    format!("[tables]\nflows = {size}\naffinity = {size}\n")
 }
 
 /// Spoofed packets per flood: `BALANCER_FLOOD_SYNS`, else three tables'
