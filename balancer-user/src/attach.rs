@@ -29,7 +29,15 @@ use aya::{
 use balancer_common::maps::PROG_TC;
 use tracing::{info, warn};
 
-use crate::{dataplane::Interface, pin};
+use crate::pin;
+
+/// An interface to attach to: the config field it came from, its name and
+/// index.
+pub struct Interface {
+    pub field: &'static str,
+    pub name: String,
+    pub ifindex: u32,
+}
 
 /// The cls_bpf filter's place on pre-TCX kernels: ours, so a restart finds
 /// and replaces it.

@@ -22,6 +22,7 @@ use balancer_common::{
     },
 };
 
+pub use crate::attach::Interface;
 use crate::{
     adopt::{Pinned, PinnedService},
     attach,
@@ -30,14 +31,6 @@ use crate::{
     port_maps::PortMaps,
     state::ServiceState,
 };
-
-/// An interface to attach to: the config field it came from, its name and
-/// index.
-pub struct Interface {
-    pub field: &'static str,
-    pub name: String,
-    pub ifindex: u32,
-}
 
 pub struct DataPlane {
     ebpf: Ebpf,
@@ -157,8 +150,7 @@ impl DataPlane {
     /// Load the object, reusing every map already pinned in `pin_dir` (so a
     /// restarted daemon sees the same flows and affinities) and pinning the
     /// ones it creates. A new `MAGLEV` gets `maglev_entries`; a pinned one
-    /// keeps its size ([`Self::maglev_capacity`]). Only `mode`'s program is
-    /// loaded.
+    /// keeps its size. Only `mode`'s program is loaded.
     pub fn load(pin_dir: &Path, maglev_entries: u32, mode: Mode) -> anyhow::Result<Self> {
         let maglev_capacity = check_pinned_maps(pin_dir)?.unwrap_or(maglev_entries);
         let mut ebpf = EbpfLoader::new()
@@ -263,12 +255,6 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading AFFINITY"),
         }
-    }
-
-    /// Entries the `MAGLEV` array holds: every service's two table halves
-    /// must fit.
-    pub fn maglev_capacity(&self) -> u32 {
-        self.maglev_capacity
     }
 
     pub fn pin_dir(&self) -> &Path {
