@@ -391,11 +391,13 @@ impl DataPlane {
         let stale: Vec<ServiceKey> = self
             .fragment_services
             .keys()
-            .filter_map(Result::ok)
-            .collect();
+            .collect::<Result<_, _>>()
+            .context("reading FRAGMENT_SERVICES")?;
         for key in stale {
             if by_address.get(&key).is_none_or(|v| v.len() != 1) {
-                let _ = self.fragment_services.remove(&key);
+                self.fragment_services
+                    .remove(&key)
+                    .context("removing from FRAGMENT_SERVICES")?;
             }
         }
         for (address, keys) in by_address.iter().filter(|(_, v)| v.len() == 1) {
