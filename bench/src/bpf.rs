@@ -1,9 +1,8 @@
-//! The few bpf(2) calls the bench makes itself (through balancer-user's
-//! `sys_bpf`): the floor program (two
-//! instructions, loaded without an ELF object so it needs no maps and no
-//! change to the kernel crate), links that attach it by ifindex, and
-//! BPF_PROG_TEST_RUN on a program found by id (aya runs test_run only on
-//! programs it loaded itself).
+//! The few bpf(2) calls the bench makes itself, through balancer-user's
+//! `sys_bpf`: the floor program (two instructions, loaded without an ELF
+//! object so it needs no maps and no change to the kernel crate), links that
+//! attach it by ifindex, and BPF_PROG_TEST_RUN on a program found by id (aya
+//! runs test_run only on programs it loaded itself).
 //!
 //! Links are held by their fd: when the bench exits, however it exits, the
 //! kernel detaches them.
