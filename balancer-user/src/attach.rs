@@ -176,26 +176,25 @@ fn errno(e: &ProgramError) -> Option<i32> {
 
 /// Drop a previous run's XDP attachment (its pinned link) on `ifname`.
 fn remove_xdp(pin_dir: &Path, ifname: &str) -> anyhow::Result<()> {
-    let pin_path = pin::xdp_link(pin_dir, ifname);
-    match fs::remove_file(&pin_path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", pin_path.display()))
-        }
-        _ => Ok(()),
-    }
+    remove_pin(&pin::xdp_link(pin_dir, ifname))
 }
 
 /// Drop a previous run's TC attachment on `ifname`: the pinned TCX link,
 /// or the cls_bpf filter.
 fn remove_tc(pin_dir: &Path, ifname: &str) -> anyhow::Result<()> {
-    let pin_path = pin::tc_link(pin_dir, ifname);
-    if let Err(e) = fs::remove_file(&pin_path)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        return Err(e).with_context(|| format!("cannot remove {}", pin_path.display()));
-    }
+    remove_pin(&pin::tc_link(pin_dir, ifname))?;
     remove_tc_filter(ifname)
         .with_context(|| format!("cannot remove the cls_bpf filter on {ifname}"))
+}
+
+/// Remove a pinned link (which detaches it); none there is no error.
+fn remove_pin(pin_path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(pin_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", pin_path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Delete the cls_bpf filters running our program on `ifname`; none there
