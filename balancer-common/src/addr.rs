@@ -1,6 +1,6 @@
 //! Address words (network-order bytes in native `u32`s) and prefix masking.
 
-use crate::types::{FAMILY_V4, FAMILY_V6};
+use crate::types::FAMILY_V4;
 
 /// Network-order mask of the first `bits` bits of a 32-bit word, as a native
 /// word whose in-memory bytes are the mask's big-endian bytes.
@@ -30,11 +30,6 @@ pub const fn mask(addr: [u32; 4], family: u8, prefix: u8) -> [u32; 4] {
             addr[3] & word_mask(prefix.saturating_sub(96)),
         ]
     }
-}
-
-/// The widest prefix of a family.
-pub const fn max_prefix(family: u8) -> u8 {
-    if family == FAMILY_V6 { 128 } else { 32 }
 }
 
 #[cfg(feature = "std")]

@@ -30,7 +30,7 @@ use balancer_common::{
 use crate::{
     config::{Config, ServiceConfig},
     ids::BackendIds,
-    state::{BackendState, ServiceState},
+    state::{self, BackendState, ServiceState},
 };
 
 /// One service as pinned.
@@ -64,6 +64,18 @@ pub struct Plan {
     /// tables are written.
     pub freed_backends: Vec<u32>,
     pub ids: BackendIds,
+}
+
+/// Services and backends as a first start gives them (nothing pinned):
+/// ids in config order, every backend up until health checks say otherwise.
+pub fn from_config(config: &Config) -> Vec<ServiceState> {
+    let pinned = Pinned {
+        maglev_capacity: state::maglev_entries(config),
+        ..Pinned::default()
+    };
+    plan(config, &pinned)
+        .expect("a fresh plan always fits")
+        .services
 }
 
 /// The services to run: the config, with ids, regions and tables adopted

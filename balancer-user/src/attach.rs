@@ -14,12 +14,12 @@
 //! Switching `mode` between runs removes the other mode's attachment once
 //! the new one is in place.
 
-use std::{fs, path::Path};
+use std::{fs, io, path::Path};
 
 use anyhow::{Context, bail};
 use aya::{
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpError, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
@@ -29,7 +29,15 @@ use aya::{
 use balancer_common::maps::PROG_TC;
 use tracing::{info, warn};
 
-use crate::{dataplane::Interface, pin};
+use crate::pin;
+
+/// An interface to attach to: the config field it came from, its name and
+/// index.
+pub struct Interface {
+    pub field: &'static str,
+    pub name: String,
+    pub ifindex: u32,
+}
 
 /// The cls_bpf filter's place on pre-TCX kernels: ours, so a restart finds
 /// and replaces it.
@@ -45,16 +53,19 @@ pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Resu
             .attach_to_link(link)
             .context("cannot replace the program in the pinned link")?
     } else {
+        let what = || format!("{}: cannot attach XDP to {}", iface.field, iface.name);
         match program.attach_to_if_index(iface.ifindex, XdpMode::Driver) {
             Ok(id) => id,
-            Err(e) => {
-                warn!(interface = %iface.name, "native XDP failed ({e}); using generic (skb) XDP");
+            // The driver has no native XDP: the generic hook is the only
+            // one there is. Any other refusal (another program attached,
+            // no permission) is the reason to give.
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                warn!(interface = %iface.name, "the driver has no native XDP ({e}); using generic (skb) XDP");
                 program
                     .attach_to_if_index(iface.ifindex, XdpMode::Skb)
-                    .with_context(|| {
-                        format!("{}: cannot attach XDP to {}", iface.field, iface.name)
-                    })?
+                    .with_context(what)?
             }
+            Err(e) => return Err(e).with_context(what),
         }
     };
     let link = program.take_link(link_id)?;
@@ -68,8 +79,7 @@ pub fn xdp(program: &mut Xdp, pin_dir: &Path, iface: &Interface) -> anyhow::Resu
     fd_link
         .pin(&pin_path)
         .with_context(|| format!("cannot pin {}", pin_path.display()))?;
-    remove_tc(pin_dir, &iface.name);
-    Ok(())
+    remove_tc(pin_dir, &iface.name)
 }
 
 pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> anyhow::Result<()> {
@@ -116,7 +126,7 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
             TcAttachOptions::Netlink(options()),
         ) {
             Ok(id) => id,
-            Err(_) => {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 // Our filter is there (a previous daemon's): replace its program.
                 let link = SchedClassifierLink::attached(
                     &iface.name,
@@ -129,12 +139,12 @@ pub fn tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &Interface) -> a
                 info!(interface = %iface.name, "replacing the program of the existing cls_bpf filter");
                 program.attach_to_link(link).with_context(what)?
             }
+            Err(e) => return Err(e).with_context(what),
         };
         // Dropping a netlink link would delete the filter: it must outlive us.
         std::mem::forget(program.take_link(link_id)?);
     }
-    remove_xdp(pin_dir, &iface.name);
-    Ok(())
+    remove_xdp(pin_dir, &iface.name)
 }
 
 /// A previous daemon's link pinned at `pin_path`, taken over (its pin is
@@ -153,26 +163,64 @@ fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
+/// The errno a failed attach carries: from `bpf(2)` (links) or from
+/// netlink (filters, and XDP on kernels without XDP links).
+fn errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        ProgramError::XdpError(XdpError::NetlinkError(n))
+        | ProgramError::TcError(tc::TcError::NetlinkError(n)) => n.raw_os_error(),
+        _ => None,
+    }
+}
+
 /// Drop a previous run's XDP attachment (its pinned link) on `ifname`.
-fn remove_xdp(pin_dir: &Path, ifname: &str) {
-    let _ = fs::remove_file(pin::xdp_link(pin_dir, ifname));
+fn remove_xdp(pin_dir: &Path, ifname: &str) -> anyhow::Result<()> {
+    remove_pin(&pin::xdp_link(pin_dir, ifname))
 }
 
 /// Drop a previous run's TC attachment on `ifname`: the pinned TCX link,
 /// or the cls_bpf filter.
-fn remove_tc(pin_dir: &Path, ifname: &str) {
-    let _ = fs::remove_file(pin::tc_link(pin_dir, ifname));
-    let _ = tc::qdisc_detach_program(ifname, TcAttachType::Ingress, PROG_TC);
+fn remove_tc(pin_dir: &Path, ifname: &str) -> anyhow::Result<()> {
+    remove_pin(&pin::tc_link(pin_dir, ifname))?;
+    remove_tc_filter(ifname)
+        .with_context(|| format!("cannot remove the cls_bpf filter on {ifname}"))
+}
+
+/// Remove a pinned link (which detaches it); none there is no error.
+fn remove_pin(pin_path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(pin_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", pin_path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Delete the cls_bpf filters running our program on `ifname`; none there
+/// is no error.
+fn remove_tc_filter(ifname: &str) -> Result<(), tc::TcError> {
+    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, PROG_TC) {
+        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Delete every cls_bpf filter running our program in this network
-/// namespace (pre-TCX kernels; links are removed with the pins).
+/// namespace (pre-TCX kernels; links are removed with the pins). Best
+/// effort, as the pins still go: a failure is logged.
 pub fn remove_tc_filters() {
-    let Ok(entries) = interface_names() else {
-        return;
+    let names = match interface_names() {
+        Ok(names) => names,
+        Err(e) => {
+            warn!(error = %e, "cannot list the interfaces to remove cls_bpf filters from");
+            return;
+        }
     };
-    for name in entries {
-        let _ = tc::qdisc_detach_program(&name, TcAttachType::Ingress, PROG_TC);
+    for name in names {
+        if let Err(e) = remove_tc_filter(&name) {
+            warn!(interface = %name, error = %e, "cannot remove the cls_bpf filter");
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use balancer_common::{
     },
 };
 
+pub use crate::attach::Interface;
 use crate::{
     adopt::{Pinned, PinnedService},
     attach,
@@ -30,14 +31,6 @@ use crate::{
     port_maps::PortMaps,
     state::ServiceState,
 };
-
-/// An interface to attach to: the config field it came from, its name and
-/// index.
-pub struct Interface {
-    pub field: &'static str,
-    pub name: String,
-    pub ifindex: u32,
-}
 
 pub struct DataPlane {
     ebpf: Ebpf,
@@ -184,9 +177,8 @@ impl DataPlane {
     /// Load the object, reusing every map already pinned in `pin_dir` (so a
     /// restarted daemon sees the same flows and affinities) and pinning the
     /// ones it creates. A new `MAGLEV` gets `maglev_entries`; a pinned one
-    /// keeps its size ([`Self::maglev_capacity`]). New CONNTRACK and
-    /// AFFINITY get `tables`' sizes; pinned ones must have them. Only
-    /// `mode`'s program is loaded.
+    /// keeps its size. New CONNTRACK and AFFINITY get `tables`' sizes;
+    /// pinned ones must have them. Only `mode`'s program is loaded.
     pub fn load_with_tables(
         pin_dir: &Path,
         maglev_entries: u32,
@@ -299,12 +291,6 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading AFFINITY"),
         }
-    }
-
-    /// Entries the `MAGLEV` array holds: every service's two table halves
-    /// must fit.
-    pub fn maglev_capacity(&self) -> u32 {
-        self.maglev_capacity
     }
 
     /// The sizes of CONNTRACK and AFFINITY.
@@ -446,11 +432,13 @@ impl DataPlane {
         let stale: Vec<ServiceKey> = self
             .fragment_services
             .keys()
-            .filter_map(Result::ok)
-            .collect();
+            .collect::<Result<_, _>>()
+            .context("reading FRAGMENT_SERVICES")?;
         for key in stale {
             if by_address.get(&key).is_none_or(|v| v.len() != 1) {
-                let _ = self.fragment_services.remove(&key);
+                self.fragment_services
+                    .remove(&key)
+                    .context("removing from FRAGMENT_SERVICES")?;
             }
         }
         for (address, keys) in by_address.iter().filter(|(_, v)| v.len() == 1) {

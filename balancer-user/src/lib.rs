@@ -20,3 +20,4 @@ pub mod pin;
 pub mod port_maps;
 pub mod run;
 pub mod state;
+pub mod syscall;

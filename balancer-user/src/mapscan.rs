@@ -46,6 +46,8 @@ use aya::{
     maps::{MapData, MapError, MapType},
 };
 
+use crate::syscall::sys_bpf;
+
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call: 4096 conntrack entries (40-byte
 /// key, 32-byte value) are 288 KiB of buffers, and 1M entries take ~250
 /// calls. The size hardly matters beyond that: a 1M-entry LRU hash took
@@ -439,31 +441,6 @@ fn lookup<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K) -> Result<Option<V>, Scan
 fn bytes_of<T: Pod>(value: &T) -> &[u8] {
     // SAFETY: `Pod` types are plain bytes without padding.
     unsafe { slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), mem::size_of::<T>()) }
-}
-
-/// `bpf(cmd, attr, sizeof *attr)`: its non-negative result (an fd for
-/// `BPF_MAP_CREATE`), or the errno.
-///
-/// # Safety
-///
-/// `A` is the member of `union bpf_attr` that `cmd` reads, and every pointer
-/// in it is valid for what the kernel reads and writes through it.
-pub unsafe fn sys_bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live `A` of the size passed; the caller vouches
-    // for the pointers inside it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            ptr::from_mut(attr),
-            mem::size_of::<A>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }
 
 /// Write `values[i]` at `keys[i]` for every `i`, with `BPF_MAP_UPDATE_BATCH`

@@ -15,8 +15,11 @@ use std::fmt;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
-    metrics::{TypedMetric, counter::ConstCounter, gauge::ConstGauge},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder,
+        text::{encode, encode_registry},
+    },
+    metrics::{MetricType, TypedMetric, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
@@ -38,41 +41,13 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The snapshot in the classic Prometheus text format (0.0.4), for clients
 /// that do not ask for OpenMetrics (`curl`, `promtool check metrics`).
 ///
-/// prometheus-client writes only OpenMetrics; the two differ in three
-/// places, rewritten here: a counter's `# HELP`/`# TYPE` name the sample
-/// (`x_total`) rather than the family (`x`), there are no `# UNIT` lines,
-/// and no `# EOF`.
+/// prometheus-client writes OpenMetrics; the classic format differs in a
+/// counter's family name (`x_total` like its sample, where OpenMetrics
+/// names the family `x`) and in having no `# EOF`. The collector writes
+/// counters as [`TextCounter`]s and the registry is encoded without the EOF
+/// marker.
 pub fn render_prometheus_text(s: &Snapshot) -> String {
-    let open = render_prometheus(s);
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    for line in open.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(name) {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                };
-                out.push_str(&format!("{prefix}{name} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
+    render(s, Format::Text)
 }
 
 /// Everything the metrics endpoint shows, read at one moment.
@@ -130,26 +105,47 @@ pub struct BackendSnapshot {
 /// The snapshot as Prometheus (OpenMetrics) text, served with
 /// [`PROMETHEUS_CONTENT_TYPE`]. Series come in the snapshot's order.
 pub fn render_prometheus(s: &Snapshot) -> String {
+    render(s, Format::OpenMetrics)
+}
+
+/// The two expositions: they differ only in how a counter is written.
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    OpenMetrics,
+    Text,
+}
+
+fn render(s: &Snapshot, format: Format) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector(s.clone())));
+    registry.register_collector(Box::new(SnapshotCollector {
+        snapshot: s.clone(),
+        format,
+    }));
     let mut out = String::new();
-    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    match format {
+        Format::OpenMetrics => encode(&mut out, &registry),
+        Format::Text => encode_registry(&mut out, &registry),
+    }
+    .expect("writing to a String cannot fail");
     out
 }
 
 /// Encodes one snapshot as the contract's series, values set directly.
 #[derive(Debug)]
-struct SnapshotCollector(Snapshot);
+struct SnapshotCollector {
+    snapshot: Snapshot,
+    format: Format,
+}
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let s = &self.0;
+        let s = &self.snapshot;
+        let format = self.format;
         let backends = || {
             s.services
                 .iter()
                 .flat_map(|svc| svc.backends.iter().map(move |b| (svc.name.as_str(), b)))
         };
-        // Counters are named without `_total`: the encoder appends it.
         family(
             &mut enc,
             "balancer_backend_up",
@@ -168,21 +164,24 @@ impl Collector for SnapshotCollector {
             "Open connections to the backend: not closed by FIN from both sides or RST, and not idle past the timeout (recounted from conntrack)",
             backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(b.active_connections))),
         )?;
-        family(
+        counters(
             &mut enc,
-            "balancer_backend_connections",
+            format,
+            "balancer_backend_connections_total",
             "Connections sent to the backend",
-            backends().map(|(svc, b)| (sb(svc, b), ConstCounter::new(b.connections_total))),
+            backends().map(|(svc, b)| (sb(svc, b), b.connections_total)),
         )?;
-        family(
+        counters(
             &mut enc,
-            "balancer_backend_packets",
+            format,
+            "balancer_backend_packets_total",
             "Packets for the backend; direction in = client to backend, out = backend to client",
             backends().flat_map(|(svc, b)| directed(svc, b, |b| (b.packets_in, b.packets_out))),
         )?;
-        family(
+        counters(
             &mut enc,
-            "balancer_backend_bytes",
+            format,
+            "balancer_backend_bytes_total",
             "Bytes for the backend; direction in = client to backend, out = backend to client",
             backends().flat_map(|(svc, b)| directed(svc, b, |b| (b.bytes_in, b.bytes_out))),
         )?;
@@ -204,28 +203,84 @@ impl Collector for SnapshotCollector {
             None,
             conntrack.metric_type(),
         )?)?;
-        family(
+        counters(
             &mut enc,
-            "balancer_packets_dropped",
+            format,
+            "balancer_packets_dropped_total",
             "Packets dropped by the kernel program, by reason",
             s.drops
                 .iter()
-                .map(|(reason, n)| ([("reason", reason.as_str())], ConstCounter::new(*n))),
+                .map(|(reason, n)| ([("reason", reason.as_str())], *n)),
         )?;
-        family(
+        counters(
             &mut enc,
-            "balancer_health_checks",
+            format,
+            "balancer_health_checks_total",
             "Health checks of the backend, by result",
             backends().flat_map(|(svc, b)| {
                 let address = b.address.as_str();
                 [("passed", b.health_passed), ("failed", b.health_failed)].map(|(result, n)| {
                     (
                         [("service", svc), ("backend", address), ("result", result)],
-                        ConstCounter::new(n),
+                        n,
                     )
                 })
             }),
         )
+    }
+}
+
+/// A counter as the classic text format writes it: its family carries the
+/// sample's name (`x_total`), so the sample is the bare family name plus
+/// labels. prometheus-client's own counters append `_total` to the family
+/// name, as OpenMetrics wants.
+#[derive(Debug)]
+struct TextCounter(u64);
+
+impl TypedMetric for TextCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for TextCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        // A bare `name{labels} value` line, which is what `encode_gauge`
+        // writes; the descriptor above it says `counter`.
+        encoder.encode_gauge(&self.0)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A counter family under its contract name (`x_total`): OpenMetrics names
+/// the family `x` and its encoder adds the suffix to each sample; the
+/// classic format names family and samples alike.
+fn counters<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    format: Format,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    match format {
+        Format::OpenMetrics => {
+            let family_name = name
+                .strip_suffix("_total")
+                .expect("a counter's contract name ends in _total");
+            family(
+                enc,
+                family_name,
+                help,
+                rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v))),
+            )
+        }
+        Format::Text => family(
+            enc,
+            name,
+            help,
+            rows.into_iter().map(|(l, v)| (l, TextCounter(v))),
+        ),
     }
 }
 
@@ -240,7 +295,7 @@ fn directed<'a>(
     service: &'a str,
     b: &'a BackendSnapshot,
     pick: fn(&BackendSnapshot) -> (u64, u64),
-) -> [([(&'static str, &'a str); 3], ConstCounter); 2] {
+) -> [([(&'static str, &'a str); 3], u64); 2] {
     let (i, o) = pick(b);
     let address = b.address.as_str();
     [("in", i), ("out", o)].map(|(direction, v)| {
@@ -250,7 +305,7 @@ fn directed<'a>(
                 ("backend", address),
                 ("direction", direction),
             ],
-            ConstCounter::new(v),
+            v,
         )
     })
 }
@@ -452,6 +507,29 @@ pub(crate) mod tests {
         assert_eq!(types, want_types);
         assert!(!text.contains("_total_total"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// The classic text format has the same samples; its counter families
+    /// carry the sample name, and there is no `# EOF`.
+    #[test]
+    fn metrics_text_format_has_the_same_series() {
+        let s = sample();
+        let (open_samples, open_types) = parse(&render_prometheus(&s));
+        let text = render_prometheus_text(&s);
+        let (text_samples, text_types) = parse(&text);
+        assert_eq!(text_samples, open_samples, "rendered:\n{text}");
+        let want_types: BTreeMap<String, String> = open_types
+            .into_iter()
+            .map(|(name, ty)| match ty.as_str() {
+                "counter" => (format!("{name}_total"), ty),
+                _ => (name, ty),
+            })
+            .collect();
+        assert_eq!(text_types, want_types);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -79,7 +79,7 @@ mod tests {
     use balancer_common::types::PROTO_TCP;
 
     use super::*;
-    use crate::{config::Config, state};
+    use crate::{adopt, config::Config};
 
     /// Services `s0..s{n}` on VIPs 198.18.0.100.. port 80; the first four
     /// have the backend 198.18.1.99:3000, and the last also 198.18.1.11:4000.
@@ -95,7 +95,7 @@ mod tests {
             }
         }
         text += "[[services.backends]]\naddress = \"198.18.1.11:4000\"\n";
-        state::from_config(&Config::from_str(&text).unwrap())
+        adopt::from_config(&Config::from_str(&text).unwrap())
     }
 
     fn endpoint(s: &str) -> ServiceKey {
@@ -142,7 +142,7 @@ mod tests {
             [[services.backends]]\naddress = \"198.18.1.11:3001\"\n\
             [[services]]\nname = \"other\"\nvip = \"[2001:db8::100]:443\"\n\
             [[services.backends]]\naddress = \"[2001:db8:1::11]:3001\"\n";
-        let services = state::from_config(&Config::from_str(text).unwrap());
+        let services = adopt::from_config(&Config::from_str(text).unwrap());
         let maps = PortMaps::of(&services).unwrap();
         assert_eq!(
             maps.vip_ports,

@@ -17,10 +17,7 @@ use balancer_common::{
     },
 };
 
-use crate::{
-    adopt::Pinned,
-    config::{AffinityMode, Config, MAX_MAGLEV_ENTRIES, Protocol, ServiceConfig},
-};
+use crate::config::{AffinityMode, Config, MAX_MAGLEV_ENTRIES, Protocol, ServiceConfig};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendState {
@@ -209,18 +206,6 @@ impl ServiceState {
     pub fn backend(&self, address: SocketAddr) -> Option<&BackendState> {
         self.backends.iter().find(|b| b.address == address)
     }
-}
-
-/// Services and backends as a first start gives them (nothing pinned):
-/// ids in config order, every backend up until health checks say otherwise.
-pub fn from_config(config: &Config) -> Vec<ServiceState> {
-    let pinned = Pinned {
-        maglev_capacity: maglev_entries(config),
-        ..Pinned::default()
-    };
-    crate::adopt::plan(config, &pinned)
-        .expect("a fresh plan always fits")
-        .services
 }
 
 /// The `MAGLEV` size for a first start: every service's two halves, and room

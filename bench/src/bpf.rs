@@ -1,8 +1,8 @@
-//! The few bpf(2) calls the bench makes itself: the floor program (two
-//! instructions, loaded without an ELF object so it needs no maps and no
-//! change to the kernel crate), links that attach it by ifindex, and
-//! BPF_PROG_TEST_RUN on a program found by id (aya runs test_run only on
-//! programs it loaded itself).
+//! The few bpf(2) calls the bench makes itself, through balancer-user's
+//! `sys_bpf`: the floor program (two instructions, loaded without an ELF
+//! object so it needs no maps and no change to the kernel crate), links that
+//! attach it by ifindex, and BPF_PROG_TEST_RUN on a program found by id (aya
+//! runs test_run only on programs it loaded itself).
 //!
 //! Links are held by their fd: when the bench exits, however it exits, the
 //! kernel detaches them.
@@ -13,6 +13,7 @@ use std::{
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
+use balancer_user::syscall::sys_bpf;
 
 /// Where a program runs: XDP in the driver, or TC (tcx) ingress on the skb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,30 +144,12 @@ fn reference_insns(map_fd: i32, reference: Reference) -> Vec<u64> {
 const XDP_PASS: i32 = 2;
 const TC_ACT_OK: i32 = 0;
 
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    // SAFETY: `attr` is a valid, zero-initialised bpf_attr with the fields of
-    // `cmd` set; the kernel reads at most size_of::<bpf_attr>() bytes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn zeroed_attr() -> bpf_attr {
     // SAFETY: bpf_attr is plain old data; all zeroes is its documented default.
     unsafe { std::mem::zeroed() }
 }
 
-fn owned_fd(ret: i64) -> OwnedFd {
+fn owned_fd(ret: libc::c_long) -> OwnedFd {
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(ret as i32) }
 }
@@ -194,7 +177,8 @@ pub fn load_reference(reference: Reference) -> io::Result<(OwnedFd, OwnedFd)> {
     attr.__bindgen_anon_1.key_size = FLOW_KEY as u32;
     attr.__bindgen_anon_1.value_size = FLOW_VALUE as u32;
     attr.__bindgen_anon_1.max_entries = REFERENCE_MAP_ENTRIES;
-    let map = owned_fd(sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?);
+    // SAFETY: the BPF_MAP_CREATE fields are set; none is a pointer.
+    let map = owned_fd(unsafe { sys_bpf(bpf_cmd::BPF_MAP_CREATE as libc::c_int, &mut attr) }?);
     let prog = load(
         bpf_prog_type::BPF_PROG_TYPE_XDP,
         &reference_insns(map.as_raw_fd(), reference),
@@ -217,7 +201,8 @@ fn load(prog_type: bpf_prog_type, insns: &[u64], name: &[u8]) -> io::Result<Owne
             *dst = *src as libc::c_char;
         }
     }
-    sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map(owned_fd)
+    // SAFETY: `insns` and `license` outlive the call.
+    unsafe { sys_bpf(bpf_cmd::BPF_PROG_LOAD as libc::c_int, &mut attr) }.map(owned_fd)
 }
 
 /// Attach `prog` to `ifindex` (in the calling thread's network namespace)
@@ -232,7 +217,8 @@ pub fn attach(prog: BorrowedFd<'_>, ifindex: u32, hook: Hook) -> io::Result<Owne
     attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
     attr.link_create.__bindgen_anon_2.target_ifindex = ifindex;
     attr.link_create.attach_type = attach_type as u32;
-    sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)
+    // SAFETY: the BPF_LINK_CREATE fields are set; none is a pointer.
+    unsafe { sys_bpf(bpf_cmd::BPF_LINK_CREATE as libc::c_int, &mut attr) }.map(owned_fd)
 }
 
 /// What one BPF_PROG_TEST_RUN call reported.
@@ -269,7 +255,9 @@ pub fn test_run(
             t.ctx_size_in = ctx.len() as u32;
         }
     }
-    sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
+    // SAFETY: `frame`, `out` and `ctx` outlive the call, with the sizes
+    // given.
+    unsafe { sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN as libc::c_int, &mut attr) }?;
     // SAFETY: the kernel filled in the test member.
     let t = unsafe { attr.test };
     Ok(TestRun {

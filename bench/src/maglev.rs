@@ -7,7 +7,7 @@ use std::{str::FromStr as _, time::Instant};
 use anyhow::{Context as _, Result};
 use balancer_common::maglev::{MaglevBackend, build, rebuild};
 use balancer_tests::bpffs::TempBpffs;
-use balancer_user::{config::Config, dataplane::DataPlane, state};
+use balancer_user::{adopt, config::Config, dataplane::DataPlane, state};
 
 use crate::summary::{Spread, spread};
 
@@ -105,7 +105,7 @@ fn swap(n: u32, m: u32, repeats: usize) -> Result<(Spread, Spread)> {
     );
     let config =
         Config::from_str(&format!("{head}{backends}")).context("the swap bench's config")?;
-    let mut services = state::from_config(&config);
+    let mut services = adopt::from_config(&config);
     let service = &mut services[0];
     let all = service.backends.clone();
     service.backends.truncate(n as usize);

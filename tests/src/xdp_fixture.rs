@@ -16,6 +16,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use balancer_common::counters::{COUNTER_COUNT, Counter};
 pub use balancer_user::config::Mode;
 use balancer_user::{
+    adopt,
     config::Config,
     dataplane::{DataPlane, Interface},
     state::{self, ServiceState},
@@ -385,7 +386,7 @@ pub fn with_fixture_config(mode: Mode, config: &str, test: impl FnOnce(&Fixture)
     ns.run(move || {
         let config = Config::from_str(&config).unwrap();
         std::fs::create_dir_all(&config.bpf.pin_dir).unwrap();
-        let mut services = state::from_config(&config);
+        let mut services = adopt::from_config(&config);
         let mut dataplane = DataPlane::load(
             &config.bpf.pin_dir,
             state::maglev_entries(&config),

@@ -16,7 +16,10 @@ use std::{
 use aya::maps::{MapData, MapType};
 use balancer_common::types::{Flow, FlowKey};
 use balancer_tests::require_root;
-use balancer_user::mapscan::{self, ElemAttr, Method, ScanError, ScanOptions, ScanStats, sys_bpf};
+use balancer_user::{
+    mapscan::{self, ElemAttr, Method, ScanError, ScanOptions, ScanStats},
+    syscall::sys_bpf,
+};
 
 // include/uapi/linux/bpf.h
 const BPF_MAP_CREATE: libc::c_int = 0;

@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use balancer_common::counters::Counter;
+use balancer_common::{counters::Counter, maps, types::BackendStats};
 
 use super::Daemon;
 use crate::{
@@ -14,8 +14,11 @@ use crate::{
 };
 
 impl Daemon {
+    /// A map that cannot be read shows as zeros, and is logged once per
+    /// snapshot and map (the first error).
     pub fn snapshot(&self) -> Snapshot {
         let counts = accounting::latest(&self.counts);
+        let mut stats_error = None;
         let services = self
             .services
             .iter()
@@ -28,19 +31,30 @@ impl Daemon {
                 backends: s
                     .backends
                     .iter()
-                    .map(|b| self.backend_snapshot(b, &counts))
+                    .map(|b| self.backend_snapshot(b, &counts, &mut stats_error))
                     .collect(),
             })
             .collect();
+        let mut counters_error = None;
         let drops = Counter::ALL
             .iter()
             .filter_map(|&c| {
-                Some((
-                    c.drop_reason()?.to_owned(),
-                    self.dataplane.counter(c).unwrap_or(0),
-                ))
+                let reason = c.drop_reason()?.to_owned();
+                let n = self.dataplane.counter(c).unwrap_or_else(|e| {
+                    counters_error.get_or_insert(e);
+                    0
+                });
+                Some((reason, n))
             })
             .collect();
+        for (map, error) in [
+            (maps::BACKEND_STATS, stats_error),
+            (maps::COUNTERS, counters_error),
+        ] {
+            if let Some(e) = error {
+                tracing::warn!(map, "metrics: cannot read the map, shown as 0: {e:#}");
+            }
+        }
         Snapshot {
             services,
             conntrack_entries: counts.conntrack_entries,
@@ -56,8 +70,12 @@ impl Daemon {
         &self,
         b: &BackendState,
         counts: &accounting::FlowCounts,
+        error: &mut Option<anyhow::Error>,
     ) -> BackendSnapshot {
-        let stats = self.dataplane.backend_stats(b.id).unwrap_or_default();
+        let stats = self.dataplane.backend_stats(b.id).unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            BackendStats::default()
+        });
         let health = self.checks.get(&b.id).map(|h| h.stats());
         BackendSnapshot {
             address: b.address.to_string(),
