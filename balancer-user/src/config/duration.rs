@@ -2,9 +2,10 @@
 //! `"10m"`, `"1h"`, and sums such as `"1m30s"` or `"1h 30m"`.
 //!
 //! Units are humantime's: `ns`, `us`, `ms`, `s`, `m` (minutes), `h`, `d`,
-//! `w`, and their long forms (`min`, `sec`, `hours`, ...). Beware `M`, which
-//! humantime reads as months. What this module adds is the bound [`MAX`] and
-//! a one-line error that quotes the text.
+//! `w`, and their long forms (`min`, `sec`, `hours`, ...). What this module
+//! adds is the bound [`MAX`], a refusal of humantime's calendar units (`M`
+//! is months there, an easy slip for minutes in a timeout; months and years
+//! have guessed lengths), and a one-line error that quotes the text.
 
 use std::time::Duration;
 
@@ -12,10 +13,22 @@ use std::time::Duration;
 /// small enough that its nanoseconds fit the kernel's `u64` timestamps.
 pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// humantime's units of months and years, refused (see the module doc).
+const CALENDAR_UNITS: &[&str] = &["M", "month", "months", "y", "year", "years"];
+
 const HINT: &str = r#"use numbers with units, as in "500ms", "2s", "10m" or "1m30s""#;
 
 /// Parses a duration; the error is a one-line message that quotes `text`.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    if let Some(unit) = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .find(|unit| CALENDAR_UNITS.contains(unit))
+    {
+        return Err(format!(
+            "invalid duration {text:?}: {unit:?} is a calendar unit (\"M\" means months); \
+             use m for minutes, or h, d, w"
+        ));
+    }
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("invalid duration {text:?}: {e}; {HINT}"))?;
     if d > MAX {
@@ -27,8 +40,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// Writes `d` the way [`parse`] reads it: `"10m"`, `"1m 30s"`, `"0s"`.
+/// Whole days are written as days: humantime would write months and years,
+/// which [`parse`] refuses.
 pub fn format(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    const DAY: u64 = 86_400;
+    let days = d.as_secs() / DAY;
+    let rest = d - Duration::from_secs(days * DAY);
+    match (days, rest.is_zero()) {
+        (0, _) => humantime::format_duration(rest).to_string(),
+        (_, true) => format!("{days}d"),
+        (_, false) => format!("{days}d {}", humantime::format_duration(rest)),
+    }
 }
 
 /// `#[serde(serialize_with = "duration::serialize")]`: a duration as its
@@ -76,6 +98,15 @@ mod tests {
     }
 
     #[test]
+    fn refuses_calendar_units() {
+        for bad in ["10M", "1month", "2 months", "1y", "1year"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains("calendar unit"), "{err}");
+        }
+        assert_eq!(parse("10min"), Ok(Duration::from_secs(600)));
+    }
+
+    #[test]
     fn rejects_overlong_durations() {
         assert_eq!(parse("365d"), Ok(MAX));
         assert!(parse("366d").unwrap_err().contains("maximum"));
@@ -90,6 +121,8 @@ mod tests {
         assert_eq!(format(Duration::from_secs(2)), "2s");
         assert_eq!(format(Duration::from_secs(600)), "10m");
         assert_eq!(format(Duration::from_secs(3600)), "1h");
+        assert_eq!(format(MAX), "365d");
+        assert_eq!(format(Duration::from_secs(86_400 + 90)), "1d 1m 30s");
     }
 
     #[test]
