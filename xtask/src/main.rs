@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's build and test entry points (DESIGN.md,
 //! "Building and testing — contract").
 
+mod apt;
 mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
 mod demo;
 mod npm;
+mod suites;
 mod test;
 mod vm;
 
