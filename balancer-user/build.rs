@@ -18,7 +18,7 @@ use std::{
     ffi::OsString,
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{self, Command},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -28,7 +28,16 @@ const PACKAGE: &str = "balancer-ebpf";
 const BINARY: &str = "balancer";
 const TOOLCHAIN: &str = "nightly";
 
-fn main() -> Result<()> {
+fn main() {
+    // An error, not a panic or anyhow's backtrace: the nested cargo's output
+    // above it says what went wrong.
+    if let Err(err) = run() {
+        eprintln!("error: {err:#}");
+        process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let object = out.join(BINARY);
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
