@@ -7,7 +7,6 @@
 //! removed when it ends, also on failure and on Ctrl-C. Never part of
 //! `cargo xtask test`: no test asserts on time.
 
-mod apt;
 mod bpf;
 mod cpu;
 mod e2e;
@@ -151,7 +150,6 @@ fn options(quick: bool) -> Plan {
 fn run(args: &Args) -> Result<()> {
     balancer_tests::require_root();
     stop::install();
-    apt::ensure()?;
     let start = Instant::now();
     let machine = Machine::describe();
     let plan = options(args.quick);

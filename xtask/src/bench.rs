@@ -7,10 +7,23 @@
 use anyhow::{Result, ensure};
 
 use crate::{
-    bootstrap,
+    apt, bootstrap,
     build::{self, Profile},
     cmd,
 };
+
+/// Debian packages the bench runs: the backends' and the userspace peers'
+/// servers, the nftables peer, the load generator, and the tools it reads
+/// the interfaces with.
+const PACKAGES: &[&str] = &[
+    "nginx",
+    "libnginx-mod-stream",
+    "haproxy",
+    "nftables",
+    "wrk",
+    "iproute2",
+    "ethtool",
+];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -30,6 +43,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "`cargo xtask bench` needs root: it creates network namespaces, loads BPF programs and installs the \
          peers from Debian packages"
     );
+    apt::ensure(PACKAGES, "the bench runs them")?;
     bootstrap::ensure()?;
     let bin = build::build_balancer(Profile::Release)?;
     let mut cargo = cmd::cargo();

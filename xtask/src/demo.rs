@@ -5,7 +5,7 @@
 use anyhow::{Result, ensure};
 
 use crate::{
-    bootstrap,
+    apt, bootstrap,
     build::{self, Profile},
     cmd,
 };
@@ -16,6 +16,8 @@ pub fn run() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "`cargo xtask demo` needs root: it creates network namespaces and loads XDP programs"
     );
+    // The topology runs `ip` and `ethtool`, like the suites.
+    apt::ensure(&["iproute2", "ethtool"], "the demo runs them")?;
     bootstrap::ensure()?;
     let bin = build::build_balancer(Profile::Release)?;
     cmd::run(

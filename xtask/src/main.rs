@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's build and test entry points (DESIGN.md,
 //! "Building and testing — contract").
 
+mod apt;
 mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
 mod demo;
 mod npm;
+mod suites;
 mod test;
 mod vm;
 
@@ -30,8 +32,10 @@ enum Command {
     /// Install what is missing (rust-src for nightly, bpf-linker), then build
     /// the kernel object and the `balancer` binary.
     Build(build::Options),
-    /// Unit tests, BPF_PROG_TEST_RUN tests and network-namespace tests (needs
-    /// root); with --vm, the integration suite in QEMU on Debian kernels.
+    /// Installs what is missing (Debian packages, Node.js, the Socket.IO
+    /// suite's npm packages, bpf-linker), then unit tests, BPF_PROG_TEST_RUN
+    /// tests and network-namespace tests (needs root); with --vm, the
+    /// integration suite in QEMU on Debian kernels.
     Test(test::Options),
     /// A throwaway netns topology (clients, gateway, three backends) with the
     /// balancer and client traffic, until Ctrl-C; then removes it all.

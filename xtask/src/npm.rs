@@ -30,14 +30,18 @@ pub fn ensure_socketio_packages() -> Result<()> {
             .is_ok_and(|o| o.status.success()),
         "the Socket.IO suite needs Node.js and npm (`apt-get install nodejs npm`)"
     );
-    eprintln!(
-        "==> installing the Socket.IO suite's npm packages in {}",
-        dir.display()
-    );
-    cmd::run(
+    eprintln!("installing from npm: socket.io socket.io-client (the Socket.IO suite needs them)");
+    // npm's output only on failure (its last line, in the error).
+    cmd::output(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir),
     )
-    .with_context(|| format!("npm ci in {}", dir.display()))
+    .map(drop)
+    .with_context(|| {
+        format!(
+            "cannot install the Socket.IO suite's npm packages in {}",
+            dir.display()
+        )
+    })
 }

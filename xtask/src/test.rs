@@ -5,21 +5,20 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 
 use crate::{
-    bootstrap,
+    apt, bootstrap,
     build::{self, Profile, USER_PACKAGE},
-    cmd, npm, vm,
+    cmd, npm,
+    suites::{TC_SUITES, TESTS_PACKAGE},
+    vm,
 };
 
-/// The integration tests (BPF_PROG_TEST_RUN and network namespaces).
-const TESTS_PACKAGE: &str = "balancer-tests";
 /// The bench's own tests (its floor program attaches and is found); the
 /// benchmarks themselves never run here.
 const BENCH_PACKAGE: &str = "balancer-bench";
 const COMMON_PACKAGE: &str = "balancer-common";
 const STEPS: usize = 5;
-/// The network-namespace suites that run the daemon: step 4 runs them in
-/// XDP mode (the default), step 5 again with `mode = "tc"` (also in the VM).
-pub const TC_SUITES: &[&str] = &["gateway", "control", "ipv6", "odd_packets", "socketio"];
+/// Why [`apt::SUITES`] are installed.
+const WHY: &str = "the test suites need them";
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -42,6 +41,8 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     if opts.vm {
+        // The VM runs the host's own `ip`, `ethtool`, `tc`, `promtool`, ...
+        apt::ensure(apt::SUITES, WHY)?;
         return vm::run(&vm::Options {
             kernels: &opts.kernels,
             args: &opts.args,
@@ -54,8 +55,10 @@ pub fn run(opts: &Options) -> Result<()> {
         "`cargo xtask test` needs root: its BPF_PROG_TEST_RUN and network-namespace tests load \
          BPF programs and create namespaces"
     );
-    bootstrap::ensure()?;
+    apt::ensure(apt::SUITES, WHY)?;
+    apt::ensure_node()?;
     npm::ensure_socketio_packages()?;
+    bootstrap::ensure()?;
 
     step(1, "host unit tests (balancer-common)");
     cmd::run(cmd::cargo().args(["test", "-p", COMMON_PACKAGE, "--features", "user"]))?;

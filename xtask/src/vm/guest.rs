@@ -230,11 +230,14 @@ mod tests {
 
     #[test]
     fn the_init_loads_modules_in_order_and_reports_each_binary() {
-        let runs = [Run {
+        let run = |label: &str, mode| Run {
+            label: label.into(),
             name: "gateway".into(),
+            mode,
             binary: "/h/gateway-1".into(),
             args: vec!["--skip".into(), "it's".into()],
-        }];
+        };
+        let runs = [run("gateway", None), run("gateway@tc", Some("tc"))];
         let script = init_script(
             Path::new("/usr/bin/busybox"),
             &["llc", "stp", "bridge"],
@@ -245,6 +248,9 @@ mod tests {
         let bridge = script.find("insmod /xtask/modules/bridge.ko").unwrap();
         assert!(llc < bridge);
         assert!(script.contains("say run gateway\n/xtask/tests/gateway '--skip' 'it'\\''s'\nrc=$?\nsay exit gateway $rc\n"));
+        assert!(script.contains(
+            "say run gateway@tc\nBALANCER_TEST_MODE=tc /xtask/tests/gateway '--skip' 'it'\\''s'\n"
+        ));
         assert!(script.contains("say done $status\n"));
     }
 }

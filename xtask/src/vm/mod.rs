@@ -26,12 +26,16 @@ use guest::{Payload, Run};
 use qemu::{End, Machine, Transcript};
 
 use crate::{
-    bootstrap,
+    apt, bootstrap,
     build::{self, Profile},
     cmd, npm,
+    suites::{TC_SUITES, TESTS_PACKAGE},
 };
 
-const TESTS_PACKAGE: &str = "balancer-tests";
+/// What the VM needs on the host beyond the suites' tools: QEMU, the
+/// guest's busybox, `modinfo` and `xz` for the kernel package's modules
+/// (apt and dpkg-deb, which fetch and unpack it, are always there).
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
 /// Guest memory: the initramfs (about 125 MiB, unpacked into RAM, twice
 /// while it unpacks), the tests' namespaces, daemons and Prometheus.
 const MEMORY_MIB: u32 = 4096;
@@ -69,7 +73,7 @@ pub struct Options<'a> {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    check_host_tools()?;
+    apt::ensure(HOST_PACKAGES, "the VM needs them")?;
     // Kernels first: a version apt does not know fails before any build.
     let cache = cmd::target_dir()?.join("vm");
     let wanted: Vec<String> = if opts.kernels.is_empty() {
@@ -238,7 +242,7 @@ fn payload(
             ]);
         }
         all.extend(args.iter().cloned());
-        if crate::test::TC_SUITES.contains(&name.as_str()) {
+        if TC_SUITES.contains(&name.as_str()) {
             runs.push(Run {
                 label: format!("{name}@tc"),
                 name: name.clone(),
@@ -327,41 +331,6 @@ fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     );
     binaries.sort();
     Ok(binaries)
-}
-
-/// QEMU, busybox and Debian's package tools; installed with apt when
-/// missing and running as root.
-fn check_host_tools() -> Result<()> {
-    let needed = [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("busybox", "busybox-static"),
-        ("apt-get", "apt"),
-        ("dpkg-deb", "dpkg"),
-        ("modinfo", "kmod"),
-        ("xz", "xz-utils"),
-        ("ldd", "libc-bin"),
-    ];
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(tool, _)| guest::find_program(tool).is_err())
-        .map(|(_, p)| *p)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "`cargo xtask test --vm` needs {}: apt-get install {}",
-        missing.join(", "),
-        missing.join(" ")
-    );
-    eprintln!("==> installing {}", missing.join(" "));
-    cmd::run(
-        std::process::Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&missing),
-    )
 }
 
 #[cfg(test)]
