@@ -61,6 +61,10 @@ pub struct Snapshot {
     pub tables: TablesMemory,
     /// Packets the kernel program dropped, by reason.
     pub drops: Vec<(String, u64)>,
+    /// Every other kernel counter (packets passed or forwarded by path,
+    /// failed map inserts), by its name.
+    #[serde(default)]
+    pub events: Vec<(String, u64)>,
     /// When the snapshot was taken, in seconds since the Unix epoch.
     pub generated_at: u64,
 }
@@ -211,6 +215,15 @@ impl Collector for SnapshotCollector {
             s.drops
                 .iter()
                 .map(|(reason, n)| ([("reason", reason.as_str())], *n)),
+        )?;
+        counters(
+            &mut enc,
+            format,
+            "balancer_kernel_events_total",
+            "What the kernel program did besides dropping: packets forwarded or passed, by path, and failed map inserts",
+            s.events
+                .iter()
+                .map(|(event, n)| ([("event", event.as_str())], *n)),
         )?;
         counters(
             &mut enc,
@@ -379,6 +392,10 @@ pub(crate) mod tests {
             conntrack_entries: 33,
             tables: crate::config::Tables::default().into(),
             drops: vec![("no_backend".to_owned(), 44), ("malformed".to_owned(), 55)],
+            events: vec![
+                ("forward_to_backend".to_owned(), 66),
+                ("conntrack_insert_failed".to_owned(), 77),
+            ],
             generated_at: 1_700_000_000,
         }
     }
@@ -485,6 +502,9 @@ pub(crate) mod tests {
         for (reason, n) in &s.drops {
             put("balancer_packets_dropped_total", &[("reason", reason)], *n);
         }
+        for (event, n) in &s.events {
+            put("balancer_kernel_events_total", &[("event", event)], *n);
+        }
         assert_eq!(samples, expected, "rendered:\n{text}");
 
         // Types as the contract says (OpenMetrics names a counter's family
@@ -499,6 +519,7 @@ pub(crate) mod tests {
             ("balancer_affinity_entries", "gauge"),
             ("balancer_conntrack_entries", "gauge"),
             ("balancer_packets_dropped", "counter"),
+            ("balancer_kernel_events", "counter"),
             ("balancer_health_checks", "counter"),
         ]
         .into_iter()
@@ -600,7 +621,7 @@ pub(crate) mod tests {
             .lines()
             .filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter"))
             .count();
-        assert_eq!(counters, 5, "{text}");
+        assert_eq!(counters, 6, "{text}");
         assert!(!text.contains("# EOF"));
     }
 

@@ -162,6 +162,7 @@ mod tests {
             }
             .into(),
             drops: vec![("malformed".to_owned(), 0), ("no_backend".to_owned(), 7)],
+            events: vec![],
             generated_at: 1_700_000_000,
         }
     }

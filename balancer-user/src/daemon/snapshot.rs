@@ -36,17 +36,17 @@ impl Daemon {
             })
             .collect();
         let mut counters_error = None;
-        let drops = Counter::ALL
-            .iter()
-            .filter_map(|&c| {
-                let reason = c.drop_reason()?.to_owned();
-                let n = self.dataplane.counter(c).unwrap_or_else(|e| {
-                    counters_error.get_or_insert(e);
-                    0
-                });
-                Some((reason, n))
-            })
-            .collect();
+        let (mut drops, mut events) = (Vec::new(), Vec::new());
+        for c in Counter::ALL {
+            let n = self.dataplane.counter(c).unwrap_or_else(|e| {
+                counters_error.get_or_insert(e);
+                0
+            });
+            match c.drop_reason() {
+                Some(reason) => drops.push((reason.to_owned(), n)),
+                None => events.push((c.name().to_owned(), n)),
+            }
+        }
         for (map, error) in [
             (maps::BACKEND_STATS, stats_error),
             (maps::COUNTERS, counters_error),
@@ -60,6 +60,7 @@ impl Daemon {
             conntrack_entries: counts.conntrack_entries,
             tables: self.dataplane.tables().into(),
             drops,
+            events,
             generated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
