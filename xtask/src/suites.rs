@@ -7,4 +7,15 @@ pub const TESTS_PACKAGE: &str = "balancer-tests";
 
 /// The network-namespace suites that run the daemon: run in XDP mode (the
 /// default), then again with `mode = "tc"`.
-pub const TC_SUITES: &[&str] = &["gateway", "control", "ipv6", "odd_packets", "socketio"];
+pub const TC_SUITES: &[&str] = &[
+    "gateway",
+    "control",
+    "ipv6",
+    "odd_packets",
+    "socketio",
+    "flood",
+];
+
+/// The suites whose clients are Socket.IO in Node (`tests/socketio`): they
+/// need `node` and the suite's npm packages, in the VM too.
+pub const NODE_SUITES: &[&str] = &["socketio", "flood"];

@@ -29,7 +29,7 @@ use crate::{
     apt, bootstrap,
     build::{self, Profile},
     cmd, npm,
-    suites::{TC_SUITES, TESTS_PACKAGE},
+    suites::{NODE_SUITES, TC_SUITES, TESTS_PACKAGE},
 };
 
 /// What the VM needs on the host beyond the suites' tools: QEMU, the
@@ -269,7 +269,7 @@ fn payload(
     {
         tools.extend(["promtool", "prometheus"]);
     }
-    if runs_binary("socketio") {
+    if NODE_SUITES.iter().any(|s| runs_binary(s)) {
         npm::ensure_socketio_packages()?;
         tools.push("node");
         dirs.push(cmd::workspace_root().join(npm::SOCKETIO_DIR));
