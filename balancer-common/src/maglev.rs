@@ -83,8 +83,9 @@ pub fn build(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
 ///   puts them.
 ///
 /// So removing a backend moves only its own slots, and adding one moves only
-/// the slots it takes (its share): the Maglev ideal, where a fresh build
-/// moves somewhat more. `previous` of another size (or empty) means a fresh
+/// the slots it takes (its share), and a weight change moves only slots to
+/// or from that backend, as many as its share changed by: the Maglev ideal,
+/// where a fresh build moves somewhat more. `previous` of another size (or empty) means a fresh
 /// build.
 pub fn rebuild(previous: &[u32], backends: &[MaglevBackend], m: u32) -> Vec<u32> {
     let canonical = build(backends, m);
@@ -396,6 +397,43 @@ mod tests {
             build(&set, M),
             "no previous table: a fresh build"
         );
+    }
+
+    /// A weight change moves slots only to or from the changed backend, and
+    /// as many as its share changed by: the ideal, where a fresh build
+    /// reshuffles slots among the others too.
+    #[test]
+    fn incremental_weight_change_moves_only_that_backends_share() {
+        for n in [3u32, 10, 100] {
+            for (from, to) in [(1u32, 3u32), (3, 1), (2, 5), (1, 100), (100, 1)] {
+                let before: Vec<_> = (0..n)
+                    .map(|i| backend(i, if i == 0 { from } else { 2 }))
+                    .collect();
+                let mut after = before.clone();
+                after[0].weight = to;
+                let t1 = build(&before, M);
+                let t2 = rebuild(&t1, &after, M);
+                let mut moved = 0usize;
+                let mut between_others = 0usize;
+                for (x, y) in t1.iter().zip(&t2) {
+                    if x != y {
+                        moved += 1;
+                        if *x != 0 && *y != 0 {
+                            between_others += 1;
+                        }
+                    }
+                }
+                let share = |t: &[u32]| t.iter().filter(|&&i| i == 0).count();
+                let ideal = share(&t1).abs_diff(share(&t2));
+                println!(
+                    "incremental: weight {from} -> {to} among {n}: moved {:.4} of slots = its share's change, none between others",
+                    moved as f64 / f64::from(M),
+                );
+                assert_eq!(between_others, 0, "n={n} {from}->{to}");
+                assert_eq!(moved, ideal, "n={n} {from}->{to}");
+                assert_within_1pct(&after, &t2);
+            }
+        }
     }
 
     fn assert_within_1pct(backends: &[MaglevBackend], table: &[u32]) {

@@ -89,6 +89,9 @@ pub const BACKEND_ADMIN_DRAIN: u8 = 4;
 /// Added at runtime (`balancer backend add`), not from the config file: a
 /// restarted daemon keeps it although the config does not list it.
 pub const BACKEND_RUNTIME: u8 = 8;
+/// Weight set by an operator (`balancer backend set-weight`): a restarted
+/// daemon keeps this entry's weight over the config's.
+pub const BACKEND_ADMIN_WEIGHT: u8 = 16;
 
 /// Value of `BACKENDS`, indexed by backend id.
 #[repr(C)]

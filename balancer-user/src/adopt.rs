@@ -10,6 +10,8 @@
 //!   from, so unchanged backends keep their slots);
 //! - a backend pinned for that service keeps its id, its health state (no
 //!   traffic to a backend known to be down) and an operator's drain;
+//! - a weight set with `balancer backend set-weight` stays over the
+//!   config's (like a drain, it is the operator's word on that backend);
 //! - backends added with `balancer backend add` stay although the config
 //!   does not list them; a config backend removed with `balancer backend
 //!   remove` comes back, as the config lists it (runtime changes to the
@@ -24,7 +26,9 @@ use anyhow::bail;
 use balancer_common::{
     addr::from_words,
     maps::{MAX_BACKENDS, MAX_SERVICES},
-    types::{BACKEND_ADMIN_DRAIN, BACKEND_RUNTIME, Backend, Service, ServiceKey},
+    types::{
+        BACKEND_ADMIN_DRAIN, BACKEND_ADMIN_WEIGHT, BACKEND_RUNTIME, Backend, Service, ServiceKey,
+    },
 };
 
 use crate::{
@@ -169,14 +173,18 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
         for b in &cfg.backends {
             let found = adoptable.iter().position(|(_, p)| address(p) == b.address);
             let state = match found.map(|k| adoptable.remove(k)) {
-                Some((id, p)) => BackendState {
-                    id,
-                    address: b.address,
-                    weight: b.weight,
-                    up: p.is_up(),
-                    draining: p.state & BACKEND_ADMIN_DRAIN != 0,
-                    runtime: false,
-                },
+                Some((id, p)) => {
+                    let weight_set = p.state & BACKEND_ADMIN_WEIGHT != 0;
+                    BackendState {
+                        id,
+                        address: b.address,
+                        weight: if weight_set { p.weight } else { b.weight },
+                        up: p.is_up(),
+                        draining: p.state & BACKEND_ADMIN_DRAIN != 0,
+                        runtime: false,
+                        weight_set,
+                    }
+                }
                 None => {
                     let Some(id) = ids.allocate() else {
                         bail!("no free backend id (at most {MAX_BACKENDS})")
@@ -188,6 +196,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                         up: true,
                         draining: false,
                         runtime: false,
+                        weight_set: false,
                     }
                 }
             };
@@ -202,6 +211,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                     up: p.is_up(),
                     draining: p.state & BACKEND_ADMIN_DRAIN != 0,
                     runtime: true,
+                    weight_set: p.state & BACKEND_ADMIN_WEIGHT != 0,
                 });
             } else {
                 ids.release(id);

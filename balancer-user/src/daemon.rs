@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::{
     accounting::{FlowTables, SharedCounts},
-    config::{BackendConfig, HealthCheckKind},
+    config::{BackendConfig, HealthCheckKind, MAX_WEIGHT},
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
     ids::BackendIds,
@@ -190,6 +190,7 @@ impl Daemon {
                 up: !checked,
                 draining: false,
                 runtime: true,
+                weight_set: false,
             };
             next.backends.push(b.clone());
             self.commit(i, next)?;
@@ -258,6 +259,34 @@ impl Daemon {
         } else {
             format!("undrained {address} in {service}: it takes new clients again")
         })
+    }
+
+    /// `balancer backend set-weight`: the backend's share of the table
+    /// follows `weight`, and only slots to or from it move
+    /// ([`balancer_common::maglev::rebuild`]), so other backends' clients
+    /// stay. Kept in the pinned entry, so a restart keeps it.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> anyhow::Result<String> {
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            bail!(
+                "weight {weight} is out of range (1..={MAX_WEIGHT}); to send a backend no new clients, drain it"
+            );
+        }
+        let i = self.service_index(service)?;
+        let k = self.backend_index(i, address)?;
+        let old = self.services[i].backends[k].weight;
+        let mut next = self.services[i].clone();
+        next.backends[k].weight = weight;
+        next.backends[k].weight_set = true;
+        self.commit(i, next)?;
+        info!(service, backend = %address, old, weight, "backend weight set");
+        Ok(format!(
+            "weight of {address} in {service}: {old} -> {weight}; only its share of new clients moved"
+        ))
     }
 
     /// Remove every pin: the programs detach, the maps go with the daemon.

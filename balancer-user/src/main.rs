@@ -25,7 +25,7 @@ enum Command {
     },
     /// Services, backends, their states and counts.
     Status(StatusArgs),
-    /// Add, remove, drain or undrain a backend of a service.
+    /// Add, remove, drain, undrain or reweigh a backend of a service.
     Backend(BackendArgs),
     /// Which backend a new connection from a client gets now.
     Lookup(LookupArgs),

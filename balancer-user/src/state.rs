@@ -12,8 +12,8 @@ use balancer_common::{
     hash::{flow_hash, slot},
     maglev::{self, MaglevBackend},
     types::{
-        BACKEND_ADMIN_DRAIN, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP, Backend, PROTO_TCP,
-        PROTO_UDP, SERVICE_FOUR_TUPLE, Service, ServiceKey,
+        BACKEND_ADMIN_DRAIN, BACKEND_ADMIN_WEIGHT, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP,
+        Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service, ServiceKey,
     },
 };
 
@@ -30,6 +30,9 @@ pub struct BackendState {
     pub draining: bool,
     /// Added with `balancer backend add` rather than listed in the config.
     pub runtime: bool,
+    /// `weight` was set with `balancer backend set-weight`: a restart keeps
+    /// it over the config's.
+    pub weight_set: bool,
 }
 
 impl BackendState {
@@ -48,6 +51,9 @@ impl BackendState {
         }
         if self.runtime {
             state |= BACKEND_RUNTIME;
+        }
+        if self.weight_set {
+            state |= BACKEND_ADMIN_WEIGHT;
         }
         Backend {
             addr,

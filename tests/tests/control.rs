@@ -10,6 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_common::{
+    maps,
+    types::{BACKEND_ADMIN_WEIGHT, Backend, Service, ServiceKey},
+};
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
@@ -439,6 +443,158 @@ fn backend_add_drain_and_remove_during_traffic() {
         assert_eq!(rig.backend_of(c), now, "{c} keeps its new backend");
     }
     println!("remove: all {} clients of b1 moved", on_b1.len());
+    drop(held);
+}
+
+/// The service's Maglev table as packets read it now, from the pinned
+/// maps: each slot's backend as `ADDR:PORT`, and the pinned BACKENDS
+/// entries by address.
+fn pinned_table(pin_dir: &std::path::Path) -> (Vec<String>, BTreeMap<String, Backend>) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap();
+    let services =
+        HashMap::<_, ServiceKey, Service>::try_from(Map::HashMap(open(maps::SERVICES))).unwrap();
+    let (_, service) = services.iter().next().unwrap().unwrap();
+    let maglev = Array::<_, u32>::try_from(Map::Array(open(maps::MAGLEV))).unwrap();
+    let backends = Array::<_, Backend>::try_from(Map::Array(open(maps::BACKENDS))).unwrap();
+    let address = |b: &Backend| {
+        SocketAddr::new(
+            balancer_common::addr::from_words(b.addr, b.family),
+            u16::from_be(b.port),
+        )
+        .to_string()
+    };
+    let base = service.table_offset[service.active_table as usize];
+    let table = (base..base + service.table_size)
+        .map(|i| address(&backends.get(&maglev.get(&i, 0).unwrap(), 0).unwrap()))
+        .collect();
+    let entries = (0..maps::MAX_BACKENDS)
+        .filter_map(|id| backends.get(&id, 0).ok())
+        .filter(|b| b.port != 0)
+        .map(|b| (address(&b), b))
+        .collect();
+    (table, entries)
+}
+
+/// Slots per backend.
+fn slot_counts(table: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for b in table {
+        *counts.entry(b.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn set_weight_moves_only_that_backends_share() {
+    let opts = TopologyOpts {
+        clients_v4: 40,
+        ..TopologyOpts::default()
+    };
+    let mut rig = Rig::new(opts, 3);
+    rig.wait_all_up();
+    let pin_dir = rig.bpffs.pin_dir();
+    let b1 = rig.addr("b1");
+    let clients = rig.topo.clients_v4().to_vec();
+    let (old, fresh) = clients.split_at(20);
+    let before: BTreeMap<Ipv4Addr, String> = old.iter().map(|&c| (c, rig.backend_of(c))).collect();
+    let held: Vec<(TcpStream, String)> = old[..6]
+        .iter()
+        .map(|&c| {
+            let s = rig.connect(c);
+            let b = ask(&s).unwrap().backend;
+            (s, b)
+        })
+        .collect();
+    let (t0, _) = pinned_table(&pin_dir);
+    let m = t0.len() as f64;
+
+    // 1 -> 3 of 1+1+1: b1 should own 3/5 of the slots, taken only from the
+    // others.
+    let out = rig.cli_ok(&["backend", "set-weight", "web", &b1, "3"]);
+    assert!(out.contains("1 -> 3"), "{out}");
+    let (t1, entries) = pinned_table(&pin_dir);
+    let moved: Vec<(&String, &String)> = t0.iter().zip(&t1).filter(|(a, b)| a != b).collect();
+    assert!(
+        moved.iter().all(|(_, to)| **to == b1),
+        "a slot moved between other backends"
+    );
+    let count = |t: &[String]| slot_counts(t).get(&b1).copied().unwrap_or(0);
+    let share = |t: &[String]| count(t) as f64 / m;
+    let (s0, s1) = (share(&t0), share(&t1));
+    assert!(
+        (s1 - 0.6).abs() < 0.02,
+        "b1 owns {s1:.4} of the slots, weight share 0.6"
+    );
+    assert_eq!(
+        moved.len(),
+        count(&t1) - count(&t0),
+        "moved exactly b1's gain"
+    );
+    println!(
+        "set-weight 1 -> 3: b1 owns {s0:.4} -> {s1:.4} of {m} slots (weight share 0.6); moved {:.4} \
+         of the table, all to b1 (the ideal: its weight share's change, 3/5 - 1/3 = 0.2667)",
+        moved.len() as f64 / m
+    );
+    let entry = entries[&b1];
+    assert_eq!(
+        (entry.weight, entry.state & BACKEND_ADMIN_WEIGHT != 0),
+        (3, true),
+        "the pinned BACKENDS entry holds the weight"
+    );
+    assert_eq!(backend_state(&rig.status(), &b1).unwrap().weight, 3);
+
+    // Real connections: open ones stay, known clients keep their backend
+    // (affinity), and new clients go where the table now says.
+    for (s, b) in &held {
+        assert_eq!(&ask(s).unwrap().backend, b, "an open connection moved");
+    }
+    for (&c, b) in &before {
+        assert_eq!(&rig.backend_of(c), b, "{c} moved on a weight change");
+    }
+    let mut on_b1 = 0;
+    for &c in fresh {
+        let want = rig.lookup(c);
+        assert_eq!(want.via, "maglev");
+        let got = rig.backend_of(c);
+        assert_eq!(rig.addr(&got), want.backend.unwrap(), "new client {c}");
+        on_b1 += usize::from(got == "b1");
+    }
+    println!("{on_b1} of {} new clients reached b1", fresh.len());
+
+    // Bad input: one line, nothing changes.
+    for (args, says) in [
+        (vec!["web", b1.as_str(), "0"], "out of range"),
+        (vec!["web", b1.as_str(), "65536"], "out of range"),
+        (vec!["nope", b1.as_str(), "2"], "unknown service"),
+        (vec!["web", "198.18.1.99:3000", "2"], "has no backend"),
+        (vec!["web", "b1", "2"], "malformed backend address"),
+    ] {
+        let mut all = vec!["backend", "set-weight"];
+        all.extend(&args);
+        let out = rig.cli(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(pinned_table(&pin_dir).0, t1, "a refused change moved slots");
+    assert_eq!(backend_state(&rig.status(), &b1).unwrap().weight, 3);
+
+    // A restart keeps the operator's weight (the config says 1) and the
+    // table.
+    assert!(rig.daemon.take().unwrap().stop().success());
+    rig.start_daemon();
+    assert_eq!(backend_state(&rig.status(), &b1).unwrap().weight, 3);
+    assert_eq!(pinned_table(&pin_dir).0, t1, "the restart moved slots");
+
+    // And back to 1: only b1's extra slots go, to the others.
+    rig.cli_ok(&["backend", "set-weight", "web", &b1, "1"]);
+    let (t2, _) = pinned_table(&pin_dir);
+    let moved = t1.iter().zip(&t2).filter(|(a, b)| a != b);
+    assert!(moved.clone().all(|(from, _)| *from == b1));
+    assert_eq!(moved.count(), count(&t1) - count(&t2));
+    assert!((share(&t2) - 1.0 / 3.0).abs() < 0.02);
     drop(held);
 }
 

@@ -90,9 +90,12 @@ fn a_restart_with_the_same_config_keeps_every_id_region_and_table() {
 #[test]
 fn runtime_state_survives_and_the_configs_changes_apply() {
     let mut first = fresh(TWO_SERVICES);
-    // At runtime: .12 went down and was drained, .13 was added.
+    // At runtime: .12 went down, was drained and given weight 7, .13 was
+    // added.
     first[0].backends[1].up = false;
     first[0].backends[1].draining = true;
+    first[0].backends[1].weight = 7;
+    first[0].backends[1].weight_set = true;
     first[0].backends.push(BackendState {
         id: 9,
         address: "198.18.1.13:3000".parse().unwrap(),
@@ -100,6 +103,7 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
         up: true,
         draining: false,
         runtime: true,
+        weight_set: false,
     });
     let pinned = pin(&first, 10_000);
     // The new config drops the dns service and .11, and lists .14.
@@ -124,9 +128,9 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
     };
     let b12 = find("198.18.1.12:3000").unwrap();
     assert_eq!(
-        (b12.id, b12.up, b12.draining),
-        (first[0].backends[1].id, false, true),
-        "health and drain adopted"
+        (b12.id, b12.up, b12.draining, b12.weight, b12.weight_set),
+        (first[0].backends[1].id, false, true, 7, true),
+        "health, drain and the operator's weight adopted"
     );
     let b13 = find("198.18.1.13:3000").unwrap();
     assert_eq!(

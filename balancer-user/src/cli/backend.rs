@@ -1,5 +1,6 @@
-//! `balancer backend add|remove|drain|undrain SERVICE ADDR`: change a
-//! service's backends in the running daemon.
+//! `balancer backend add|remove|drain|undrain SERVICE ADDR` and `balancer
+//! backend set-weight SERVICE ADDR N`: change a service's backends in the
+//! running daemon.
 
 use clap::{Args, Subcommand};
 
@@ -42,6 +43,17 @@ pub enum BackendAction {
     Undrain {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Change a backend's weight: only its share of new clients moves, and
+    /// a restart keeps it.
+    SetWeight {
+        #[command(flatten)]
+        target: Target,
+        /// Its share of new clients, 1..=65535 (the daemon checks it).
+        #[arg(value_name = "N")]
+        weight: u32,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -95,6 +107,21 @@ fn to_request(action: &BackendAction) -> (&SocketArg, Request) {
         BackendAction::Undrain { target, socket } => {
             let (service, address) = parts(target);
             (socket, Request::BackendUndrain { service, address })
+        }
+        BackendAction::SetWeight {
+            target,
+            weight,
+            socket,
+        } => {
+            let (service, address) = parts(target);
+            (
+                socket,
+                Request::BackendSetWeight {
+                    service,
+                    address,
+                    weight: *weight,
+                },
+            )
         }
     }
 }
@@ -159,6 +186,15 @@ mod tests {
                 address: "198.18.1.11:3000".into()
             }
         );
+        let (_, req) = parse(&["set-weight", "chat", "198.18.1.11:3000", "5"]);
+        assert_eq!(
+            req,
+            Request::BackendSetWeight {
+                service: "chat".into(),
+                address: "198.18.1.11:3000".into(),
+                weight: 5
+            }
+        );
         let (_, req) = parse(&["undrain", "chat", "198.18.1.11:3000", "--socket", "/x"]);
         assert_eq!(
             req,
@@ -177,5 +213,7 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["backend", "drain", "chat"]).is_err());
+        assert!(Cli::try_parse_from(["backend", "set-weight", "chat", "a:1"]).is_err());
+        assert!(Cli::try_parse_from(["backend", "set-weight", "chat", "a:1", "x"]).is_err());
     }
 }

@@ -27,6 +27,12 @@ pub enum Request {
     BackendDrain { service: String, address: String },
     /// Undo `BackendDrain`.
     BackendUndrain { service: String, address: String },
+    /// Set `address`'s weight (1..=65535): only its share of the table moves.
+    BackendSetWeight {
+        service: String,
+        address: String,
+        weight: u32,
+    },
     /// The backend a connection from `client` (port `port`, which only
     /// four-tuple services hash) gets now.
     Lookup {

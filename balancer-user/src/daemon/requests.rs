@@ -52,6 +52,11 @@ impl Daemon {
             Request::BackendUndrain { service, address } => {
                 done(self.set_draining(&service, backend_address(&address)?, false)?)
             }
+            Request::BackendSetWeight {
+                service,
+                address,
+                weight,
+            } => done(self.set_weight(&service, backend_address(&address)?, weight)?),
             Request::Lookup {
                 service,
                 client,
