@@ -289,12 +289,13 @@ impl Daemon {
         ))
     }
 
-    /// Remove every pin: the programs detach, the maps go with the daemon.
-    pub fn detach(&mut self) -> anyhow::Result<usize> {
+    /// Remove the balancer's pins: the programs detach, the maps go with
+    /// the daemon. Another tool's pins in the directory stay.
+    pub fn detach(&mut self) -> anyhow::Result<crate::pin::Removed> {
         for check in self.checks.values_mut() {
             check.stop();
         }
         crate::attach::remove_tc_filters();
-        crate::pin::remove_all(self.dataplane.pin_dir())
+        crate::pin::remove_ours(self.dataplane.pin_dir())
     }
 }

@@ -31,7 +31,7 @@ enum Command {
     Lookup(LookupArgs),
     /// The connection-tracking entries: which client talks to which backend.
     Flows(FlowsArgs),
-    /// Remove the programs and every pin (the data plane stops balancing);
+    /// Remove the programs and the balancer's pins (the data plane stops balancing);
     /// the daemon, if one is running, does it and stops.
     Detach(DetachArgs),
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use balancer_common::maps;
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -45,30 +46,147 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(pin_dir.to_path_buf())
 }
 
+const XDP_LINK_PREFIX: &str = "link_xdp_";
+const TC_LINK_PREFIX: &str = "link_tc_";
+
 /// The pin of the XDP link on interface `ifname`.
 pub fn xdp_link(pin_dir: &Path, ifname: &str) -> PathBuf {
-    pin_dir.join(format!("link_xdp_{ifname}"))
+    pin_dir.join(format!("{XDP_LINK_PREFIX}{ifname}"))
 }
 
 /// The pin of the TCX link on interface `ifname` (`mode = "tc"`, 6.6+).
 pub fn tc_link(pin_dir: &Path, ifname: &str) -> PathBuf {
-    pin_dir.join(format!("link_tc_{ifname}"))
+    pin_dir.join(format!("{TC_LINK_PREFIX}{ifname}"))
 }
 
-/// Remove every pin in `pin_dir` (maps and links) and the directory: the
-/// programs detach once nothing else holds their links.
-pub fn remove_all(pin_dir: &Path) -> anyhow::Result<usize> {
-    let mut removed = 0;
-    let entries = match fs::read_dir(pin_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+/// Is `name` a pin the balancer makes: one of its maps
+/// ([`maps::ALL`]) or one of its links?
+fn ours(name: &str) -> bool {
+    maps::ALL.contains(&name)
+        || [XDP_LINK_PREFIX, TC_LINK_PREFIX].iter().any(|p| {
+            name.strip_prefix(p)
+                .is_some_and(|ifname| !ifname.is_empty())
+        })
+}
+
+/// The entries of `pin_dir` (none if it does not exist), split into
+/// the balancer's pins and everything else.
+fn entries(pin_dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut mine, mut foreign) = (Vec::new(), Vec::new());
+    let list = match fs::read_dir(pin_dir) {
+        Ok(list) => list,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((mine, foreign)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", pin_dir.display())),
     };
-    for entry in entries {
-        let path = entry?.path();
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        removed += 1;
+    for entry in list {
+        let entry = entry.with_context(|| format!("cannot read {}", pin_dir.display()))?;
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        let name = entry.file_name();
+        if is_file && name.to_str().is_some_and(ours) {
+            mine.push(entry.path());
+        } else {
+            foreign.push(entry.path());
+        }
     }
-    fs::remove_dir(pin_dir).with_context(|| format!("cannot remove {}", pin_dir.display()))?;
-    Ok(removed)
+    foreign.sort();
+    Ok((mine, foreign))
+}
+
+/// Refuse a pin dir that holds anything the balancer does not pin there:
+/// `balancer detach` would leave it, but sharing a directory with another
+/// tool's pins (say `pin_dir = "/sys/fs/bpf"`) invites mistakes both ways.
+pub fn refuse_foreign(pin_dir: &Path) -> anyhow::Result<()> {
+    let (_, foreign) = entries(pin_dir)?;
+    if let Some(first) = foreign.first() {
+        bail!(
+            "bpf.pin_dir: {} holds {} that the balancer did not pin ({} in all); give the balancer a directory of its own",
+            pin_dir.display(),
+            first.display(),
+            foreign.len()
+        );
+    }
+    Ok(())
+}
+
+/// What [`remove_ours`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// The balancer's pins removed.
+    pub pins: usize,
+    /// Other entries left in place (the directory stays with them).
+    pub foreign_left: usize,
+}
+
+/// Remove the balancer's pins in `pin_dir` (its maps and links: the
+/// programs detach once nothing else holds their links), and the directory
+/// if that leaves it empty. Anything else there is another tool's and stays.
+pub fn remove_ours(pin_dir: &Path) -> anyhow::Result<Removed> {
+    let (mine, foreign) = entries(pin_dir)?;
+    for path in &mine {
+        fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    if foreign.is_empty() && pin_dir.exists() {
+        match fs::remove_dir(pin_dir) {
+            // A bpffs mount point itself (`pin_dir = "/sys/fs/bpf"`) stays.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            other => {
+                other.with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+            }
+        }
+    }
+    Ok(Removed {
+        pins: mine.len(),
+        foreign_left: foreign.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_of_ours_are_the_maps_and_links_only() {
+        for name in [
+            "SERVICES",
+            "MAGLEV",
+            "CONNTRACK",
+            "link_xdp_eth0",
+            "link_tc_veth-gw1",
+        ] {
+            assert!(ours(name), "{name}");
+        }
+        for name in [
+            "link_xdp_",
+            "cilium_calls",
+            "services",
+            "MAGLEV.bak",
+            "VIP_PORTS",
+            "tc",
+        ] {
+            assert!(!ours(name), "{name}");
+        }
+    }
+
+    /// On a plain directory: which filesystem does not matter here.
+    #[test]
+    fn remove_ours_leaves_foreign_entries_and_their_directory() {
+        let dir = std::env::temp_dir().join(format!("balancer-pin-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("globals")).unwrap();
+        for name in ["MAGLEV", "link_xdp_eth0", "other_tool_map"] {
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        let e = refuse_foreign(&dir).unwrap_err().to_string();
+        assert!(e.contains("globals") && e.contains("(2 in all)"), "{e}");
+        assert_eq!(
+            remove_ours(&dir).unwrap(),
+            Removed {
+                pins: 2,
+                foreign_left: 2
+            }
+        );
+        assert!(dir.join("other_tool_map").exists() && dir.join("globals").exists());
+        assert!(!dir.join("MAGLEV").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

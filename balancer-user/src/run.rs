@@ -100,6 +100,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::from_file(config_path)?;
     let interfaces = interfaces(&config)?;
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
+    pin::refuse_foreign(&pin_dir)?;
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
     let control_socket = control::server::bind(&config.control.socket).await?;
 

@@ -64,3 +64,44 @@ pub fn control_socket_of(pin_dir: &Path) -> PathBuf {
     let root = pin_dir.parent().expect("pin dir inside the mount");
     PathBuf::from(format!("{}.sock", root.display()))
 }
+
+/// Pin a new one-entry array map at `path`, as another tool would: made with
+/// the raw `bpf(2)` calls, so nothing about it is the balancer's.
+pub fn pin_foreign_map(path: &Path) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // `union bpf_attr` for each command: only the leading fields are used,
+    // the rest must be zero.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u64; 4];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64; // bpf_fd in the low 32 bits, file_flags 0
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd as i32) };
+    assert!(rc == 0, "BPF_OBJ_PIN {}: {err}", path.display());
+}

@@ -995,6 +995,73 @@ fn the_cli_shows_status_and_flows_and_detach_removes_everything() {
     drop(held);
 }
 
+#[test]
+fn detach_leaves_foreign_pins_and_run_refuses_a_pin_dir_holding_one() {
+    let mut rig = Rig::new(TopologyOpts::default(), 2);
+    let pin_dir = rig.bpffs.pin_dir();
+    let ours: Vec<String> = std::fs::read_dir(&pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(ours.iter().any(|n| n == maps::MAGLEV), "{ours:?}");
+    // Another tool pins a map into the same directory while the daemon runs.
+    let foreign = pin_dir.join("other_tool_map");
+    balancer_tests::bpffs::pin_foreign_map(&foreign);
+
+    let out = rig.cli_ok(&["detach"]);
+    assert!(
+        out.contains(&format!("removed {} pins", ours.len())) && out.contains("left 1 entries"),
+        "{out}"
+    );
+    assert!(
+        rig.daemon
+            .take()
+            .unwrap()
+            .wait_exit(Duration::from_secs(10))
+            .success()
+    );
+    let left: Vec<_> = std::fs::read_dir(&pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&foreign),
+        "detach removed exactly the balancer's pins"
+    );
+    assert!(
+        !attached(rig.topo.gw(), GW_CLIENT_IF) && !attached(rig.topo.gw(), GW_BACKEND_IF),
+        "still attached"
+    );
+    aya::maps::MapData::from_pin(&foreign).expect("the foreign map is still pinned and usable");
+
+    // A pin dir holding a foreign pin is refused at start, in one line
+    // naming it, and nothing is pinned or attached.
+    let path = std::env::temp_dir().join(format!(
+        "lbt-foreign-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, &rig.config).unwrap();
+    let out = balancer_tests::daemon::balancer(
+        rig.topo.gw(),
+        &["run", "--config", path.to_str().unwrap()],
+    );
+    std::fs::remove_file(&path).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started beside a foreign pin: {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&foreign.display().to_string()) && last.contains("did not pin"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&pin_dir).unwrap().count(), 1);
+    assert!(!attached(rig.topo.gw(), GW_CLIENT_IF));
+    println!("detach left {}; run refused: {last}", foreign.display());
+}
+
 /// The kernel's own account of a map's memory: `memlock` in its fdinfo.
 fn kernel_memlock(map: &aya::maps::MapData) -> u64 {
     use std::os::fd::{AsFd, AsRawFd};

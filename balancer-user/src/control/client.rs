@@ -185,7 +185,13 @@ mod tests {
         );
         let reply = request(&path, &Request::Detach).unwrap();
         server.join().unwrap();
-        assert_eq!(reply, Reply::Detached { pins_removed: 4 });
+        assert_eq!(
+            reply,
+            Reply::Detached {
+                pins_removed: 4,
+                foreign_left: 0
+            }
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

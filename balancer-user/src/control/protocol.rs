@@ -45,7 +45,7 @@ pub enum Request {
         service: Option<String>,
         limit: Option<usize>,
     },
-    /// Detach the programs, remove every pin, and stop the daemon.
+    /// Detach the programs, remove the balancer's pins, and stop the daemon.
     Detach,
 }
 
@@ -70,6 +70,9 @@ pub enum Reply {
     /// The daemon detached everything and is exiting.
     Detached {
         pins_removed: usize,
+        /// Entries in the pin dir that are not the balancer's, left there.
+        #[serde(default)]
+        foreign_left: usize,
     },
 }
 

@@ -65,9 +65,13 @@ impl Daemon {
             Request::Flows { service, limit } => {
                 Reply::Flows(self.flows(service.as_deref(), limit)?)
             }
-            Request::Detach => Reply::Detached {
-                pins_removed: self.detach()?,
-            },
+            Request::Detach => {
+                let removed = self.detach()?;
+                Reply::Detached {
+                    pins_removed: removed.pins,
+                    foreign_left: removed.foreign_left,
+                }
+            }
         })
     }
 
