@@ -6,6 +6,7 @@
 //! ```toml
 //! [control]
 //! socket = "/run/balancer/control.sock"   # the CLI's control socket; this is the default
+//! group = "balancer"   # may run read-only commands (status, lookup, flows); none if left out
 //! ```
 //!
 //! Parsing validates: [`Config::from_file`] and [`Config::from_str`] return
@@ -111,6 +112,8 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
 /// Also the CLI's default `--socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/control.sock";
+/// The longest group name `groupadd` accepts.
+const MAX_GROUP_NAME_LEN: usize = 32;
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Maglev's usual `M`: about 1% imbalance up to ~650 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -256,12 +259,18 @@ pub struct Control {
     /// `balancer backend add`, ...): the CLI's `--socket` must match it.
     #[serde(deserialize_with = "de::path")]
     pub socket: PathBuf,
+    /// A Unix group whose members may run the read-only commands (status,
+    /// lookup, flows): the socket becomes `root:group`, mode 0660. Changes
+    /// stay root's. `None`: the socket is root's alone (0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Control {
             socket: DEFAULT_CONTROL_SOCKET.into(),
+            group: None,
         }
     }
 }
@@ -698,6 +707,24 @@ impl Config {
                     self.control.socket
                 ),
             ));
+        }
+        if let Some(group) = &self.control.group {
+            // The syntax only: whether the group exists is the host's, and
+            // the daemon checks it when it binds the socket.
+            let valid = !group.is_empty()
+                && group.len() <= MAX_GROUP_NAME_LEN
+                && !group.starts_with('-')
+                && !group
+                    .chars()
+                    .any(|c| c == ':' || c.is_whitespace() || c.is_control());
+            if !valid {
+                return Err(ConfigError::invalid(
+                    "control.group",
+                    format!(
+                        "{group:?} is not a valid group name (1 to {MAX_GROUP_NAME_LEN} bytes, no ':' or spaces)"
+                    ),
+                ));
+            }
         }
         check(
             || "tables.flows".to_owned(),

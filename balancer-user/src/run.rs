@@ -102,7 +102,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
     pin::refuse_foreign(&pin_dir)?;
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
-    let control_socket = control::server::bind(&config.control.socket).await?;
+    let control_socket =
+        control::server::bind(&config.control.socket, config.control.group.as_deref()).await?;
 
     let (mut dataplane, plan) = load(&config, &pin_dir)?;
     dataplane.attach(&interfaces)?;

@@ -139,6 +139,11 @@ impl Daemon {
         daemon
     }
 
+    /// Has it not exited?
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

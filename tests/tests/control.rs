@@ -1062,6 +1062,180 @@ fn detach_leaves_foreign_pins_and_run_refuses_a_pin_dir_holding_one() {
     println!("detach left {}; run refused: {last}", foreign.display());
 }
 
+/// A test group with one member and one user outside it, made with
+/// groupadd/useradd and removed on drop, whatever the test did.
+struct TestUsers {
+    group: String,
+    member: String,
+    outsider: String,
+}
+
+impl TestUsers {
+    fn new() -> TestUsers {
+        let suffix = balancer_tests::netns::random_suffix();
+        let users = TestUsers {
+            group: format!("lbtg{suffix}"),
+            member: format!("lbtm{suffix}"),
+            outsider: format!("lbto{suffix}"),
+        };
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["groupadd", &users.group]);
+        let nologin = "/usr/sbin/nologin";
+        run(&[
+            "useradd",
+            "-M",
+            "-U",
+            "-s",
+            nologin,
+            "-G",
+            &users.group,
+            &users.member,
+        ]);
+        run(&["useradd", "-M", "-U", "-s", nologin, &users.outsider]);
+        users
+    }
+
+    /// `balancer ARGS --socket SOCKET` as `user` (with its groups).
+    fn balancer_as(
+        &self,
+        user: &str,
+        socket: &std::path::Path,
+        args: &[&str],
+    ) -> std::process::Output {
+        let id = |flag: &str| {
+            let out = std::process::Command::new("id")
+                .args([flag, user])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", id("-u")))
+            .arg(format!("--regid={}", id("-g")))
+            .arg("--init-groups")
+            .arg(balancer_tests::daemon::balancer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run setpriv")
+    }
+}
+
+impl Drop for TestUsers {
+    fn drop(&mut self) {
+        for user in [&self.member, &self.outsider] {
+            let _ = std::process::Command::new("userdel").arg(user).status();
+        }
+        let _ = std::process::Command::new("groupdel")
+            .arg(&self.group)
+            .status();
+    }
+}
+
+#[test]
+fn the_control_group_reads_and_only_root_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let users = TestUsers::new();
+    let mut rig = Rig::new(TopologyOpts::default(), 2);
+    // Restart with `[control] group`.
+    assert!(rig.daemon.take().unwrap().stop().success());
+    let socket_line = format!("socket = \"{}\"\n", rig.socket().display());
+    rig.config = rig.config.replace(
+        &socket_line,
+        &format!("{socket_line}group = \"{}\"\n", users.group),
+    );
+    rig.start_daemon();
+    rig.wait_all_up();
+    let meta = std::fs::metadata(rig.socket()).unwrap();
+    let gid = String::from_utf8(
+        std::process::Command::new("getent")
+            .args(["group", &users.group])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .split(':')
+    .nth(2)
+    .unwrap()
+    .trim()
+    .parse::<u32>()
+    .unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o660, 0, gid),
+        "root:group, 0660"
+    );
+
+    let socket = rig.socket();
+    let b1 = rig.addr("b1");
+    let client = rig.topo.clients_v4()[0].to_string();
+    for args in [
+        vec!["status"],
+        vec!["lookup", "web", client.as_str()],
+        vec!["flows"],
+    ] {
+        let out = users.balancer_as(&users.member, &socket, &args);
+        assert!(
+            out.status.success(),
+            "member: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = users.balancer_as(&users.member, &socket, &["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains(&b1));
+
+    for args in [
+        vec!["backend", "drain", "web", b1.as_str()],
+        vec!["backend", "set-weight", "web", b1.as_str(), "5"],
+        vec!["detach"],
+    ] {
+        let out = users.balancer_as(&users.member, &socket, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "member may not {args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("permission denied") && stderr.contains("changes need root"),
+            "{stderr}"
+        );
+    }
+    let b = backend_state(&rig.status(), &b1).unwrap().clone();
+    assert!(
+        !b.draining && b.weight == 1,
+        "a refused change changed {b:?}"
+    );
+    assert!(
+        rig.daemon.as_mut().unwrap().running(),
+        "a refused detach stopped the daemon"
+    );
+
+    let out = users.balancer_as(&users.outsider, &socket, &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a user outside the group connected");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+
+    // Root still changes things.
+    rig.cli_ok(&["backend", "drain", "web", &b1]);
+    assert!(backend_state(&rig.status(), &b1).unwrap().draining);
+    println!(
+        "group {}: member ran status/lookup/flows, was refused drain/set-weight/detach; outsider: {}",
+        users.group,
+        stderr.trim()
+    );
+}
+
 /// The kernel's own account of a map's memory: `memlock` in its fdinfo.
 fn kernel_memlock(map: &aya::maps::MapData) -> u64 {
     use std::os::fd::{AsFd, AsRawFd};

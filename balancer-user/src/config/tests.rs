@@ -46,7 +46,8 @@ fn example_parses_with_its_values() {
                 pin_dir: "/sys/fs/bpf/balancer".into()
             },
             control: Control {
-                socket: "/run/balancer/control.sock".into()
+                socket: "/run/balancer/control.sock".into(),
+                group: None
             },
             tables: Tables {
                 flows: 1 << 20,
@@ -736,6 +737,15 @@ fn paths_and_sockets() {
         minimal("")
     );
     assert_invalid(&text, "control.socket", "1 to 107 bytes");
+    let text = format!("[control]\ngroup = \"ops\"\n{}", minimal(""));
+    assert_eq!(
+        Config::from_str(&text).unwrap().control.group.as_deref(),
+        Some("ops")
+    );
+    for bad in ["", "a b", "a:b", "-x"] {
+        let text = format!("[control]\ngroup = \"{bad}\"\n{}", minimal(""));
+        assert_invalid(&text, "control.group", "not a valid group name");
+    }
 }
 
 #[test]

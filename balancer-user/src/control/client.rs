@@ -15,7 +15,7 @@ use super::protocol::{Reply, Request, Response};
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest response line the CLI reads. Responses come from the daemon
-/// (an owner-only socket), so this only stops a runaway; a full `flows`
+/// (a socket only root and its group may open), so this only stops a runaway; a full `flows`
 /// list stays far below it.
 const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -34,7 +34,7 @@ pub enum Error {
     )]
     Refused(PathBuf),
     #[error(
-        "cannot reach the daemon at {}: permission denied (the socket is owner-only: run as the daemon's user or root)",
+        "cannot reach the daemon at {}: permission denied (run as root, or for status, lookup and flows as a member of the daemon's [control] group)",
         .0.display()
     )]
     PermissionDenied(PathBuf),

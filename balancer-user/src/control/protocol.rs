@@ -49,6 +49,17 @@ pub enum Request {
     Detach,
 }
 
+impl Request {
+    /// Reads only: what members of `[control] group` may ask. Anything
+    /// else (every request added later, until listed here) is root's.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status | Request::Lookup { .. } | Request::Flows { .. }
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {

@@ -2,8 +2,13 @@
 //!
 //! The socket is created owner-only (mode 0600, under umask 0177 so it never
 //! exists with wider permissions): whoever can talk to it can move every
-//! client. Each connection carries one request line; anything that is not a
-//! well-formed [`Request`] gets a one-line error and changes nothing.
+//! client. With `[control] group` it is then given to that group, mode 0660,
+//! and the kernel's word on each peer (`SO_PEERCRED`) decides what it may
+//! ask: root (or the daemon's own user) anything, anyone else only the
+//! read-only requests ([`Request::is_read_only`]). Those outside the group
+//! cannot connect at all. Each connection carries one request line; anything
+//! that is not a well-formed [`Request`] gets a one-line error and changes
+//! nothing.
 
 use std::{
     fs,
@@ -37,16 +42,51 @@ pub struct ControlSocket {
     path: PathBuf,
 }
 
+/// May a peer with user id `uid` make changes? Root, and the user the
+/// daemon runs as; members of `[control] group` only read.
+fn may_change(uid: u32) -> bool {
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
+/// The id of group `name`, or a one-line reason.
+fn group_id(name: &str) -> anyhow::Result<libc::gid_t> {
+    let c = std::ffi::CString::new(name).context("control.group: contains a NUL byte")?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "control.group: cannot look up group {name:?}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    if found.is_null() {
+        bail!("control.group: no group {name:?} on this system (create it with `groupadd {name}`)");
+    }
+    Ok(group.gr_gid)
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
 }
 
-/// Bind `path`, owner-only. A socket file left by a daemon that died is
-/// replaced; one that a running daemon answers on is an error, so two
-/// daemons never fight over one data plane.
-pub async fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+/// Bind `path`, owner-only, then (with `group`) `root:group` mode 0660. A
+/// socket file left by a daemon that died is replaced; one that a running
+/// daemon answers on is an error, so two daemons never fight over one data
+/// plane.
+pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<ControlSocket> {
+    let gid = group.map(group_id).transpose()?;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)
             .with_context(|| format!("control.socket: cannot create {}", dir.display()))?;
@@ -71,12 +111,22 @@ pub async fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
     unsafe { libc::umask(old) };
     let listener =
         bound.with_context(|| format!("control.socket: cannot bind {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("control.socket: cannot restrict {}", path.display()))?;
-    Ok(ControlSocket {
+    let socket = ControlSocket {
         listener,
         path: path.to_path_buf(),
-    })
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("control.socket: cannot restrict {}", path.display()))?;
+    if let Some(gid) = gid {
+        // Group first, then the mode: never readable by a group not ours.
+        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
+            format!("control.group: cannot give {} to the group", path.display())
+        })?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).with_context(|| {
+            format!("control.group: cannot open {} to the group", path.display())
+        })?;
+    }
+    Ok(socket)
 }
 
 /// Answer requests until the task is dropped. After answering a `detach`,
@@ -106,6 +156,7 @@ pub async fn serve(socket: ControlSocket, handler: Handler, detached: Arc<Notify
 
 /// Read one request, answer it. `Ok(true)` if it detached the daemon.
 async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<bool> {
+    let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let limit = MAX_REQUEST_BYTES as u64 + 1;
@@ -113,6 +164,9 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<bool> {
         .read_until(b'\n', &mut line)
         .await?;
     let response = match parse(&line) {
+        Ok(request) if !request.is_read_only() && !may_change(uid) => Response::Error(format!(
+            "permission denied: user {uid} may only run status, lookup and flows; changes need root"
+        )),
         Ok(request) => tokio::task::spawn_blocking(move || handler(request))
             .await
             .unwrap_or_else(|e| {
@@ -182,5 +236,26 @@ mod tests {
         }
         let long = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert!(parse(&long).unwrap_err().contains("longer than"));
+    }
+
+    #[test]
+    fn only_status_lookup_and_flows_are_read_only() {
+        let read = [
+            r#"{"request":"status"}"#,
+            r#"{"request":"lookup","service":"chat","client":"198.18.0.1","port":null}"#,
+            r#"{"request":"flows","service":null,"limit":null}"#,
+        ];
+        for line in read {
+            assert!(parse(line.as_bytes()).unwrap().is_read_only(), "{line}");
+        }
+        let write = [
+            r#"{"request":"detach"}"#,
+            r#"{"request":"backend_drain","service":"chat","address":"198.18.1.11:3000"}"#,
+            r#"{"request":"backend_set_weight","service":"chat","address":"198.18.1.11:3000","weight":2}"#,
+        ];
+        for line in write {
+            assert!(!parse(line.as_bytes()).unwrap().is_read_only(), "{line}");
+        }
+        assert!(may_change(0));
     }
 }
