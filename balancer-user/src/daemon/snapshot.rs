@@ -11,6 +11,7 @@ use crate::{
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
+    version,
 };
 
 impl Daemon {
@@ -61,9 +62,10 @@ impl Daemon {
             tables: self.dataplane.tables().into(),
             drops,
             events,
-            generated_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            generated_at: unix_seconds(SystemTime::now()),
+            started_at: unix_seconds(self.started),
+            version: version::VERSION.to_owned(),
+            git: version::GIT.to_owned(),
         }
     }
 
@@ -78,6 +80,9 @@ impl Daemon {
             BackendStats::default()
         });
         let health = self.checks.get(&b.id).map(|h| h.stats());
+        // A backend a change did not record (none should be) counts from
+        // the start.
+        let change = self.changes.get(&b.id);
         BackendSnapshot {
             address: b.address.to_string(),
             weight: b.weight,
@@ -92,8 +97,14 @@ impl Daemon {
             health_passed: health.as_ref().map_or(0, |h| h.passed()),
             health_failed: health.as_ref().map_or(0, |h| h.failed()),
             last_check: health.and_then(|h| h.last_result()).map(|r| describe(&r)),
+            last_change: unix_seconds(change.map_or(self.started, |c| c.at)),
+            down_reason: change.filter(|_| !b.up).and_then(|c| c.down_reason.clone()),
         }
     }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `"ok (200) 3 ms, 2s ago"`.
