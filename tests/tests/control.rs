@@ -14,6 +14,7 @@ use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
     daemon::{Daemon, attached, backends_toml, cli, cli_ok, config_head, status},
+    deploy,
     http::{self, metric, metric_sum},
     require_root,
     servers::Server,
@@ -526,7 +527,11 @@ fn prometheus_scrapes_the_metrics() {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n",
+            deploy::alert_rules().display()
+        ),
     )
     .unwrap();
     let prom = rig.topo.gw().spawn(
@@ -579,7 +584,81 @@ fn prometheus_scrapes_the_metrics() {
         "prometheus: scraped 3 per-backend series after {:?}",
         start.elapsed()
     );
+
+    // It loaded deploy/prometheus/alerts.yml and evaluates every rule
+    // against the live series without error; with every backend up, none
+    // fires. The rules use only exported metrics (the cluster's once it
+    // exists).
+    let rules = loop {
+        let (code, body) =
+            http::get(rig.topo.gw(), api, "/api/v1/rules").expect("GET /api/v1/rules");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rules: Vec<serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if !rules.is_empty()
+            && rules
+                .iter()
+                .all(|r| r["lastEvaluation"] != "0001-01-01T00:00:00Z")
+        {
+            break rules;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "Prometheus has not evaluated the rules: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, deploy::alert_names(), "the rules Prometheus loaded");
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "rule {} evaluates: {r}", r["name"]);
+        assert_eq!(r["state"], "inactive", "rule {} fires: {r}", r["name"]);
+        for name in deploy::metric_names(r["query"].as_str().unwrap()) {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")) || name.starts_with("balancer_cluster_"),
+                "rule {} uses {name}, which is not exported",
+                r["name"]
+            );
+        }
+    }
+    // Every dashboard query evaluates, and those over gauges (no rate over
+    // a range that may hold one sample yet) return series.
+    for q in deploy::dashboard_queries() {
+        let path = format!("/api/v1/query?query={}", percent_encode(&q));
+        let (code, body) = http::get(rig.topo.gw(), api, &path).expect("GET /api/v1/query");
+        assert_eq!(code, 200, "dashboard query {q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{q}: {body}");
+        if !q.contains("rate(") {
+            assert!(
+                !v["data"]["result"].as_array().unwrap().is_empty(),
+                "dashboard query {q} returns nothing from a live daemon"
+            );
+        }
+    }
+    println!(
+        "prometheus: {} alert rules loaded, evaluated (health ok) and quiet; the dashboard's queries evaluate",
+        rules.len()
+    );
     drop(prom);
+}
+
+/// `q` for a URL's query string: everything but unreserved characters
+/// percent-encoded.
+fn percent_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 struct KillOnDrop(std::process::Child, PathBuf);
