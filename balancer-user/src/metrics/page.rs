@@ -1,7 +1,10 @@
 //! The human status page at `GET /`, in the spirit of HAProxy's stats page:
 //! one table per service, a coloured state per backend, refreshed every 2 s.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use super::{BackendSnapshot, Snapshot};
 
@@ -14,27 +17,45 @@ td.n{text-align:right;font-family:monospace}\
 tr.up td.state{background:#6c6;font-weight:bold}\
 tr.down td.state{background:#e55;font-weight:bold;color:#fff}\
 tr.drain td.state{background:#6af;font-weight:bold}\
+.why{font-weight:normal;font-size:11px}\
 .muted{color:#666}";
+
+/// How often the page reloads itself.
+const REFRESH_SECONDS: u32 = 2;
 
 /// The snapshot as an HTML page; every text from the snapshot is escaped.
 pub fn render_html(s: &Snapshot) -> String {
     let mut h = String::new();
+    let now = s.generated_at;
     // `write!` to a String cannot fail; the results are ignored below.
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"2\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
          <title>balancer status</title><style>{STYLE}</style></head><body>\n\
          <h1>balancer status</h1>\n\
-         <p class=\"muted\">generated at {} (Unix time) &middot; conntrack entries: {} &middot; \
-         <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/status\">/status</a></p>\n",
-        s.generated_at, s.conntrack_entries,
+         <p class=\"muted\">balancer {} (git {}) &middot; up {} (since {}) &middot; \
+         generated {} &middot; refreshes every {REFRESH_SECONDS} s &middot; \
+         <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/status\">/status</a></p>\n\
+         <p class=\"muted\">conntrack entries {} of {} &middot; affinity entries {} of {}</p>\n",
+        escape(&s.version),
+        escape(&s.git),
+        duration(now.saturating_sub(s.started_at)),
+        time(s.started_at),
+        time(now),
+        s.conntrack_entries,
+        s.tables.flows.entries,
+        s.services
+            .iter()
+            .map(|svc| svc.affinity_entries)
+            .sum::<u64>(),
+        s.tables.affinity.entries,
     );
     for svc in &s.services {
         let _ = write!(
             h,
             "<h2>{} <span class=\"muted\">{} {} &middot; affinity {} ({} entries)</span></h2>\n\
-             <table>\n<tr><th>backend</th><th>state</th><th>weight</th><th>active</th>\
+             <table>\n<tr><th>backend</th><th>state</th><th>since</th><th>weight</th><th>active</th>\
              <th>total</th><th>packets in</th><th>packets out</th><th>bytes in</th>\
              <th>bytes out</th><th>checks passed</th><th>checks failed</th><th>last check</th></tr>\n",
             escape(&svc.name),
@@ -44,10 +65,10 @@ pub fn render_html(s: &Snapshot) -> String {
             svc.affinity_entries,
         );
         for b in &svc.backends {
-            backend_row(&mut h, b);
+            backend_row(&mut h, b, now);
         }
         if svc.backends.is_empty() {
-            h.push_str("<tr><td colspan=\"12\" class=\"muted\">no backends</td></tr>\n");
+            h.push_str("<tr><td colspan=\"13\" class=\"muted\">no backends</td></tr>\n");
         }
         h.push_str("</table>\n");
     }
@@ -66,7 +87,7 @@ pub fn render_html(s: &Snapshot) -> String {
     h
 }
 
-fn backend_row(h: &mut String, b: &BackendSnapshot) {
+fn backend_row(h: &mut String, b: &BackendSnapshot, now: u64) {
     let (class, state) = if !b.up {
         ("down", "DOWN")
     } else if b.draining {
@@ -74,14 +95,21 @@ fn backend_row(h: &mut String, b: &BackendSnapshot) {
     } else {
         ("up", "UP")
     };
+    // Why it is down, under the state: the failed check that took it down.
+    let why = b.down_reason.as_deref().map_or_else(String::new, |r| {
+        format!("<div class=\"why\">{}</div>", escape(r))
+    });
     let _ = writeln!(
         h,
-        "<tr class=\"{class}\"><td>{}</td><td class=\"state\">{state}</td>\
+        "<tr class=\"{class}\"><td>{}</td><td class=\"state\">{state}{why}</td>\
+         <td title=\"{}\">{} ago</td>\
          <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
          <td class=\"n\">{}</td><td class=\"n\">{}</td>\
          <td class=\"n\" title=\"{} bytes\">{}</td><td class=\"n\" title=\"{} bytes\">{}</td>\
          <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
         escape(&b.address),
+        time(b.last_change),
+        duration(now.saturating_sub(b.last_change)),
         b.weight,
         b.active_connections,
         b.connections_total,
@@ -97,6 +125,33 @@ fn backend_row(h: &mut String, b: &BackendSnapshot) {
             .as_deref()
             .map_or_else(|| "-".to_owned(), escape),
     );
+}
+
+/// Unix seconds as `2023-11-14 22:13:20 UTC`.
+fn time(unix: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+/// Seconds as `2h 5m` (`45s` under a minute, days beyond 24 h): the two
+/// largest units are enough to read at a glance.
+fn duration(seconds: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let Some(first) = UNITS.iter().position(|&(_, n)| seconds >= n) else {
+        return "0s".to_owned();
+    };
+    let (unit, n) = UNITS[first];
+    let mut out = format!("{}{unit}", seconds / n);
+    if let Some(&(next_unit, next)) = UNITS.get(first + 1) {
+        let rest = seconds % n / next;
+        if rest > 0 {
+            let _ = write!(out, " {rest}{next_unit}");
+        }
+    }
+    out
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -144,14 +199,34 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"2\">"));
+        // Version, uptime and times in words, not Unix seconds.
+        assert!(
+            html.contains("balancer 0.1.0 (git 1a2b3c4-dirty)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("up 2h 46m (since 2023-11-14 19:26:40 UTC)"),
+            "{html}"
+        );
+        assert!(html.contains("generated 2023-11-14 22:13:20 UTC"), "{html}");
+        assert!(!html.contains("1700000000"), "{html}");
+        // Each backend's last change, and why a down one went down.
+        assert!(
+            html.contains("<td title=\"2023-11-14 21:58:20 UTC\">15m ago</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<td class=\"state\">DOWN<div class=\"why\">connection refused</div></td>"
+            ),
+            "{html}"
+        );
         // web: 198.18.1.1 up, 198.18.1.2 down; dns: [2001:db8::1] draining.
         assert!(
             html.contains("<tr class=\"up\"><td>198.18.1.1:8080</td><td class=\"state\">UP</td>")
         );
         assert!(
-            html.contains(
-                "<tr class=\"down\"><td>198.18.1.2:8080</td><td class=\"state\">DOWN</td>"
-            )
+            html.contains("<tr class=\"down\"><td>198.18.1.2:8080</td><td class=\"state\">DOWN<")
         );
         assert!(html.contains(
             "<tr class=\"drain\"><td>[2001:db8::1]:53</td><td class=\"state\">DRAIN</td>"
@@ -161,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_escape_and_human_bytes() {
+    fn metrics_escape_human_bytes_and_times() {
         assert_eq!(
             escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
@@ -170,5 +245,17 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+        for (seconds, words) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m"),
+            (61, "1m 1s"),
+            (3_600, "1h"),
+            (3_661, "1h 1m"),
+            (90_061, "1d 1h"),
+        ] {
+            assert_eq!(duration(seconds), words);
+        }
+        assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
     }
 }
