@@ -83,6 +83,14 @@ impl Daemon {
         // A backend a change did not record (none should be) counts from
         // the start.
         let change = self.changes.get(&b.id);
+        let last = health.as_ref().and_then(|h| h.last_result());
+        // A backend found down at start has no transition to tell: its
+        // latest failed check says why it stays down.
+        let down_reason = change.and_then(|c| c.down_reason.clone()).or_else(|| {
+            last.as_ref()
+                .filter(|r| !r.success)
+                .map(|r| r.reason.clone())
+        });
         BackendSnapshot {
             address: b.address.to_string(),
             weight: b.weight,
@@ -96,9 +104,9 @@ impl Daemon {
             bytes_out: stats.bytes_out,
             health_passed: health.as_ref().map_or(0, |h| h.passed()),
             health_failed: health.as_ref().map_or(0, |h| h.failed()),
-            last_check: health.and_then(|h| h.last_result()).map(|r| describe(&r)),
+            last_check: last.as_ref().map(describe),
             last_change: unix_seconds(change.map_or(self.started, |c| c.at)),
-            down_reason: change.filter(|_| !b.up).and_then(|c| c.down_reason.clone()),
+            down_reason: down_reason.filter(|_| !b.up),
         }
     }
 }

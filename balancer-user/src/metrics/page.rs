@@ -11,7 +11,10 @@ use super::{BackendSnapshot, Snapshot};
 const STYLE: &str = "\
 body{font-family:sans-serif;font-size:13px;margin:1em;background:#fafafa}\
 h1{font-size:18px}h2{font-size:15px;margin:1.2em 0 .3em}\
-table{border-collapse:collapse;margin-bottom:1em}\
+table{border-collapse:collapse;margin-bottom:1em;table-layout:fixed;width:100%;max-width:1400px}\
+table.small{width:auto}\
+td{overflow-wrap:anywhere}\
+.alert{color:#c00;font-weight:bold}\
 th,td{border:1px solid #999;padding:2px 6px}th{background:#ddd}\
 td.n{text-align:right;font-family:monospace}\
 tr.up td.state{background:#6c6;font-weight:bold}\
@@ -37,28 +40,38 @@ pub fn render_html(s: &Snapshot) -> String {
          <p class=\"muted\">balancer {} (git {}) &middot; up {} (since {}) &middot; \
          generated {} &middot; refreshes every {REFRESH_SECONDS} s &middot; \
          <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/status\">/status</a></p>\n\
-         <p class=\"muted\">conntrack entries {} of {} &middot; affinity entries {} of {}</p>\n",
+         <p class=\"muted\">conntrack table {} &middot; affinity table {}</p>\n",
         escape(&s.version),
         escape(&s.git),
         duration(now.saturating_sub(s.started_at)),
         time(s.started_at),
         time(now),
-        s.conntrack_entries,
-        s.tables.flows.entries,
-        s.services
-            .iter()
-            .map(|svc| svc.affinity_entries)
-            .sum::<u64>(),
-        s.tables.affinity.entries,
+        fill(s.conntrack_entries, s.tables.flows.entries),
+        fill(
+            s.services
+                .iter()
+                .map(|svc| svc.affinity_entries)
+                .sum::<u64>(),
+            s.tables.affinity.entries
+        ),
     );
     for svc in &s.services {
+        let up = svc.backends.iter().filter(|b| b.up).count();
         let _ = write!(
             h,
-            "<h2>{} <span class=\"muted\">{} {} &middot; affinity {} ({} entries)</span></h2>\n\
-             <table>\n<tr><th>backend</th><th>state</th><th>since</th><th>weight</th><th>active</th>\
+            "<h2>{} <span class=\"{}\">{} of {} up</span> \
+             <span class=\"muted\">&middot; {} {} &middot; affinity {} ({} entries)</span></h2>\n\
+             <table>\n{COLUMNS}<tr><th>backend</th><th>state</th><th>since</th><th>weight</th><th>active</th>\
              <th>total</th><th>packets in</th><th>packets out</th><th>bytes in</th>\
              <th>bytes out</th><th>checks passed</th><th>checks failed</th><th>last check</th></tr>\n",
             escape(&svc.name),
+            if up == 0 && !svc.backends.is_empty() {
+                "alert"
+            } else {
+                "muted"
+            },
+            up,
+            svc.backends.len(),
             escape(&svc.protocol),
             escape(&svc.vip),
             escape(&svc.affinity),
@@ -73,12 +86,13 @@ pub fn render_html(s: &Snapshot) -> String {
         h.push_str("</table>\n");
     }
     if !s.drops.is_empty() {
-        h.push_str("<h2>dropped packets</h2>\n<table>\n<tr><th>reason</th><th>packets</th></tr>\n");
+        h.push_str("<h2>dropped packets</h2>\n<table class=\"small\">\n<tr><th>reason</th><th>packets</th></tr>\n");
         for (reason, n) in &s.drops {
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td class=\"n\">{n}</td></tr>",
-                escape(reason)
+                "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+                escape(reason),
+                thousands(*n)
             );
         }
         h.push_str("</table>\n");
@@ -95,10 +109,21 @@ fn backend_row(h: &mut String, b: &BackendSnapshot, now: u64) {
     } else {
         ("up", "UP")
     };
-    // Why it is down, under the state: the failed check that took it down.
-    let why = b.down_reason.as_deref().map_or_else(String::new, |r| {
-        format!("<div class=\"why\">{}</div>", escape(r))
-    });
+    // Under the state: why it is down (the failed check that took it
+    // down), and that a down backend is also draining, which its state
+    // colour no longer shows.
+    let notes: Vec<String> = [
+        b.down_reason.as_deref().filter(|_| !b.up).map(escape),
+        (!b.up && b.draining).then(|| "draining".to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let why = if notes.is_empty() {
+        String::new()
+    } else {
+        format!("<div class=\"why\">{}</div>", notes.join(" &middot; "))
+    };
     let _ = writeln!(
         h,
         "<tr class=\"{class}\"><td>{}</td><td class=\"state\">{state}{why}</td>\
@@ -111,20 +136,53 @@ fn backend_row(h: &mut String, b: &BackendSnapshot, now: u64) {
         time(b.last_change),
         duration(now.saturating_sub(b.last_change)),
         b.weight,
-        b.active_connections,
-        b.connections_total,
-        b.packets_in,
-        b.packets_out,
+        thousands(b.active_connections),
+        thousands(b.connections_total),
+        thousands(b.packets_in),
+        thousands(b.packets_out),
         b.bytes_in,
         human_bytes(b.bytes_in),
         b.bytes_out,
         human_bytes(b.bytes_out),
-        b.health_passed,
-        b.health_failed,
+        thousands(b.health_passed),
+        thousands(b.health_failed),
         b.last_check
             .as_deref()
             .map_or_else(|| "-".to_owned(), escape),
     );
+}
+
+/// Column widths, the same in every service's table so they line up.
+const COLUMNS: &str = "<colgroup><col style=\"width:13%\"><col style=\"width:11%\">\
+<col style=\"width:6%\"><col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:6%\">\
+<col style=\"width:7%\"><col style=\"width:7%\"><col style=\"width:6%\"><col style=\"width:6%\">\
+<col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:18%\"></colgroup>\n";
+
+/// `1234567` → `"1,234,567"`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `"12,000 of 65,536 entries (18%)"`.
+fn fill(entries: u64, capacity: u32) -> String {
+    let percent = if capacity == 0 {
+        0
+    } else {
+        entries * 100 / u64::from(capacity)
+    };
+    format!(
+        "{} of {} entries ({percent}%)",
+        thousands(entries),
+        thousands(u64::from(capacity))
+    )
 }
 
 /// Unix seconds as `2023-11-14 22:13:20 UTC`.
@@ -210,6 +268,14 @@ mod tests {
         );
         assert!(html.contains("generated 2023-11-14 22:13:20 UTC"), "{html}");
         assert!(!html.contains("1700000000"), "{html}");
+        assert!(
+            html.contains("conntrack table 33 of 1,048,576 entries (0%)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"muted\">1 of 2 up</span>"),
+            "{html}"
+        );
         // Each backend's last change, and why a down one went down.
         assert!(
             html.contains("<td title=\"2023-11-14 21:58:20 UTC\">15m ago</td>"),
@@ -235,6 +301,21 @@ mod tests {
         assert!(html.contains("no_backend"));
     }
 
+    /// A down backend that is also draining says both; an up one has no
+    /// reason even if an old one is left.
+    #[test]
+    fn metrics_page_notes_under_the_state() {
+        let mut s = sample();
+        s.services[0].backends[1].draining = true;
+        s.services[0].backends[0].down_reason = Some("stale".to_owned());
+        let html = render_html(&s);
+        assert!(
+            html.contains("DOWN<div class=\"why\">connection refused &middot; draining</div>"),
+            "{html}"
+        );
+        assert!(!html.contains("stale"), "{html}");
+    }
+
     #[test]
     fn metrics_escape_human_bytes_and_times() {
         assert_eq!(
@@ -257,5 +338,11 @@ mod tests {
             assert_eq!(duration(seconds), words);
         }
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(fill(12_000, 65_536), "12,000 of 65,536 entries (18%)");
+        assert_eq!(fill(0, 0), "0 of 0 entries (0%)");
     }
 }
