@@ -154,9 +154,9 @@ fn backend_row(h: &mut String, b: &BackendSnapshot, now: u64) {
 
 /// Column widths, the same in every service's table so they line up.
 const COLUMNS: &str = "<colgroup><col style=\"width:13%\"><col style=\"width:11%\">\
-<col style=\"width:6%\"><col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:6%\">\
+<col style=\"width:8%\"><col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:6%\">\
 <col style=\"width:7%\"><col style=\"width:7%\"><col style=\"width:6%\"><col style=\"width:6%\">\
-<col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:18%\"></colgroup>\n";
+<col style=\"width:5%\"><col style=\"width:5%\"><col style=\"width:16%\"></colgroup>\n";
 
 /// `1234567` → `"1,234,567"`.
 fn thousands(n: u64) -> String {
