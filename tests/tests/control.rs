@@ -242,6 +242,34 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     }
     let detection = killed.elapsed();
     println!("detection: {victim} down on /metrics after {detection:?} (bound {limit:?})");
+    // The change is stamped, and the status says why it went down.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let changed = metric(
+        &rig.metrics(),
+        "balancer_backend_last_change_seconds",
+        &labels,
+    )
+    .expect("last change of the victim");
+    assert!(
+        (now - detection.as_secs_f64() - 2.0..=now + 1.0).contains(&changed),
+        "last change {changed}, now {now}, down after {detection:?}"
+    );
+    let down = rig.status();
+    let down = backend_state(&down, &victim_addr).unwrap();
+    assert_eq!(
+        down.down_reason.as_deref(),
+        Some("connection refused"),
+        "{down:?}"
+    );
+    let (code, page) = http::get(rig.topo.gw(), METRICS.parse().unwrap(), "/").expect("GET /");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("DOWN<div class=\"why\">connection refused</div>"),
+        "{page}"
+    );
     let failed = metric(
         &rig.metrics(),
         "balancer_health_checks_total",
@@ -274,6 +302,12 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     );
     println!(
         "recovery: {victim} up again {back:?} after its server restarted (rise {RISE} × {INTERVAL:?})"
+    );
+    let up = rig.status();
+    let up = backend_state(&up, &victim_addr).unwrap();
+    assert!(
+        up.down_reason.is_none() && up.last_change as f64 >= changed,
+        "{up:?}"
     );
     assert!(
         restarted.elapsed() >= INTERVAL * (RISE - 1),
