@@ -10,6 +10,10 @@
 //! directory they share one build of the object (and of `core`), rebuilt
 //! only when its sources change.
 //!
+//! It also sets `BALANCER_GIT` for `--version` and `balancer_build_info`:
+//! `git rev-parse --short HEAD`, with `-dirty` when the checkout has
+//! changes, or `unknown` outside a git checkout (a source tarball).
+//!
 //! `AYA_BUILD_SKIP=1` skips it and leaves an empty stub, so `cargo check`,
 //! clippy and host unit tests work without nightly or bpf-linker; loading the
 //! stub then fails with a clear error.
@@ -40,6 +44,7 @@ fn main() {
 fn run() -> Result<()> {
     let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let object = out.join(BINARY);
+    git_revision();
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
@@ -63,6 +68,44 @@ fn run() -> Result<()> {
     fs::copy(&built, &object)
         .with_context(|| format!("cannot copy {} to {}", built.display(), object.display()))?;
     Ok(())
+}
+
+/// Sets `BALANCER_GIT` and asks cargo to run this again when the revision
+/// or the checkout's state can have changed: a commit or checkout moves
+/// `HEAD` or the ref it names, staging rewrites the index, and an edit of
+/// the sources compiled into the binary changes them.
+fn git_revision() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let revision = match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) if !rev.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|changes| !changes.is_empty());
+            if dirty { format!("{rev}-dirty") } else { rev }
+        }
+        _ => "unknown".to_owned(),
+    };
+    println!("cargo:rustc-env=BALANCER_GIT={revision}");
+    for path in ["HEAD", "index"]
+        .iter()
+        .filter_map(|p| git(&["rev-parse", "--git-path", p]))
+        .chain(
+            git(&["symbolic-ref", "-q", "HEAD"])
+                .and_then(|r| git(&["rev-parse", "--git-path", &r])),
+        )
+        // A packed ref has no file; a path that does not exist would make
+        // cargo run this on every build.
+        .filter(|p| Path::new(p).exists())
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    println!("cargo:rerun-if-changed=src");
 }
 
 /// `<target>/ebpf`: `OUT_DIR` is `<target>/<profile>/build/<crate>-<hash>/out`.

@@ -9,7 +9,7 @@
 mod requests;
 mod snapshot;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc::UnboundedSender;
@@ -33,6 +33,28 @@ pub struct Daemon {
     health_events: UnboundedSender<HealthEvent>,
     counts: SharedCounts,
     tables: Arc<FlowTables>,
+    /// When this daemon started.
+    started: SystemTime,
+    /// Each backend's last state change, by backend id.
+    changes: HashMap<u32, Change>,
+}
+
+/// A backend's last state change, for `balancer_backend_last_change_seconds`
+/// and the status page.
+#[derive(Clone, Debug)]
+struct Change {
+    at: SystemTime,
+    /// The failed check that took it down, when that was the change.
+    down_reason: Option<String>,
+}
+
+impl Change {
+    fn now() -> Self {
+        Change {
+            at: SystemTime::now(),
+            down_reason: None,
+        }
+    }
 }
 
 impl Daemon {
@@ -54,6 +76,8 @@ impl Daemon {
             health_events,
             counts,
             tables,
+            started: SystemTime::now(),
+            changes: HashMap::new(),
         };
         let all: Vec<(usize, BackendState)> = daemon
             .services
@@ -63,6 +87,7 @@ impl Daemon {
             .collect();
         for (i, b) in all {
             daemon.start_check(i, &b);
+            daemon.changes.insert(b.id, Change::now());
         }
         daemon
     }
@@ -151,7 +176,24 @@ impl Daemon {
         }
         let mut next = self.services[i].clone();
         next.backends[k].up = event.up;
-        self.commit(i, next)
+        let id = next.backends[k].id;
+        self.commit(i, next)?;
+        // The check that tipped it is the latest: the checker records a
+        // result before it reports the transition, and the next check is an
+        // interval away.
+        let down_reason = (!event.up)
+            .then(|| self.checks.get(&id)?.stats().last_result())
+            .flatten()
+            .filter(|r| !r.success)
+            .map(|r| r.reason);
+        self.changes.insert(
+            id,
+            Change {
+                down_reason,
+                ..Change::now()
+            },
+        );
+        Ok(())
     }
 
     /// `balancer backend add`. With health checks the backend starts down
@@ -204,6 +246,7 @@ impl Daemon {
             }
         };
         self.start_check(i, &b);
+        self.changes.insert(b.id, Change::now());
         info!(service, backend = %address, weight, id, "backend added");
         Ok(if checked {
             format!(
@@ -228,6 +271,7 @@ impl Daemon {
         if let Some(mut check) = self.checks.remove(&removed.id) {
             check.stop();
         }
+        self.changes.remove(&removed.id);
         info!(service, backend = %address, "backend removed");
         Ok(format!(
             "removed {address} from {service}; its clients move on their next packet"
@@ -252,7 +296,17 @@ impl Daemon {
         }
         let mut next = self.services[i].clone();
         next.backends[k].draining = draining;
+        let id = next.backends[k].id;
         self.commit(i, next)?;
+        // Draining leaves up/down as it is, and why it went down with it.
+        let down_reason = self.changes.remove(&id).and_then(|c| c.down_reason);
+        self.changes.insert(
+            id,
+            Change {
+                down_reason,
+                ..Change::now()
+            },
+        );
         info!(service, backend = %address, "backend {verb}");
         Ok(if draining {
             format!("draining {address} in {service}: its clients stay, new clients go elsewhere")

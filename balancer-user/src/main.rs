@@ -2,14 +2,22 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use balancer_user::cli::{
-    self, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs,
-    status::StatusArgs,
+use balancer_user::{
+    cli::{
+        self, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs,
+        status::StatusArgs,
+    },
+    logging::{self, LogFormat},
+    version,
 };
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "balancer", version, about = "XDP sticky-session load balancer")]
+#[command(
+    name = "balancer",
+    version = version::long(),
+    about = "XDP sticky-session load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +30,14 @@ enum Command {
         /// The TOML config file.
         #[arg(long)]
         config: PathBuf,
+        /// How log lines look on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// error, warn, info, debug or trace, or a filter such as
+        /// `info,balancer_user::health=debug`; wins over RUST_LOG [default:
+        /// RUST_LOG, else info].
+        #[arg(long, value_name = "LEVEL", value_parser = logging::parse_level)]
+        log_level: Option<String>,
     },
     /// Services, backends, their states and counts.
     Status(StatusArgs),
@@ -37,16 +53,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Run {
+            log_format,
+            log_level,
+            ..
+        } => logging::init(*log_format, log_level.as_deref()),
+        _ => logging::init(LogFormat::Text, None),
+    }
     let result = match cli.command {
-        Command::Run { config } => tokio::runtime::Runtime::new()
+        Command::Run { config, .. } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(balancer_user::run::run(&config))),
         Command::Status(args) => cli::status::run(&args),

@@ -67,6 +67,15 @@ pub struct Snapshot {
     pub events: Vec<(String, u64)>,
     /// When the snapshot was taken, in seconds since the Unix epoch.
     pub generated_at: u64,
+    /// When the daemon started, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at: u64,
+    /// The daemon's package version ([`crate::version::VERSION`]).
+    #[serde(default)]
+    pub version: String,
+    /// The git revision it was built from ([`crate::version::GIT`]).
+    #[serde(default)]
+    pub git: String,
 }
 
 /// One configured service.
@@ -104,6 +113,15 @@ pub struct BackendSnapshot {
     pub health_failed: u64,
     /// The last health check in words, e.g. `"ok (200) 3 ms, 2s ago"`.
     pub last_check: Option<String>,
+    /// When the backend last went up, down, drained or undrained (or was
+    /// added, or the daemon started), in seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_change: u64,
+    /// Why a backend that is down went down: the failed health check that
+    /// tipped it, e.g. `"connection refused"`. `None` while it is up, and
+    /// for a backend that has not been up yet.
+    #[serde(default)]
+    pub down_reason: Option<String>,
 }
 
 /// The snapshot as Prometheus (OpenMetrics) text, served with
@@ -224,6 +242,31 @@ impl Collector for SnapshotCollector {
             s.events
                 .iter()
                 .map(|(event, n)| ([("event", event.as_str())], *n)),
+        )?;
+        family(
+            &mut enc,
+            "balancer_backend_last_change_seconds",
+            "When the backend last went up, down, drained or undrained, or was added or found at start (Unix time)",
+            backends().map(|(svc, b)| (sb(svc, b), ConstGauge::new(b.last_change))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_table_capacity",
+            "Entries the kernel table holds at most (conntrack: balancer_conntrack_entries, affinity: the sum of balancer_affinity_entries); the oldest are evicted beyond it",
+            [
+                ("conntrack", s.tables.flows.entries),
+                ("affinity", s.tables.affinity.entries),
+            ]
+            .map(|(table, n)| ([("table", table)], ConstGauge::new(u64::from(n)))),
+        )?;
+        family(
+            &mut enc,
+            "balancer_build_info",
+            "The running daemon's version and git revision; always 1",
+            [(
+                [("version", s.version.as_str()), ("git", s.git.as_str())],
+                ConstGauge::new(1u64),
+            )],
         )?;
         counters(
             &mut enc,
@@ -363,6 +406,8 @@ pub(crate) mod tests {
             health_passed: base + 7,
             health_failed: base + 8,
             last_check: Some(format!("ok (200) {base} ms, 2s ago")),
+            last_change: 1_699_999_000 + base,
+            down_reason: (!up).then(|| "connection refused".to_owned()),
         };
         Snapshot {
             services: vec![
@@ -397,6 +442,9 @@ pub(crate) mod tests {
                 ("conntrack_insert_failed".to_owned(), 77),
             ],
             generated_at: 1_700_000_000,
+            started_at: 1_699_990_000,
+            version: "0.1.0".to_owned(),
+            git: "1a2b3c4-dirty".to_owned(),
         }
     }
 
@@ -471,6 +519,7 @@ pub(crate) mod tests {
                 let sb = [("service", service), ("backend", b.address.as_str())];
                 put("balancer_backend_up", &sb, u64::from(b.up));
                 put("balancer_backend_draining", &sb, u64::from(b.draining));
+                put("balancer_backend_last_change_seconds", &sb, b.last_change);
                 put(
                     "balancer_backend_active_connections",
                     &sb,
@@ -499,6 +548,21 @@ pub(crate) mod tests {
             }
         }
         put("balancer_conntrack_entries", &[], s.conntrack_entries);
+        put(
+            "balancer_table_capacity",
+            &[("table", "conntrack")],
+            u64::from(s.tables.flows.entries),
+        );
+        put(
+            "balancer_table_capacity",
+            &[("table", "affinity")],
+            u64::from(s.tables.affinity.entries),
+        );
+        put(
+            "balancer_build_info",
+            &[("version", "0.1.0"), ("git", "1a2b3c4-dirty")],
+            1,
+        );
         for (reason, n) in &s.drops {
             put("balancer_packets_dropped_total", &[("reason", reason)], *n);
         }
@@ -512,6 +576,9 @@ pub(crate) mod tests {
         let want_types: BTreeMap<String, String> = [
             ("balancer_backend_up", "gauge"),
             ("balancer_backend_draining", "gauge"),
+            ("balancer_backend_last_change_seconds", "gauge"),
+            ("balancer_table_capacity", "gauge"),
+            ("balancer_build_info", "gauge"),
             ("balancer_backend_active_connections", "gauge"),
             ("balancer_backend_connections", "counter"),
             ("balancer_backend_packets", "counter"),
@@ -557,12 +624,21 @@ pub(crate) mod tests {
     fn metrics_empty_snapshot_renders() {
         let text = render_prometheus(&Snapshot::default());
         let (samples, _) = parse(&text);
+        let empty = |name: &str, l: &[(&str, &str)]| ((name.to_owned(), labels(l)), 0);
         assert_eq!(
             samples.into_iter().collect::<Vec<_>>(),
-            vec![(
-                ("balancer_conntrack_entries".to_owned(), BTreeMap::new()),
-                0
-            )]
+            vec![
+                (
+                    (
+                        "balancer_build_info".to_owned(),
+                        labels(&[("version", ""), ("git", "")])
+                    ),
+                    1
+                ),
+                empty("balancer_conntrack_entries", &[]),
+                empty("balancer_table_capacity", &[("table", "affinity")]),
+                empty("balancer_table_capacity", &[("table", "conntrack")]),
+            ]
         );
     }
 

@@ -108,17 +108,30 @@ impl Daemon {
     /// Write `config` to a temp file and start the daemon in `ns`; returns
     /// once every link in `ready_pins` (names under `pin_dir`) is pinned.
     pub fn start(ns: &NetNs, config: &str, pin_dir: &Path, ready_pins: &[&str]) -> Daemon {
+        Self::start_with(ns, config, pin_dir, ready_pins, &[], Stdio::inherit())
+    }
+
+    /// [`start`](Self::start) with more `balancer run` arguments, and its
+    /// stderr (the logs) going to `stderr`; [`stop_logs`](Self::stop_logs)
+    /// reads them when it is [`Stdio::piped`].
+    pub fn start_with(
+        ns: &NetNs,
+        config: &str,
+        pin_dir: &Path,
+        ready_pins: &[&str],
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Daemon {
         let path =
             std::env::temp_dir().join(format!("lbt-config-{}.toml", crate::netns::random_suffix()));
         std::fs::write(&path, config).expect("write config");
         let bin = balancer_bin();
+        let mut all = vec!["run", "--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
         let child = ns
-            .command(
-                bin.to_str().unwrap(),
-                ["run", "--config", path.to_str().unwrap()],
-            )
+            .command(bin.to_str().unwrap(), all)
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn balancer run");
         let mut daemon = Daemon {
@@ -192,6 +205,24 @@ impl Daemon {
     /// SIGTERM and wait; the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()
+    }
+
+    /// SIGTERM and wait; the exit status and everything it wrote to a
+    /// piped stderr.
+    pub fn stop_logs(mut self) -> (std::process::ExitStatus, String) {
+        let stderr = self
+            .child
+            .stderr
+            .take()
+            .expect("started with a piped stderr");
+        // Read while it stops, so a full pipe cannot block its last lines.
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut { stderr }, &mut text).expect("read stderr");
+            text
+        });
+        let status = self.terminate();
+        (status, reader.join().unwrap())
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {

@@ -9,6 +9,7 @@
 
 pub mod bpffs;
 pub mod daemon;
+pub mod deploy;
 pub mod http;
 pub mod netns;
 pub mod packet;

@@ -18,6 +18,7 @@ use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts, ask,
     bpffs::TempBpffs,
     daemon::{Daemon, attached, backends_toml, cli, cli_ok, config_head, status},
+    deploy,
     http::{self, metric, metric_sum},
     require_root,
     servers::Server,
@@ -245,6 +246,34 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     }
     let detection = killed.elapsed();
     println!("detection: {victim} down on /metrics after {detection:?} (bound {limit:?})");
+    // The change is stamped, and the status says why it went down.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let changed = metric(
+        &rig.metrics(),
+        "balancer_backend_last_change_seconds",
+        &labels,
+    )
+    .expect("last change of the victim");
+    assert!(
+        (now - detection.as_secs_f64() - 2.0..=now + 1.0).contains(&changed),
+        "last change {changed}, now {now}, down after {detection:?}"
+    );
+    let down = rig.status();
+    let down = backend_state(&down, &victim_addr).unwrap();
+    assert_eq!(
+        down.down_reason.as_deref(),
+        Some("connection refused"),
+        "{down:?}"
+    );
+    let (code, page) = http::get(rig.topo.gw(), METRICS.parse().unwrap(), "/").expect("GET /");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("DOWN<div class=\"why\">connection refused</div>"),
+        "{page}"
+    );
     let failed = metric(
         &rig.metrics(),
         "balancer_health_checks_total",
@@ -277,6 +306,12 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     );
     println!(
         "recovery: {victim} up again {back:?} after its server restarted (rise {RISE} × {INTERVAL:?})"
+    );
+    let up = rig.status();
+    let up = backend_state(&up, &victim_addr).unwrap();
+    assert!(
+        up.down_reason.is_none() && up.last_change as f64 >= changed,
+        "{up:?}"
     );
     assert!(
         restarted.elapsed() >= INTERVAL * (RISE - 1),
@@ -682,7 +717,11 @@ fn prometheus_scrapes_the_metrics() {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: balancer\n    static_configs:\n      - targets: ['{METRICS}']\n",
+            deploy::alert_rules().display()
+        ),
     )
     .unwrap();
     let prom = rig.topo.gw().spawn(
@@ -735,7 +774,81 @@ fn prometheus_scrapes_the_metrics() {
         "prometheus: scraped 3 per-backend series after {:?}",
         start.elapsed()
     );
+
+    // It loaded deploy/prometheus/alerts.yml and evaluates every rule
+    // against the live series without error; with every backend up, none
+    // fires. The rules use only exported metrics (the cluster's once it
+    // exists).
+    let rules = loop {
+        let (code, body) =
+            http::get(rig.topo.gw(), api, "/api/v1/rules").expect("GET /api/v1/rules");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rules: Vec<serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if !rules.is_empty()
+            && rules
+                .iter()
+                .all(|r| r["lastEvaluation"] != "0001-01-01T00:00:00Z")
+        {
+            break rules;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "Prometheus has not evaluated the rules: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, deploy::alert_names(), "the rules Prometheus loaded");
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "rule {} evaluates: {r}", r["name"]);
+        assert_eq!(r["state"], "inactive", "rule {} fires: {r}", r["name"]);
+        for name in deploy::metric_names(r["query"].as_str().unwrap()) {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")) || name.starts_with("balancer_cluster_"),
+                "rule {} uses {name}, which is not exported",
+                r["name"]
+            );
+        }
+    }
+    // Every dashboard query evaluates, and those over gauges (no rate over
+    // a range that may hold one sample yet) return series.
+    for q in deploy::dashboard_queries() {
+        let path = format!("/api/v1/query?query={}", percent_encode(&q));
+        let (code, body) = http::get(rig.topo.gw(), api, &path).expect("GET /api/v1/query");
+        assert_eq!(code, 200, "dashboard query {q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{q}: {body}");
+        if !q.contains("rate(") {
+            assert!(
+                !v["data"]["result"].as_array().unwrap().is_empty(),
+                "dashboard query {q} returns nothing from a live daemon"
+            );
+        }
+    }
+    println!(
+        "prometheus: {} alert rules loaded, evaluated (health ok) and quiet; the dashboard's queries evaluate",
+        rules.len()
+    );
     drop(prom);
+}
+
+/// `q` for a URL's query string: everything but unreserved characters
+/// percent-encoded.
+fn percent_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 struct KillOnDrop(std::process::Child, PathBuf);

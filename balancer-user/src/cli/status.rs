@@ -164,6 +164,7 @@ mod tests {
             drops: vec![("malformed".to_owned(), 0), ("no_backend".to_owned(), 7)],
             events: vec![],
             generated_at: 1_700_000_000,
+            ..Snapshot::default()
         }
     }
 

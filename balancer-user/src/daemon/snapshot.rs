@@ -11,6 +11,7 @@ use crate::{
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
+    version,
 };
 
 impl Daemon {
@@ -61,9 +62,10 @@ impl Daemon {
             tables: self.dataplane.tables().into(),
             drops,
             events,
-            generated_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            generated_at: unix_seconds(SystemTime::now()),
+            started_at: unix_seconds(self.started),
+            version: version::VERSION.to_owned(),
+            git: version::GIT.to_owned(),
         }
     }
 
@@ -78,6 +80,17 @@ impl Daemon {
             BackendStats::default()
         });
         let health = self.checks.get(&b.id).map(|h| h.stats());
+        // A backend a change did not record (none should be) counts from
+        // the start.
+        let change = self.changes.get(&b.id);
+        let last = health.as_ref().and_then(|h| h.last_result());
+        // A backend found down at start has no transition to tell: its
+        // latest failed check says why it stays down.
+        let down_reason = change.and_then(|c| c.down_reason.clone()).or_else(|| {
+            last.as_ref()
+                .filter(|r| !r.success)
+                .map(|r| r.reason.clone())
+        });
         BackendSnapshot {
             address: b.address.to_string(),
             weight: b.weight,
@@ -91,9 +104,15 @@ impl Daemon {
             bytes_out: stats.bytes_out,
             health_passed: health.as_ref().map_or(0, |h| h.passed()),
             health_failed: health.as_ref().map_or(0, |h| h.failed()),
-            last_check: health.and_then(|h| h.last_result()).map(|r| describe(&r)),
+            last_check: last.as_ref().map(describe),
+            last_change: unix_seconds(change.map_or(self.started, |c| c.at)),
+            down_reason: down_reason.filter(|_| !b.up),
         }
     }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `"ok (200) 3 ms, 2s ago"`.
