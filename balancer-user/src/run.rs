@@ -178,14 +178,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             _ = hup.recv() => {
-                // As `balancer reload`; it logs what it changed. Not awaited:
-                // the control socket and health checks carry on meanwhile.
+                // As `balancer reload`; it logs what it changed or why it
+                // refused. Not awaited: the control socket and health checks
+                // carry on meanwhile.
+                info!("SIGHUP: reloading {}", config_path.display());
                 let daemon = Arc::clone(&daemon);
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = lock(&daemon).reload_from_file() {
-                        tracing::error!("SIGHUP: {e:#}");
-                    }
-                });
+                tokio::task::spawn_blocking(move || lock(&daemon).reload_from_file());
             }
             _ = detached.notified() => {
                 notify::stopping();

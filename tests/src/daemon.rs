@@ -108,6 +108,17 @@ impl Daemon {
     /// Write `config` to a temp file and start the daemon in `ns`; returns
     /// once every link in `ready_pins` (names under `pin_dir`) is pinned.
     pub fn start(ns: &NetNs, config: &str, pin_dir: &Path, ready_pins: &[&str]) -> Daemon {
+        Self::start_with_env(ns, config, pin_dir, ready_pins, &[])
+    }
+
+    /// [`Daemon::start`] with `env` added to the daemon's environment.
+    pub fn start_with_env(
+        ns: &NetNs,
+        config: &str,
+        pin_dir: &Path,
+        ready_pins: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let path =
             std::env::temp_dir().join(format!("lbt-config-{}.toml", crate::netns::random_suffix()));
         std::fs::write(&path, config).expect("write config");
@@ -117,6 +128,7 @@ impl Daemon {
                 bin.to_str().unwrap(),
                 ["run", "--config", path.to_str().unwrap()],
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
@@ -141,6 +153,22 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The config file the daemon was started with (`balancer reload` and
+    /// SIGHUP read it again).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Send `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Has the daemon exited?
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// Wait until the daemon answers `balancer status` on `socket`: it has

@@ -54,6 +54,9 @@ impl Daemon {
             .context("reload refused")
             .and_then(|next| self.reload(next));
         notify::ready();
+        if let Err(e) = &result {
+            tracing::error!("{e:#}");
+        }
         result
     }
 
