@@ -26,3 +26,15 @@ pub fn render(changes: &[String]) -> String {
     }
     changes.iter().map(|c| format!("{c}\n")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_one_per_line_or_a_line_saying_none() {
+        assert_eq!(render(&[]), "reloaded: no changes\n");
+        let changes = ["- backend web 198.18.1.11:3000".to_owned()];
+        assert_eq!(render(&changes), "- backend web 198.18.1.11:3000\n");
+    }
+}
