@@ -18,6 +18,9 @@
 //!   config's own backends last until the next start, as in HAProxy);
 //! - pinned services and backends the config dropped are removed.
 //!
+//! A live reload plans the same way from the maps as they are then, so a
+//! reload and a restart with the same file give the same result.
+//!
 //! Pure: the kernel maps come in as [`Pinned`], the result is a [`Plan`].
 
 use std::collections::{BTreeSet, HashMap};

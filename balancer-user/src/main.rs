@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::{
     cli::{
-        self, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs,
-        status::StatusArgs,
+        self, backend::BackendArgs, check::CheckArgs, detach::DetachArgs, flows::FlowsArgs,
+        lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
     },
     logging::{self, LogFormat},
     version,
@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, value_name = "LEVEL", value_parser = logging::parse_level)]
         log_level: Option<String>,
     },
+    /// Check a config as `run` would (interfaces, pin dir, binds) without
+    /// changing anything; `--diff`: what a reload with it would change.
+    Check(CheckArgs),
+    /// Make the daemon read its config file again and apply it (as SIGHUP
+    /// does); prints what changed.
+    Reload(ReloadArgs),
     /// Services, backends, their states and counts.
     Status(StatusArgs),
     /// Add, remove, drain, undrain or reweigh a backend of a service.
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
         Command::Run { config, .. } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(balancer_user::run::run(&config))),
+        Command::Check(args) => cli::check::run(&args),
+        Command::Reload(args) => cli::reload::run(&args),
         Command::Status(args) => cli::status::run(&args),
         Command::Backend(args) => cli::backend::run(&args),
         Command::Lookup(args) => cli::lookup::run(&args),

@@ -108,18 +108,31 @@ impl Daemon {
     /// Write `config` to a temp file and start the daemon in `ns`; returns
     /// once every link in `ready_pins` (names under `pin_dir`) is pinned.
     pub fn start(ns: &NetNs, config: &str, pin_dir: &Path, ready_pins: &[&str]) -> Daemon {
-        Self::start_with(ns, config, pin_dir, ready_pins, &[], Stdio::inherit())
+        Self::start_with(ns, config, pin_dir, ready_pins, &[], &[], Stdio::inherit())
     }
 
-    /// [`start`](Self::start) with more `balancer run` arguments, and its
-    /// stderr (the logs) going to `stderr`; [`stop_logs`](Self::stop_logs)
-    /// reads them when it is [`Stdio::piped`].
+    /// [`Daemon::start`] with `env` added to the daemon's environment.
+    pub fn start_with_env(
+        ns: &NetNs,
+        config: &str,
+        pin_dir: &Path,
+        ready_pins: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Self::start_with(ns, config, pin_dir, ready_pins, &[], env, Stdio::inherit())
+    }
+
+    /// [`start`](Self::start) with more `balancer run` arguments, `env`
+    /// added to its environment, and its stderr (the logs) going to
+    /// `stderr`; [`stop_logs`](Self::stop_logs) reads them when it is
+    /// [`Stdio::piped`].
     pub fn start_with(
         ns: &NetNs,
         config: &str,
         pin_dir: &Path,
         ready_pins: &[&str],
         args: &[&str],
+        env: &[(&str, &str)],
         stderr: Stdio,
     ) -> Daemon {
         let path =
@@ -130,6 +143,7 @@ impl Daemon {
         all.extend_from_slice(args);
         let child = ns
             .command(bin.to_str().unwrap(), all)
+            .envs(env.iter().copied())
             .stdout(Stdio::inherit())
             .stderr(stderr)
             .spawn()
@@ -159,6 +173,22 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The config file the daemon was started with (`balancer reload` and
+    /// SIGHUP read it again).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Send `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Has the daemon exited?
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// Wait until the daemon answers `balancer status` on `socket`: it has

@@ -86,6 +86,7 @@ fn log_format_json_writes_one_object_per_line_at_the_chosen_level() {
             &bpffs.pin_dir(),
             &[],
             args,
+            &[],
             Stdio::piped(),
         );
         d.wait_serving(topo.gw(), &bpffs.control_socket());

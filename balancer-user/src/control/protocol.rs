@@ -47,6 +47,11 @@ pub enum Request {
     },
     /// Detach the programs, remove the balancer's pins, and stop the daemon.
     Detach,
+    /// Read the daemon's config file again and apply it (as SIGHUP does).
+    Reload,
+    /// What `Reload` with the config text `config` would change; changes
+    /// nothing.
+    ReloadDiff { config: String },
 }
 
 impl Request {
@@ -84,6 +89,11 @@ pub enum Reply {
         /// Entries in the pin dir that are not the balancer's, left there.
         #[serde(default)]
         foreign_left: usize,
+    },
+    /// What a reload changed (`applied`) or would change, one line each.
+    Changes {
+        changes: Vec<String>,
+        applied: bool,
     },
 }
 

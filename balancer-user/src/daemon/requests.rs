@@ -72,6 +72,14 @@ impl Daemon {
                     foreign_left: removed.foreign_left,
                 }
             }
+            Request::Reload => Reply::Changes {
+                changes: self.reload_from_file()?,
+                applied: true,
+            },
+            Request::ReloadDiff { config } => Reply::Changes {
+                changes: self.reload_diff(&config)?,
+                applied: false,
+            },
         })
     }
 
