@@ -3,10 +3,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::cli::{
-    self, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs,
-    status::StatusArgs,
+    self, assets::AssetsArgs, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs,
+    lookup::LookupArgs, status::StatusArgs,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "balancer", version, about = "XDP sticky-session load balancer")]
@@ -34,6 +34,9 @@ enum Command {
     /// Remove the programs and every pin (the data plane stops balancing);
     /// the daemon, if one is running, does it and stops.
     Detach(DetachArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Assets(AssetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Lookup(args) => cli::lookup::run(&args),
         Command::Flows(args) => cli::flows::run(&args),
         Command::Detach(args) => cli::detach::run(&args),
+        Command::Assets(args) => cli::assets::run(Cli::command(), &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

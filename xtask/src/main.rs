@@ -8,6 +8,7 @@ mod build;
 mod cmd;
 mod demo;
 mod npm;
+mod package;
 mod suites;
 mod test;
 mod vm;
@@ -44,6 +45,10 @@ enum Command {
     /// floor, end to end against nftables, HAProxy and nginx, Maglev at scale
     /// (needs root; writes bench/results/).
     Bench(bench::Options),
+    /// The Debian package (installs cargo-deb when missing): the binary, the
+    /// systemd unit, /etc/balancer/balancer.toml, the man pages and the
+    /// shell completions; prints the .deb's path.
+    Package,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(&opts),
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package => package::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
