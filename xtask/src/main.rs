@@ -34,9 +34,10 @@ enum Command {
     /// the kernel object and the `balancer` binary.
     Build(build::Options),
     /// Installs what is missing (Debian packages, Node.js, the Socket.IO
-    /// suite's npm packages, bpf-linker), then unit tests, BPF_PROG_TEST_RUN
-    /// tests and network-namespace tests (needs root); with --vm, the
-    /// integration suite in QEMU on Debian kernels.
+    /// suite's npm packages, bpf-linker, cargo-deb), then unit tests,
+    /// BPF_PROG_TEST_RUN tests, network-namespace tests and the Debian
+    /// package's install test (needs root); with --vm, the integration suite
+    /// in QEMU on Debian kernels.
     Test(test::Options),
     /// A throwaway netns topology (clients, gateway, three backends) with the
     /// balancer and client traffic, until Ctrl-C; then removes it all.
