@@ -23,6 +23,7 @@ use balancer_common::{
     maps,
     types::{Affinity, AffinityKey, Flow, FlowKey, PROTO_TCP, TCP_BACKEND_ANSWERED, tcp_closed},
 };
+use tokio::sync::watch;
 
 use crate::mapscan;
 
@@ -146,16 +147,16 @@ impl FlowTables {
 /// Recount into `shared` for as long as the task runs: every second, or
 /// ten times as long as a count takes when the tables are huge, so counting
 /// never takes more than a tenth of a CPU. `affinity_timeout_ns` is by
-/// service id (services come from the config, so it does not change).
+/// service id, as it is at each count (a reload may change it).
 pub async fn run(
     tables: Arc<FlowTables>,
     shared: SharedCounts,
-    affinity_timeout_ns: HashMap<u32, u64>,
+    affinity_timeout_ns: watch::Receiver<HashMap<u32, u64>>,
 ) {
-    let timeouts = Arc::new(affinity_timeout_ns);
     loop {
-        let (tables2, timeouts2) = (Arc::clone(&tables), Arc::clone(&timeouts));
-        let result = tokio::task::spawn_blocking(move || tables2.count(&timeouts2)).await;
+        let tables2 = Arc::clone(&tables);
+        let timeouts = affinity_timeout_ns.borrow().clone();
+        let result = tokio::task::spawn_blocking(move || tables2.count(&timeouts)).await;
         let period = match result {
             Ok(Ok(counts)) => {
                 let period = (counts.took * 10).max(MIN_PERIOD);

@@ -5,10 +5,12 @@
 
 pub mod assets;
 pub mod backend;
+pub mod check;
 pub mod detach;
 pub mod flows;
 pub mod format;
 pub mod lookup;
+pub mod reload;
 pub mod status;
 
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ fn unexpected(what: &str, reply: &Reply) -> anyhow::Error {
         Reply::Lookup(_) => "lookup",
         Reply::Flows(_) => "flows",
         Reply::Detached { .. } => "detached",
+        Reply::Changes { .. } => "changes",
     };
     anyhow::anyhow!("the daemon answered {what} with an unexpected `{kind}` reply")
 }

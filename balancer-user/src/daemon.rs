@@ -6,18 +6,19 @@
 //! succeeded replaces the daemon's view, so a refused or failed change
 //! leaves `status` as it was.
 
+mod reload;
 mod requests;
 mod snapshot;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{mpsc::UnboundedSender, watch};
 use tracing::info;
 
 use crate::{
     accounting::{FlowTables, SharedCounts},
-    config::{BackendConfig, HealthCheckKind},
+    config::{BackendConfig, Config, HealthCheckKind},
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
     ids::BackendIds,
@@ -33,6 +34,17 @@ pub struct Daemon {
     health_events: UnboundedSender<HealthEvent>,
     counts: SharedCounts,
     tables: Arc<FlowTables>,
+    /// The file `reload` reads again and the config running now.
+    source: ConfigSource,
+    /// Affinity timeouts by service id, for the counting task; sent again
+    /// when a reload changes them.
+    timeouts: watch::Sender<HashMap<u32, u64>>,
+}
+
+/// The config a daemon was started with, and where it came from.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub config: Config,
 }
 
 impl Daemon {
@@ -45,6 +57,7 @@ impl Daemon {
         health_events: UnboundedSender<HealthEvent>,
         counts: SharedCounts,
         tables: Arc<FlowTables>,
+        source: ConfigSource,
     ) -> Self {
         let mut daemon = Daemon {
             dataplane,
@@ -54,7 +67,10 @@ impl Daemon {
             health_events,
             counts,
             tables,
+            source,
+            timeouts: watch::Sender::new(HashMap::new()),
         };
+        daemon.timeouts.send_replace(daemon.affinity_timeouts());
         let all: Vec<(usize, BackendState)> = daemon
             .services
             .iter()
@@ -71,8 +87,13 @@ impl Daemon {
         &self.services
     }
 
-    /// Affinity timeouts by service id, for counting fresh entries.
-    pub fn affinity_timeouts(&self) -> HashMap<u32, u64> {
+    /// Affinity timeouts by service id, for counting fresh entries; the
+    /// receiver sees them change with a reload.
+    pub fn watch_affinity_timeouts(&self) -> watch::Receiver<HashMap<u32, u64>> {
+        self.timeouts.subscribe()
+    }
+
+    fn affinity_timeouts(&self) -> HashMap<u32, u64> {
         self.services
             .iter()
             .map(|s| {

@@ -3,8 +3,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::cli::{
-    self, assets::AssetsArgs, backend::BackendArgs, detach::DetachArgs, flows::FlowsArgs,
-    lookup::LookupArgs, status::StatusArgs,
+    self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, detach::DetachArgs,
+    flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
 };
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -23,6 +23,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a config as `run` would (interfaces, pin dir, binds) without
+    /// changing anything; `--diff`: what a reload with it would change.
+    Check(CheckArgs),
+    /// Make the daemon read its config file again and apply it (as SIGHUP
+    /// does); prints what changed.
+    Reload(ReloadArgs),
     /// Services, backends, their states and counts.
     Status(StatusArgs),
     /// Add, remove, drain or undrain a backend of a service.
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
         Command::Run { config } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(balancer_user::run::run(&config))),
+        Command::Check(args) => cli::check::run(&args),
+        Command::Reload(args) => cli::reload::run(&args),
         Command::Status(args) => cli::status::run(&args),
         Command::Backend(args) => cli::backend::run(&args),
         Command::Lookup(args) => cli::lookup::run(&args),

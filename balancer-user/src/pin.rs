@@ -29,6 +29,15 @@ fn on_bpffs(path: &Path) -> io::Result<bool> {
 /// mounts) would lose the pins, and with them every flow, when the daemon
 /// stops: refuse with one clear line instead.
 pub fn prepare(pin_dir: &Path) -> anyhow::Result<PathBuf> {
+    check(pin_dir)?;
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("bpf.pin_dir: cannot create {}", pin_dir.display()))?;
+    Ok(pin_dir.to_path_buf())
+}
+
+/// `Err` unless `pin_dir` is, or would be created, on a bpffs; creates
+/// nothing (`balancer check`).
+pub fn check(pin_dir: &Path) -> anyhow::Result<()> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
     let on_fs = if pin_dir.exists() { pin_dir } else { parent };
     match on_bpffs(on_fs) {
@@ -40,9 +49,7 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<PathBuf> {
         ),
         Err(e) => bail!("bpf.pin_dir: cannot check {}: {e}", on_fs.display()),
     }
-    fs::create_dir_all(pin_dir)
-        .with_context(|| format!("bpf.pin_dir: cannot create {}", pin_dir.display()))?;
-    Ok(pin_dir.to_path_buf())
+    Ok(())
 }
 
 /// The pin of the XDP link on interface `ifname`.

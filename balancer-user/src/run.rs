@@ -20,14 +20,14 @@ use crate::{
     adopt,
     config::{Config, tables::TablesMemory},
     control,
-    daemon::Daemon,
+    daemon::{ConfigSource, Daemon},
     dataplane::{DataPlane, Interface},
-    metrics, netif, pin, state,
+    metrics, netif, notify, pin, state,
 };
 
 /// The interfaces the config names, resolved; one entry when clients and
 /// backends share an interface (one-arm).
-fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
+pub fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
     let clients = &config.interfaces.clients;
     let backends = &config.interfaces.backends;
     let mut list = vec![Interface {
@@ -112,6 +112,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let tables = Arc::new(FlowTables::open(&pin_dir)?);
     let counts = SharedCounts::default();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let source = ConfigSource {
+        path: config_path.to_owned(),
+        config,
+    };
     let daemon = Daemon::new(
         dataplane,
         plan.services,
@@ -119,8 +123,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         health_tx,
         Arc::clone(&counts),
         Arc::clone(&tables),
+        source,
     );
-    let timeouts = daemon.affinity_timeouts();
+    let timeouts = daemon.watch_affinity_timeouts();
     let daemon = Arc::new(Mutex::new(daemon));
 
     let health = {
@@ -147,21 +152,50 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::new(move |request| lock(&daemon).handle(request))
     };
     let detached = Arc::new(Notify::new());
+    let tasks = {
+        let detached = Arc::clone(&detached);
+        async move {
+            tokio::select! {
+                () = health => {},
+                () = accounting::run(tables, counts, timeouts) => {},
+                served = metrics::serve(metrics_listener, source) => served?,
+                () = control::server::serve(control_socket, handler, detached) => {},
+                () = notify::watchdog() => {},
+            }
+            anyhow::Ok(())
+        }
+    };
+    tokio::pin!(tasks);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-        _ = detached.notified() => {
-            info!("detached on request: programs and pins removed");
-            return Ok(());
+    let mut hup = signal(SignalKind::hangup())?;
+    // Attached, and the control socket is bound: its requests queue until
+    // the loop below polls the server, which is the next thing that runs.
+    notify::ready();
+    let ended = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            _ = hup.recv() => {
+                // As `balancer reload`; it logs what it changed. Not awaited:
+                // the control socket and health checks carry on meanwhile.
+                let daemon = Arc::clone(&daemon);
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = lock(&daemon).reload_from_file() {
+                        tracing::error!("SIGHUP: {e:#}");
+                    }
+                });
+            }
+            _ = detached.notified() => {
+                notify::stopping();
+                info!("detached on request: programs and pins removed");
+                return Ok(());
+            }
+            ended = &mut tasks => break ended,
         }
-        () = health => {},
-        () = accounting::run(tables, counts, timeouts) => {},
-        served = metrics::serve(metrics_listener, source) => served?,
-        () = control::server::serve(control_socket, handler, Arc::clone(&detached)) => {},
-    }
+    };
+    notify::stopping();
     info!(pin_dir = %pin_dir.display(), "stopping; the data plane stays attached and pinned (`balancer detach` removes it)");
-    Ok(())
+    ended
 }

@@ -1,12 +1,13 @@
 //! The Debian package of `cargo xtask package`, installed as an operator
 //! would: `dpkg -i`, every file where it belongs and working, the unit
-//! accepted by `systemd-analyze verify`, then `dpkg --purge` leaves nothing
+//! accepted by `systemd-analyze verify`, `balancer check` passing the
+//! installed example config, then `dpkg --purge` leaves nothing
 //! behind. Ignored by default: it needs root, dpkg and the .deb, which
 //! `cargo xtask test` builds and passes in `BALANCER_DEB`.
 
 use std::{path::Path, process::Command};
 
-use balancer_tests::netns::require_root;
+use balancer_tests::netns::{NetNs, require_root};
 
 const PACKAGE: &str = "balancer";
 const CONFIG: &str = "/etc/balancer/balancer.toml";
@@ -84,10 +85,35 @@ fn the_deb_installs_works_and_purges_cleanly() {
         "systemd-analyze verify {UNIT}: {complaints}"
     );
 
-    // `balancer check` does not exist yet: the installed binary's help must
-    // list the commands the unit runs.
-    let help = run("/usr/bin/balancer", &["--help"]);
-    assert!(help.contains("run"), "balancer --help: {help}");
+    // `balancer check` on the installed example, where what it names
+    // exists: a namespace with its interfaces (eth0, eth1) as a veth pair,
+    // and a bpffs on /sys/fs/bpf inside the mount namespace of this
+    // `ip netns exec` only (the host's may not be mounted, and stays as it is).
+    let ns = NetNs::new("pkg");
+    ns.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    let check =
+        format!("mount -t bpf bpf /sys/fs/bpf && exec /usr/bin/balancer check --config {CONFIG}");
+    let ok = ns.command("sh", ["-c", &check]).output().expect("run sh");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && stdout == format!("OK: {CONFIG}: 1 services, 3 backends\n"),
+        "balancer check on the installed example ({}): {stdout}{}",
+        ok.status,
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // And it can fail: without eth1, one line naming the key.
+    ns.ip(["link", "set", "eth1", "name", "eth9"]);
+    let bad = ns.command("sh", ["-c", &check]).output().expect("run sh");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && stderr
+                == "balancer: interfaces.backends: no interface named \"eth1\" in this network namespace\n",
+        "balancer check without eth1 ({}): {stderr}",
+        bad.status
+    );
 
     drop(purge);
     assert!(

@@ -41,6 +41,11 @@ pub enum Request {
     },
     /// Detach the programs, remove every pin, and stop the daemon.
     Detach,
+    /// Read the daemon's config file again and apply it (as SIGHUP does).
+    Reload,
+    /// What `Reload` with the config text `config` would change; changes
+    /// nothing.
+    ReloadDiff { config: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +69,11 @@ pub enum Reply {
     /// The daemon detached everything and is exiting.
     Detached {
         pins_removed: usize,
+    },
+    /// What a reload changed (`applied`) or would change, one line each.
+    Changes {
+        changes: Vec<String>,
+        applied: bool,
     },
 }
 

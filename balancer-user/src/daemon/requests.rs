@@ -63,6 +63,14 @@ impl Daemon {
             Request::Detach => Reply::Detached {
                 pins_removed: self.detach()?,
             },
+            Request::Reload => Reply::Changes {
+                changes: self.reload_from_file()?,
+                applied: true,
+            },
+            Request::ReloadDiff { config } => Reply::Changes {
+                changes: self.reload_diff(&config)?,
+                applied: false,
+            },
         })
     }
 
