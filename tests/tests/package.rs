@@ -5,7 +5,12 @@
 //! behind. Ignored by default: it needs root, dpkg and the .deb, which
 //! `cargo xtask test` builds and passes in `BALANCER_DEB`.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use balancer_tests::netns::{NetNs, require_root};
 
@@ -16,6 +21,8 @@ const MAN: &str = "/usr/share/man/man1/balancer.1.gz";
 const BASH: &str = "/usr/share/bash-completion/completions/balancer";
 const ZSH: &str = "/usr/share/zsh/vendor-completions/_balancer";
 const FISH: &str = "/usr/share/fish/vendor_completions.d/balancer.fish";
+/// How long to wait for another tool's dpkg lock.
+const DPKG_LOCK_WAIT: Duration = Duration::from_secs(300);
 /// Every file the package must install (and purge).
 const FILES: &[&str] = &["/usr/bin/balancer", UNIT, CONFIG, MAN, BASH, ZSH, FISH];
 
@@ -38,7 +45,7 @@ fn the_deb_installs_works_and_purges_cleanly() {
     }
 
     let purge = Purge;
-    run("dpkg", &["-i", &deb]);
+    dpkg(&["-i", &deb]);
     assert!(
         installed(),
         "dpkg -i succeeded but {PACKAGE} is not installed"
@@ -135,13 +142,32 @@ struct Purge;
 
 impl Drop for Purge {
     fn drop(&mut self) {
-        let status = Command::new("dpkg").args(["--purge", PACKAGE]).status();
-        if !std::thread::panicking() {
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "dpkg --purge {PACKAGE} failed"
-            );
+        if std::thread::panicking() {
+            // Best effort, without a second panic that would abort.
+            let _ = Command::new("dpkg").args(["--purge", PACKAGE]).status();
+        } else {
+            dpkg(&["--purge", PACKAGE]);
         }
+    }
+}
+
+/// `dpkg ARGS`, checked. dpkg refuses to start while another package tool
+/// holds its lock (apt run by a neighbouring task on this machine) and has
+/// no option to wait, so wait here, for a bounded time.
+fn dpkg(args: &[&str]) {
+    let deadline = Instant::now() + DPKG_LOCK_WAIT;
+    loop {
+        let out = Command::new("dpkg").args(args).output().expect("run dpkg");
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("lock") && Instant::now() < deadline,
+            "dpkg {args:?} failed ({}): {stderr}",
+            out.status
+        );
+        thread::sleep(Duration::from_secs(1));
     }
 }
 
