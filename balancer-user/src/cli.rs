@@ -3,6 +3,7 @@
 //! of the answer that the unit tests check. [`format`] holds what they share
 //! (durations, byte counts, tables, printing).
 
+pub mod assets;
 pub mod backend;
 pub mod check;
 pub mod detach;

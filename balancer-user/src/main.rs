@@ -4,13 +4,13 @@ use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::{
     cli::{
-        self, backend::BackendArgs, check::CheckArgs, detach::DetachArgs, flows::FlowsArgs,
-        lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
+        self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, detach::DetachArgs,
+        flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
     },
     logging::{self, LogFormat},
     version,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,9 @@ enum Command {
     /// Remove the programs and the balancer's pins (the data plane stops balancing);
     /// the daemon, if one is running, does it and stops.
     Detach(DetachArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Assets(AssetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Lookup(args) => cli::lookup::run(&args),
         Command::Flows(args) => cli::flows::run(&args),
         Command::Detach(args) => cli::detach::run(&args),
+        Command::Assets(args) => cli::assets::run(Cli::command(), &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,8 +13,9 @@ use std::{
 use anyhow::{Result, bail, ensure};
 
 /// What the network-namespace suites and the demo run: `ip` and `tc`,
-/// `ethtool` (veth offloads), `bpftool`, `nft`, `ping`, and `promtool` and
-/// `prometheus` (the metrics tests check and scrape `/metrics`).
+/// `ethtool` (veth offloads), `bpftool`, `nft`, `ping`, `promtool` and
+/// `prometheus` (the metrics tests check and scrape `/metrics`), and
+/// `systemd-analyze` (the package test verifies the installed unit).
 pub const SUITES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -22,6 +23,7 @@ pub const SUITES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "prometheus",
+    "systemd",
 ];
 
 /// Installs the packages of `packages` that dpkg does not list as installed;

@@ -8,6 +8,7 @@ mod build;
 mod cmd;
 mod demo;
 mod npm;
+mod package;
 mod suites;
 mod test;
 mod vm;
@@ -33,9 +34,10 @@ enum Command {
     /// the kernel object and the `balancer` binary.
     Build(build::Options),
     /// Installs what is missing (Debian packages, Node.js, the Socket.IO
-    /// suite's npm packages, bpf-linker), then unit tests, BPF_PROG_TEST_RUN
-    /// tests and network-namespace tests (needs root); with --vm, the
-    /// integration suite in QEMU on Debian kernels.
+    /// suite's npm packages, bpf-linker, cargo-deb), then unit tests,
+    /// BPF_PROG_TEST_RUN tests, network-namespace tests and the Debian
+    /// package's install test (needs root); with --vm, the integration suite
+    /// in QEMU on Debian kernels.
     Test(test::Options),
     /// A throwaway netns topology (clients, gateway, three backends) with the
     /// balancer and client traffic, until Ctrl-C; then removes it all.
@@ -44,6 +46,10 @@ enum Command {
     /// floor, end to end against nftables, HAProxy and nginx, Maglev at scale
     /// (needs root; writes bench/results/).
     Bench(bench::Options),
+    /// The Debian package (installs cargo-deb when missing): the binary, the
+    /// systemd unit, /etc/balancer/balancer.toml, the man pages and the
+    /// shell completions; prints the .deb's path.
+    Package,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(&opts),
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package => package::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

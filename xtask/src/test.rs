@@ -7,7 +7,7 @@ use anyhow::{Result, ensure};
 use crate::{
     apt, bootstrap,
     build::{self, Profile, USER_PACKAGE},
-    cmd, npm,
+    cmd, npm, package,
     suites::{TC_SUITES, TESTS_PACKAGE},
     vm,
 };
@@ -16,7 +16,7 @@ use crate::{
 /// benchmarks themselves never run here.
 const BENCH_PACKAGE: &str = "balancer-bench";
 const COMMON_PACKAGE: &str = "balancer-common";
-const STEPS: usize = 5;
+const STEPS: usize = 6;
 /// Why [`apt::SUITES`] are installed.
 const WHY: &str = "the test suites need them";
 
@@ -106,6 +106,26 @@ pub fn run(opts: &Options) -> Result<()> {
             .args(&opts.args)
             .env("BALANCER_BIN", &bin)
             .env("BALANCER_TEST_MODE", "tc"),
+    )?;
+
+    step(
+        6,
+        "the Debian package: installed with dpkg, checked, purged (balancer-tests, package)",
+    );
+    let deb = package::build_deb(&bin)?;
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                TESTS_PACKAGE,
+                "--test",
+                "package",
+            ])
+            // The test is ignored by default: it installs a package on the host.
+            .args(["--", "--ignored"])
+            .env("BALANCER_DEB", &deb),
     )?;
 
     eprintln!("==> all {STEPS} test steps passed");
