@@ -68,6 +68,11 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     if !forward::from_next_hop(ctx, pkt.key.family, &pkt.key.src) {
         return Ok(stats::pass(Counter::PassReplyWrongPath));
     }
+    // Its source is a backend port: to the gateway itself it is the answer
+    // to a health check, not a reply.
+    if forward::to_this_host(ctx, pkt.key.family, &pkt.key.dst) {
+        return Ok(stats::pass(Counter::PassNotOurs));
+    }
     rewrite(ctx, pkt, End::Source, &vip.addr, vip.port)?;
     // The FIB's way to the client (no entry holds one), or without a
     // neighbour the way its packets came.

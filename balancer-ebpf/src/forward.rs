@@ -25,7 +25,10 @@ use core::mem::size_of;
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::generated::bpf_fib_lookup,
 };
 use balancer_common::{
@@ -52,6 +55,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
 const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+const FIB_NOT_FWDED: i64 = BPF_FIB_LKUP_RET_NOT_FWDED as i64;
 
 /// A way to a host: out of `ifindex`, from `src_mac` to `dst_mac`.
 #[derive(Clone, Copy)]
@@ -179,13 +183,37 @@ pub fn lookup<C: Frame>(
 /// spoofed (`confirm`).
 #[inline(always)]
 pub fn from_next_hop<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
-    let Some(scratch) = scratch() else {
-        return false;
-    };
     let Some(src_mac) = read_at::<[u8; 6], C>(ctx, 6) else {
         return false;
     };
-    let fib = &mut scratch.fib;
+    let Some(fib) = route_to(ctx, family, addr, FIB_SUCCESS) else {
+        return false;
+    };
+    // Byte by byte: an array comparison can compile to a `bcmp` call.
+    let mut differ = 0;
+    for i in 0..6 {
+        differ |= fib.dmac[i] ^ src_mac[i];
+    }
+    fib.ifindex == ctx.ingress_ifindex() && differ == 0
+}
+
+/// Is `addr` an address of the gateway itself (the FIB does not forward
+/// to it)?
+#[inline(always)]
+pub fn to_this_host<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
+    route_to(ctx, family, addr, FIB_NOT_FWDED).is_some()
+}
+
+/// The FIB's answer for a packet to `addr` arriving where this one did,
+/// if its return code is `want`.
+#[inline(always)]
+fn route_to<C: Frame>(
+    ctx: &C,
+    family: u8,
+    addr: &[u32; 4],
+    want: i64,
+) -> Option<&'static FibParams> {
+    let fib = &mut scratch()?.fib;
     zero(fib);
     fib.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
@@ -196,12 +224,7 @@ pub fn from_next_hop<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
         store_words(unsafe { &mut fib.__bindgen_anon_4.ipv6_dst }, addr);
     }
     let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
-    // Byte by byte: an array comparison can compile to a `bcmp` call.
-    let mut differ = 0;
-    for i in 0..6 {
-        differ |= fib.dmac[i] ^ src_mac[i];
-    }
-    rc == FIB_SUCCESS && fib.ifindex == ctx.ingress_ifindex() && differ == 0
+    (rc == want).then_some(&*fib)
 }
 
 /// Zero `fib` word by word: a struct assignment of zeroes compiles to a

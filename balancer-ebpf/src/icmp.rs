@@ -34,7 +34,7 @@ use crate::{
     confirm::chosen,
     csum::Diff,
     ctx::Frame,
-    forward::{L2Path, forward},
+    forward::{L2Path, forward, to_this_host},
     ip::{End, addr_words, set_addr, ttl_expired},
     lookup::{Reply, reply_flow},
     maps::{BACKENDS, CONNTRACK},
@@ -198,7 +198,8 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
             Ok((vip, _, backend_id))
                 if BACKENDS
                     .get(backend_id)
-                    .is_some_and(|b| b.addr == reversed.src && b.port == reversed.sport) =>
+                    .is_some_and(|b| b.addr == reversed.src && b.port == reversed.sport)
+                    && !to_this_host(ctx, err.family, &reversed.dst) =>
             {
                 (vip, backend_id, learned(&reversed.dst, err.family))
             }

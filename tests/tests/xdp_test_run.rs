@@ -245,6 +245,19 @@ test_both_modes! {
         assert_eq!(table_entries(fx), (1, 1));
     }
 
+    /// A backend port's packet to the gateway itself is the answer to a
+    /// health check, even from the backend that address would be placed on.
+    fn a_backends_answer_to_the_gateway_itself_passes_untouched(fx) {
+        let backend = predicted(fx.service("web"), "198.18.1.254", 40100);
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+            let answer = from_backend(backend, "198.18.1.254", 40100, flags).build();
+            let before = fx.counters();
+            assert_eq!(fx.run_backend_frame(&answer), (Verdict::Pass, answer.clone()));
+            assert_eq!(fx.counters().since(&before), vec![("pass_not_ours", 1)]);
+        }
+        assert_eq!(table_entries(fx), (0, 0));
+    }
+
     fn udp_vip_is_natted_with_and_without_checksum(fx) {
         let frame = Frame::udp("198.18.0.7", 5000, "198.18.0.100", 53).build();
         let (verdict, out) = fx.run_client_frame(&frame);
