@@ -18,7 +18,7 @@ use balancer_common::{
     maps::{self, MAX_BACKENDS},
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
-        FragmentNat, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey, ServiceSlot,
+        FragmentNat, Pending, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -284,6 +284,20 @@ impl DataPlane {
             Ok(flow) => Ok(Some(flow)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading CONNTRACK"),
+        }
+    }
+
+    /// The `PENDING` entry of a client → VIP flow (see
+    /// `balancer_common::maps::PENDING`): the daemon never needs one,
+    /// tests check what the kernel stored.
+    pub fn pending(&self, key: &FlowKey) -> anyhow::Result<Option<Pending>> {
+        let map = self.ebpf.map(maps::PENDING).context("no PENDING map")?;
+        let pending: HashMap<&MapData, FlowKey, Pending> =
+            HashMap::try_from(map).context("opening PENDING")?;
+        match pending.get(key, 0) {
+            Ok(p) => Ok(Some(p)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading PENDING"),
         }
     }
 

@@ -414,27 +414,72 @@ fn config_with_an_alias_of_web() -> String {
 
 /// A reply's VIP is found among those its backend serves: each flow's
 /// replies come from the VIP its client connected to, whichever of the
-/// backend's VIPs that is.
-fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(
-    fx: &balancer_tests::xdp_fixture::Fixture,
-) {
-    for (sport, vip) in [(40040, "198.18.0.100"), (40041, "198.18.0.102")] {
+/// backend's VIPs that is. Both services have ambiguous replies: their
+/// unconfirmed flows are recorded in PENDING, which confirmation clears;
+/// another service's SYN records nothing.
+fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(fx: &Fixture) {
+    use balancer_common::types::Pending;
+    for (sport, vip, name) in [
+        (40040, "198.18.0.100", "web"),
+        (40041, "198.18.0.102", "web-alias"),
+    ] {
         let syn = Frame::tcp("198.18.0.2", sport, vip, 80, TCP_SYN).build();
         let (verdict, out) = fx.run_client_frame(&syn);
         assert_eq!(verdict, Verdict::Forwarded, "{vip}");
         let backend = parse(&out).dst_sock();
-        let reply = from_backend(backend, "198.18.0.2", sport, TCP_SYN | TCP_ACK).build();
-        let (verdict, out) = fx.run_backend_frame(&reply);
-        assert_eq!(verdict, Verdict::Forwarded, "reply of the flow to {vip}");
-        let p = parse(&out);
+        let key = flow_key("198.18.0.2", sport, vip, 80);
+        let service = fx.service(name);
+        let id = service.backend(backend).unwrap().id;
         assert_eq!(
-            (p.src().to_string().as_str(), p.sport()),
-            (vip, 80),
-            "SNAT to the flow's own VIP"
+            fx.dataplane.pending(&key).unwrap(),
+            Some(Pending {
+                backend_id: id,
+                service_id: service.id
+            }),
+            "{vip}"
         );
-        assert_checksums_valid(&out);
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+            let reply = from_backend(backend, "198.18.0.2", sport, flags).build();
+            let (verdict, out) = fx.run_backend_frame(&reply);
+            assert_eq!(verdict, Verdict::Forwarded, "reply of the flow to {vip}");
+            let p = parse(&out);
+            assert_eq!(
+                (p.src().to_string().as_str(), p.sport()),
+                (vip, 80),
+                "SNAT to the flow's own VIP"
+            );
+            assert_checksums_valid(&out);
+        }
+        assert_eq!(
+            fx.dataplane.pending(&key).unwrap(),
+            None,
+            "{vip}: confirmed, no longer pending"
+        );
+        assert_eq!(
+            fx.dataplane.flow(&key).unwrap().map(|f| f.backend_id),
+            Some(id)
+        );
     }
-    assert_eq!(fx.counter(Counter::ForwardToClient), 2);
+    assert_eq!(fx.counter(Counter::ForwardToClient), 4);
+    assert_eq!(fx.counter(Counter::FlowConfirmed), 2);
+    // A service whose backends serve it alone records nothing.
+    let syn = Frame::tcp("198.18.0.2", 40042, "198.18.0.100", 8080, TCP_SYN).build();
+    assert_eq!(fx.run_client_frame(&syn).0, Verdict::Forwarded);
+    assert_eq!(
+        fx.dataplane
+            .pending(&flow_key("198.18.0.2", 40042, "198.18.0.100", 8080))
+            .unwrap(),
+        None
+    );
+    // With no PENDING entry, a reply of an ambiguous backend names no VIP.
+    let backend = predicted(fx.service("web"), "198.18.0.3", 40043);
+    let reply = from_backend(backend, "198.18.0.3", 40043, TCP_ACK).build();
+    let before = fx.counters();
+    assert_eq!(fx.run_backend_frame(&reply), (Verdict::Pass, reply.clone()));
+    assert_eq!(
+        fx.counters().since(&before),
+        vec![("pass_reply_not_chosen", 1)]
+    );
 }
 
 mod a_backend_of_two_services {
