@@ -65,6 +65,14 @@ pub const BACKEND_VIPS: &str = "BACKEND_VIPS";
 /// AFFINITY's.
 pub const PENDING: &str = "PENDING";
 pub const MAX_PENDING: u32 = 1 << 16;
+/// `LruHashMap<FlowKey, u32>`, not pinned: flows a host opened straight
+/// to a backend's address:port, not through a VIP, keyed as its packets
+/// carry them. Their replies carry a backend port's source like a VIP
+/// flow's and would otherwise be translated from config when they have no
+/// conntrack entry; they pass untouched. Written by packets to a backend
+/// port, only when absent.
+pub const DIRECT: &str = "DIRECT";
+pub const MAX_DIRECT: u32 = 1 << 16;
 /// Services one backend address:port may serve (see `BACKEND_VIPS`).
 pub const MAX_VIPS_PER_BACKEND: usize = 4;
 

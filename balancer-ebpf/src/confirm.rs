@@ -19,7 +19,8 @@
 //! came from that backend's next hop (the FIB's interface and MAC for the
 //! backend's address): another host's packets, even from another backend
 //! of the service, and packets that only carry the backend's address as
-//! their source, pass untouched, counted.
+//! their source, pass untouched, counted. So do replies of flows a host
+//! opened straight to a backend's address (`DIRECT`).
 
 use balancer_common::{
     counters::Counter,
@@ -40,10 +41,12 @@ use crate::{
     fragment,
     ip::{End, ttl_expired},
     lookup::client_key,
-    maps::{BACKEND_PORTS, BACKEND_VIPS, BACKENDS, CONNTRACK, PENDING, SERVICE_SLOTS, SERVICES},
+    maps::{
+        BACKEND_PORTS, BACKEND_VIPS, BACKENDS, CONNTRACK, DIRECT, PENDING, SERVICE_SLOTS, SERVICES,
+    },
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_RST, TCP_SYN},
-    scratch::{scratch, store_bytes},
+    scratch::{scratch, store_bytes, store_words},
     stats::{self, Direction},
     tcp_state::tcp_state_bits,
 };
@@ -55,6 +58,9 @@ use crate::{
 pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     if ttl_expired(ctx, L3_OFF, pkt.key.family) {
         return Ok(stats::pass(Counter::PassTtlExpired));
+    }
+    if is_direct(&pkt.key) {
+        return Ok(stats::pass(Counter::PassNotOurs));
     }
     let now = now_ns();
     let (vip, service, backend_id) = match chosen(&pkt.key, now) {
@@ -88,6 +94,32 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     stats::count(Counter::ForwardReplyWithoutFlow);
     stats::count(Counter::ForwardToClient);
     Ok(forward::send(ctx, pkt.key.family, &path))
+}
+
+/// Remember a flow a host opened straight to a backend port (`key`, as
+/// its packets carry it), if it is not remembered yet.
+#[inline(always)]
+pub fn remember_direct(key: &FlowKey) {
+    if unsafe { DIRECT.get(key) }.is_none() {
+        let _ = DIRECT.insert(key, &0, 0);
+    }
+}
+
+/// Does `reply` answer a flow its client opened straight to the backend?
+#[inline(always)]
+fn is_direct(reply: &FlowKey) -> bool {
+    let Some(s) = scratch() else {
+        return false;
+    };
+    let key = &mut s.reply_key;
+    store_words(&mut key.src, &reply.dst);
+    store_words(&mut key.dst, &reply.src);
+    key.sport = reply.dport;
+    key.dport = reply.sport;
+    key.proto = reply.proto;
+    key.family = reply.family;
+    key._pad = [0; 2];
+    unsafe { DIRECT.get(&*key) }.is_some()
 }
 
 /// The VIP and service a reply with no entry answers for, and the backend

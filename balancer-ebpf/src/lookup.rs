@@ -104,6 +104,15 @@ pub fn reply_flow(reply: &FlowKey) -> Reply {
     }
 }
 
+/// Is `key` (a packet's 5-tuple) addressed to a port some backend serves
+/// from? Such a packet that is not for a VIP opens or continues a direct
+/// flow (see `DIRECT`).
+#[inline(always)]
+pub fn to_backend_port(key: &FlowKey) -> bool {
+    let port = u32::from(u16::from_be(key.dport));
+    BACKEND_PORTS.get(port).is_some_and(|&who| who != 0)
+}
+
 /// The conntrack entry of the flow `reply` answers if its client spoke to
 /// `vip`.
 #[inline(always)]

@@ -6,7 +6,7 @@
 //! The shared ones are pinned by name, so a restarted daemon finds the same
 //! flows, affinities and counters. `NEXT_HOPS`, `CLIENT_PATHS` and
 //! `SCRATCH` are the kernel side's own and are not pinned, nor are the config-derived
-//! arrays the daemon writes at every start, nor `PENDING`.
+//! arrays the daemon writes at every start, nor `PENDING` and `DIRECT`.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -16,8 +16,8 @@ use aya_ebpf::{
 use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
-        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_PENDING,
-        MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
+        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_DIRECT, MAX_FLOWS, MAX_FRAGMENTS,
+        MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
@@ -78,6 +78,11 @@ pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> =
 /// costs its client a retransmitted SYN.
 #[map]
 pub static PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Not pinned: losing it to a restart only sends a direct flow's replies
+/// through the config's translation until its next packet.
+#[map]
+pub static DIRECT: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_DIRECT, 0);
 
 /// Per CPU, so that no two CPUs write one entry at once (no torn paths)
 /// and no cache line bounces between them. Not pinned: a cache.

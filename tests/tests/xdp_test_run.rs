@@ -258,6 +258,22 @@ test_both_modes! {
         assert_eq!(table_entries(fx), (0, 0));
     }
 
+    /// A host that talks to a backend's address straight, not through the
+    /// VIP, gets the backend's answers untouched, even from the backend it
+    /// would be placed on.
+    fn a_flow_straight_to_a_backend_is_not_translated(fx) {
+        let backend = predicted(fx.service("web"), "198.18.0.1", 45600);
+        for (flags, reply_flags) in [(TCP_SYN, TCP_SYN | TCP_ACK), (TCP_ACK, TCP_ACK | TCP_PSH)] {
+            let direct = Frame::tcp("198.18.0.1", 45600, &backend.ip().to_string(), backend.port(), flags).build();
+            let before = fx.counters();
+            assert_eq!(fx.run_client_frame(&direct), (Verdict::Pass, direct.clone()));
+            let answer = from_backend(backend, "198.18.0.1", 45600, reply_flags).build();
+            assert_eq!(fx.run_backend_frame(&answer), (Verdict::Pass, answer.clone()));
+            assert_eq!(fx.counters().since(&before), vec![("pass_not_ours", 2)]);
+        }
+        assert_eq!(table_entries(fx), (0, 0));
+    }
+
     fn udp_vip_is_natted_with_and_without_checksum(fx) {
         let frame = Frame::udp("198.18.0.7", 5000, "198.18.0.100", 53).build();
         let (verdict, out) = fx.run_client_frame(&frame);
