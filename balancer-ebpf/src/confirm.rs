@@ -22,6 +22,7 @@
 //! their source, pass untouched, counted. So do replies of flows a host
 //! opened straight to a backend's address (`DIRECT`).
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use balancer_common::{
     counters::Counter,
     maps::{MAX_VIPS_PER_BACKEND, PORT_SHARED},
@@ -50,6 +51,9 @@ use crate::{
     stats::{self, Direction},
     tcp_state::tcp_state_bits,
 };
+
+/// `-EEXIST`, as map helpers return it.
+const EEXIST: i32 = -17;
 
 /// A backend → client packet whose flow has no conntrack entry: SNAT to
 /// the VIP and forward if its sender is the client's backend, and confirm
@@ -188,7 +192,7 @@ fn choice_for(
 /// Confirm the flow `reply` belongs to: its conntrack entry (backend
 /// `backend_id`, the client's `path`), its client's affinity. `false` if
 /// the entry could not be stored (counted; the backend's next packet
-/// tries again).
+/// tries again) or another CPU stored it first.
 #[inline(always)]
 fn store_flow(
     reply: &Packet,
@@ -222,9 +226,15 @@ fn store_flow(
     flow.path_epoch = epoch(now);
     // `_pad` stays as the zeroed scratch space has it (nothing writes it;
     // a 5-byte store of zeroes would compile to a `memset` call).
-    if CONNTRACK.insert(&s.reply_key, &s.flow, 0).is_err() {
-        stats::count(Counter::ConntrackInsertFailed);
-        return false;
+    // Only if absent: the backend's next packet may be confirming the same
+    // flow on another CPU at this moment, and the connection counts once.
+    match CONNTRACK.insert(&s.reply_key, &s.flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(EEXIST) => return false,
+        Err(_) => {
+            stats::count(Counter::ConntrackInsertFailed);
+            return false;
+        }
     }
     if service.flags & SERVICE_FOUR_TUPLE == 0 {
         touch_affinity(&reply.key.dst, reply.key.family, service, backend_id, now);
