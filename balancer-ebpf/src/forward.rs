@@ -12,15 +12,23 @@
 //! Whenever no next hop is found, the packet goes to the kernel with its L2
 //! header untouched: with forwarding on, the kernel routes the already-NATed
 //! packet itself (and resolves the neighbour for the next one, on
-//! NO_NEIGH). Replies to clients carry an [`L2Path`] instead, because the
-//! kernel would drop them (their source is the VIP, a local address).
+//! NO_NEIGH). Replies of a flow carry its last [`L2Path`] instead, because
+//! the kernel would drop them (their source is the VIP, a local address).
+//! A reply whose flow has no entry yet has no such path: without a
+//! neighbour for its client it is passed, counted. The gateway normally
+//! has one: the client's next hop, which sends the client's packets
+//! through the gateway, resolved the gateway's address, and the kernel
+//! records the neighbour that asked.
 
 use core::mem::size_of;
 
 const _: () = assert!(size_of::<FibParams>() % 8 == 0);
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::generated::bpf_fib_lookup,
 };
 use balancer_common::{
@@ -47,6 +55,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
 const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+const FIB_NOT_FWDED: i64 = BPF_FIB_LKUP_RET_NOT_FWDED as i64;
 
 /// A way to a host: out of `ifindex`, from `src_mac` to `dst_mac`.
 #[derive(Clone, Copy)]
@@ -57,8 +66,8 @@ pub struct L2Path {
 }
 
 impl L2Path {
-    /// Back to a flow's client: the way its first packet came, or the FIB's
-    /// since (see `Flow`).
+    /// Back to a flow's client: the FIB's way, as the flow last took it
+    /// (see `Flow`).
     #[inline(always)]
     pub fn to_client(flow: &Flow) -> Self {
         L2Path {
@@ -105,8 +114,8 @@ pub fn to_backend<C: Frame>(
 }
 
 /// Forward a reply just rewritten back to its client, by the flow's path:
-/// the FIB's, looked up at most once an epoch, or the one its first client
-/// packet came by while the FIB has no neighbour for the client.
+/// the FIB's, looked up at most once an epoch, or the last one it gave
+/// while the FIB has no neighbour for the client.
 #[inline(always)]
 pub fn to_client<C: Frame>(ctx: &C, family: u8, proto: u8, flow: &mut Flow, now: u64) -> Action {
     let epoch = epoch(now);
@@ -138,7 +147,7 @@ pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Pat
 /// it leaves by the same interface, when the FIB has no neighbour entry.
 /// `Err`: the packet is passed to the kernel, counted.
 #[inline(always)]
-fn lookup<C: Frame>(
+pub fn lookup<C: Frame>(
     ctx: &C,
     family: u8,
     proto: u8,
@@ -167,16 +176,73 @@ fn lookup<C: Frame>(
     }
 }
 
-/// Fill `fib` with the addresses and length the FIB lookup needs, read
-/// from the (already rewritten) IP header.
+/// Did the packet come from `addr`'s next hop: in by the interface the FIB
+/// routes `addr` out of, from the MAC of its neighbour entry (strict
+/// reverse-path filtering, with the MAC as well)? A packet with a
+/// backend's address as its source that comes from anywhere else is
+/// spoofed (`confirm`).
 #[inline(always)]
-fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
-    // Word by word: a struct assignment of zeroes compiles to a call to
-    // `memset`, and every call adds a frame to the verifier's stack count.
+pub fn from_next_hop<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
+    let Some(src_mac) = read_at::<[u8; 6], C>(ctx, 6) else {
+        return false;
+    };
+    let Some(fib) = route_to(ctx, family, addr, FIB_SUCCESS) else {
+        return false;
+    };
+    // Byte by byte: an array comparison can compile to a `bcmp` call.
+    let mut differ = 0;
+    for i in 0..6 {
+        differ |= fib.dmac[i] ^ src_mac[i];
+    }
+    fib.ifindex == ctx.ingress_ifindex() && differ == 0
+}
+
+/// Is `addr` an address of the gateway itself (the FIB does not forward
+/// to it)?
+#[inline(always)]
+pub fn to_this_host<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
+    route_to(ctx, family, addr, FIB_NOT_FWDED).is_some()
+}
+
+/// The FIB's answer for a packet to `addr` arriving where this one did,
+/// if its return code is `want`.
+#[inline(always)]
+fn route_to<C: Frame>(
+    ctx: &C,
+    family: u8,
+    addr: &[u32; 4],
+    want: i64,
+) -> Option<&'static FibParams> {
+    let fib = &mut scratch()?.fib;
+    zero(fib);
+    fib.ifindex = ctx.ingress_ifindex();
+    if family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_4.ipv4_dst = addr[0];
+    } else {
+        fib.family = AF_INET6;
+        store_words(unsafe { &mut fib.__bindgen_anon_4.ipv6_dst }, addr);
+    }
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    (rc == want).then_some(&*fib)
+}
+
+/// Zero `fib` word by word: a struct assignment of zeroes compiles to a
+/// call to `memset`, and every call adds a frame to the verifier's stack
+/// count.
+#[inline(always)]
+fn zero(fib: &mut FibParams) {
     let words = fib as *mut FibParams as *mut u64;
     for i in 0..size_of::<FibParams>() / 8 {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
+}
+
+/// Fill `fib` with the addresses and length the FIB lookup needs, read
+/// from the (already rewritten) IP header.
+#[inline(always)]
+fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
+    zero(fib);
     fib.l4_protocol = proto;
     fib.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
@@ -201,7 +267,7 @@ fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> 
 
 /// Out by `path`: TTL, MACs, then transmit or redirect.
 #[inline(always)]
-fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
+pub fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
     let same_interface = path.ifindex == ctx.ingress_ifindex();
     if !same_interface && REDIRECT_DEVS.get(path.ifindex).is_none() {
         return stats::pass(Counter::PassNoRedirectDev);

@@ -324,3 +324,106 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
     assert!(!attached(topo.gw(), GW_CLIENT_IF) && !attached(topo.gw(), GW_BACKEND_IF));
     println!("{}", lines[0]);
 }
+
+/// The pinned LRU hash map `name` of the daemon whose maps are in
+/// `pin_dir`.
+fn pinned_lru<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &std::path::Path,
+    name: &str,
+) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+    let map = aya::maps::MapData::from_pin(pin_dir.join(name)).expect("a pinned map");
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("an LRU hash map")
+}
+
+/// Lost state: an established connection whose CONNTRACK and AFFINITY
+/// entries are deleted mid-session (as eviction, a restart without pins, or
+/// another gateway taking over would leave it) keeps working both ways: the
+/// client's packets are placed again (read-only, to the same backend), the
+/// backend's reply is translated from config with no entry, and that reply
+/// confirms the flow again.
+#[test]
+fn a_connection_whose_entries_are_deleted_keeps_working_both_ways() {
+    use balancer_common::{
+        addr::to_words,
+        maps::{AFFINITY, CONNTRACK},
+        types::{Affinity, AffinityKey, Flow, FlowKey, PROTO_TCP},
+    };
+    use balancer_tests::{ask, tcp_connect, xdp_fixture::Counters};
+
+    require_root();
+    let topo = Topology::new(&TopologyOpts::default());
+    let bpffs = TempBpffs::new();
+    let _tcp: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| tcp_whoami(b.ns(), b.name(), 3000))
+        .collect();
+    let pin_dir = bpffs.pin_dir();
+    let mut daemon = Daemon::start(topo.gw(), &config(&topo, &pin_dir), &pin_dir, &[]);
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+
+    let client = IpAddr::V4(topo.clients_v4()[3]);
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), WEB_PORT);
+    let stream = tcp_connect(topo.client(), client, vip, TIMEOUT).expect("connect");
+    let first = ask(&stream).expect("the first exchange");
+    let (src, family) = to_words(client);
+    let key = FlowKey {
+        src,
+        dst: to_words(vip.ip()).0,
+        sport: first.local.port().to_be(),
+        dport: WEB_PORT.to_be(),
+        proto: PROTO_TCP,
+        family,
+        _pad: [0; 2],
+    };
+    let mut conntrack = pinned_lru::<FlowKey, Flow>(&pin_dir, CONNTRACK);
+    let mut affinity = pinned_lru::<AffinityKey, Affinity>(&pin_dir, AFFINITY);
+    let flow = conntrack.get(&key, 0).expect("the connection's entry");
+    let theirs: Vec<AffinityKey> = affinity
+        .keys()
+        .map(Result::unwrap)
+        .filter(|k| k.client == src)
+        .collect();
+    assert_eq!(theirs.len(), 1, "the client's one affinity entry");
+    conntrack.remove(&key).unwrap();
+    affinity.remove(&theirs[0]).unwrap();
+    assert!(conntrack.get(&key, 0).is_err() && affinity.get(&theirs[0], 0).is_err());
+
+    let before = Counters::read_pinned(&pin_dir);
+    for i in 0..3 {
+        let answer =
+            ask(&stream).unwrap_or_else(|e| panic!("exchange {i} after the deletion: {e}"));
+        assert_eq!(
+            answer.backend, first.backend,
+            "the same backend, the same connection"
+        );
+    }
+    let grew = Counters::read_pinned(&pin_dir).since(&before);
+    let grown = |name: &str| grew.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+    assert!(
+        grown("forward_reply_without_flow") >= 1 && grown("flows_confirmed") == 1,
+        "the backend's reply was translated with no entry and confirmed the flow: {grew:?}"
+    );
+    assert_eq!(
+        grown("pass_reply_not_chosen") + grown("pass_reply_wrong_path"),
+        0,
+        "{grew:?}"
+    );
+    let again = conntrack
+        .get(&key, 0)
+        .expect("the entry, made again by the reply");
+    assert_eq!(again.backend_id, flow.backend_id);
+    assert_eq!(
+        affinity
+            .get(&theirs[0], 0)
+            .expect("the affinity, made again")
+            .backend_id,
+        flow.backend_id
+    );
+    println!(
+        "lost state: {client}:{} kept {} after its entries were deleted; counters {grew:?}",
+        first.local.port(),
+        first.backend
+    );
+    drop(stream);
+}
