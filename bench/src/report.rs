@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use crate::{
     bpf::Hook,
     e2e::{self, Measured},
+    flood,
     gateways::Gateway,
     machine::Machine,
     maglev,
@@ -25,6 +26,7 @@ pub struct Report<'a> {
     pub per_packet: Option<&'a perpacket::Results>,
     pub under_load: Option<&'a underload::Results>,
     pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
+    pub flood: Option<(&'a flood::Results, &'a flood::Options)>,
     pub maglev: Option<&'a [maglev::Row]>,
 }
 
@@ -195,6 +197,9 @@ impl Report<'_> {
         }
         if let Some((r, opts)) = self.e2e {
             self.e2e_md(&mut md, r, opts);
+        }
+        if let Some((r, opts)) = self.flood {
+            flood_md(&mut md, r, opts);
         }
         if let Some(rows) = self.maglev {
             maglev_md(&mut md, rows);
@@ -552,6 +557,48 @@ fn under_load_md(md: &mut String, ul: &underload::Results) {
             fmt_spread(ratio, 2),
             fmt_spread(ppr, 2)
         );
+    }
+}
+
+fn flood_md(md: &mut String, r: &flood::Results, opts: &flood::Options) {
+    let _ = writeln!(
+        md,
+        "\n## New connections under a spoofed SYN flood\n\n\
+         wrk `Connection: close` from 3 client hosts × {CONNECTIONS} connections, {} s per run, through each \
+         gateway: first alone (quiet), then while TCP SYNs from random spoofed sources in 198.19.0.0/16 and \
+         random ports go to the same VIP:port from the client namespace, paced at {} a second (one thread, \
+         started 0.5 s before wrk, stopped 1 s after it). The sources are unrouted in the gateway, so the \
+         backends' SYN-ACKs die there. One run each: compare the rows of one run. *Counted*: connections the \
+         balancer counted during the flooded run (it counts a connection when its backend confirms it), \
+         against wrk's requests; *conntrack*: its entries right after.\n",
+        opts.duration.as_secs(),
+        opts.rate
+    );
+    let _ = writeln!(
+        md,
+        "| gateway | conn/s quiet | p99 ms quiet | conn/s flooded | p99 ms flooded | flooded / quiet conn/s | errors (quiet / flooded) | spoofed SYNs sent (per s) | counted / requests, conntrack after |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in &r.rows {
+        let balancer = row.balancer.map_or("–".to_owned(), |(counted, entries)| {
+            format!("{counted} / {}, {entries}", row.flooded.requests)
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {} / {} | {} ({:.0}) | {balancer} |",
+            row.gateway.label(),
+            row.quiet.per_sec,
+            row.quiet.p99_us / 1e3,
+            row.flooded.per_sec,
+            row.flooded.p99_us / 1e3,
+            row.flooded.per_sec / row.quiet.per_sec,
+            row.quiet.errors,
+            row.flooded.errors,
+            row.flood.frames,
+            row.flood.per_second()
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(md, "\n- **note**: {n}");
     }
 }
 
