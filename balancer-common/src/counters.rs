@@ -65,9 +65,27 @@ pub enum Counter {
     /// Dropped: the redirect helper refused a packet (XDP: the device left
     /// REDIRECT_DEVS since it was checked; TC: a bad flag).
     DropRedirectFailed = 21,
+    /// Passed untouched: a reply with no conntrack entry from a backend
+    /// that is not the one the client's packets go to now (affinity, else
+    /// the table; for ambiguous services its `PENDING` entry).
+    PassReplyNotChosen = 22,
+    /// A reply with no conntrack entry, from the client's backend,
+    /// translated from config and forwarded (a SYN-ACK, or the backend's
+    /// packet that confirms the flow).
+    ForwardReplyWithoutFlow = 23,
+    /// A flow confirmed by its backend: conntrack and affinity entries made
+    /// and a connection counted.
+    FlowConfirmed = 24,
+    /// A `PENDING` entry could not be stored. The packet still goes on; its
+    /// reply passes unrewritten and the client retransmits.
+    PendingInsertFailed = 25,
+    /// Passed untouched: a reply with no conntrack entry whose source is a
+    /// backend's address but which did not come from that backend's next
+    /// hop (the FIB's interface and MAC for it): spoofed.
+    PassReplyWrongPath = 26,
 }
 
-pub const COUNTER_COUNT: u32 = 22;
+pub const COUNTER_COUNT: u32 = 27;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -93,6 +111,11 @@ impl Counter {
         Counter::AffinityInsertFailed,
         Counter::FragmentInsertFailed,
         Counter::DropRedirectFailed,
+        Counter::PassReplyNotChosen,
+        Counter::ForwardReplyWithoutFlow,
+        Counter::FlowConfirmed,
+        Counter::PendingInsertFailed,
+        Counter::PassReplyWrongPath,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -131,6 +154,11 @@ impl Counter {
             Counter::AffinityInsertFailed => "affinity_insert_failed",
             Counter::FragmentInsertFailed => "fragment_insert_failed",
             Counter::DropRedirectFailed => "drop_redirect_failed",
+            Counter::PassReplyNotChosen => "pass_reply_not_chosen",
+            Counter::ForwardReplyWithoutFlow => "forward_reply_without_flow",
+            Counter::FlowConfirmed => "flows_confirmed",
+            Counter::PendingInsertFailed => "pending_insert_failed",
+            Counter::PassReplyWrongPath => "pass_reply_wrong_path",
         }
     }
 }
@@ -166,6 +194,7 @@ mod tests {
             (Counter::ConntrackInsertFailed, "conntrack_insert_failed"),
             (Counter::AffinityInsertFailed, "affinity_insert_failed"),
             (Counter::FragmentInsertFailed, "fragment_insert_failed"),
+            (Counter::PendingInsertFailed, "pending_insert_failed"),
         ] {
             assert!(Counter::ALL.contains(&c));
             assert_eq!(c.name(), name);

@@ -57,6 +57,14 @@ pub const PORT_SHARED: u32 = u32::MAX;
 /// from a `PORT_SHARED` port. Written by the daemon from its services at
 /// every start (before it attaches) and on every change.
 pub const BACKEND_VIPS: &str = "BACKEND_VIPS";
+/// `LruHashMap<FlowKey, Pending>`, not pinned: the client → VIP flows of
+/// `SERVICE_AMBIGUOUS_REPLIES` services that their backend has not yet
+/// confirmed, so their replies find their VIP. The one state written
+/// before confirmation: a flood can evict its entries (which delays those
+/// services' handshakes by a retransmitted SYN), never CONNTRACK's or
+/// AFFINITY's.
+pub const PENDING: &str = "PENDING";
+pub const MAX_PENDING: u32 = 1 << 16;
 /// Services one backend address:port may serve (see `BACKEND_VIPS`).
 pub const MAX_VIPS_PER_BACKEND: usize = 4;
 

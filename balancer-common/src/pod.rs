@@ -17,5 +17,6 @@ pod!(
     FragmentNat,
     AffinityKey,
     Affinity,
-    BackendStats
+    BackendStats,
+    Pending
 );

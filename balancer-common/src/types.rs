@@ -31,6 +31,12 @@ const _: () = assert!(size_of::<ServiceKey>() == 20);
 /// `Service::flags`: hash the 4-tuple instead of the (masked) source address,
 /// and keep no affinity entry.
 pub const SERVICE_FOUR_TUPLE: u32 = 1;
+/// `Service::flags`: a backend address:port of this service serves other
+/// VIPs too (`BackendVips::count > 1`), so its replies cannot name their
+/// VIP from config alone: the client packets of its unconfirmed flows
+/// record their choice in `PENDING` for the replies to find. Set by the
+/// daemon from its services.
+pub const SERVICE_AMBIGUOUS_REPLIES: u32 = 2;
 
 /// Value of `SERVICES`.
 #[repr(C)]
@@ -143,8 +149,10 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub const TCP_FIN_FROM_CLIENT: u32 = 1;
 pub const TCP_FIN_FROM_BACKEND: u32 = 2;
 pub const TCP_RST: u32 = 4;
-/// The backend answered the handshake (a SYN-ACK went back through the
-/// balancer). Without it a flow is a connection attempt, not a connection.
+/// The backend accepted the connection. Every entry the data plane makes
+/// has it: an entry is made when the backend confirms its flow (see
+/// `Flow`). An entry adopted from a build that stored flows at the
+/// client's SYN may lack it: a connection attempt, not a connection.
 pub const TCP_BACKEND_ANSWERED: u32 = 8;
 
 /// Is a connection with these `tcp_state` bits over?
@@ -157,14 +165,22 @@ pub const fn tcp_closed(state: u32) -> bool {
 
 /// Value of `CONNTRACK`: the flow's backend and state, and what its
 /// replies need besides the VIP (see `maps::BACKEND_PORTS`): the L2 path
-/// back to the client, the one its first packet came by, then the FIB's.
+/// back to the client, as the FIB gives it.
+///
+/// Made only when the flow's backend confirms it: its first packet in the
+/// flow that is neither a SYN nor an RST (TCP), or any packet (UDP). A
+/// backend's TCP stack sends such a segment only after it accepted the
+/// handshake's last ACK against its own sequence number (or SYN cookie),
+/// which a sender of spoofed packets never sees; so nobody who can only
+/// send packets to the VIP can create entries, or evict the entries of
+/// established flows by creating others.
 ///
 /// One entry serves both directions, so a new connection costs one insert
 /// into a 1M-entry LRU table, not two (an insert is most of a new flow's
-/// cost). The L2 path is the reply's fallback when the FIB has no neighbour
-/// entry for the client: handing such a reply to the kernel does not work,
-/// because its source is the VIP, an address of the gateway itself, which
-/// the kernel drops as martian.
+/// cost). The L2 path is the reply's fallback when the FIB later has no
+/// neighbour entry for the client: handing such a reply to the kernel does
+/// not work, because its source is the VIP, an address of the gateway
+/// itself, which the kernel drops as martian.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -186,11 +202,11 @@ pub struct Flow {
     pub affinity_touched_ns: u64,
     /// CLOCK_MONOTONIC ns of creation.
     pub created_ns: u64,
-    /// Interface the client's packet arrived on.
+    /// Interface replies leave by towards the client.
     pub client_ifindex: u32,
-    /// Source MAC of the client's packet (the client or its router).
+    /// The client's next hop's MAC (the client or its router).
     pub client_mac: [u8; 6],
-    /// Destination MAC of the client's packet (the gateway's interface).
+    /// The gateway's MAC on `client_ifindex`.
     pub gateway_mac: [u8; 6],
     /// The kernel's: the clock epoch (about a second) in which it last took
     /// the client's next hop from the FIB into `client_mac`, `gateway_mac`
@@ -213,6 +229,17 @@ impl Flow {
         self.client_tcp_state | self.backend_tcp_state as u32
     }
 }
+
+/// Value of `PENDING`, keyed by a client → VIP [`FlowKey`]: the backend a
+/// flow of a `SERVICE_AMBIGUOUS_REPLIES` service was sent to before its
+/// backend confirmed it, and the service, whose VIP the reply then takes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Pending>() == 8);
 
 /// Value of `BACKEND_VIPS`: the VIPs (as `SERVICES` keys) of the services
 /// a backend address:port serves, the first `count` of `vips`.

@@ -12,8 +12,13 @@
 //! Whenever no next hop is found, the packet goes to the kernel with its L2
 //! header untouched: with forwarding on, the kernel routes the already-NATed
 //! packet itself (and resolves the neighbour for the next one, on
-//! NO_NEIGH). Replies to clients carry an [`L2Path`] instead, because the
-//! kernel would drop them (their source is the VIP, a local address).
+//! NO_NEIGH). Replies of a flow carry its last [`L2Path`] instead, because
+//! the kernel would drop them (their source is the VIP, a local address).
+//! A reply whose flow has no entry yet has no such path: without a
+//! neighbour for its client it is passed, counted. The gateway normally
+//! has one: the client's next hop, which sends the client's packets
+//! through the gateway, resolved the gateway's address, and the kernel
+//! records the neighbour that asked.
 
 use core::mem::size_of;
 
@@ -57,8 +62,8 @@ pub struct L2Path {
 }
 
 impl L2Path {
-    /// Back to a flow's client: the way its first packet came, or the FIB's
-    /// since (see `Flow`).
+    /// Back to a flow's client: the FIB's way, as the flow last took it
+    /// (see `Flow`).
     #[inline(always)]
     pub fn to_client(flow: &Flow) -> Self {
         L2Path {
@@ -105,8 +110,8 @@ pub fn to_backend<C: Frame>(
 }
 
 /// Forward a reply just rewritten back to its client, by the flow's path:
-/// the FIB's, looked up at most once an epoch, or the one its first client
-/// packet came by while the FIB has no neighbour for the client.
+/// the FIB's, looked up at most once an epoch, or the last one it gave
+/// while the FIB has no neighbour for the client.
 #[inline(always)]
 pub fn to_client<C: Frame>(ctx: &C, family: u8, proto: u8, flow: &mut Flow, now: u64) -> Action {
     let epoch = epoch(now);
@@ -138,7 +143,7 @@ pub fn forward<C: Frame>(ctx: &C, family: u8, proto: u8, fallback: Option<&L2Pat
 /// it leaves by the same interface, when the FIB has no neighbour entry.
 /// `Err`: the packet is passed to the kernel, counted.
 #[inline(always)]
-fn lookup<C: Frame>(
+pub fn lookup<C: Frame>(
     ctx: &C,
     family: u8,
     proto: u8,
@@ -167,16 +172,54 @@ fn lookup<C: Frame>(
     }
 }
 
-/// Fill `fib` with the addresses and length the FIB lookup needs, read
-/// from the (already rewritten) IP header.
+/// Did the packet come from `addr`'s next hop: in by the interface the FIB
+/// routes `addr` out of, from the MAC of its neighbour entry (strict
+/// reverse-path filtering, with the MAC as well)? A packet with a
+/// backend's address as its source that comes from anywhere else is
+/// spoofed (`confirm`).
 #[inline(always)]
-fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
-    // Word by word: a struct assignment of zeroes compiles to a call to
-    // `memset`, and every call adds a frame to the verifier's stack count.
+pub fn from_next_hop<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
+    let Some(scratch) = scratch() else {
+        return false;
+    };
+    let Some(src_mac) = read_at::<[u8; 6], C>(ctx, 6) else {
+        return false;
+    };
+    let fib = &mut scratch.fib;
+    zero(fib);
+    fib.ifindex = ctx.ingress_ifindex();
+    if family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_4.ipv4_dst = addr[0];
+    } else {
+        fib.family = AF_INET6;
+        store_words(unsafe { &mut fib.__bindgen_anon_4.ipv6_dst }, addr);
+    }
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    // Byte by byte: an array comparison can compile to a `bcmp` call.
+    let mut differ = 0;
+    for i in 0..6 {
+        differ |= fib.dmac[i] ^ src_mac[i];
+    }
+    rc == FIB_SUCCESS && fib.ifindex == ctx.ingress_ifindex() && differ == 0
+}
+
+/// Zero `fib` word by word: a struct assignment of zeroes compiles to a
+/// call to `memset`, and every call adds a frame to the verifier's stack
+/// count.
+#[inline(always)]
+fn zero(fib: &mut FibParams) {
     let words = fib as *mut FibParams as *mut u64;
     for i in 0..size_of::<FibParams>() / 8 {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
+}
+
+/// Fill `fib` with the addresses and length the FIB lookup needs, read
+/// from the (already rewritten) IP header.
+#[inline(always)]
+fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> Option<()> {
+    zero(fib);
     fib.l4_protocol = proto;
     fib.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
@@ -201,7 +244,7 @@ fn fib_params<C: Frame>(ctx: &C, fib: &mut FibParams, family: u8, proto: u8) -> 
 
 /// Out by `path`: TTL, MACs, then transmit or redirect.
 #[inline(always)]
-fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
+pub fn send<C: Frame>(ctx: &C, family: u8, path: &L2Path) -> Action {
     let same_interface = path.ifindex == ctx.ingress_ifindex();
     if !same_interface && REDIRECT_DEVS.get(path.ifindex).is_none() {
         return stats::pass(Counter::PassNoRedirectDev);

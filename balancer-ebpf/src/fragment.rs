@@ -19,7 +19,7 @@ use balancer_common::{
 
 use crate::{
     action::Action,
-    choose::{affinity_key, fresh_affinity, maglev_pick},
+    choose::choice,
     ctx::Frame,
     forward::{L2Path, forward},
     ip::{End, ttl_expired},
@@ -136,10 +136,12 @@ fn by_client(pkt: &Packet) -> Option<Result<(u32, &'static Backend), Counter>> {
     };
     let service_key = unsafe { FRAGMENT_SERVICES.get(&vip)? };
     let service = unsafe { SERVICES.get(service_key)? };
-    let affinity_key = affinity_key(pkt, service);
     let now = crate::clock::now_ns();
-    if let Some(found) = fresh_affinity(&affinity_key, service, now) {
-        return Some(Ok(found));
-    }
-    Some(maglev_pick(pkt, service, &affinity_key.client))
+    Some(choice(
+        &pkt.key.src,
+        pkt.key.sport,
+        pkt.key.family,
+        service,
+        now,
+    ))
 }

@@ -15,8 +15,11 @@
 //!
 //! Both are found from the quoted 5-tuple reversed: it is the client's
 //! CONNTRACK key in the first case, and a backend's reply in the second
-//! (found as replies are, `lookup::reply_flow`). Any other ICMP (echo to a
-//! VIP, errors about other traffic) passes untouched.
+//! (found as replies are, `lookup::reply_flow`, and without an entry as
+//! `confirm` places such replies: from the client's backend). An error
+//! about a client's packet to a VIP needs the flow's entry: without one it
+//! passes untouched, as does any other ICMP (echo to a VIP, errors about
+//! other traffic).
 
 use balancer_common::{
     counters::Counter,
@@ -26,11 +29,14 @@ use network_types::ip::Ipv6Hdr;
 
 use crate::{
     action::Action,
+    client_path::learned,
+    clock::now_ns,
+    confirm::chosen,
     csum::Diff,
     ctx::Frame,
     forward::{L2Path, forward},
     ip::{End, addr_words, set_addr, ttl_expired},
-    lookup::reply_flow,
+    lookup::{Reply, reply_flow},
     maps::{BACKENDS, CONNTRACK},
     nat::set_port,
     parse::{Ip, L3_OFF, icmp_proto, words},
@@ -179,29 +185,45 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
         stats::count(Counter::ForwardIcmp);
         return Ok(forward(ctx, err.family, icmp_proto(err.family), None));
     }
-    if let Some((flow, vip)) = reply_flow(&reversed) {
-        let flow = unsafe { &*flow };
-        let (vip, vip_port, backend_id) = (vip.addr, vip.port, flow.backend_id);
-        let path = L2Path::to_client(flow);
-        stats::backend_packet(backend_id, err.len, Direction::ToClient, false);
-        let quoted = rewrite_quoted(ctx, err, End::Destination, &vip, vip_port)?;
-        // An error from the backend itself comes from the VIP: the client
-        // never learns the backend's address.
-        let mut pseudo = Diff::default();
-        if err.outer_src == err.inner.dst {
-            let outer = set_addr(ctx, L3_OFF, err.family, End::Source, &vip)?;
-            pseudo = Diff::default().addr(&outer, &vip, addr_words(err.family));
+    // About a packet on its way to a backend: back to its client from the
+    // VIP. With no entry (a flow its backend has not confirmed, such as a
+    // datagram to a port nothing listens on) it is placed as that flow's
+    // replies are, and stores nothing either.
+    let (vip, backend_id, path) = match reply_flow(&reversed) {
+        Reply::Flow(flow, vip) => {
+            let flow = unsafe { &*flow };
+            (vip, flow.backend_id, Some(L2Path::to_client(flow)))
         }
-        update_icmp_checksum(ctx, err, pseudo, quoted)?;
-        stats::count(Counter::ForwardIcmp);
-        return Ok(forward(
-            ctx,
-            err.family,
-            icmp_proto(err.family),
-            Some(&path),
-        ));
+        Reply::NoFlow => match chosen(&reversed, now_ns()) {
+            Ok((vip, _, backend_id))
+                if BACKENDS
+                    .get(backend_id)
+                    .is_some_and(|b| b.addr == reversed.src && b.port == reversed.sport) =>
+            {
+                (vip, backend_id, learned(&reversed.dst, err.family))
+            }
+            _ => return Ok(stats::pass(Counter::PassNotOurs)),
+        },
+        _ => return Ok(stats::pass(Counter::PassNotOurs)),
+    };
+    let (vip, vip_port) = (vip.addr, vip.port);
+    stats::backend_packet(backend_id, err.len, Direction::ToClient, false);
+    let quoted = rewrite_quoted(ctx, err, End::Destination, &vip, vip_port)?;
+    // An error from the backend itself comes from the VIP: the client
+    // never learns the backend's address.
+    let mut pseudo = Diff::default();
+    if err.outer_src == err.inner.dst {
+        let outer = set_addr(ctx, L3_OFF, err.family, End::Source, &vip)?;
+        pseudo = Diff::default().addr(&outer, &vip, addr_words(err.family));
     }
-    Ok(stats::pass(Counter::PassNotOurs))
+    update_icmp_checksum(ctx, err, pseudo, quoted)?;
+    stats::count(Counter::ForwardIcmp);
+    Ok(forward(
+        ctx,
+        err.family,
+        icmp_proto(err.family),
+        path.as_ref(),
+    ))
 }
 
 /// Rewrite one end of the quoted packet; returns the change to the ICMP

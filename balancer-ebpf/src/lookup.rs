@@ -41,16 +41,33 @@ pub fn service_for(key: &FlowKey) -> Option<&'static Service> {
     }
 }
 
-/// The flow a backend → client packet (`reply`, its 5-tuple) belongs to,
-/// and the flow's VIP: the client's conntrack entry, its key rebuilt with
-/// the VIP of the sender's service (or each VIP the sender serves, when its
-/// port is shared; see `BACKEND_PORTS`), whose backend is the sender
-/// itself (a host that is not the flow's backend gets nothing rewritten).
+/// What a backend → client packet finds in conntrack.
+pub enum Reply {
+    /// Not from a backend's address:port: not a reply.
+    NotOurs,
+    /// The flow's entry, whose backend sent the packet, and the flow's VIP.
+    Flow(*mut Flow, &'static ServiceKey),
+    /// The flow's entry names another backend: the packet is not the
+    /// flow's (a host that is not the flow's backend gets nothing
+    /// rewritten).
+    OtherBackend,
+    /// No entry: a flow its backend has not confirmed yet, or whose entry
+    /// is gone (`confirm`).
+    NoFlow,
+}
+
+/// The flow a backend → client packet (`reply`, its 5-tuple) belongs to:
+/// the client's conntrack entry, its key rebuilt with the VIP of the
+/// sender's service (or each VIP the sender serves, when its port is
+/// shared; see `BACKEND_PORTS`). The key stays in `Scratch::reply_key`.
 #[inline(always)]
-pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
+pub fn reply_flow(reply: &FlowKey) -> Reply {
     let port = u32::from(u16::from_be(reply.sport));
-    match *BACKEND_PORTS.get(port)? {
-        0 => None,
+    let Some(&who) = BACKEND_PORTS.get(port) else {
+        return Reply::NotOurs;
+    };
+    match who {
+        0 => Reply::NotOurs,
         PORT_SHARED => {
             let endpoint = ServiceKey {
                 addr: reply.src,
@@ -58,34 +75,61 @@ pub fn reply_flow(reply: &FlowKey) -> Option<(*mut Flow, &'static ServiceKey)> {
                 proto: reply.proto,
                 family: reply.family,
             };
-            let vips = unsafe { BACKEND_VIPS.get(&endpoint)? };
+            let Some(vips) = (unsafe { BACKEND_VIPS.get(&endpoint) }) else {
+                return Reply::NotOurs;
+            };
+            let mut found = Reply::NoFlow;
             for i in 0..MAX_VIPS_PER_BACKEND {
                 if i as u32 >= vips.count {
                     break;
                 }
-                if let Some(flow) = flow_of_reply(reply, &vips.vips[i]) {
-                    return Some((flow, &vips.vips[i]));
+                match flow_of_reply(reply, &vips.vips[i]) {
+                    Reply::Flow(flow, vip) => return Reply::Flow(flow, vip),
+                    Reply::OtherBackend => found = Reply::OtherBackend,
+                    _ => {}
                 }
             }
-            None
+            found
         }
         service => {
-            let vip = &SERVICE_SLOTS.get(service - 1)?.vip;
+            let Some(slot) = SERVICE_SLOTS.get(service - 1) else {
+                return Reply::NotOurs;
+            };
+            let vip = &slot.vip;
             if vip.proto != reply.proto || vip.family != reply.family {
-                return None;
+                return Reply::NotOurs;
             }
-            Some((flow_of_reply(reply, vip)?, vip))
+            flow_of_reply(reply, vip)
         }
     }
 }
 
 /// The conntrack entry of the flow `reply` answers if its client spoke to
-/// `vip`, and only if the flow's backend sent `reply`.
+/// `vip`.
 #[inline(always)]
-fn flow_of_reply(reply: &FlowKey, vip: &ServiceKey) -> Option<*mut Flow> {
+fn flow_of_reply(reply: &FlowKey, vip: &'static ServiceKey) -> Reply {
     // Built in scratch space: a 40-byte key on the stack would push the
     // common path past 6.1's stack bound.
-    let key = &mut scratch()?.reply_key;
+    let Some(scratch) = scratch() else {
+        return Reply::NotOurs;
+    };
+    let key = &mut scratch.reply_key;
+    client_key(key, reply, vip);
+    let Some(flow) = CONNTRACK.get_ptr_mut(&*key) else {
+        return Reply::NoFlow;
+    };
+    match BACKENDS.get(unsafe { (*flow).backend_id }) {
+        Some(b) if b.in_use() && b.addr == reply.src && b.port == reply.sport => {
+            Reply::Flow(flow, vip)
+        }
+        _ => Reply::OtherBackend,
+    }
+}
+
+/// Fill `key` with the conntrack key of the flow `reply` answers, if its
+/// client spoke to `vip`: the client's packets' 5-tuple.
+#[inline(always)]
+pub fn client_key(key: &mut FlowKey, reply: &FlowKey, vip: &ServiceKey) {
     store_words(&mut key.src, &reply.dst);
     store_words(&mut key.dst, &vip.addr);
     key.sport = reply.dport;
@@ -93,9 +137,6 @@ fn flow_of_reply(reply: &FlowKey, vip: &ServiceKey) -> Option<*mut Flow> {
     key.proto = reply.proto;
     key.family = reply.family;
     key._pad = [0; 2];
-    let flow = CONNTRACK.get_ptr_mut(&*key)?;
-    let backend = BACKENDS.get(unsafe { (*flow).backend_id })?;
-    (backend.in_use() && backend.addr == reply.src && backend.port == reply.sport).then_some(flow)
 }
 
 /// A backend by id, if that slot is in use and up (draining counts as up).

@@ -7,7 +7,9 @@
 //!   the client's affinity, then the service's Maglev table), is DNATed to it
 //!   and forwarded.
 //! - A reply from a backend of a balanced flow is SNATed back to the VIP and
-//!   forwarded to the client.
+//!   forwarded to the client. A flow's state is stored when its backend
+//!   confirms it (`confirm`); until then, and whenever its entry is gone,
+//!   its packets go by config and read-only choices.
 //! - ICMP errors about a balanced flow and later fragments of a balanced
 //!   datagram follow their flow (`icmp`, `fragment`).
 //! - Anything else passes to the kernel untouched.
@@ -16,7 +18,9 @@
 
 mod action;
 mod choose;
+mod client_path;
 mod clock;
+mod confirm;
 mod csum;
 mod ctx;
 mod forward;
@@ -43,6 +47,7 @@ use balancer_common::counters::Counter;
 use crate::{
     action::Action,
     ctx::{Frame, tc_pull_headers},
+    lookup::Reply,
     parse::{Packet, Parsed, Piece, reparse_ip},
 };
 
@@ -67,6 +72,8 @@ enum Next {
     Icmp,
     /// A later fragment: [`fragment_path`].
     Fragment,
+    /// A backend's reply whose flow has no entry: [`reply_path`].
+    ReplyWithoutFlow,
 }
 
 /// Each path is a function of its own (BPF-to-BPF calls) and this entry
@@ -82,6 +89,7 @@ fn run<C: Frame>(ctx: &C) -> u32 {
         Next::Verdict(verdict) => verdict,
         Next::Icmp => icmp_path(ctx),
         Next::Fragment => fragment_path(ctx),
+        Next::ReplyWithoutFlow => reply_path(ctx),
     }
 }
 
@@ -95,7 +103,7 @@ fn common_path<C: Frame>(ctx: &C) -> Next {
     if let Piece::Later(_) = pkt.piece {
         return Next::Fragment;
     }
-    Next::Verdict(verdict(ctx, balance(ctx, &pkt)))
+    balance(ctx, &pkt)
 }
 
 #[inline(never)]
@@ -105,6 +113,16 @@ fn icmp_path<C: Frame>(ctx: &C) -> u32 {
         Err(reason) => Ok(stats::pass(reason)),
     };
     verdict(ctx, action)
+}
+
+/// Once or twice a connection (its SYN-ACK, its confirmation), or for
+/// every reply of a flow whose entry is gone.
+#[inline(never)]
+fn reply_path<C: Frame>(ctx: &C) -> u32 {
+    match parse::parse(ctx) {
+        Parsed::Packet(pkt) => verdict(ctx, confirm::reply(ctx, &pkt)),
+        _ => verdict(ctx, Err(())),
+    }
 }
 
 #[inline(never)]
@@ -131,14 +149,19 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 }
 
 #[inline(always)]
-fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
+fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Next {
     if let Some(service) = lookup::service_for(&pkt.key) {
-        return paths::to_backend(ctx, pkt, service);
+        return Next::Verdict(verdict(ctx, paths::to_backend(ctx, pkt, service)));
     }
-    if let Some((flow, vip)) = lookup::reply_flow(&pkt.key) {
-        return paths::to_client(ctx, pkt, flow, vip);
+    match lookup::reply_flow(&pkt.key) {
+        Reply::Flow(flow, vip) if !paths::reopened(pkt, flow) => {
+            Next::Verdict(verdict(ctx, paths::to_client(ctx, pkt, flow, vip)))
+        }
+        Reply::Flow(..) | Reply::NoFlow => Next::ReplyWithoutFlow,
+        Reply::OtherBackend | Reply::NotOurs => {
+            Next::Verdict(ctx.verdict(stats::pass(Counter::PassNotOurs)))
+        }
     }
-    Ok(stats::pass(Counter::PassNotOurs))
 }
 
 #[cfg(not(test))]

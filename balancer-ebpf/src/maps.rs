@@ -4,8 +4,9 @@
 //! `lookup`.
 //!
 //! The shared ones are pinned by name, so a restarted daemon finds the same
-//! flows, affinities and counters. `NEXT_HOPS` and `SCRATCH` are the
-//! kernel side's own and are not pinned.
+//! flows, affinities and counters. `NEXT_HOPS`, `CLIENT_PATHS` and
+//! `SCRATCH` are the kernel side's own and are not pinned, nor are the config-derived
+//! arrays the daemon writes at every start, nor `PENDING`.
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -15,16 +16,16 @@ use aya_ebpf::{
 use balancer_common::{
     counters::COUNTER_COUNT,
     maps::{
-        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS,
+        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_FRAGMENTS, MAX_PENDING,
         MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
-        FragmentNat, Service, ServiceKey, ServiceSlot,
+        FragmentNat, Pending, Service, ServiceKey, ServiceSlot,
     },
 };
 
-use crate::values::{NextHop, Scratch};
+use crate::values::{ClientPath, NextHop, Scratch};
 
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
@@ -73,10 +74,23 @@ pub static BACKEND_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 pub static BACKEND_VIPS: HashMap<ServiceKey, BackendVips> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
 
+/// Not pinned: a flow in it is seconds old, and one lost to a restart
+/// costs its client a retransmitted SYN.
+#[map]
+pub static PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
 /// Per CPU, so that no two CPUs write one entry at once (no torn paths)
 /// and no cache line bounces between them. Not pinned: a cache.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Slots of `CLIENT_PATHS`, a power of two.
+pub const CLIENT_PATH_SLOTS: u32 = 1 << 16;
+
+/// Shared by all CPUs (a reply runs on another CPU than its client's
+/// packets), not pinned: a cache (see `client_path`).
+#[map]
+pub static CLIENT_PATHS: Array<ClientPath> = Array::with_max_entries(CLIENT_PATH_SLOTS, 0);
 
 /// One entry: this CPU's scratch space (see `scratch`).
 #[map]

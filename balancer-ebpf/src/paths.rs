@@ -3,7 +3,7 @@
 
 use balancer_common::{
     counters::Counter,
-    types::{Flow, Service, ServiceKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND},
+    types::{Flow, Service, ServiceKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, tcp_closed},
 };
 
 use crate::{
@@ -13,8 +13,10 @@ use crate::{
     ctx::Frame,
     forward, fragment,
     ip::{End, ttl_expired},
+    maps::CONNTRACK,
     nat::rewrite,
-    parse::{L3_OFF, Packet, TCP_SYN},
+    parse::{L3_OFF, Packet, TCP_ACK, TCP_SYN},
+    scratch::scratch,
     stats::{self, Direction},
     tcp_state::{add_tcp_bits, tcp_state_bits},
 };
@@ -26,11 +28,12 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
         return Ok(stats::pass(Counter::PassTtlExpired));
     }
     let now = now_ns();
-    let (backend_id, backend, new_connection) = match choose::backend_for(ctx, pkt, service, now) {
+    let (backend_id, backend) = match choose::backend_for(ctx, pkt, service, now) {
         Ok(chosen) => chosen,
         Err(counter) => return Ok(stats::drop(counter)),
     };
-    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, new_connection);
+    // A connection is counted when its backend confirms it (`confirm`).
+    stats::backend_packet(backend_id, pkt.len, Direction::ToBackend, false);
     fragment::record_first(pkt, &backend.addr, backend_id, None);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port)?;
     stats::count(Counter::ForwardToBackend);
@@ -42,6 +45,22 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
         backend,
         now,
     ))
+}
+
+/// A SYN-ACK in a flow whose entry says the connection is over: the client
+/// reuses the 4-tuple, and the new connection is confirmed afresh by its
+/// backend's next packet (`confirm`). Removes the old entry (its key is
+/// still in `Scratch::reply_key`, from `lookup::reply_flow`).
+#[inline(always)]
+pub fn reopened(pkt: &Packet, flow: *mut Flow) -> bool {
+    let flow = unsafe { &*flow };
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK || !tcp_closed(flow.tcp_state()) {
+        return false;
+    }
+    if let Some(s) = scratch() {
+        let _ = CONNTRACK.remove(&s.reply_key);
+    }
+    true
 }
 
 /// A reply in `flow` (see `lookup::reply_flow`): SNAT back to `vip`.

@@ -1,5 +1,5 @@
 //! The value types of the maps only the kernel side uses (`NEXT_HOPS`,
-//! `SCRATCH`); the shared ones are in `balancer_common::types`.
+//! `CLIENT_PATHS`, `SCRATCH`); the shared ones are in `balancer_common::types`.
 
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use balancer_common::types::{Flow, FlowKey, FragmentKey, FragmentNat};
@@ -15,6 +15,20 @@ pub struct NextHop {
     /// `clock::epoch` of the lookup; `ifindex` 0 means none yet.
     pub epoch: u16,
     pub _pad: u16,
+}
+
+/// A client's L2 path as its packets came (see `client_path`).
+#[repr(C)]
+pub struct ClientPath {
+    pub addr: [u32; 4],
+    /// 0: the slot is empty.
+    pub ifindex: u32,
+    /// The packets' first 12 bytes as words: their destination MAC (the
+    /// gateway's interface), then their source MAC (the client or its
+    /// router).
+    pub macs: [u32; 3],
+    pub family: u32,
+    pub _pad: u32,
 }
 
 /// Per-CPU scratch space for the large values the common path builds for

@@ -6,7 +6,9 @@
 //! it is recounted: every pass reads the whole `CONNTRACK` map (batched) and
 //! counts, per backend, the flows that are still open — not closed by FIN
 //! from both sides or by RST, and idle less than their protocol's timeout.
-//! What the LRU evicted is simply not there. `AFFINITY` is counted the same
+//! What the LRU evicted is simply not there. Every entry is a connection
+//! its backend confirmed: spoofed SYNs and handshakes that never complete
+//! make none. `AFFINITY` is counted the same
 //! way, per service, fresh entries only (stale ones are ignored by the
 //! kernel too).
 
@@ -30,9 +32,12 @@ use crate::mapscan;
 /// backend vanished without FIN or RST). Socket.IO pings every 25 s, so a
 /// live session is never this idle.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// A TCP flow whose backend never answered the handshake (no SYN-ACK seen)
-/// stops counting after this long: a client that gave up (or exited) while
-/// connecting sends nothing more, and neither FIN nor RST would ever end it.
+/// A TCP flow whose backend never answered the handshake stops counting
+/// after this long. The data plane makes an entry only when the backend
+/// confirms its flow (so with `TCP_BACKEND_ANSWERED`); entries without it
+/// are adopted from a build that stored flows at the client's SYN, where a
+/// client that gave up while connecting sent nothing more, and neither FIN
+/// nor RST would ever end it.
 pub const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP "connection" is a flow seen in the last minute.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -18,7 +18,7 @@ use balancer_common::{
     maps::{self, MAX_BACKENDS},
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
-        FragmentNat, Service, ServiceKey, ServiceSlot,
+        FragmentNat, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -45,8 +45,9 @@ pub struct DataPlane {
     service_slots: Array<MapData, ServiceSlot>,
     backend_ports: Array<MapData, u32>,
     backend_vips: HashMap<MapData, ServiceKey, BackendVips>,
-    /// What VIP_PORTS, BACKEND_PORTS and BACKEND_VIPS hold: this daemon
-    /// created them, and only it writes there.
+    /// What VIP_PORTS, BACKEND_PORTS and BACKEND_VIPS hold (this daemon
+    /// created them, and only it writes there), and which services it
+    /// flagged `SERVICE_AMBIGUOUS_REPLIES`.
     port_maps_written: PortMaps,
     redirect_devs: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -140,6 +141,15 @@ fn check_pinned_maps(pin_dir: &Path, tables: Tables) -> anyhow::Result<Option<u3
         }
     }
     Ok(maglev)
+}
+
+/// `flags` with `SERVICE_AMBIGUOUS_REPLIES` set or cleared.
+fn with_ambiguous(flags: u32, on: bool) -> u32 {
+    if on {
+        flags | SERVICE_AMBIGUOUS_REPLIES
+    } else {
+        flags & !SERVICE_AMBIGUOUS_REPLIES
+    }
 }
 
 /// Make a port array hold `wanted` where it holds `written`, writing only
@@ -457,12 +467,25 @@ impl DataPlane {
     /// is written into its service. Both port arrays name SERVICE_SLOTS
     /// entries, which `write_service` writes: at start both run before the
     /// program is attached, and a service's id and VIP do not change after.
-    /// `Err` before any write when a backend would serve too many services.
+    /// Services whose replies become ambiguous (see [`PortMaps::ambiguous`])
+    /// are flagged before the VIP lists say so, so that their client
+    /// packets record `PENDING` by the time a reply looks; the flag is
+    /// cleared after. `Err` before any write when a backend would serve too
+    /// many services.
     pub fn write_port_maps<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a ServiceState>,
     ) -> anyhow::Result<()> {
-        let wanted = PortMaps::of(services)?;
+        let services: Vec<&ServiceState> = services.into_iter().collect();
+        let wanted = PortMaps::of(services.iter().copied())?;
+        let flag_changes: Vec<(&ServiceState, bool)> = services
+            .iter()
+            .map(|s| (*s, wanted.ambiguous.contains(&s.id)))
+            .filter(|(s, on)| self.port_maps_written.ambiguous.contains(&s.id) != *on)
+            .collect();
+        for &(s, _) in flag_changes.iter().filter(|(_, on)| *on) {
+            self.set_ambiguous(s, true)?;
+        }
         let written = &self.port_maps_written;
         // The VIP lists first: a port marked shared must find them.
         for (key, vips) in wanted
@@ -492,8 +515,35 @@ impl DataPlane {
                 Err(e) => return Err(e).context("removing from BACKEND_VIPS"),
             }
         }
+        for &(s, _) in flag_changes.iter().filter(|(_, on)| !*on) {
+            self.set_ambiguous(s, false)?;
+        }
         self.port_maps_written = wanted;
         Ok(())
+    }
+
+    /// Set or clear `SERVICE_AMBIGUOUS_REPLIES` in a service's SERVICES
+    /// and SERVICE_SLOTS values, if it has them yet (`write_service` sets
+    /// the flag in a new one).
+    fn set_ambiguous(&mut self, service: &ServiceState, on: bool) -> anyhow::Result<()> {
+        let key = service.key();
+        let mut value = match self.services.get(&key, 0) {
+            Ok(value) => value,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(e).context("reading SERVICES"),
+        };
+        value.flags = with_ambiguous(value.flags, on);
+        self.services
+            .insert(key, value, 0)
+            .context("writing SERVICES")?;
+        let slot = ServiceSlot {
+            vip: key,
+            _pad: 0,
+            service: value,
+        };
+        self.service_slots
+            .set(service.id, slot, 0)
+            .context("writing SERVICE_SLOTS")
     }
 
     /// Write one service: backends that are up, then its new Maglev table
@@ -516,7 +566,11 @@ impl DataPlane {
         let table = service.next_table();
         let base = service.table_base + next * service.config.table_size;
         self.write_table(base, &table)?;
-        let value = service.map_value(next, !table.is_empty());
+        let mut value = service.map_value(next, !table.is_empty());
+        value.flags = with_ambiguous(
+            value.flags,
+            self.port_maps_written.ambiguous.contains(&service.id),
+        );
         self.services
             .insert(key, value, 0)
             .context("writing SERVICES")?;

@@ -4,7 +4,7 @@
 //! `balancer_common::maps`): pure logic over the daemon's services, written
 //! by `dataplane`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::bail;
 use balancer_common::{
@@ -13,7 +13,7 @@ use balancer_common::{
     types::{BackendVips, ServiceKey},
 };
 
-use crate::state::ServiceState;
+use crate::state::{BackendState, ServiceState};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PortMaps {
@@ -26,6 +26,10 @@ pub struct PortMaps {
     /// BACKEND_VIPS: backend address:port/proto → the VIPs it serves, in
     /// service order.
     pub backend_vips: HashMap<ServiceKey, BackendVips>,
+    /// Services with a backend address:port that serves other VIPs too:
+    /// their replies cannot name their VIP from config, so they get
+    /// `SERVICE_AMBIGUOUS_REPLIES`.
+    pub ambiguous: HashSet<u32>,
 }
 
 impl PortMaps {
@@ -35,19 +39,13 @@ impl PortMaps {
     pub fn of<'a>(
         services: impl IntoIterator<Item = &'a ServiceState>,
     ) -> anyhow::Result<PortMaps> {
+        let services: Vec<&ServiceState> = services.into_iter().collect();
         let mut maps = PortMaps::default();
-        for service in services {
+        for service in &services {
             let vip = service.key();
             mark_port(&mut maps.vip_ports, u16::from_be(vip.port), service.id);
-            for b in &service.backends {
+            for (b, key) in endpoints(service) {
                 mark_port(&mut maps.backend_ports, b.address.port(), service.id);
-                let (addr, family) = to_words(b.address.ip());
-                let key = ServiceKey {
-                    addr,
-                    port: b.address.port().to_be(),
-                    proto: vip.proto,
-                    family,
-                };
                 let entry = maps.backend_vips.entry(key).or_default();
                 let count = entry.count as usize;
                 if count == MAX_VIPS_PER_BACKEND {
@@ -60,8 +58,28 @@ impl PortMaps {
                 entry.count += 1;
             }
         }
+        maps.ambiguous = services
+            .iter()
+            .filter(|s| endpoints(s).any(|(_, k)| maps.backend_vips[&k].count > 1))
+            .map(|s| s.id)
+            .collect();
         Ok(maps)
     }
+}
+
+/// `service`'s backends, each with its BACKEND_VIPS key.
+fn endpoints(service: &ServiceState) -> impl Iterator<Item = (&BackendState, ServiceKey)> {
+    let proto = service.key().proto;
+    service.backends.iter().map(move |b| {
+        let (addr, family) = to_words(b.address.ip());
+        let key = ServiceKey {
+            addr,
+            port: b.address.port().to_be(),
+            proto,
+            family,
+        };
+        (b, key)
+    })
 }
 
 /// Record that service `id` uses `port`: `id + 1` while it is the only one.
@@ -131,6 +149,22 @@ mod tests {
         );
         let own = maps.backend_vips[&endpoint("198.18.1.11:4000")];
         assert_eq!((own.count, own.vips[0]), (1, services[3].key()));
+        // The four that share 198.18.1.99:3000; service 3 too, although its
+        // other backend's replies name their VIP alone.
+        assert_eq!(
+            maps.ambiguous,
+            HashSet::from_iter(services.iter().map(|s| s.id))
+        );
+    }
+
+    #[test]
+    fn services_without_shared_backends_are_not_ambiguous() {
+        let services = services(5);
+        let maps = PortMaps::of(&services[4..]).unwrap();
+        assert!(maps.ambiguous.is_empty());
+        let maps = PortMaps::of(&services).unwrap();
+        assert!(!maps.ambiguous.contains(&services[4].id));
+        assert_eq!(maps.ambiguous.len(), 4);
     }
 
     #[test]

@@ -121,8 +121,9 @@ fn expect_passed(fx: &Fixture, from_client: bool, input: &[u8], counter: &'stati
     );
 }
 
-/// A client's SYN to `vip:port` and the backend's SYN-ACK, both checked:
-/// a live flow. Returns its backend.
+/// A client's SYN to `vip:port`, the backend's SYN-ACK and its first ACK
+/// (which confirms the flow: its conntrack entry is made), all checked: a
+/// live flow. Returns its backend.
 fn open_flow(
     fx: &Fixture,
     service: &str,
@@ -135,7 +136,7 @@ fn open_flow(
     open_flow_with(fx, service, client, i, cport, vip, port, |f| f)
 }
 
-/// [`open_flow`] with both packets `shape`d (options, extension headers).
+/// [`open_flow`] with every packet `shape`d (options, extension headers).
 #[allow(clippy::too_many_arguments)]
 fn open_flow_with(
     fx: &Fixture,
@@ -170,6 +171,13 @@ fn open_flow_with(
         TCP_SYN | TCP_ACK,
     ));
     expect_forwarded(fx, false, &reply, &to_client(&reply, sock(vip, port), i));
+    let confirm = shape(from_backend(backend, client, cport, proto, TCP_ACK));
+    expect_forwarded(
+        fx,
+        false,
+        &confirm,
+        &to_client(&confirm, sock(vip, port), i),
+    );
     backend
 }
 
@@ -203,10 +211,14 @@ test_both_modes! {
         assert!(backend.is_ipv6());
         let data = Frame { payload: vec![7; 300], ..Frame::tcp("2001:db8::1", 40000, VIP6, 80, TCP_ACK | TCP_PSH) };
         expect_forwarded(fx, true, &data, &to_backend(&data, backend));
-        assert_eq!(fx.counters().since(&before), vec![("forward_to_backend", 2), ("forward_to_client", 1)]);
+        // SYN-ACK and the first ACK had no entry; the ACK confirmed the flow.
+        assert_eq!(
+            fx.counters().since(&before),
+            vec![("forward_to_backend", 2), ("forward_to_client", 2), ("forward_reply_without_flow", 2), ("flows_confirmed", 1)]
+        );
         let id = fx.service("web6").backend(backend).unwrap().id;
         let stats = fx.dataplane.backend_stats(id).unwrap();
-        assert_eq!((stats.connections_total, stats.packets_in, stats.packets_out), (1, 2, 1));
+        assert_eq!((stats.connections_total, stats.packets_in, stats.packets_out), (1, 2, 2));
 
         // UDP, a four-tuple service: each client port on its own.
         for cport in [5000, 5001, 5002] {
@@ -452,7 +464,13 @@ test_both_modes! {
             let reply = Frame { payload: vec![5; 70], ..from_backend(backend, client, 5000, f.proto(), TCP_ACK) };
             let before = fx.counters();
             send_pieces(fx, false, &reply.fragments(id ^ 1, 32), &to_client(&reply, sock(vip, port), i).fragments(id ^ 1, 32));
-            assert_eq!(fx.counters().since(&before), vec![("forward_to_client", 1), ("forward_fragment", 2)], "{service} reply");
+            // It has no conntrack entry yet: translated from config, and
+            // the flow confirmed by it.
+            assert_eq!(
+                fx.counters().since(&before),
+                vec![("forward_to_client", 1), ("forward_fragment", 2), ("forward_reply_without_flow", 1), ("flows_confirmed", 1)],
+                "{service} reply"
+            );
         }
     }
 

@@ -8,19 +8,27 @@
 //! and permanent neighbour entries, so `bpf_fib_lookup` succeeds and the
 //! full fast path (NAT, TTL, MACs, redirect) is exercised.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use balancer_common::{
     addr::to_words,
     counters::Counter,
-    types::{FlowKey, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, tcp_closed},
+    types::{FlowKey, TCP_BACKEND_ANSWERED, TCP_FIN_FROM_BACKEND, TCP_FIN_FROM_CLIENT, tcp_closed},
 };
 use balancer_tests::{
-    packet::{ETH_LEN, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, assert_checksums_valid, parse},
+    packet::{
+        ETH_LEN, Frame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, assert_checksums_valid, parse,
+    },
     test_both_modes,
-    xdp_fixture::{BACKEND_IF_MAC, CLIENT_IF_MAC, CLIENT_MAC, Verdict, backend_index, backend_mac},
+    xdp_fixture::{
+        BACKEND_IF_MAC, CLIENT_IF_MAC, CLIENT_MAC, Fixture, Verdict, backend_index, backend_mac,
+    },
 };
-use balancer_user::state::ServiceState;
+use balancer_user::{accounting::FlowTables, state::ServiceState};
 
 /// The backend `service` gives a new client, predicted in userspace.
 fn predicted(service: &ServiceState, client: &str, sport: u16) -> std::net::SocketAddr {
@@ -28,6 +36,59 @@ fn predicted(service: &ServiceState, client: &str, sport: u16) -> std::net::Sock
         .predict(IpAddr::from_str(client).unwrap(), sport)
         .unwrap();
     service.backend_by_id(id).unwrap().address
+}
+
+/// Entries in CONNTRACK and in AFFINITY (all services), now.
+fn table_entries(fx: &Fixture) -> (u64, u64) {
+    let timeouts: HashMap<u32, u64> = fx.services.iter().map(|s| (s.id, u64::MAX)).collect();
+    let counts = FlowTables::open(fx.dataplane.pin_dir())
+        .unwrap()
+        .count(&timeouts)
+        .unwrap();
+    (counts.conntrack_entries, counts.affinity.values().sum())
+}
+
+/// The conntrack key of a client's flow to `vip:port` (TCP).
+fn flow_key(client: &str, cport: u16, vip: &str, port: u16) -> FlowKey {
+    let (src, family) = to_words(client.parse().unwrap());
+    let (dst, _) = to_words(vip.parse().unwrap());
+    FlowKey {
+        src,
+        dst,
+        sport: cport.to_be(),
+        dport: port.to_be(),
+        proto: 6,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// A backend's packet to a client, arriving on the backend side.
+fn from_backend(backend: SocketAddr, client: &str, cport: u16, flags: u8) -> Frame {
+    Frame {
+        src_mac: backend_mac(backend_index(backend.ip())),
+        dst_mac: BACKEND_IF_MAC,
+        ..Frame::tcp(
+            &backend.ip().to_string(),
+            backend.port(),
+            client,
+            cport,
+            flags,
+        )
+    }
+}
+
+/// `f` as the balancer sends it to client 198.18.0.1 (`CLIENT_MAC`) from
+/// the VIP `web` listens on.
+fn to_client_1(f: &Frame) -> Frame {
+    Frame {
+        src_mac: CLIENT_IF_MAC,
+        dst_mac: CLIENT_MAC,
+        src: "198.18.0.100".parse().unwrap(),
+        sport: 80,
+        ttl: f.ttl - 1,
+        ..f.clone()
+    }
 }
 
 test_both_modes! {
@@ -47,8 +108,8 @@ test_both_modes! {
         assert_eq!(&out[ETH_LEN + 20 + 20..], &frame[ETH_LEN + 20 + 20..], "payload untouched");
         assert_checksums_valid(&out);
 
-        // The same flow's next packet takes the conntrack path to the same
-        // backend; so does a second connection from the same client.
+        // The same flow's next packet, which has no entry either, is placed
+        // the same way (read-only) to the same backend.
         let data = Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 80, TCP_ACK | TCP_PSH).build();
         let (verdict, out) = fx.run_client_frame(&data);
         assert_eq!(verdict, Verdict::Forwarded);
@@ -56,64 +117,132 @@ test_both_modes! {
         assert_checksums_valid(&out);
         let id = fx.service("web").backend(want).unwrap().id;
         let stats = fx.dataplane.backend_stats(id).unwrap();
-        assert_eq!(stats.connections_total, 1, "one new connection counted");
+        assert_eq!(stats.connections_total, 0, "no connection until the backend confirms it");
         assert_eq!(stats.packets_in, 2);
         assert_eq!(stats.bytes_in, (frame.len() + data.len()) as u64);
     }
 
+    /// Nothing the client sends is stored: a SYN, its ACK, its data.
+    fn a_syn_and_the_clients_packets_store_nothing(fx) {
+        let before = fx.counters();
+        for (i, flags) in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH].into_iter().enumerate() {
+            let frame = Frame::tcp("198.18.0.1", 40030, "198.18.0.100", 80, flags).build();
+            assert_eq!(fx.run_client_frame(&frame).0, Verdict::Forwarded, "packet {i}");
+            assert_eq!(table_entries(fx), (0, 0), "packet {i}: no CONNTRACK, no AFFINITY entry");
+        }
+        assert_eq!(fx.counters().since(&before), vec![("forward_to_backend", 3)]);
+        let total: u64 = fx.service("web").backends.iter().map(|b| fx.dataplane.backend_stats(b.id).unwrap().connections_total).sum();
+        assert_eq!(total, 0, "no connection counted");
+    }
+
+    /// The backend confirms a flow: its SYN-ACK and an RST store nothing;
+    /// its first ACK makes one CONNTRACK and one AFFINITY entry and counts
+    /// one connection; its later packets take the entry.
+    fn the_backends_first_ack_confirms_the_flow(fx) {
+        let syn = Frame::tcp("198.18.0.1", 40031, "198.18.0.100", 80, TCP_SYN).build();
+        fx.run_client_frame(&syn);
+        let backend = predicted(fx.service("web"), "198.18.0.1", 40031);
+        let id = fx.service("web").backend(backend).unwrap().id;
+        let connections = || fx.dataplane.backend_stats(id).unwrap().connections_total;
+        for (what, flags) in [("SYN-ACK", TCP_SYN | TCP_ACK), ("RST", TCP_RST), ("RST-ACK", TCP_RST | TCP_ACK)] {
+            let reply = from_backend(backend, "198.18.0.1", 40031, flags);
+            let before = fx.counters();
+            let (verdict, out) = fx.run_backend_frame(&reply.build());
+            assert_eq!(verdict, Verdict::Forwarded, "{what}");
+            assert_eq!(out, to_client_1(&reply).build(), "{what}: translated");
+            assert_eq!(fx.counters().since(&before), vec![("forward_to_client", 1), ("forward_reply_without_flow", 1)], "{what}");
+            assert_eq!((table_entries(fx), connections()), ((0, 0), 0), "{what}: nothing stored");
+        }
+        let ack = from_backend(backend, "198.18.0.1", 40031, TCP_ACK);
+        let before = fx.counters();
+        let (verdict, out) = fx.run_backend_frame(&ack.build());
+        assert_eq!((verdict, out), (Verdict::Forwarded, to_client_1(&ack).build()));
+        assert_eq!(fx.counters().since(&before), vec![("forward_to_client", 1), ("forward_reply_without_flow", 1), ("flows_confirmed", 1)]);
+        assert_eq!((table_entries(fx), connections()), ((1, 1), 1), "one entry each, one connection");
+        let flow = fx.dataplane.flow(&flow_key("198.18.0.1", 40031, "198.18.0.100", 80)).unwrap().expect("the flow's entry");
+        assert_eq!(flow.backend_id, id);
+        assert_eq!((flow.client_ifindex, flow.client_mac, flow.gateway_mac), (fx.client_if, CLIENT_MAC, CLIENT_IF_MAC), "the client's path from the FIB");
+        assert_eq!(u32::from(flow.backend_tcp_state), TCP_BACKEND_ANSWERED);
+        // Data both ways now takes the entry: nothing more is stored or counted.
+        let data = Frame { payload: vec![1; 10], ..from_backend(backend, "198.18.0.1", 40031, TCP_ACK | TCP_PSH) };
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&data.build()).1, to_client_1(&data).build());
+        let request = Frame::tcp("198.18.0.1", 40031, "198.18.0.100", 80, TCP_ACK | TCP_PSH).build();
+        assert_eq!(fx.run_client_frame(&request).0, Verdict::Forwarded);
+        assert_eq!(fx.counters().since(&before), vec![("forward_to_backend", 1), ("forward_to_client", 1)]);
+        assert_eq!((table_entries(fx), connections()), ((1, 1), 1));
+    }
+
+    /// A reply with no entry is translated from config, byte for byte.
     fn backend_reply_is_natted_back_to_the_vip(fx) {
         let syn = Frame::tcp("198.18.0.1", 40001, "198.18.0.100", 80, TCP_SYN).build();
         let (_, out) = fx.run_client_frame(&syn);
-        let backend = parse(&out);
-
-        let reply = Frame {
-            src_mac: backend_mac(backend_index(backend.dst())),
-            dst_mac: BACKEND_IF_MAC,
-            ..Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.1", 40001, TCP_SYN | TCP_ACK)
-        }
-        .build();
-        let (verdict, out) = fx.run_backend_frame(&reply);
+        let backend = parse(&out).dst_sock();
+        let reply = Frame { payload: b"hello".to_vec(), ..from_backend(backend, "198.18.0.1", 40001, TCP_SYN | TCP_ACK) };
+        let (verdict, out) = fx.run_backend_frame(&reply.build());
         assert_eq!(verdict, Verdict::Forwarded, "reply redirected to the client side");
+        assert_eq!(out, to_client_1(&reply).build(), "SNAT to the VIP, MACs of the client's link, TTL, checksums");
         let p = parse(&out);
         assert_eq!((p.src().to_string().as_str(), p.sport()), ("198.18.0.100", 80), "SNAT back to the VIP");
         assert_eq!((p.dst().to_string().as_str(), p.dport()), ("198.18.0.1", 40001));
-        assert_eq!(p.dst_mac, CLIENT_MAC);
-        assert_eq!(p.src_mac, CLIENT_IF_MAC);
-        assert_eq!(p.ip.ttl, 63);
         assert_checksums_valid(&out);
         assert_eq!(fx.counter(Counter::ForwardToClient), 1);
+        assert_eq!(fx.counter(Counter::ForwardReplyWithoutFlow), 1);
     }
 
     fn a_reply_from_a_host_that_is_not_the_flows_backend_passes_untouched(fx) {
         let syn = Frame::tcp("198.18.0.1", 40020, "198.18.0.100", 80, TCP_SYN).build();
         let (_, out) = fx.run_client_frame(&syn);
-        let backend = parse(&out);
-        // Another backend of the same service, from the same port: the
-        // flow's conntrack key is rebuilt all the same, and the check on
-        // its backend is what keeps this packet from being rewritten.
-        let other = fx.service("web").backends.iter().find(|b| b.address.ip() != backend.dst()).unwrap().address;
-        let spoof = Frame::tcp(&other.ip().to_string(), other.port(), "198.18.0.1", 40020, TCP_SYN | TCP_ACK).build();
-        let before = fx.counter(Counter::PassNotOurs);
-        assert_eq!(fx.run_backend_frame(&spoof), (Verdict::Pass, spoof.clone()), "passed untouched");
-        assert_eq!(fx.counter(Counter::PassNotOurs), before + 1, "counted");
-        assert_eq!(fx.counter(Counter::ForwardToClient), 0);
-        let reply = Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.1", 40020, TCP_SYN | TCP_ACK).build();
+        let backend = parse(&out).dst_sock();
+        // Another backend of the same service, from the same port: with no
+        // entry, it is not the backend the client's packets go to.
+        let other = fx.service("web").backends.iter().find(|b| b.address.ip() != backend.ip()).unwrap().address;
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK] {
+            let spoof = from_backend(other, "198.18.0.1", 40020, flags).build();
+            let before = fx.counters();
+            assert_eq!(fx.run_backend_frame(&spoof), (Verdict::Pass, spoof.clone()), "passed untouched");
+            assert_eq!(fx.counters().since(&before), vec![("pass_reply_not_chosen", 1)], "counted");
+            assert_eq!(table_entries(fx), (0, 0), "confirms nothing");
+        }
+        // The flow's own backend confirms it; then the other backend's
+        // packet finds the entry, whose backend it is not.
+        let reply = from_backend(backend, "198.18.0.1", 40020, TCP_ACK).build();
         assert_eq!(fx.run_backend_frame(&reply).0, Verdict::Forwarded, "the flow's own backend is answered for");
+        assert_eq!(table_entries(fx), (1, 1));
+        let spoof = from_backend(other, "198.18.0.1", 40020, TCP_ACK).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&spoof), (Verdict::Pass, spoof.clone()), "passed untouched");
+        assert_eq!(fx.counters().since(&before), vec![("pass_not_ours", 1)], "counted");
+        assert_eq!(fx.counter(Counter::ForwardToClient), 1);
     }
 
+    /// A reply with no entry to a client the FIB has no neighbour for goes
+    /// to the MAC the client's packets came from (the kernel would drop a
+    /// VIP-sourced packet handed to it); the flow's entry keeps that path.
+    /// A client never seen has no path: its reply is passed, counted.
     fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac(fx) {
         let client_mac = [0x02, 0, 0, 0, 0x0c, 0xc9];
         let syn = Frame { src_mac: client_mac, dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.201", 40010, "198.18.0.100", 80, TCP_SYN) }.build();
         let (_, out) = fx.run_client_frame(&syn);
-        let backend = parse(&out);
-        let reply = Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.201", 40010, TCP_SYN | TCP_ACK).build();
-        let (verdict, out) = fx.run_backend_frame(&reply);
-        assert_eq!(verdict, Verdict::Forwarded, "not handed to the kernel, which would drop a VIP-sourced packet");
-        let p = parse(&out);
-        assert_eq!((p.dst_mac, p.src_mac), (client_mac, CLIENT_IF_MAC), "the MACs of the client's own SYN, swapped");
-        assert_eq!(p.src().to_string(), "198.18.0.100");
-        assert_checksums_valid(&out);
-        assert_eq!(fx.counter(Counter::NoNeighbourLearnedMac), 1);
+        let backend = parse(&out).dst_sock();
+        for (flags, stored) in [(TCP_SYN | TCP_ACK, (0, 0)), (TCP_ACK, (1, 1))] {
+            let reply = from_backend(backend, "198.18.0.201", 40010, flags);
+            let (verdict, out) = fx.run_backend_frame(&reply.build());
+            assert_eq!(verdict, Verdict::Forwarded, "not handed to the kernel, which would drop a VIP-sourced packet");
+            let want = Frame { dst_mac: client_mac, ..to_client_1(&reply) };
+            assert_eq!(out, want.build(), "to the MAC of the client's own SYN");
+            assert_eq!(table_entries(fx), stored);
+        }
+        assert_eq!(fx.counter(Counter::NoNeighbourLearnedMac), 2);
+        let flow = fx.dataplane.flow(&flow_key("198.18.0.201", 40010, "198.18.0.100", 80)).unwrap().expect("confirmed");
+        assert_eq!((flow.client_ifindex, flow.client_mac, flow.gateway_mac), (fx.client_if, client_mac, CLIENT_IF_MAC));
+
+        let stranger = predicted(fx.service("web"), "198.18.0.202", 40012);
+        let reply = from_backend(stranger, "198.18.0.202", 40012, TCP_ACK).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&reply).0, Verdict::Pass);
+        assert_eq!(fx.counters().since(&before), vec![("pass_no_neighbour", 1)]);
+        assert_eq!(table_entries(fx), (1, 1));
     }
 
     fn udp_vip_is_natted_with_and_without_checksum(fx) {
@@ -137,18 +266,31 @@ test_both_modes! {
             ("to a backend's own address", Frame::tcp("198.18.0.1", 40000, "198.18.1.11", 3000, TCP_SYN).build()),
             ("to the VIP on another port", Frame::tcp("198.18.0.1", 40000, "198.18.0.100", 9999, TCP_SYN).build()),
             ("UDP to a TCP VIP port", Frame::udp("198.18.0.1", 40000, "198.18.0.100", 80).build()),
-            (
-                "from a backend, not a balanced flow",
-                Frame::tcp("198.18.1.11", 3000, "198.18.0.1", 45555, TCP_ACK).build(),
-            ),
         ];
         for (what, frame) in cases {
-            let before = fx.counter(Counter::PassNotOurs);
+            let before = fx.counters();
             let (verdict, out) = fx.run_client_frame(&frame);
             assert_eq!(verdict, Verdict::Pass, "{what}");
             assert_eq!(out, frame, "{what}: bytes untouched");
-            assert_eq!(fx.counter(Counter::PassNotOurs), before + 1, "{what}: counted");
+            assert_eq!(fx.counters().since(&before), vec![("pass_not_ours", 1)], "{what}: counted");
         }
+        // From a backend port but not a backend: not the client's backend.
+        let stranger = Frame::tcp("198.18.1.99", 3000, "198.18.0.1", 45555, TCP_ACK).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&stranger), (Verdict::Pass, stranger.clone()));
+        assert_eq!(fx.counters().since(&before), vec![("pass_reply_not_chosen", 1)]);
+        // The source of the backend the client's packets go to, but in by
+        // the client side: spoofed, and neither translated nor stored.
+        let backend = predicted(fx.service("web"), "198.18.0.1", 45555);
+        let spoof = Frame::tcp(&backend.ip().to_string(), backend.port(), "198.18.0.1", 45555, TCP_ACK).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_client_frame(&spoof), (Verdict::Pass, spoof.clone()));
+        assert_eq!(fx.counters().since(&before), vec![("pass_reply_wrong_path", 1)]);
+        // From the backend side, but from another MAC than the backend's.
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&spoof), (Verdict::Pass, spoof.clone()));
+        assert_eq!(fx.counters().since(&before), vec![("pass_reply_wrong_path", 1)]);
+        assert_eq!(table_entries(fx), (0, 0));
         let mut arp = Frame::tcp("198.18.0.1", 1, "198.18.0.100", 80, TCP_SYN).build();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(fx.run_client_frame(&arp), (Verdict::Pass, arp.clone()), "non-IP ethertype");
@@ -209,34 +351,40 @@ test_both_modes! {
         assert!(used.len() >= 4, "clients spread over backends: {used:?}");
     }
 
-    fn fin_and_rst_are_recorded_and_a_new_syn_reopens(fx) {
+    fn fin_and_rst_are_recorded_and_a_syn_ack_reopens(fx) {
         let syn = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_SYN).build();
         let (_, out) = fx.run_client_frame(&syn);
-        let backend = parse(&out);
+        let backend = parse(&out).dst_sock();
+        let id = fx.service("web").backend(backend).unwrap().id;
+        let connections = || fx.dataplane.backend_stats(id).unwrap().connections_total;
+        assert_eq!(fx.run_backend_frame(&from_backend(backend, "198.18.0.2", 40006, TCP_ACK).build()).0, Verdict::Forwarded);
         let fin = Frame::tcp("198.18.0.2", 40006, "198.18.0.100", 80, TCP_FIN | TCP_ACK).build();
         fx.run_client_frame(&fin);
-        let reply_fin = Frame {
-            src_mac: backend_mac(backend_index(backend.dst())),
-            ..Frame::tcp(&backend.dst().to_string(), backend.dport(), "198.18.0.2", 40006, TCP_FIN | TCP_ACK)
-        }
-        .build();
+        let reply_fin = from_backend(backend, "198.18.0.2", 40006, TCP_FIN | TCP_ACK).build();
         assert_eq!(fx.run_backend_frame(&reply_fin).0, Verdict::Forwarded);
-        let (src, _) = to_words("198.18.0.2".parse().unwrap());
-        let (vip, family) = to_words("198.18.0.100".parse().unwrap());
-        let key = FlowKey { src, dst: vip, sport: 40006u16.to_be(), dport: 80u16.to_be(), proto: 6, family, _pad: [0; 2] };
+        let key = flow_key("198.18.0.2", 40006, "198.18.0.100", 80);
         let flow = fx.dataplane.flow(&key).unwrap().expect("conntrack entry");
         // Each direction's FIN in its own field (a shared word lost one when
         // both ends closed at once on two CPUs).
         assert_eq!(flow.client_tcp_state, TCP_FIN_FROM_CLIENT);
-        assert_eq!(u32::from(flow.backend_tcp_state), TCP_FIN_FROM_BACKEND);
+        assert_eq!(u32::from(flow.backend_tcp_state), TCP_FIN_FROM_BACKEND | TCP_BACKEND_ANSWERED);
         assert!(tcp_closed(flow.tcp_state()));
-        // Port reuse: a SYN on the closed flow counts as a new connection.
-        let id = fx.service("web").backend(std::net::SocketAddr::new(backend.dst(), backend.dport())).unwrap().id;
-        let before = fx.dataplane.backend_stats(id).unwrap().connections_total;
+        assert_eq!(connections(), 1);
+        // Port reuse: the client's new SYN goes where its affinity says; the
+        // backend's SYN-ACK removes the closed entry, and its next ACK makes
+        // and counts the new connection.
         let (verdict, out) = fx.run_client_frame(&syn);
         assert_eq!(verdict, Verdict::Forwarded);
-        assert_eq!(parse(&out).dst(), backend.dst(), "affinity keeps the client on its backend");
-        assert_eq!(fx.dataplane.backend_stats(id).unwrap().connections_total, before + 1);
+        assert_eq!(parse(&out).dst_sock(), backend, "affinity keeps the client on its backend");
+        let syn_ack = from_backend(backend, "198.18.0.2", 40006, TCP_SYN | TCP_ACK).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_backend_frame(&syn_ack).0, Verdict::Forwarded);
+        assert_eq!(fx.counters().since(&before), vec![("forward_to_client", 1), ("forward_reply_without_flow", 1)]);
+        assert_eq!(fx.dataplane.flow(&key).unwrap(), None, "the closed entry is gone");
+        assert_eq!(fx.run_backend_frame(&from_backend(backend, "198.18.0.2", 40006, TCP_ACK).build()).0, Verdict::Forwarded);
+        let flow = fx.dataplane.flow(&key).unwrap().expect("the new connection's entry");
+        assert!(!tcp_closed(flow.tcp_state()));
+        assert_eq!(connections(), 2);
     }
 }
 
@@ -261,15 +409,8 @@ fn a_backend_of_two_services_answers_each_flow_from_its_own_vip(
         let syn = Frame::tcp("198.18.0.2", sport, vip, 80, TCP_SYN).build();
         let (verdict, out) = fx.run_client_frame(&syn);
         assert_eq!(verdict, Verdict::Forwarded, "{vip}");
-        let backend = parse(&out);
-        let reply = Frame::tcp(
-            &backend.dst().to_string(),
-            backend.dport(),
-            "198.18.0.2",
-            sport,
-            TCP_SYN | TCP_ACK,
-        )
-        .build();
+        let backend = parse(&out).dst_sock();
+        let reply = from_backend(backend, "198.18.0.2", sport, TCP_SYN | TCP_ACK).build();
         let (verdict, out) = fx.run_backend_frame(&reply);
         assert_eq!(verdict, Verdict::Forwarded, "reply of the flow to {vip}");
         let p = parse(&out);
