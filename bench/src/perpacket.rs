@@ -293,9 +293,15 @@ fn on_path(kind: Kind, c: &Counters) -> u64 {
         Kind::Established | Kind::NewFlow | Kind::NewClient => {
             less(c.get(Counter::ForwardToBackend), c.connections)
         }
-        Kind::Confirm | Kind::ConfirmNewClient => c.connections,
-        Kind::StatelessReply => less(c.get(Counter::ForwardToClient), c.connections),
-        Kind::Reply => c.get(Counter::ForwardToClient),
+        Kind::Confirm | Kind::ConfirmNewClient => c.get(Counter::FlowConfirmed).min(c.connections),
+        Kind::StatelessReply => less(
+            c.get(Counter::ForwardReplyWithoutFlow),
+            c.get(Counter::FlowConfirmed),
+        ),
+        Kind::Reply => less(
+            c.get(Counter::ForwardToClient),
+            c.get(Counter::ForwardReplyWithoutFlow),
+        ),
         Kind::NonVip => c.get(Counter::PassNotOurs),
     }
 }

@@ -100,14 +100,23 @@ fn to_reference(bal: &[Sample], reference: &[(f64, f64)]) -> Spread {
 /// Issue 16's goal for a path against the map-cost references: the
 /// verdict, from the median ns of the path, of the references and of the
 /// floor under the path's frames. None: no goal for this path.
-fn reference_goal(kind: Kind, ns: f64, lookup: f64, insert: f64, floor: f64) -> Option<String> {
+fn reference_goal(
+    kind: Kind,
+    ns: f64,
+    lookup: f64,
+    insert: f64,
+    floor: f64,
+    bal: &[Sample],
+) -> Option<String> {
     let (goal, limit) = match kind {
         Kind::Established => ("≤ 1.5× one lookup", 1.5 * lookup),
         Kind::NewFlow => ("≤ one lookup + floor", lookup + floor),
         Kind::Confirm | Kind::ConfirmNewClient => ("≤ 1.2× one insert", 1.2 * insert),
         _ => return None,
     };
-    Some(if ns.is_nan() || limit.is_nan() {
+    Some(if !all_on_path(bal) {
+        format!("{goal}: not on the path")
+    } else if ns.is_nan() || limit.is_nan() {
         format!("{goal}: –")
     } else if ns <= limit {
         format!("{goal} ({limit:.0} ns): met")
@@ -140,7 +149,7 @@ fn references_md(md: &mut String, pp: &perpacket::Results) {
         if *variant != Variant::Normal || *kind == Kind::NonVip {
             continue;
         }
-        let goal = reference_goal(*kind, ns(bal).median, lookup, insert, ns(floor).median)
+        let goal = reference_goal(*kind, ns(bal).median, lookup, insert, ns(floor).median, bal)
             .unwrap_or_default();
         let _ = writeln!(
             md,
@@ -153,6 +162,12 @@ fn references_md(md: &mut String, pp: &perpacket::Results) {
             fmt_spread(to_reference(bal, &pp.insert_reference), 2),
         );
     }
+}
+
+/// Whether at least 99% of every round's runs took the path timed: a
+/// goal is judged only then.
+fn all_on_path(samples: &[Sample]) -> bool {
+    samples.iter().all(|s| s.on_path.is_some_and(|p| p >= 0.99))
 }
 
 fn goal_cell(kind: Kind, ratio: Spread) -> String {
@@ -347,7 +362,9 @@ impl Report<'_> {
             let floor = normal.map_or(f64::NAN, |(_, f)| ns(f).median);
             let full = ns(bal);
             let growth = full.median / empty.median;
-            let verdict = if growth.is_nan() {
+            let verdict = if !all_on_path(bal) {
+                "not on the path"
+            } else if growth.is_nan() {
                 "–"
             } else if growth <= 1.3 {
                 "met"
