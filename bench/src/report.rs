@@ -759,3 +759,40 @@ fn escape(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_path(share: f64) -> Vec<Sample> {
+        vec![Sample {
+            ns: 0.0,
+            runs: 1,
+            on_path: Some(share),
+        }]
+    }
+
+    /// Issue 16's goals against the references, judged in ns, and only
+    /// on a path the counters confirm.
+    #[test]
+    fn reference_goals() {
+        let on = on_path(1.0);
+        let goal = |kind, ns| reference_goal(kind, ns, 100.0, 400.0, 30.0, &on).unwrap();
+        assert!(goal(Kind::Established, 150.0).ends_with("met"));
+        assert!(goal(Kind::Established, 151.0).ends_with("**missed**"));
+        assert!(goal(Kind::NewFlow, 130.0).ends_with("met"));
+        assert!(goal(Kind::NewFlow, 131.0).ends_with("**missed**"));
+        assert!(goal(Kind::ConfirmNewClient, 480.0).ends_with("met"));
+        assert!(goal(Kind::Confirm, 481.0).ends_with("**missed**"));
+        assert_eq!(
+            reference_goal(Kind::Reply, 1.0, 100.0, 400.0, 30.0, &on),
+            None
+        );
+        let off = on_path(0.5);
+        assert!(
+            reference_goal(Kind::Established, 1.0, 100.0, 400.0, 30.0, &off)
+                .unwrap()
+                .ends_with("not on the path")
+        );
+    }
+}
