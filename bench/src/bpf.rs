@@ -57,6 +57,9 @@ const FLOW_VALUE: i32 = size_of::<balancer_common::types::Flow>() as i32;
 pub enum Reference {
     /// One `bpf_map_update_elem` per frame: a new connection's insert.
     Insert,
+    /// The same insert into a map created with `BPF_F_NO_COMMON_LRU`: an
+    /// LRU list per CPU instead of one shared list under one lock.
+    InsertPerCpuLru,
     /// One `bpf_map_lookup_elem` per frame, and an insert only on a miss:
     /// under frames of flows it has seen, a conntrack hit's lookup.
     Lookup,
@@ -66,6 +69,7 @@ impl Reference {
     fn prog_name(self) -> &'static [u8] {
         match self {
             Reference::Insert => b"insert_ref",
+            Reference::InsertPerCpuLru => b"insert_pcpu_ref",
             Reference::Lookup => b"lookup_ref",
         }
     }
@@ -167,11 +171,18 @@ pub fn load_floor(hook: Hook) -> io::Result<OwnedFd> {
     load(prog_type, &floor_insns(verdict), name)
 }
 
-/// Load a reference (XDP, `insert_ref` or `lookup_ref`) with a new LRU hash
-/// of the balancer's CONNTRACK size and layout: (program, map). The map
-/// lives as long as the program, whether or not its fd is kept.
+/// `BPF_F_NO_COMMON_LRU` (uapi/linux/bpf.h): per-CPU LRU lists.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// Load a reference (XDP, `insert_ref`, `insert_pcpu_ref` or `lookup_ref`)
+/// with a new LRU hash of the balancer's CONNTRACK size and layout:
+/// (program, map). The map lives as long as the program, whether or not
+/// its fd is kept.
 pub fn load_reference(reference: Reference) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut attr = zeroed_attr();
+    if reference == Reference::InsertPerCpuLru {
+        attr.__bindgen_anon_1.map_flags = BPF_F_NO_COMMON_LRU;
+    }
     // Writing union fields is safe; the BPF_MAP_CREATE member is the one read.
     attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
     attr.__bindgen_anon_1.key_size = FLOW_KEY as u32;
@@ -284,7 +295,11 @@ mod tests {
     /// frame too short to carry ports.
     #[test]
     fn references_keep_one_entry_per_flow() {
-        for reference in [Reference::Insert, Reference::Lookup] {
+        for reference in [
+            Reference::Insert,
+            Reference::InsertPerCpuLru,
+            Reference::Lookup,
+        ] {
             let keys = reference_keys(reference, &[40000, 40001, 40001]);
             assert_eq!(
                 keys.len(),

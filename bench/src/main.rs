@@ -11,6 +11,7 @@ mod bpf;
 mod cpu;
 mod e2e;
 mod fill;
+mod flood;
 mod gateways;
 mod machine;
 mod maglev;
@@ -37,7 +38,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
 const USAGE: &str =
-    "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|maglev]... [--out DIR]";
+    "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|flood|maglev]... [--out DIR]";
 
 struct Args {
     quick: bool,
@@ -66,7 +67,7 @@ fn parse_args() -> Result<Args> {
     }
     for o in &args.only {
         anyhow::ensure!(
-            ["perpacket", "underload", "e2e", "maglev"].contains(&o.as_str()),
+            ["perpacket", "underload", "e2e", "flood", "maglev"].contains(&o.as_str()),
             "unknown section {o:?}\n{USAGE}"
         );
     }
@@ -79,6 +80,7 @@ struct Plan {
     per_packet: perpacket::Options,
     under_load: underload::Options,
     e2e: e2e::Options,
+    flood: flood::Options,
     maglev_sizes: Vec<(u32, u32)>,
     maglev_repeats: usize,
 }
@@ -110,10 +112,16 @@ fn options(quick: bool) -> Plan {
             rounds: 1,
             duration: Duration::from_secs(2),
         };
+        let flood = flood::Options {
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_secs(1),
+            rate: 50_000,
+        };
         Plan {
             per_packet: pp,
             under_load,
             e2e,
+            flood,
             maglev_sizes: sizes,
             maglev_repeats: 1,
         }
@@ -137,10 +145,17 @@ fn options(quick: bool) -> Plan {
             rounds: 3,
             duration: Duration::from_secs(3),
         };
+        // The rate of the flood issue 16 was found with.
+        let flood = flood::Options {
+            duration: Duration::from_secs(6),
+            warmup: Duration::from_secs(1),
+            rate: 100_000,
+        };
         Plan {
             per_packet: pp,
             under_load,
             e2e,
+            flood,
             maglev_sizes: sizes,
             maglev_repeats: 5,
         }
@@ -168,7 +183,11 @@ fn run(args: &Args) -> Result<()> {
     let mut per_packet = None;
     let mut under_load = None;
     let mut e2e = None;
-    if wants("perpacket") || wants("underload") || wants("e2e") {
+    let mut flood = None;
+    if ["perpacket", "underload", "e2e", "flood"]
+        .iter()
+        .any(|s| wants(s))
+    {
         eprintln!("==> building the testbed (namespaces, nginx on the backends)");
         let bed = Testbed::new()?;
         if wants("perpacket") {
@@ -183,6 +202,10 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("==> end to end");
             e2e = Some(e2e::run(&bed, &plan.e2e)?);
         }
+        if wants("flood") {
+            eprintln!("==> new connections under a spoofed SYN flood");
+            flood = Some(flood::run(&bed, &plan.flood)?);
+        }
     }
     let report = Report {
         machine: &machine,
@@ -191,6 +214,7 @@ fn run(args: &Args) -> Result<()> {
         per_packet: per_packet.as_ref(),
         under_load: under_load.as_ref(),
         e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
+        flood: flood.as_ref().map(|r| (r, &plan.flood)),
         maglev: maglev.as_deref(),
     };
     let md = report.markdown();

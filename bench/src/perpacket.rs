@@ -64,9 +64,12 @@ pub struct Results {
     pub notes: Vec<String>,
     /// How programs were attached, e.g. "xdp: gwc id 12, gwb id 12".
     pub attachments: BTreeSet<String>,
-    /// Per round, XDP, under the frames of "new connection, known client":
+    /// Per round, XDP, under the frames of "SYN, known client":
     /// (the one-insert reference's ns, the floor's ns).
     pub insert_reference: Vec<(f64, f64)>,
+    /// The same for the one-insert reference on a map with per-CPU LRU
+    /// lists (`BPF_F_NO_COMMON_LRU`).
+    pub insert_pcpu_reference: Vec<(f64, f64)>,
     /// The same for the one-lookup reference, under the frames of
     /// "established flow".
     pub lookup_reference: Vec<(f64, f64)>,
@@ -111,6 +114,8 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 .transpose()?;
             drop(balancer);
 
+            // The floor keeps no state: it gets the same frames from the start.
+            traffic.rewind();
             let floor = Floor::attach(bed.topo.gw(), hook)?;
             let floor_ids = program_ids(bed, hook, &mut results, "floor")?;
             for kind in Kind::ALL {
@@ -141,6 +146,14 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                     (floor_ns(Kind::NewFlow), floor_ns(Kind::Established));
                 let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Insert)?;
                 results.insert_reference.push((ns, insert_floor));
+                let ns = reference(
+                    bed,
+                    &mut traffic,
+                    &mut results,
+                    opts,
+                    Reference::InsertPerCpuLru,
+                )?;
+                results.insert_pcpu_reference.push((ns, insert_floor));
                 let ns = reference(bed, &mut traffic, &mut results, opts, Reference::Lookup)?;
                 results.lookup_reference.push((ns, lookup_floor));
             }
@@ -153,7 +166,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
 }
 
 /// ns per run of a map-cost reference (`bpf::load_reference`): the insert
-/// under the frames of "new connection, known client", what one conntrack
+/// under the frames of "SYN, known client", what one conntrack
 /// insert costs by itself on this machine; the lookup under the frames of
 /// "established flow", what one conntrack hit's lookup costs. The lookup's
 /// frames are sent twice and the second pass timed: the first makes each
@@ -167,11 +180,14 @@ fn reference(
 ) -> Result<f64> {
     let (what, kind) = match reference {
         Reference::Insert => ("one-insert reference", Kind::NewFlow),
+        Reference::InsertPerCpuLru => ("one-insert reference, BPF_F_NO_COMMON_LRU", Kind::NewFlow),
         Reference::Lookup => ("one-lookup reference", Kind::Established),
     };
     let (prog, _map) =
         bpf::load_reference(reference).with_context(|| format!("loading the {what}"))?;
     let _reference = Floor::attach_prog(bed.topo.gw(), Hook::Xdp, prog)?;
+    // Every reference map starts empty: the same frames as the balancer's.
+    traffic.rewind();
     let ids = program_ids(bed, Hook::Xdp, results, what)?;
     if reference == Reference::Lookup {
         phase(traffic, kind, &ids, None, opts)?;
@@ -221,7 +237,7 @@ fn phase(
     opts: &Options,
 ) -> Result<Sample> {
     let limits = match kind {
-        Kind::NewClient => PhaseLimits {
+        Kind::NewClient | Kind::ConfirmNewClient => PhaseLimits {
             frames: opts.new_clients,
             ..opts.phase
         },
@@ -253,15 +269,7 @@ fn phase(
     let on_path = match (balancer, c0) {
         (Some(b), Some(c0)) => {
             let c = counters(b)?.since(&c0);
-            let on = match kind {
-                Kind::Established => {
-                    c.get(Counter::ForwardToBackend)
-                        - c.connections.min(c.get(Counter::ForwardToBackend))
-                }
-                Kind::NewFlow | Kind::NewClient => c.connections,
-                Kind::Reply => c.get(Counter::ForwardToClient),
-                Kind::NonVip => c.get(Counter::PassNotOurs),
-            };
+            let on = on_path(kind, &c);
             Some(on as f64 / d.count.max(1) as f64)
         }
         _ => None,
@@ -271,6 +279,31 @@ fn phase(
         runs: d.count,
         on_path,
     })
+}
+
+/// How many of a phase's program runs the balancer's counters place on
+/// the path being timed. A connection is counted when its backend
+/// confirms it, so: client packets forwarded with no connection counted
+/// are conntrack hits (established) or SYNs that wrote nothing; a
+/// confirmation is a confirmed flow with its connection counted; a reply
+/// without an entry is translated and confirms nothing.
+fn on_path(kind: Kind, c: &Counters) -> u64 {
+    let less = |a: u64, b: u64| a - b.min(a);
+    match kind {
+        Kind::Established | Kind::NewFlow | Kind::NewClient => {
+            less(c.get(Counter::ForwardToBackend), c.connections)
+        }
+        Kind::Confirm | Kind::ConfirmNewClient => c.get(Counter::FlowConfirmed).min(c.connections),
+        Kind::StatelessReply => less(
+            c.get(Counter::ForwardReplyWithoutFlow),
+            c.get(Counter::FlowConfirmed),
+        ),
+        Kind::Reply => less(
+            c.get(Counter::ForwardToClient),
+            c.get(Counter::ForwardReplyWithoutFlow),
+        ),
+        Kind::NonVip => c.get(Counter::PassNotOurs),
+    }
 }
 
 /// BPF_PROG_TEST_RUN of the balancer on a non-VIP frame: the program passes
@@ -356,6 +389,9 @@ fn full_tables(
         Kind::Established,
         Kind::NewFlow,
         Kind::NewClient,
+        Kind::Confirm,
+        Kind::ConfirmNewClient,
+        Kind::StatelessReply,
         Kind::Reply,
     ] {
         let sample = phase(traffic, kind, &ids, Some(&balancer), opts)?;

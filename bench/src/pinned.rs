@@ -11,9 +11,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use balancer_common::{
+    addr::{mask, to_words},
     counters::Counter,
+    hash::{flow_hash, slot},
     maps,
-    types::{Backend, BackendStats, Flow, FlowKey},
+    types::{Backend, BackendStats, Flow, FlowKey, PROTO_TCP, Service, ServiceKey},
 };
 
 /// Backend ids the bench's config can use (two services × three backends).
@@ -81,6 +83,55 @@ pub fn flows(pin_dir: &Path) -> Result<Vec<(FlowKey, Ipv4Addr)>> {
         out.push((key, Ipv4Addr::from(backend.addr[0].to_ne_bytes())));
     }
     Ok(out)
+}
+
+/// The backend a client with no affinity entry gets at a service now: its
+/// Maglev slot, computed as the kernel program does (`flow_hash` of the
+/// masked client address, `slot`, the active half of `MAGLEV`), read from
+/// the pins.
+pub struct MaglevChoice {
+    service: Service,
+    maglev: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+}
+
+impl MaglevChoice {
+    /// For the TCP service at `vip`.
+    pub fn new(pin_dir: &Path, vip: std::net::SocketAddrV4) -> Result<MaglevChoice> {
+        let services: HashMap<MapData, ServiceKey, Service> = typed(pin_dir, maps::SERVICES)?;
+        let (addr, family) = to_words((*vip.ip()).into());
+        let key = ServiceKey {
+            addr,
+            port: vip.port().to_be(),
+            proto: PROTO_TCP,
+            family,
+        };
+        let service = services
+            .get(&key, 0)
+            .with_context(|| format!("the service {vip} is not in SERVICES"))?;
+        anyhow::ensure!(
+            service.table_size > 0,
+            "the service {vip} has no Maglev table"
+        );
+        Ok(MaglevChoice {
+            service,
+            maglev: typed(pin_dir, maps::MAGLEV)?,
+            backends: typed(pin_dir, maps::BACKENDS)?,
+        })
+    }
+
+    /// The IPv4 address of `client`'s backend (source-ip: the port does
+    /// not count).
+    pub fn backend_of(&self, client: Ipv4Addr) -> Result<Ipv4Addr> {
+        let s = &self.service;
+        let (words, family) = to_words(client.into());
+        let masked = mask(words, family, s.source_prefix(family));
+        let hash = flow_hash(s.id, s.flags, &masked, 0);
+        let index = s.table_offset[(s.active_table & 1) as usize] + slot(hash, s.table_size);
+        let id = self.maglev.get(&index, 0)?;
+        let backend = self.backends.get(&id, 0)?;
+        Ok(Ipv4Addr::from(backend.addr[0].to_ne_bytes()))
+    }
 }
 
 /// The kernel's memory charge for a pinned map (`memlock` in its fdinfo).

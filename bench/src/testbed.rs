@@ -21,7 +21,7 @@ use anyhow::Result;
 use balancer_tests::{
     NetNs, Topology, TopologyOpts,
     netns::random_suffix,
-    topology::{CLIENT_IF, GW_CLIENT_V4, VIP_V4},
+    topology::{CLIENT_IF, GW_CLIENT_IF, GW_CLIENT_V4, VIP_V4},
 };
 
 use crate::proc::Server;
@@ -30,6 +30,11 @@ use crate::proc::Server;
 pub const HTTP_PORT: u16 = 80;
 /// The per-packet traffic's port (VIP and backends), dropped by the sinks.
 pub const SINK_PORT: u16 = 9999;
+/// Never-seen clients whose flows the per-packet traffic confirms: the
+/// gateway routes them to the client namespace (whose sink drops the
+/// frames), so the confirming reply finds a next hop in the FIB, as a real
+/// client's would. Inside the harness's 198.18.0.0/15, used by nothing else.
+pub const CONFIRM_CLIENTS: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 /// Client hosts for wrk: 198.18.0.51, .52, .53.
 pub const CLIENT_HOSTS: u8 = 3;
 /// Addresses on the client namespace's eth0 (198.18.0.1..=N): sources of
@@ -85,6 +90,14 @@ impl Testbed {
         let hosts = (1..=CLIENT_HOSTS).map(|i| client_host(&topo, i)).collect();
 
         sink(topo.client(), "tcp sport 9999 drop", &dir)?;
+        let (net, len) = CONFIRM_CLIENTS;
+        let router = Ipv4Addr::new(198, 18, 0, 1);
+        topo.gw().ip_batch(&[format!(
+            "route add {net}/{len} via {router} dev {GW_CLIENT_IF}"
+        )]);
+        // The gateway's neighbour entry for that router, before any reply
+        // needs it.
+        topo.gw().exec("ping", ["-c1", "-W1", &router.to_string()]);
         let mut nginx = Vec::new();
         for b in topo.backends() {
             b.ns().sysctl(&MANY_CONNECTIONS);

@@ -6,7 +6,12 @@
 //! namespace drop on arrival: nothing answers, so no other kind of packet
 //! crosses the gateway during a phase.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use balancer_tests::{
@@ -17,29 +22,43 @@ use balancer_tests::{
 
 use crate::{
     pinned,
-    testbed::{SINK_PORT, Testbed},
+    testbed::{CONFIRM_CLIENTS, SINK_PORT, Testbed},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
-    /// Client → VIP on a known flow: the conntrack hit.
+    /// Client → VIP on a confirmed flow: the conntrack hit.
     Established,
-    /// A new flow (SYN, new port) from a client with an affinity entry.
+    /// A SYN (new port) from a client with an affinity entry: affinity
+    /// hit, read only; nothing written.
     NewFlow,
-    /// A new flow from a client never seen: affinity miss, Maglev lookup,
-    /// three map inserts.
+    /// A SYN from a client never seen: affinity miss, Maglev; nothing
+    /// written.
     NewClient,
-    /// Backend → client on a known flow: SNAT back to the VIP.
+    /// Backend → client, the backend's first ACK of a flow with no entry,
+    /// from the backend the client's affinity names: the confirmation,
+    /// one CONNTRACK insert (the affinity entry is refreshed in place).
+    Confirm,
+    /// The same for a client with no affinity entry, from the backend its
+    /// Maglev slot names: CONNTRACK and AFFINITY inserts.
+    ConfirmNewClient,
+    /// Backend → client, a SYN-ACK of a flow with no entry from the
+    /// client's backend: translated from config, nothing written.
+    StatelessReply,
+    /// Backend → client on a confirmed flow: SNAT back to the VIP.
     Reply,
     /// Client → a backend's own address: not for the balancer, passed.
     NonVip,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Established,
         Kind::NewFlow,
         Kind::NewClient,
+        Kind::Confirm,
+        Kind::ConfirmNewClient,
+        Kind::StatelessReply,
         Kind::Reply,
         Kind::NonVip,
     ];
@@ -47,9 +66,14 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Established => "established flow (conntrack hit)",
-            Kind::NewFlow => "new connection, known client (affinity hit)",
-            Kind::NewClient => "new connection, new client (Maglev)",
-            Kind::Reply => "reply, backend → client",
+            Kind::NewFlow => "SYN, known client (affinity hit, writes nothing)",
+            Kind::NewClient => "SYN, new client (Maglev, writes nothing)",
+            Kind::Confirm => "confirmation, known client (backend's first ACK: conntrack insert)",
+            Kind::ConfirmNewClient => {
+                "confirmation, new client (backend's first ACK: conntrack + affinity inserts)"
+            }
+            Kind::StatelessReply => "reply without entry (backend SYN-ACK, translated from config)",
+            Kind::Reply => "reply, backend → client (conntrack hit)",
             Kind::NonVip => "non-VIP traffic (passed)",
         }
     }
@@ -68,10 +92,28 @@ impl Kind {
 const FLOW_CLIENTS: u8 = 16;
 /// Source ports of the established flows, per client.
 const FLOW_PORTS: std::ops::Range<u16> = 40000..40004;
-/// New-connection ports: below the established ones.
+/// SYN ports: 1024 and up, below the established ones.
 const NEW_PORTS: u32 = 38000;
-/// Never-seen clients come from 198.19.0.0/16: this many per daemon.
-pub const NEW_CLIENTS: u64 = 250 * 256;
+/// Ports of the flows the confirmation phase confirms, per known client:
+/// above the established ones, never sent a SYN.
+const CONFIRM_PORTS: std::ops::Range<u16> = 41000..65535;
+/// Ports of the stateless replies: no frame ever confirms a flow there.
+const STATELESS_PORTS: std::ops::Range<u16> = 39500..39564;
+/// Never-seen clients: SYNs come from 198.19.0.0/17 (the backends' sinks
+/// drop them, nothing routes back), confirmations go to the routed
+/// [`CONFIRM_CLIENTS`]; 250 addresses of each /24, this many per daemon.
+pub const NEW_CLIENTS: u64 = 128 * 250;
+
+/// The `n`th never-seen client sending SYNs.
+fn syn_client(n: u64) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, (n / 250) as u8, 1 + (n % 250) as u8)
+}
+
+/// The `n`th never-seen client whose flow its backend confirms.
+fn confirm_client(n: u64) -> Ipv4Addr {
+    let [a, b, c, _] = CONFIRM_CLIENTS.0.octets();
+    Ipv4Addr::new(a, b, c + (n / 250) as u8, 1 + (n % 250) as u8)
+}
 
 /// How long a phase sends, and how many frames at most.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +134,19 @@ impl PhaseLimits {
     }
 }
 
+/// Which backend answers the backend-side phases, and for whom.
+#[derive(Clone, Debug)]
+struct ReplyPlan {
+    /// The backend with the most established flows.
+    backend: Ipv4Addr,
+    /// Its established flows.
+    flows: Vec<(Ipv4Addr, u16)>,
+    /// Known clients whose affinity names it.
+    clients: Vec<Ipv4Addr>,
+    /// Never-seen clients ([`CONFIRM_CLIENTS`]) whose Maglev slot names it.
+    new_clients: Vec<Ipv4Addr>,
+}
+
 pub struct Traffic {
     client_tx: RawSender,
     client_mac: [u8; 6],
@@ -100,12 +155,13 @@ pub struct Traffic {
     backend_tx: BTreeMap<Ipv4Addr, (RawSender, [u8; 6])>,
     /// (client, port) of each established flow.
     flows: Vec<(Ipv4Addr, u16)>,
-    /// Flows whose backend answers in the reply phase, and that backend.
-    reply_plan: Option<(Ipv4Addr, Vec<(Ipv4Addr, u16)>)>,
-    /// New flows and new clients used up under the current daemon (their
-    /// conntrack and affinity entries live as long as it does).
+    reply_plan: Option<ReplyPlan>,
+    /// SYNs, confirmations and new clients used up under the current
+    /// daemon (a confirmed flow's entries live as long as it does).
     next_flow: u64,
     next_client: u64,
+    next_confirm: u64,
+    next_confirm_client: u64,
 }
 
 impl Traffic {
@@ -134,6 +190,8 @@ impl Traffic {
             reply_plan: None,
             next_flow: 0,
             next_client: 0,
+            next_confirm: 0,
+            next_confirm_client: 0,
         })
     }
 
@@ -144,35 +202,91 @@ impl Traffic {
         f.build()
     }
 
-    /// Under a freshly started daemon: open the established flows (twice,
-    /// so the gateway has resolved every backend's neighbour entry and the
-    /// second round takes the fast path), and learn which backend each got.
+    /// A frame from `backend`'s sink port to `client:port`, through the
+    /// gateway's backend side.
+    fn backend_frame(&self, backend: Ipv4Addr, client: Ipv4Addr, port: u16, flags: u8) -> Vec<u8> {
+        let mut f = Frame::tcp(
+            &backend.to_string(),
+            SINK_PORT,
+            &client.to_string(),
+            port,
+            flags,
+        );
+        f.src_mac = self.backend_tx[&backend].1;
+        f.dst_mac = self.gwb_mac;
+        f.build()
+    }
+
+    /// Under a freshly started daemon: open the established flows, and
+    /// learn which backend each got. A flow is stored when its backend
+    /// confirms it, so each flow's SYN goes out, then an ACK from every
+    /// backend: the one the client's SYN went to confirms it, the others
+    /// are passed untouched. Both twice, so the gateway has resolved
+    /// every neighbour and the second round takes the fast path.
     pub fn prepare(&mut self, pin_dir: &Path) -> Result<()> {
-        self.next_flow = 0;
-        self.next_client = 0;
+        self.rewind();
         for _ in 0..2 {
             for &(c, p) in &self.flows {
                 self.client_tx
                     .send(&self.client_frame(c, p, VIP_V4, TCP_SYN))?;
             }
-            crate::stop::sleep(Duration::from_millis(300))?;
-        }
-        if self.reply_plan.is_none() {
-            let mut by_backend: BTreeMap<Ipv4Addr, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
-            for (key, backend) in pinned::flows(pin_dir)? {
-                let client = Ipv4Addr::from(key.src[0].to_ne_bytes());
-                let port = u16::from_be(key.sport);
-                if self.flows.contains(&(client, port)) {
-                    by_backend.entry(backend).or_default().push((client, port));
+            crate::stop::sleep(Duration::from_millis(200))?;
+            for (&backend, (tx, _)) in &self.backend_tx {
+                for &(c, p) in &self.flows {
+                    tx.send(&self.backend_frame(backend, c, p, TCP_ACK))?;
                 }
             }
-            let busiest = by_backend
-                .into_iter()
-                .max_by_key(|(_, f)| f.len())
-                .context("no established flow in conntrack")?;
-            self.reply_plan = Some(busiest);
+            crate::stop::sleep(Duration::from_millis(200))?;
         }
+        let mut by_backend: BTreeMap<Ipv4Addr, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
+        for (key, backend) in pinned::flows(pin_dir)? {
+            let client = Ipv4Addr::from(key.src[0].to_ne_bytes());
+            let port = u16::from_be(key.sport);
+            if self.flows.contains(&(client, port)) {
+                by_backend.entry(backend).or_default().push((client, port));
+            }
+        }
+        let stored: usize = by_backend.values().map(Vec::len).sum();
+        anyhow::ensure!(
+            stored == self.flows.len(),
+            "{stored} of {} established flows are in conntrack after their confirmation",
+            self.flows.len()
+        );
+        let (backend, mut flows) = by_backend
+            .into_iter()
+            .max_by_key(|(_, f)| f.len())
+            .context("no established flow in conntrack")?;
+        flows.sort();
+        let mut clients: Vec<Ipv4Addr> = flows.iter().map(|f| f.0).collect();
+        clients.dedup();
+        let maglev = pinned::MaglevChoice::new(pin_dir, SocketAddrV4::new(VIP_V4, SINK_PORT))?;
+        let mut new_clients = Vec::new();
+        for n in 0..NEW_CLIENTS {
+            let c = confirm_client(n);
+            if maglev.backend_of(c)? == backend {
+                new_clients.push(c);
+            }
+        }
+        self.reply_plan = Some(ReplyPlan {
+            backend,
+            flows,
+            clients,
+            new_clients,
+        });
         Ok(())
+    }
+
+    /// Start the per-daemon sequences (SYN ports, new clients,
+    /// confirmations) over: for a program that keeps no state of its own.
+    pub fn rewind(&mut self) {
+        self.next_flow = 0;
+        self.next_client = 0;
+        self.next_confirm = 0;
+        self.next_confirm_client = 0;
+    }
+
+    fn plan(&self) -> Result<&ReplyPlan> {
+        self.reply_plan.as_ref().context("needs prepare() first")
     }
 
     /// Send one phase of `kind`; the number of frames sent.
@@ -214,50 +328,63 @@ impl Traffic {
                 let sent = self.client_tx.blast(
                     limits.blast(NEW_CLIENTS - start),
                     crate::stop::requested,
-                    |i| {
-                        let n = start + i;
-                        let client = Ipv4Addr::new(198, 19, (n / 250) as u8, 1 + (n % 250) as u8);
-                        self.client_frame(client, 40000, VIP_V4, TCP_SYN)
-                    },
+                    |i| self.client_frame(syn_client(start + i), 40000, VIP_V4, TCP_SYN),
                 )?;
                 self.next_client += sent;
                 sent
             }
-            Kind::Reply => {
-                let (backend, flows) = self
-                    .reply_plan
-                    .as_ref()
-                    .context("replies need prepare() first")?;
-                let (tx, mac) = &self.backend_tx[backend];
-                let frames: Vec<Vec<u8>> = flows
+            Kind::Confirm => {
+                let plan = self.plan()?;
+                let ports = u64::from(CONFIRM_PORTS.end - CONFIRM_PORTS.start);
+                let start = self.next_confirm;
+                let room = plan.clients.len() as u64 * ports - start;
+                let tx = &self.backend_tx[&plan.backend].0;
+                let sent = tx.blast(limits.blast(room), crate::stop::requested, |i| {
+                    let n = start + i;
+                    let client = plan.clients[(n / ports) as usize];
+                    let port = CONFIRM_PORTS.start + (n % ports) as u16;
+                    self.backend_frame(plan.backend, client, port, TCP_ACK)
+                })?;
+                self.next_confirm += sent;
+                sent
+            }
+            Kind::ConfirmNewClient => {
+                let plan = self.plan()?;
+                let start = self.next_confirm_client;
+                let room = plan.new_clients.len() as u64 - start;
+                let tx = &self.backend_tx[&plan.backend].0;
+                let sent = tx.blast(limits.blast(room), crate::stop::requested, |i| {
+                    let client = plan.new_clients[(start + i) as usize];
+                    self.backend_frame(plan.backend, client, 40000, TCP_ACK)
+                })?;
+                self.next_confirm_client += sent;
+                sent
+            }
+            Kind::StatelessReply => {
+                let plan = self.plan()?;
+                let frames: Vec<Vec<u8>> = plan
+                    .clients
                     .iter()
-                    .map(|&(c, p)| {
-                        let mut f = Frame::tcp(
-                            &backend.to_string(),
-                            SINK_PORT,
-                            &c.to_string(),
-                            p,
-                            TCP_ACK | TCP_PSH,
-                        );
-                        f.src_mac = *mac;
-                        f.dst_mac = self.gwb_mac;
-                        f.build()
-                    })
+                    .flat_map(|&c| STATELESS_PORTS.map(move |p| (c, p)))
+                    .map(|(c, p)| self.backend_frame(plan.backend, c, p, TCP_SYN | TCP_ACK))
                     .collect();
-                let n = frames.len() as u64;
-                tx.blast(limits.blast(u64::MAX), crate::stop::requested, |i| {
-                    frames[(i % n) as usize].clone()
-                })?
+                self.blast_from(plan.backend, &frames, limits)?
+            }
+            Kind::Reply => {
+                let plan = self.plan()?;
+                let frames: Vec<Vec<u8>> = plan
+                    .flows
+                    .iter()
+                    .map(|&(c, p)| self.backend_frame(plan.backend, c, p, TCP_ACK | TCP_PSH))
+                    .collect();
+                self.blast_from(plan.backend, &frames, limits)?
             }
             Kind::NonVip => {
-                let (backend, _) = self
-                    .reply_plan
-                    .as_ref()
-                    .context("non-VIP traffic needs prepare() first")?;
+                let backend = self.plan()?.backend;
                 let frames: Vec<Vec<u8>> = self
                     .flows
                     .iter()
-                    .map(|&(c, p)| self.client_frame(c, p, *backend, TCP_ACK | TCP_PSH))
+                    .map(|&(c, p)| self.client_frame(c, p, backend, TCP_ACK | TCP_PSH))
                     .collect();
                 self.client_tx
                     .blast(limits.blast(u64::MAX), crate::stop::requested, |i| {
@@ -269,11 +396,26 @@ impl Traffic {
         Ok(sent)
     }
 
+    /// `frames` round and round from `backend`, within `limits`.
+    fn blast_from(
+        &self,
+        backend: Ipv4Addr,
+        frames: &[Vec<u8>],
+        limits: PhaseLimits,
+    ) -> Result<u64> {
+        let n = frames.len() as u64;
+        Ok(self.backend_tx[&backend].0.blast(
+            limits.blast(u64::MAX),
+            crate::stop::requested,
+            |i| frames[(i % n) as usize].clone(),
+        )?)
+    }
+
     /// A non-VIP frame, exactly as the NonVip phase sends it (for
     /// BPF_PROG_TEST_RUN).
     pub fn non_vip_frame(&self) -> Result<Vec<u8>> {
-        let (backend, _) = self.reply_plan.as_ref().context("needs prepare() first")?;
+        let backend = self.plan()?.backend;
         let (c, p) = self.flows[0];
-        Ok(self.client_frame(c, p, *backend, TCP_ACK | TCP_PSH))
+        Ok(self.client_frame(c, p, backend, TCP_ACK | TCP_PSH))
     }
 }
