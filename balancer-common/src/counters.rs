@@ -87,6 +87,13 @@ pub enum Counter {
 
 pub const COUNTER_COUNT: u32 = 27;
 
+/// Entries of the `COUNTERS` map: room beyond [`COUNTER_COUNT`], so that a
+/// build which adds counters still adopts the pinned map of this one (a
+/// pinned map of another size is refused, and replacing it would need
+/// `balancer detach`, which drops the live flows).
+pub const COUNTER_SLOTS: u32 = 64;
+const _: () = assert!(COUNTER_COUNT <= COUNTER_SLOTS);
+
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
         Counter::DropNoBackend,

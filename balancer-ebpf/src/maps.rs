@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    counters::COUNTER_COUNT,
+    counters::COUNTER_SLOTS,
     maps::{
         MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_DIRECT, MAX_FLOWS, MAX_FRAGMENTS,
         MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
@@ -46,7 +46,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_DEVS, 0);

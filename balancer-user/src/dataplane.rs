@@ -14,7 +14,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use balancer_common::{
-    counters::{COUNTER_COUNT, Counter},
+    counters::{COUNTER_COUNT, COUNTER_SLOTS, Counter},
     maps::{self, MAX_BACKENDS},
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
@@ -77,7 +77,7 @@ fn expected_layout(name: &str, tables: Tables) -> (usize, usize, Option<u32>) {
         maps::CONNTRACK => (s::<FlowKey>(), s::<Flow>(), Some(tables.flows)),
         maps::AFFINITY => (s::<AffinityKey>(), s::<Affinity>(), Some(tables.affinity)),
         maps::BACKEND_STATS => (s::<u32>(), s::<BackendStats>(), Some(MAX_BACKENDS)),
-        maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_COUNT)),
+        maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_SLOTS)),
         maps::FRAGMENTS => (s::<FragmentKey>(), s::<FragmentNat>(), Some(MAX_FRAGMENTS)),
         maps::FRAGMENT_SERVICES => (s::<ServiceKey>(), s::<ServiceKey>(), Some(MAX_SERVICES)),
         _ => unreachable!("map {name} has no expected layout"),

@@ -296,9 +296,9 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_attaches() {
     let bpffs = TempBpffs::new();
     let pin_dir = bpffs.pin_dir();
     std::fs::create_dir_all(&pin_dir).unwrap();
-    // As an older build left it: a counter array one entry short.
+    // As an older build left it: a counter array of another size.
     let counters = aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(
-        balancer_common::counters::COUNTER_COUNT - 1,
+        balancer_common::counters::COUNTER_SLOTS - 1,
         0,
     )
     .expect("create a per-CPU array");
