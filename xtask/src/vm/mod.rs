@@ -64,6 +64,18 @@ const EXCLUDED: &[Exclusion] = &[
               and ack timeouts that the suite rightly counts as errors, whatever the balancer does",
     },
     Exclusion {
+        binary: "flood",
+        test: None,
+        why: "60 Node Socket.IO sessions through two spoofed floods: the Socket.IO suite's Node \
+              limit under TCG; the data-plane rules the suite relies on run here in xdp_test_run \
+              and gateway",
+    },
+    Exclusion {
+        binary: "module_graph",
+        test: None,
+        why: "reads the workspace's sources, not the kernel: the same on every kernel",
+    },
+    Exclusion {
         binary: "control",
         test: Some("the_control_group_reads_and_only_root_changes"),
         why: "the guest has no user database (groupadd, useradd, setpriv) to make the test's \
@@ -276,6 +288,11 @@ fn payload(
             .any(|e| e.test == Some("prometheus_scrapes_the_metrics"))
     {
         tools.extend(["promtool", "prometheus"]);
+    }
+    // The alert rules and the dashboard, which the scrape test's Prometheus
+    // loads and the deploy suite checks.
+    if runs_binary("control") || runs_binary("deploy") {
+        dirs.push(cmd::workspace_root().join("deploy"));
     }
     if NODE_SUITES.iter().any(|s| runs_binary(s)) {
         npm::ensure_socketio_packages()?;
