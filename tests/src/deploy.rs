@@ -17,8 +17,13 @@ pub fn dashboard() -> PathBuf {
     repo().join("deploy/grafana/balancer.json")
 }
 
+/// The workspace root, named without `..`: the VM copies only `deploy/`
+/// into the guest, where `tests/..` would not resolve.
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
 }
 
 /// The names of the alerts in [`alert_rules`], in file order.
