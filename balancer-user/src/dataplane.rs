@@ -547,6 +547,24 @@ impl DataPlane {
             Err(e) => return Err(e).context("reading SERVICES"),
         };
         value.flags = with_ambiguous(value.flags, on);
+        self.write_service_value(service.id, key, value)
+    }
+
+    /// A service's SERVICES value, then its SERVICE_SLOTS copy (the array
+    /// packets read when the service has its port alone). The slot is
+    /// written in place, not swapped like a hash entry: a packet reading it
+    /// during the write may see the old and new value mixed. Only
+    /// `active_table` (one word) or the ambiguous flag changes in a rewrite,
+    /// besides `table_size` when the service gains or loses its last
+    /// backend; a mixed value reads a slot whose backend `backend_if_up`
+    /// still checks belongs to this service, so at worst a new flow in that
+    /// instant goes to another of its backends, or is dropped.
+    fn write_service_value(
+        &mut self,
+        id: u32,
+        key: ServiceKey,
+        value: Service,
+    ) -> anyhow::Result<()> {
         self.services
             .insert(key, value, 0)
             .context("writing SERVICES")?;
@@ -556,7 +574,7 @@ impl DataPlane {
             service: value,
         };
         self.service_slots
-            .set(service.id, slot, 0)
+            .set(id, slot, 0)
             .context("writing SERVICE_SLOTS")
     }
 
@@ -585,25 +603,7 @@ impl DataPlane {
             value.flags,
             self.port_maps_written.ambiguous.contains(&service.id),
         );
-        self.services
-            .insert(key, value, 0)
-            .context("writing SERVICES")?;
-        // The array copy packets read when the service has its port alone
-        // (`maps::SERVICE_SLOTS`). Written in place, not swapped like a hash
-        // entry: a packet reading it during this write may see the old and
-        // new value mixed. Only `active_table` changes here (one word),
-        // besides `table_size` when the service gains or loses its last
-        // backend; a mixed value reads a slot whose backend `backend_if_up`
-        // still checks belongs to this service, so at worst a new flow in
-        // that instant goes to another of its backends, or is dropped.
-        let slot = ServiceSlot {
-            vip: key,
-            _pad: 0,
-            service: value,
-        };
-        self.service_slots
-            .set(service.id, slot, 0)
-            .context("writing SERVICE_SLOTS")?;
+        self.write_service_value(service.id, key, value)?;
         for b in service.backends.iter().filter(|b| !b.up) {
             self.backends
                 .set(b.id, b.map_value(service.id), 0)
