@@ -41,15 +41,16 @@ use crate::{
     forward::{self, L2Path},
     fragment,
     ip::{End, ttl_expired},
-    lookup::client_key,
+    lookup::{Reply, client_key, reply_flow},
     maps::{
         BACKEND_PORTS, BACKEND_VIPS, BACKENDS, CONNTRACK, DIRECT, PENDING, SERVICE_SLOTS, SERVICES,
     },
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_RST, TCP_SYN},
+    paths,
     scratch::{scratch, store_bytes, store_words},
     stats::{self, Direction},
-    tcp_state::tcp_state_bits,
+    tcp_state::{add_tcp_bits, tcp_state_bits},
 };
 
 /// `-EEXIST`, as map helpers return it.
@@ -69,6 +70,15 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     let now = now_ns();
     let (vip, service, backend_id) = match chosen(&pkt.key, now) {
         Ok(found) => found,
+        // Another CPU confirmed the flow since this packet found no entry
+        // (a backend's answer and its FIN, sent back to back, can be
+        // handled at once): `store_flow` stores the entry before it drops
+        // the flow's `PENDING` one, so a packet that misses both finds the
+        // entry now. Passed untranslated, it would reach the client as a
+        // stranger's, and the client's RST would end the connection.
+        Err(Counter::PassReplyNotChosen) if let Reply::Flow(flow, vip) = reply_flow(&pkt.key) => {
+            return paths::to_client(ctx, pkt, flow, vip);
+        }
         Err(counter) => return Ok(stats::pass(counter)),
     };
     match BACKENDS.get(backend_id) {
@@ -211,9 +221,14 @@ fn store_flow(
     let flow = &mut s.flow;
     flow.backend_id = backend_id;
     flow.client_tcp_state = 0;
+    // Every backend-side bit fits the byte (`Flow::backend_tcp_state`).
+    let backend_bits = if reply.is_tcp() {
+        tcp_state_bits(reply, TCP_FIN_FROM_BACKEND) as u8
+    } else {
+        0
+    };
     flow.backend_tcp_state = if reply.is_tcp() {
-        // Every backend-side bit fits the byte (`Flow::backend_tcp_state`).
-        (tcp_state_bits(reply, TCP_FIN_FROM_BACKEND) | TCP_BACKEND_ANSWERED) as u8
+        backend_bits | TCP_BACKEND_ANSWERED as u8
     } else {
         0
     };
@@ -230,7 +245,14 @@ fn store_flow(
     // flow on another CPU at this moment, and the connection counts once.
     match CONNTRACK.insert(&s.reply_key, &s.flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
-        Err(EEXIST) => return false,
+        Err(EEXIST) => {
+            // Stored by another CPU a moment ago: this packet's FIN still
+            // counts toward the flow's end.
+            if let Some(stored) = CONNTRACK.get_ptr_mut(&s.reply_key) {
+                add_tcp_bits(unsafe { &mut (*stored).backend_tcp_state }, backend_bits);
+            }
+            return false;
+        }
         Err(_) => {
             stats::count(Counter::ConntrackInsertFailed);
             return false;

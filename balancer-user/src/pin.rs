@@ -76,6 +76,69 @@ fn ours(name: &str) -> bool {
         })
 }
 
+/// Is `path` one of the balancer's link pins?
+fn is_link(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(XDP_LINK_PREFIX) || n.starts_with(TC_LINK_PREFIX))
+}
+
+/// Detach the link pinned at `path` now (`BPF_LINK_DETACH`). Removing the
+/// pin alone detaches the program only once the kernel frees the link,
+/// from a work queue some time later (longer on a busy machine), and
+/// whatever is attached to the hook right after `balancer detach` would
+/// find it still taken. Best effort: the pin's removal that follows
+/// detaches it in the end anyway (aya 0.14 has no call for this).
+fn detach_link_now(path: &Path) {
+    // `union bpf_attr` as BPF_OBJ_GET and BPF_LINK_DETACH read it.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+        _pad: [u32; 3],
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let bpf = |cmd: libc::c_long, attr: *const libc::c_void, size: usize| unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr, size)
+    };
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, (&raw const get).cast(), size_of::<ObjGet>());
+    let Ok(fd) = i32::try_from(fd) else {
+        return;
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let detach = LinkDetach {
+        link_fd: std::os::fd::AsRawFd::as_raw_fd(&link) as u32,
+        _pad: [0; 3],
+    };
+    let _ = bpf(
+        BPF_LINK_DETACH,
+        (&raw const detach).cast(),
+        size_of::<LinkDetach>(),
+    );
+}
+
 /// The entries of `pin_dir` (none if it does not exist), split into
 /// the balancer's pins and everything else.
 fn entries(pin_dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
@@ -130,6 +193,9 @@ pub struct Removed {
 pub fn remove_ours(pin_dir: &Path) -> anyhow::Result<Removed> {
     let (mine, foreign) = entries(pin_dir)?;
     for path in &mine {
+        if is_link(path) {
+            detach_link_now(path);
+        }
         fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
     if foreign.is_empty() && pin_dir.exists() {

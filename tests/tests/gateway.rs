@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use balancer_common::counters::Counter;
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
@@ -14,6 +15,7 @@ use balancer_tests::{
     require_root, tcp_ask, tcp_whoami,
     topology::{GW_BACKEND_IF, GW_CLIENT_IF, VIP_V4},
     udp_ask, udp_whoami,
+    xdp_fixture::Counters,
 };
 
 const WEB_PORT: u16 = 80;
@@ -164,6 +166,19 @@ fn balances_tcp_and_udp_with_affinity_through_the_gateway() {
         udp_used.extend(seen);
     }
     assert!(udp_used.len() >= 2, "UDP clients all went to {udp_used:?}");
+    // With no stranger on the wire, every reply was translated: a reply
+    // passed untranslated reaches its client as a stranger's segment, and
+    // the client's RST ends the connection (this caught replies that raced
+    // their flow's confirmation on another CPU).
+    let counters = Counters::read_pinned(&pin_dir);
+    assert_eq!(
+        (
+            counters.get(Counter::PassReplyNotChosen),
+            counters.get(Counter::PassReplyWrongPath)
+        ),
+        (0, 0),
+        "replies passed untranslated (not chosen, wrong path)"
+    );
 
     // Traffic that is not for a VIP is routed by the gateway as before.
     for b in topo.backends() {
