@@ -85,7 +85,7 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
         Some(b) if b.addr == pkt.key.src && b.port == pkt.key.sport => {}
         _ => return Ok(stats::pass(Counter::PassReplyNotChosen)),
     }
-    if !forward::from_next_hop(ctx, pkt.key.family, &pkt.key.src) {
+    if !forward::from_next_hop(ctx, pkt.key.family, backend_id, &pkt.key.src, now) {
         return Ok(stats::pass(Counter::PassReplyWrongPath));
     }
     // Its source is a backend port: to the gateway itself it is the answer
@@ -94,12 +94,14 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
         return Ok(stats::pass(Counter::PassNotOurs));
     }
     rewrite(ctx, pkt, End::Source, &vip.addr, vip.port)?;
-    // The FIB's way to the client (no entry holds one), or without a
-    // neighbour the way its packets came.
-    let learned = client_path::learned(&pkt.key.dst, pkt.key.family);
-    let path = match forward::lookup(ctx, pkt.key.family, pkt.key.proto, learned.as_ref()) {
-        Ok(path) => path,
-        Err(action) => return Ok(action),
+    // No entry holds a way to the client: the way its packets came (a
+    // SYN passed a moment ago), else the FIB's.
+    let path = match client_path::learned(&pkt.key.dst, pkt.key.family) {
+        Some(path) => path,
+        None => match forward::lookup(ctx, pkt.key.family, pkt.key.proto, None) {
+            Ok(path) => path,
+            Err(action) => return Ok(action),
+        },
     };
     let confirms = !pkt.is_tcp() || pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0;
     let stored = confirms && store_flow(pkt, vip, service, backend_id, &path, now);

@@ -4,21 +4,20 @@
 //!
 //! The next hop comes from `bpf_fib_lookup`, which alone cost about a third
 //! of a conntrack hit, so the common paths keep its answer for about a
-//! second (a clock epoch): per backend in NEXT_HOPS (per CPU), per flow in
-//! its conntrack entry (`Flow::path_epoch`). Route and neighbour changes
-//! are taken within a second. The rare paths (ICMP errors, later
-//! fragments) look up every time.
+//! second (a clock epoch): per backend in NEXT_HOPS (per CPU; both the
+//! packets to a backend and the check that a reply came from it read it),
+//! per flow in its conntrack entry (`Flow::path_epoch`). Route and
+//! neighbour changes are taken within a second. The rare paths (ICMP
+//! errors, later fragments) look up every time.
 //!
 //! Whenever no next hop is found, the packet goes to the kernel with its L2
 //! header untouched: with forwarding on, the kernel routes the already-NATed
 //! packet itself (and resolves the neighbour for the next one, on
 //! NO_NEIGH). Replies of a flow carry its last [`L2Path`] instead, because
 //! the kernel would drop them (their source is the VIP, a local address).
-//! A reply whose flow has no entry yet has no such path: without a
-//! neighbour for its client it is passed, counted. The gateway normally
-//! has one: the client's next hop, which sends the client's packets
-//! through the gateway, resolved the gateway's address, and the kernel
-//! records the neighbour that asked.
+//! A reply whose flow has no entry yet has no such path: it takes the way
+//! its client's packets came (`client_path`), else the FIB's; with
+//! neither it is passed, counted.
 
 use core::mem::size_of;
 
@@ -88,29 +87,44 @@ pub fn to_backend<C: Frame>(
     backend: &Backend,
     now: u64,
 ) -> Action {
+    let hop = cached_hop(backend_id, &backend.addr, now, || {
+        lookup(ctx, family, proto, None)
+    });
+    match hop {
+        Ok(path) => send(ctx, family, &path),
+        Err(action) => action,
+    }
+}
+
+/// The next hop toward backend `backend_id` at `addr`: from NEXT_HOPS if
+/// looked up this epoch for that address, else by `look` (then kept for
+/// the epoch). Without a cache slot, `look` every time.
+#[inline(always)]
+fn cached_hop(
+    backend_id: u32,
+    addr: &[u32; 4],
+    now: u64,
+    look: impl FnOnce() -> Result<L2Path, Action>,
+) -> Result<L2Path, Action> {
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
-        return forward(ctx, family, proto, None);
+        return look();
     };
     let hop = unsafe { &mut *hop };
     let epoch = epoch(now);
-    if hop.epoch == epoch && hop.ifindex != 0 && hop.addr == backend.addr {
-        let path = L2Path {
+    if hop.epoch == epoch && hop.ifindex != 0 && hop.addr == *addr {
+        return Ok(L2Path {
             ifindex: hop.ifindex,
             dst_mac: hop.dst_mac,
             src_mac: hop.src_mac,
-        };
-        return send(ctx, family, &path);
+        });
     }
-    let path = match lookup(ctx, family, proto, None) {
-        Ok(path) => path,
-        Err(action) => return action,
-    };
-    store_words(&mut hop.addr, &backend.addr);
+    let path = look()?;
+    store_words(&mut hop.addr, addr);
     store_bytes(&mut hop.dst_mac, &path.dst_mac);
     store_bytes(&mut hop.src_mac, &path.src_mac);
     hop.ifindex = path.ifindex;
     hop.epoch = epoch;
-    send(ctx, family, &path)
+    Ok(path)
 }
 
 /// Forward a reply just rewritten back to its client, by the flow's path:
@@ -176,25 +190,40 @@ pub fn lookup<C: Frame>(
     }
 }
 
-/// Did the packet come from `addr`'s next hop: in by the interface the FIB
-/// routes `addr` out of, from the MAC of its neighbour entry (strict
-/// reverse-path filtering, with the MAC as well)? A packet with a
-/// backend's address as its source that comes from anywhere else is
-/// spoofed (`confirm`).
+/// Did the packet come from the next hop of backend `backend_id` (at
+/// `addr`): in by the interface the FIB routes `addr` out of, from the MAC
+/// of its neighbour entry (strict reverse-path filtering, with the MAC as
+/// well)? A packet with a backend's address as its source that comes from
+/// anywhere else is spoofed (`confirm`). The next hop is the one packets
+/// to the backend use (NEXT_HOPS, at most one FIB lookup an epoch).
 #[inline(always)]
-pub fn from_next_hop<C: Frame>(ctx: &C, family: u8, addr: &[u32; 4]) -> bool {
+pub fn from_next_hop<C: Frame>(
+    ctx: &C,
+    family: u8,
+    backend_id: u32,
+    addr: &[u32; 4],
+    now: u64,
+) -> bool {
     let Some(src_mac) = read_at::<[u8; 6], C>(ctx, 6) else {
         return false;
     };
-    let Some(fib) = route_to(ctx, family, addr, FIB_SUCCESS) else {
+    let hop = cached_hop(backend_id, addr, now, || {
+        let fib = route_to(ctx, family, addr, FIB_SUCCESS).ok_or(Action::Pass)?;
+        Ok(L2Path {
+            ifindex: fib.ifindex,
+            dst_mac: fib.dmac,
+            src_mac: fib.smac,
+        })
+    });
+    let Ok(hop) = hop else {
         return false;
     };
     // Byte by byte: an array comparison can compile to a `bcmp` call.
     let mut differ = 0;
     for i in 0..6 {
-        differ |= fib.dmac[i] ^ src_mac[i];
+        differ |= hop.dst_mac[i] ^ src_mac[i];
     }
-    fib.ifindex == ctx.ingress_ifindex() && differ == 0
+    hop.ifindex == ctx.ingress_ifindex() && differ == 0
 }
 
 /// Is `addr` an address of the gateway itself (the FIB does not forward

@@ -262,8 +262,11 @@ impl Frame {
 
     fn new(src: &str, sport: u16, dst: &str, dport: u16, l4: L4) -> Self {
         Frame {
+            // A client's frame to the gateway's client-side interface (the
+            // fixture's `CLIENT_MAC` and `CLIENT_IF_MAC`): the balancer
+            // answers a client from the MAC its frames were sent to.
             src_mac: [0x02, 0, 0, 0, 0, 0x01],
-            dst_mac: [0x02, 0, 0, 0, 0, 0xfe],
+            dst_mac: [0x02, 0, 0, 0, 0, 0xa0],
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             sport,
