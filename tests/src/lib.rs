@@ -11,6 +11,7 @@ pub mod bpffs;
 pub mod daemon;
 pub mod deploy;
 pub mod http;
+pub mod idle;
 pub mod netns;
 pub mod packet;
 pub mod rawsend;

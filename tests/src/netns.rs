@@ -90,20 +90,36 @@ impl NetNs {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        let file = self.open();
         thread::scope(|scope| {
+            // setns changes only the calling thread's namespace, which is
+            // why this runs on a thread of its own.
             let thread = scope.spawn(|| {
-                // setns changes only the calling thread's namespace, which
-                // is why this runs on a thread of its own.
-                // SAFETY: a valid namespace fd; no memory is involved.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("setns({path}): {}", io::Error::last_os_error());
-                }
+                enter(&file);
                 f()
             });
             thread.join().unwrap_or_else(|p| panic::resume_unwind(p))
         })
+    }
+
+    /// Spawns a thread that enters this namespace and then runs `f`: for
+    /// workers that open sockets over a long time (see [`NetNs::run`]).
+    pub fn spawn_thread<F, R>(&self, f: F) -> thread::JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = self.open();
+        thread::spawn(move || {
+            enter(&file);
+            f()
+        })
+    }
+
+    /// The namespace's file, to enter it with `setns`.
+    fn open(&self) -> File {
+        let path = format!("/run/netns/{}", self.name);
+        File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"))
     }
 
     /// `ip netns exec <name> <cmd> <args>`, not yet run: for callers that
@@ -254,4 +270,12 @@ fn assert_success(command: &Command, output: &Output) {
         output.status,
         String::from_utf8_lossy(&output.stderr).trim()
     );
+}
+
+/// Move the calling thread into the namespace `file` is.
+fn enter(file: &File) {
+    // SAFETY: a valid namespace fd; no memory is involved.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!("setns: {}", io::Error::last_os_error());
+    }
 }

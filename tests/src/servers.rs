@@ -147,14 +147,18 @@ pub fn tcp_connect(
     dst: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    ns.run(|| {
-        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-        socket.bind(&SocketAddr::new(src, 0).into())?;
-        socket.connect_timeout(&dst.into(), timeout)?;
-        socket.set_read_timeout(Some(timeout))?;
-        socket.set_write_timeout(Some(timeout))?;
-        Ok(socket.into())
-    })
+    ns.run(|| connect_here(src, dst, timeout))
+}
+
+/// [`tcp_connect`] in the calling thread's own namespace (a thread from
+/// [`NetNs::spawn`](crate::NetNs::spawn)).
+pub fn connect_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), timeout)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.set_write_timeout(Some(timeout))?;
+    Ok(socket.into())
 }
 
 /// Asks the backend behind an open connection who it is and whom it sees:

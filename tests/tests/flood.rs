@@ -16,6 +16,11 @@
 //! and answer one final acknowledged message from their own server; and
 //! the spoofed flows must not count as connections.
 //!
+//! The same floods run over idle sessions of the same shape in plain TCP
+//! (`balancer_tests::idle`, against the whoami servers) as well: the
+//! `--vm` guest runs that version only, since Node under TCG emulation
+//! cannot keep Socket.IO's heartbeats.
+//!
 //! Sizes: `BALANCER_FLOOD_TABLE` (entries of each table, default 65536)
 //! and `BALANCER_FLOOD_SYNS` (spoofed packets per flood, default three
 //! tables' worth in round hundred thousands). The full-size run:
@@ -29,12 +34,14 @@ use std::{
 };
 
 use balancer_tests::{
-    NetNs, Topology, TopologyOpts,
+    NetNs, Server, Topology, TopologyOpts,
     bpffs::TempBpffs,
     daemon::{Daemon, backends_toml, cli_ok, config_head, status, test_mode},
+    idle::{IdleSession, IdleSessions},
     require_root,
     socketio::{Driver, Heartbeat, Session, SessionSpec, SocketIoServer, error_total, errors},
     spoof::{FloodReport, Shape, Spoofer},
+    tcp_whoami,
     topology::VIP_V4,
 };
 use balancer_user::metrics::Snapshot;
@@ -54,6 +61,10 @@ const SPOOFED_PER_SECOND: u64 = 100_000;
 /// whatever state the flood left, and one that lost its connection notices
 /// (ping timeout) before the next flood: its error counts against this one.
 const AFTER_FLOOD: Duration = Duration::from_secs(50);
+/// The plain-TCP sessions' heartbeat: Socket.IO's default ping interval.
+const TCP_HEARTBEAT: Duration = Duration::from_secs(25);
+/// Their wait after each flood: a heartbeat and its answer's timeout.
+const TCP_AFTER_FLOOD: Duration = Duration::from_secs(32);
 
 /// The table size of the default run: small enough that three tables'
 /// worth of SYNs take a few seconds. The full-size run sets
@@ -84,15 +95,48 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
+/// What the backends run.
+#[derive(Clone, Copy, PartialEq)]
+enum Servers {
+    /// Plain Socket.IO servers (health-checked over HTTP).
+    SocketIo,
+    /// The whoami TCP servers (health-checked by connecting).
+    Whoami,
+}
+
+/// A backend's server, kept running for the rig's life.
+#[expect(dead_code, reason = "held only to be dropped: a server stops on drop")]
+enum BackendServer {
+    SocketIo(SocketIoServer),
+    Whoami(Server),
+}
+
+impl BackendServer {
+    fn start(kind: Servers, backend: &balancer_tests::Backend) -> BackendServer {
+        match kind {
+            Servers::SocketIo => BackendServer::SocketIo(SocketIoServer::start_with(
+                backend.ns(),
+                backend.name(),
+                PORT,
+                Heartbeat::Default,
+            )),
+            Servers::Whoami => {
+                BackendServer::Whoami(tcp_whoami(backend.ns(), backend.name(), PORT))
+            }
+        }
+    }
+}
+
 struct Rig {
     topo: Topology,
     bpffs: TempBpffs,
-    servers: Vec<SocketIoServer>,
+    kind: Servers,
+    _servers: Vec<BackendServer>,
     _daemon: Daemon,
 }
 
 impl Rig {
-    fn new(table: u64) -> Rig {
+    fn new(table: u64, kind: Servers) -> Rig {
         require_root();
         let topo = Topology::new(&TopologyOpts {
             clients_v4: ADDRESSES as u8,
@@ -116,8 +160,12 @@ impl Rig {
         let servers = topo
             .backends()
             .iter()
-            .map(|b| SocketIoServer::start_with(b.ns(), b.name(), PORT, Heartbeat::Default))
+            .map(|b| BackendServer::start(kind, b))
             .collect();
+        let health = match kind {
+            Servers::SocketIo => "check = \"http\"\npath = \"/health\"",
+            Servers::Whoami => "check = \"tcp\"",
+        };
         let backends = backends_toml(
             topo.backends()
                 .iter()
@@ -130,8 +178,7 @@ name = "web"
 vip = "{VIP_V4}:80"
 affinity = "source-ip"
 [services.health]
-check = "http"
-path = "/health"
+{health}
 interval = "500ms"
 timeout = "300ms"
 rise = 2
@@ -145,7 +192,8 @@ fall = 3
         let rig = Rig {
             topo,
             bpffs,
-            servers,
+            kind,
+            _servers: servers,
             _daemon: daemon,
         };
         rig.wait_up(3);
@@ -177,12 +225,11 @@ fall = 3
         }
     }
 
-    /// A fourth Socket.IO server, added to the service with the CLI.
+    /// A fourth server, added to the service with the CLI.
     fn add_fourth_backend(&mut self) {
         let b4 = self.topo.add_backend();
-        let (name, addr) = (b4.name().to_owned(), format!("{}:{PORT}", b4.v4()));
-        let server = SocketIoServer::start_with(b4.ns(), &name, PORT, Heartbeat::Default);
-        self.servers.push(server);
+        let addr = format!("{}:{PORT}", b4.v4());
+        self._servers.push(BackendServer::start(self.kind, b4));
         let out = cli_ok(
             self.topo.gw(),
             &self.socket(),
@@ -273,6 +320,33 @@ struct Attacker {
 }
 
 impl Attacker {
+    fn new(rig: &Rig, packets: u64, driver_epoch: Instant, sessions: u64, polling: u64) -> Self {
+        let seed = u64::from_str_radix(&balancer_tests::netns::random_suffix(), 16).unwrap();
+        println!("spoofed addresses and ports from seed {seed:#x}");
+        Attacker {
+            spoofer: Spoofer::new(rig.topo.client(), rig.topo.gw(), seed).expect("raw sender"),
+            packets,
+            driver_epoch,
+            sessions,
+            polling,
+        }
+    }
+
+    /// The two floods, each followed by `after` for the sessions to beat.
+    fn both_floods(&mut self, rig: &Rig, after: Duration) -> Vec<FloodOutcome> {
+        [
+            ("flood 1 (SYN)", Shape::Syn),
+            ("flood 2 (SYN, then ACK)", Shape::SynThenAck),
+        ]
+        .into_iter()
+        .map(|(label, shape)| {
+            let outcome = self.flood(rig, label, shape);
+            std::thread::sleep(after);
+            outcome
+        })
+        .collect()
+    }
+
     /// One flood of `shape`, with the counts before and after it.
     fn flood(&mut self, rig: &Rig, label: &'static str, shape: Shape) -> FloodOutcome {
         let (packets, sessions, polling) = (self.packets, self.sessions, self.polling);
@@ -370,26 +444,37 @@ fn sessions_specs(addresses: &[Ipv4Addr]) -> Vec<SessionSpec> {
         .collect()
 }
 
-/// Sessions that had an error, by the flood after which the first came.
-fn lost_by_phase(sessions: &[Session], floods: &[FloodOutcome]) -> Vec<(String, usize)> {
+/// Sessions that had an error, by the flood after which the first came
+/// (`first_errors`: each lost session's first error, in ms on the
+/// sessions' clock).
+fn lost_by_phase(
+    first_errors: impl Iterator<Item = u64>,
+    floods: &[FloodOutcome],
+) -> Vec<(String, usize)> {
     let mut phases: Vec<(String, usize)> = std::iter::once("before the floods".to_owned())
         .chain(floods.iter().map(|f| format!("after {}", f.label)))
         .map(|p| (p, 0))
         .collect();
-    for s in sessions {
-        if let Some(first) = s.errors.iter().map(|e| e.at_ms).min() {
-            let phase = floods.iter().filter(|f| f.at_ms <= first).count();
-            phases[phase].1 += 1;
-        }
+    for first in first_errors {
+        let phase = floods.iter().filter(|f| f.at_ms <= first).count();
+        phases[phase].1 += 1;
     }
     phases
+}
+
+/// Every flood's problems (the sender's shortfall, inflated counts).
+fn flood_problems(floods: &[FloodOutcome]) -> Vec<&String> {
+    for f in floods {
+        println!("{}: {:.0} spoofed frames/s", f.label, f.sent.per_second());
+    }
+    floods.iter().flat_map(|f| &f.problems).collect()
 }
 
 #[test]
 fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
     let table = table_size();
     let packets = spoofed_per_flood(table);
-    let mut rig = Rig::new(table);
+    let mut rig = Rig::new(table, Servers::SocketIo);
     println!(
         "mode {}: tables of {table} entries, {packets} spoofed frames per flood at up to {SPOOFED_PER_SECOND}/s",
         test_mode()
@@ -411,23 +496,8 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
     // Let the WebSocket upgrades and the long polls settle on four backends.
     std::thread::sleep(Duration::from_secs(2));
 
-    let seed = u64::from_str_radix(&balancer_tests::netns::random_suffix(), 16).unwrap();
-    println!("spoofed addresses and ports from seed {seed:#x}");
-    let mut attacker = Attacker {
-        spoofer: Spoofer::new(rig.topo.client(), rig.topo.gw(), seed).expect("raw sender"),
-        packets,
-        driver_epoch,
-        sessions: total,
-        polling,
-    };
-    let mut floods = Vec::new();
-    for (label, shape) in [
-        ("flood 1 (SYN)", Shape::Syn),
-        ("flood 2 (SYN, then ACK)", Shape::SynThenAck),
-    ] {
-        floods.push(attacker.flood(&rig, label, shape));
-        std::thread::sleep(AFTER_FLOOD);
-    }
+    let mut attacker = Attacker::new(&rig, packets, driver_epoch, total, polling);
+    let floods = attacker.both_floods(&rig, AFTER_FLOOD);
 
     let sessions = driver.stop();
     let lost: Vec<&Session> = sessions.iter().filter(|s| s.error_count > 0).collect();
@@ -446,7 +516,11 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
          {} lost (first error {:?}), {} final messages acknowledged, {} errors (kinds, first 10 per session: {by_kind:?})",
         sessions.iter().filter(|s| s.upgraded).count(),
         lost.len(),
-        lost_by_phase(&sessions, &floods),
+        lost_by_phase(
+            lost.iter()
+                .filter_map(|s| s.errors.iter().map(|e| e.at_ms).min()),
+            &floods
+        ),
         sessions.iter().filter(|s| s.final_acked).count(),
         error_total(&sessions),
     );
@@ -459,11 +533,7 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
             s.errors.iter().take(3).collect::<Vec<_>>()
         );
     }
-    for f in &floods {
-        println!("{}: {:.0} spoofed frames/s", f.label, f.sent.per_second());
-    }
-
-    let problems: Vec<&String> = floods.iter().flat_map(|f| &f.problems).collect();
+    let problems = flood_problems(&floods);
     assert!(
         lost.is_empty() && problems.is_empty(),
         "{} of {total} sessions lost; {problems:#?}",
@@ -474,5 +544,63 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
             s.connected && s.servers.len() == 1 && s.final_acked,
             "session {s:?}"
         );
+    }
+}
+
+/// The same floods over idle plain-TCP sessions of the same shape: 20
+/// addresses, each with one long-polling session (a new connection every
+/// heartbeat) and two upgraded ones (one held connection), against whoami
+/// servers. Every heartbeat must be answered by the session's first
+/// backend, through both floods, and the counts must stay the sessions'.
+#[test]
+fn idle_tcp_sessions_survive_spoofed_handshake_floods() {
+    let table = table_size();
+    let packets = spoofed_per_flood(table);
+    let mut rig = Rig::new(table, Servers::Whoami);
+    println!(
+        "mode {}: tables of {table} entries, {packets} spoofed frames per flood at up to {SPOOFED_PER_SECOND}/s",
+        test_mode()
+    );
+    let specs = sessions_specs(&rig.topo.clients_v4()[..ADDRESSES]);
+    let total = specs.len() as u64;
+    let polling = specs.iter().filter(|s| s.polling).count() as u64;
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
+    let sessions = IdleSessions::start(rig.topo.client(), vip, &specs, TCP_HEARTBEAT);
+    rig.add_fourth_backend();
+    // Let the daemon count the sessions' connections before the first flood.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut attacker = Attacker::new(&rig, packets, sessions.epoch, total, polling);
+    let floods = attacker.both_floods(&rig, TCP_AFTER_FLOOD);
+
+    let records = sessions.stop();
+    let lost: Vec<&IdleSession> = records.iter().filter(|s| s.failure.is_some()).collect();
+    let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &records {
+        *per_backend
+            .entry(s.backend.as_deref().unwrap_or("none"))
+            .or_default() += 1;
+    }
+    println!(
+        "sessions: {total} ({polling} long-polling only), per backend {per_backend:?}; \
+         {} lost (first failure {:?}); heartbeats answered: {}",
+        lost.len(),
+        lost_by_phase(
+            lost.iter().filter_map(|s| s.failure.as_ref().map(|f| f.0)),
+            &floods
+        ),
+        records.iter().map(|s| s.heartbeats).sum::<u64>(),
+    );
+    for s in lost.iter().take(5) {
+        println!("  e.g. {s:?}");
+    }
+    let problems = flood_problems(&floods);
+    assert!(
+        lost.is_empty() && problems.is_empty(),
+        "{} of {total} sessions lost; {problems:#?}",
+        lost.len()
+    );
+    for s in &records {
+        // The first beat, one after each flood, and the final one.
+        assert!(s.final_answered && s.heartbeats >= 4, "session {s:?}");
     }
 }

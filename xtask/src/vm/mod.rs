@@ -65,10 +65,10 @@ const EXCLUDED: &[Exclusion] = &[
     },
     Exclusion {
         binary: "flood",
-        test: None,
+        test: Some("idle_socketio_sessions_survive_spoofed_handshake_floods"),
         why: "60 Node Socket.IO sessions through two spoofed floods: the Socket.IO suite's Node \
-              limit under TCG; the data-plane rules the suite relies on run here in xdp_test_run \
-              and gateway",
+              limit under TCG; the same floods over plain-TCP sessions of the same shape \
+              (idle_tcp_sessions_survive_spoofed_handshake_floods) run here",
     },
     Exclusion {
         binary: "module_graph",
