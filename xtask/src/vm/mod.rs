@@ -294,7 +294,15 @@ fn payload(
     if runs_binary("control") || runs_binary("deploy") {
         dirs.push(cmd::workspace_root().join("deploy"));
     }
-    if NODE_SUITES.iter().any(|s| runs_binary(s)) {
+    // `flood` runs here without its Node test (see EXCLUDED): its
+    // plain-TCP version needs no Node.
+    let runs_node = |name: &str| {
+        runs_binary(name)
+            && !EXCLUDED
+                .iter()
+                .any(|e| e.binary == name && e.test.is_some_and(|t| t.contains("socketio")))
+    };
+    if NODE_SUITES.iter().any(|s| runs_node(s)) {
         npm::ensure_socketio_packages()?;
         tools.push("node");
         dirs.push(cmd::workspace_root().join(npm::SOCKETIO_DIR));
