@@ -123,7 +123,7 @@ pub fn remember_direct(key: &FlowKey) {
 
 /// Does `reply` answer a flow its client opened straight to the backend?
 #[inline(always)]
-fn is_direct(reply: &FlowKey) -> bool {
+pub fn is_direct(reply: &FlowKey) -> bool {
     let Some(s) = scratch() else {
         return false;
     };

@@ -31,7 +31,7 @@ use crate::{
     action::Action,
     client_path::learned,
     clock::now_ns,
-    confirm::chosen,
+    confirm::{chosen, is_direct},
     csum::Diff,
     ctx::Frame,
     forward::{L2Path, forward, to_this_host},
@@ -188,12 +188,14 @@ pub fn handle<C: Frame>(ctx: &C, err: &IcmpError) -> Result<Action, ()> {
     // About a packet on its way to a backend: back to its client from the
     // VIP. With no entry (a flow its backend has not confirmed, such as a
     // datagram to a port nothing listens on) it is placed as that flow's
-    // replies are, and stores nothing either.
+    // replies are, and stores nothing either; an error about a flow its
+    // client opened straight to the backend stays that flow's.
     let (vip, backend_id, path) = match reply_flow(&reversed) {
         Reply::Flow(flow, vip) => {
             let flow = unsafe { &*flow };
             (vip, flow.backend_id, Some(L2Path::to_client(flow)))
         }
+        Reply::NoFlow if is_direct(&reversed) => return Ok(stats::pass(Counter::PassNotOurs)),
         Reply::NoFlow => match chosen(&reversed, now_ns()) {
             Ok((vip, _, backend_id))
                 if BACKENDS

@@ -403,6 +403,24 @@ test_both_modes! {
         }
     }
 
+    /// A host that sends to a backend's own address, not through the VIP,
+    /// gets the backend's ICMP errors untouched: even from the backend the
+    /// host's VIP packets would be placed on, they are about the direct
+    /// flow (`DIRECT`), not one of the VIP's.
+    fn an_error_about_a_flow_straight_to_a_backend_passes_untouched(fx) {
+        let client = "198.18.0.14";
+        let backend = predicted(fx, "dns", client, 48100);
+        let direct = Frame::udp(client, 48100, &backend.ip().to_string(), backend.port()).build();
+        expect_passed(fx, true, &direct, "pass_not_ours", "a datagram straight to the backend");
+        let error = Frame {
+            src_mac: backend_mac(backend_index(backend.ip())),
+            dst_mac: BACKEND_IF_MAC,
+            ..Frame::icmp_error(&backend.ip().to_string(), client, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, &direct, 1000)
+        }
+        .build();
+        expect_passed(fx, false, &error, "pass_not_ours", "the backend's port unreachable about it");
+    }
+
     fn icmp_that_is_not_about_a_balanced_flow_passes_untouched(fx) {
         let backend = open_flow(fx, "web", "198.18.0.13", 13, 49000, VIP4, 80);
         let live_reply = Frame::tcp(VIP4, 80, "198.18.0.13", 49000, TCP_ACK).build();
