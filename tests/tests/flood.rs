@@ -470,11 +470,22 @@ fn flood_problems(floods: &[FloodOutcome]) -> Vec<&String> {
     floods.iter().flat_map(|f| &f.problems).collect()
 }
 
-#[test]
-fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
+/// What a run floods with and opens.
+struct Plan {
+    /// Spoofed frames per flood.
+    packets: u64,
+    specs: Vec<SessionSpec>,
+    /// Sessions, and how many of them are long-polling only.
+    total: u64,
+    polling: u64,
+}
+
+/// The rig with `kind` servers, and the run's plan (sizes from the
+/// environment, see the top of this file).
+fn plan(kind: Servers) -> (Rig, Plan) {
     let table = table_size();
     let packets = spoofed_per_flood(table);
-    let mut rig = Rig::new(table, Servers::SocketIo);
+    let rig = Rig::new(table, kind);
     println!(
         "mode {}: tables of {table} entries, {packets} spoofed frames per flood at up to {SPOOFED_PER_SECOND}/s",
         test_mode()
@@ -482,10 +493,23 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
     let specs = sessions_specs(&rig.topo.clients_v4()[..ADDRESSES]);
     let total = specs.len() as u64;
     let polling = specs.iter().filter(|s| s.polling).count() as u64;
+    let plan = Plan {
+        packets,
+        specs,
+        total,
+        polling,
+    };
+    (rig, plan)
+}
+
+#[test]
+fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
+    let (mut rig, run) = plan(Servers::SocketIo);
+    let (packets, total, polling) = (run.packets, run.total, run.polling);
     // A safety bound only: the test ends the run itself.
     let run_limit = Duration::from_secs(4 * packets / SPOOFED_PER_SECOND + 180);
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
-    let driver = Driver::start_idle(rig.topo.client(), vip, &specs, run_limit);
+    let driver = Driver::start_idle(rig.topo.client(), vip, &run.specs, run_limit);
     let ready = driver.wait_for("ready", Duration::from_secs(20));
     assert_eq!(ready["connected"], total, "{ready}");
     // The driver's clock (its errors' at_ms) started after_ms before now.
@@ -554,18 +578,10 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
 /// backend, through both floods, and the counts must stay the sessions'.
 #[test]
 fn idle_tcp_sessions_survive_spoofed_handshake_floods() {
-    let table = table_size();
-    let packets = spoofed_per_flood(table);
-    let mut rig = Rig::new(table, Servers::Whoami);
-    println!(
-        "mode {}: tables of {table} entries, {packets} spoofed frames per flood at up to {SPOOFED_PER_SECOND}/s",
-        test_mode()
-    );
-    let specs = sessions_specs(&rig.topo.clients_v4()[..ADDRESSES]);
-    let total = specs.len() as u64;
-    let polling = specs.iter().filter(|s| s.polling).count() as u64;
+    let (mut rig, run) = plan(Servers::Whoami);
+    let (packets, total, polling) = (run.packets, run.total, run.polling);
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
-    let sessions = IdleSessions::start(rig.topo.client(), vip, &specs, TCP_HEARTBEAT);
+    let sessions = IdleSessions::start(rig.topo.client(), vip, &run.specs, TCP_HEARTBEAT);
     rig.add_fourth_backend();
     // Let the daemon count the sessions' connections before the first flood.
     std::thread::sleep(Duration::from_secs(2));
