@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
@@ -179,23 +179,55 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// (program, map). The map lives as long as the program, whether or not
 /// its fd is kept.
 pub fn load_reference(reference: Reference) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut attr = zeroed_attr();
-    if reference == Reference::InsertPerCpuLru {
-        attr.__bindgen_anon_1.map_flags = BPF_F_NO_COMMON_LRU;
-    }
-    // Writing union fields is safe; the BPF_MAP_CREATE member is the one read.
-    attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
-    attr.__bindgen_anon_1.key_size = FLOW_KEY as u32;
-    attr.__bindgen_anon_1.value_size = FLOW_VALUE as u32;
-    attr.__bindgen_anon_1.max_entries = REFERENCE_MAP_ENTRIES;
-    // SAFETY: the BPF_MAP_CREATE fields are set; none is a pointer.
-    let map = owned_fd(unsafe { sys_bpf(bpf_cmd::BPF_MAP_CREATE as libc::c_int, &mut attr) }?);
+    let flags = if reference == Reference::InsertPerCpuLru {
+        BPF_F_NO_COMMON_LRU
+    } else {
+        0
+    };
+    let map = create_lru_hash(
+        FLOW_KEY as u32,
+        FLOW_VALUE as u32,
+        REFERENCE_MAP_ENTRIES,
+        flags,
+    )?;
     let prog = load(
         bpf_prog_type::BPF_PROG_TYPE_XDP,
         &reference_insns(map.as_raw_fd(), reference),
         reference.prog_name(),
     )?;
     Ok((prog, map))
+}
+
+/// A new LRU hash map, unnamed and unpinned: it lives as long as its fd or
+/// a program or map-in-map that holds it.
+pub fn create_lru_hash(
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // Writing union fields is safe; the BPF_MAP_CREATE member is the one read.
+    attr.__bindgen_anon_1.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
+    attr.__bindgen_anon_1.key_size = key_size;
+    attr.__bindgen_anon_1.value_size = value_size;
+    attr.__bindgen_anon_1.max_entries = max_entries;
+    attr.__bindgen_anon_1.map_flags = flags;
+    // SAFETY: the BPF_MAP_CREATE fields are set; none is a pointer.
+    unsafe { sys_bpf(bpf_cmd::BPF_MAP_CREATE as libc::c_int, &mut attr) }.map(owned_fd)
+}
+
+/// `bpf_map_update_elem(map, key, value, BPF_ANY)` with raw bytes: for a
+/// map-in-map, whose value is the inner map's fd.
+pub fn map_update(map: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // Writing union fields is safe; the BPF_MAP_UPDATE_ELEM member is the one read.
+    attr.__bindgen_anon_2.map_fd = map as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+    // SAFETY: `key` and `value` outlive the call and have the map's sizes
+    // (the kernel reads key_size and value_size bytes).
+    unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM as libc::c_int, &mut attr) }.map(|_| ())
 }
 
 fn load(prog_type: bpf_prog_type, insns: &[u64], name: &[u8]) -> io::Result<OwnedFd> {

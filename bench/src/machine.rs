@@ -15,7 +15,7 @@ pub struct Machine {
 }
 
 /// (busy, total) jiffies from the first line of /proc/stat.
-fn cpu_jiffies() -> (u64, u64) {
+pub fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = stat
         .lines()
@@ -31,7 +31,8 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-fn busy_over(d: std::time::Duration) -> f64 {
+/// The share of the machine's CPUs busy over the next `d`.
+pub fn busy_over(d: std::time::Duration) -> f64 {
     let (b0, t0) = cpu_jiffies();
     std::thread::sleep(d);
     let (b1, t1) = cpu_jiffies();

@@ -13,8 +13,10 @@ mod e2e;
 mod fill;
 mod flood;
 mod gateways;
+mod katran;
 mod machine;
 mod maglev;
+mod peer;
 mod perpacket;
 mod pinned;
 mod proc;
@@ -37,12 +39,18 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
-const USAGE: &str =
-    "usage: balancer-bench [--quick] [--only perpacket|underload|e2e|flood|maglev]... [--out DIR]";
+const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|katran|underload|e2e|flood|maglev]... \
+     [--katran PATH] [--out DIR]";
+
+/// The parts `--only` selects. `katran` is the comparison with Katran,
+/// which `perpacket` includes.
+const PARTS: [&str; 6] = ["perpacket", "katran", "underload", "e2e", "flood", "maglev"];
 
 struct Args {
     quick: bool,
     only: Vec<String>,
+    /// Katran's balancer.bpf.o (else from the environment, else skipped).
+    katran: Option<PathBuf>,
     out: PathBuf,
 }
 
@@ -50,6 +58,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         quick: false,
         only: Vec::new(),
+        katran: None,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
     };
     let mut it = std::env::args().skip(1);
@@ -57,6 +66,7 @@ fn parse_args() -> Result<Args> {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--only" => args.only.push(it.next().context(USAGE)?),
+            "--katran" => args.katran = Some(it.next().context(USAGE)?.into()),
             "--out" => args.out = it.next().context(USAGE)?.into(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -67,17 +77,28 @@ fn parse_args() -> Result<Args> {
     }
     for o in &args.only {
         anyhow::ensure!(
-            ["perpacket", "underload", "e2e", "flood", "maglev"].contains(&o.as_str()),
+            PARTS.contains(&o.as_str()),
             "unknown section {o:?}\n{USAGE}"
         );
     }
     Ok(args)
 }
 
+/// The comparison with Katran: issue 16's three rounds, phases as the
+/// per-packet part's.
+fn peer_options(pp: &perpacket::Options) -> peer::Options {
+    peer::Options {
+        rounds: 3,
+        phase: pp.phase,
+        new_clients: pp.new_clients,
+    }
+}
+
 /// How long each part runs: the full run fits 15 minutes on 2 cores,
 /// `--quick` 2 minutes.
 struct Plan {
     per_packet: perpacket::Options,
+    peer: peer::Options,
     under_load: underload::Options,
     e2e: e2e::Options,
     flood: flood::Options,
@@ -98,6 +119,7 @@ fn options(quick: bool) -> Plan {
             phase: PhaseLimits {
                 time: Duration::from_millis(250),
                 frames: 500_000,
+                per_second: None,
             },
             new_clients: 20_000,
             test_run_repeat: 200_000,
@@ -119,6 +141,7 @@ fn options(quick: bool) -> Plan {
         };
         Plan {
             per_packet: pp,
+            peer: peer_options(&pp),
             under_load,
             e2e,
             flood,
@@ -131,6 +154,7 @@ fn options(quick: bool) -> Plan {
             phase: PhaseLimits {
                 time: Duration::from_secs(1),
                 frames: 2_000_000,
+                per_second: None,
             },
             new_clients: traffic::NEW_CLIENTS - 1000,
             test_run_repeat: 1_000_000,
@@ -153,6 +177,7 @@ fn options(quick: bool) -> Plan {
         };
         Plan {
             per_packet: pp,
+            peer: peer_options(&pp),
             under_load,
             e2e,
             flood,
@@ -169,10 +194,16 @@ fn run(args: &Args) -> Result<()> {
     let machine = Machine::describe();
     let plan = options(args.quick);
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let command = format!(
-        "cargo xtask bench{}",
-        if args.quick { " --quick" } else { "" }
-    );
+    let mut command = String::from("cargo xtask bench");
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    for o in &args.only {
+        command.push_str(&format!(" --only {o}"));
+    }
+    if let Some(k) = &args.katran {
+        command.push_str(&format!(" --katran {}", k.display()));
+    }
 
     let maglev = if wants("maglev") {
         eprintln!("==> Maglev tables");
@@ -181,10 +212,11 @@ fn run(args: &Args) -> Result<()> {
         None
     };
     let mut per_packet = None;
+    let mut against_katran = None;
     let mut under_load = None;
     let mut e2e = None;
     let mut flood = None;
-    if ["perpacket", "underload", "e2e", "flood"]
+    if ["perpacket", "katran", "underload", "e2e", "flood"]
         .iter()
         .any(|s| wants(s))
     {
@@ -193,6 +225,21 @@ fn run(args: &Args) -> Result<()> {
         if wants("perpacket") {
             eprintln!("==> data plane, per packet");
             per_packet = Some(perpacket::run(&bed, &plan.per_packet)?);
+        }
+        if wants("perpacket") || wants("katran") {
+            against_katran = Some(match peer::object(args.katran.as_deref()) {
+                Some(obj) => {
+                    eprintln!("==> per packet, against Katran ({})", obj.display());
+                    peer::run(&bed, &obj, &plan.peer)?
+                }
+                None => {
+                    let skipped = peer::skipped();
+                    if let peer::Outcome::Skipped(line) = &skipped {
+                        eprintln!("==> {line}");
+                    }
+                    skipped
+                }
+            });
         }
         if wants("underload") {
             eprintln!("==> data plane, under real HTTP traffic");
@@ -212,6 +259,7 @@ fn run(args: &Args) -> Result<()> {
         command: &command,
         wall_secs: start.elapsed().as_secs_f64(),
         per_packet: per_packet.as_ref(),
+        against_katran: against_katran.as_ref(),
         under_load: under_load.as_ref(),
         e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
         flood: flood.as_ref().map(|r| (r, &plan.flood)),

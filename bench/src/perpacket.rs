@@ -228,6 +228,18 @@ fn program_ids(
     Ok(ids)
 }
 
+/// How much of `kind` one phase sends: never-seen clients are capped, each
+/// needs a fresh address.
+pub fn limits(kind: Kind, phase: PhaseLimits, new_clients: u64) -> PhaseLimits {
+    match kind {
+        Kind::NewClient | Kind::ConfirmNewClient => PhaseLimits {
+            frames: new_clients,
+            ..phase
+        },
+        _ => phase,
+    }
+}
+
 /// Send one kind of traffic and read the programs' statistics around it.
 fn phase(
     traffic: &mut Traffic,
@@ -236,13 +248,23 @@ fn phase(
     balancer: Option<&Balancer>,
     opts: &Options,
 ) -> Result<Sample> {
-    let limits = match kind {
-        Kind::NewClient | Kind::ConfirmNewClient => PhaseLimits {
-            frames: opts.new_clients,
-            ..opts.phase
-        },
-        _ => opts.phase,
-    };
+    timed_phase(
+        traffic,
+        kind,
+        ids,
+        balancer,
+        limits(kind, opts.phase, opts.new_clients),
+    )
+}
+
+/// [`phase`] within explicit limits (the peer comparison paces some).
+pub fn timed_phase(
+    traffic: &mut Traffic,
+    kind: Kind,
+    ids: &BTreeSet<u32>,
+    balancer: Option<&Balancer>,
+    limits: PhaseLimits,
+) -> Result<Sample> {
     let counters = |b: &Balancer| Counters::read(&b.pin_dir());
     let c0 = balancer.map(counters).transpose()?;
     let s0 = progs::run_stats(ids)?;

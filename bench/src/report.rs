@@ -10,7 +10,7 @@ use crate::{
     flood,
     gateways::Gateway,
     machine::Machine,
-    maglev,
+    maglev, peer,
     perpacket::{self, Sample, Variant},
     summary::{Spread, spread},
     traffic::Kind,
@@ -24,6 +24,7 @@ pub struct Report<'a> {
     pub command: &'a str,
     pub wall_secs: f64,
     pub per_packet: Option<&'a perpacket::Results>,
+    pub against_katran: Option<&'a peer::Outcome>,
     pub under_load: Option<&'a underload::Results>,
     pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
     pub flood: Option<(&'a flood::Results, &'a flood::Options)>,
@@ -125,6 +126,106 @@ fn reference_goal(
     })
 }
 
+/// Per-round ratios of two series of samples (rounds pair up in order).
+fn sample_ratios(a: &[Sample], b: &[Sample]) -> Spread {
+    spread(
+        &a.iter()
+            .zip(b)
+            .map(|(a, b)| a.ns / b.ns)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Ours against Katran on the same frames (issue 16: ≤ 1.0× on both
+/// established and new flows).
+fn katran_md(md: &mut String, r: &peer::Results) {
+    let rounds = r.rows.values().map(|(o, _)| o.len()).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "## Per packet, against Katran\n\n\
+         Katran's XDP balancer (`{}`, built from Katran's source with its default flags; bench/README.md) and \
+         ours, in XDP mode on the same gateway interfaces under the same frames, timed the same way \
+         (`run_time_ns / run_cnt`). {rounds} rounds, ours first in odd rounds and Katran first in even ones; \
+         median [min–max], the ratio taken per round. Katran is configured as its userspace would: the VIP \
+         with no flags, the three backends as reals, a hash ring whose every slot names a real, the next hop's \
+         MAC, and a per-CPU LRU of {} entries for each CPU. It encapsulates (IPIP) and sends the frame back out \
+         with XDP_TX; nothing decapsulates, and nothing needs to: only program time is measured, and the \
+         frames are dropped on arrival either way. New flows (SYNs, and our confirmations) are paced at {} a \
+         second, below Katran's flood guard (125,000 new flows a second per CPU, beyond which it skips the \
+         insert). *On path*: the smallest share over the rounds; Katran's from its own statistics: an \
+         established flow is an LRU hit (`stats[MAX_VIPS+LRU_CNTRS]` packets less misses), a new flow a SYN \
+         that missed the LRU (`stats[MAX_VIPS+LRU_MISS_CNTR].v1`) and added an entry to it (entries counted \
+         in the per-CPU LRU maps).\n",
+        r.obj.display(),
+        r.lru_entries,
+        peer::NEW_FLOW_RATE,
+    );
+    let _ = writeln!(
+        md,
+        "| ours | Katran | ours ns/packet | Katran ns/packet | ours / Katran | goal ≤ 1.0× | on path (ours / Katran) | runs per phase (ours / Katran) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let empty = (Vec::new(), Vec::new());
+    let row = |k: Kind| r.rows.get(&k).unwrap_or(&empty);
+    let pairs = [
+        (Kind::Established, Kind::Established),
+        (Kind::NewFlow, Kind::NewFlow),
+        (Kind::NewClient, Kind::NewClient),
+        (Kind::Confirm, Kind::NewFlow),
+        (Kind::ConfirmNewClient, Kind::NewClient),
+    ];
+    for (ours_kind, katran_kind) in pairs {
+        let ours = &row(ours_kind).0;
+        let theirs = &row(katran_kind).1;
+        let ratio = sample_ratios(ours, theirs);
+        let goal = if ratio.n == 0 {
+            "–"
+        } else if !all_on_path(ours) || !all_on_path(theirs) {
+            "not on the path"
+        } else if ratio.median <= 1.0 {
+            "met"
+        } else {
+            "**missed**"
+        };
+        let katran_label = match katran_kind {
+            Kind::Established => "established flow (LRU hit)",
+            Kind::NewFlow => "SYN, known client (hash ring + LRU insert)",
+            _ => "SYN, new client (hash ring + LRU insert)",
+        };
+        let runs = |s: &[Sample]| s.iter().map(|s| s.runs).min().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {katran_label} | {} | {} | {} | {goal} | {} / {} | {} / {} |",
+            ours_kind.label(),
+            fmt_spread(ns(ours), 1),
+            fmt_spread(ns(theirs), 1),
+            fmt_spread(ratio, 2),
+            on_path(ours),
+            on_path(theirs),
+            runs(ours),
+            runs(theirs),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nOur SYN writes nothing; our durable write happens when the backend's first ACK confirms the flow. \
+         Katran writes its LRU entry on the SYN. So Katran's new flow is compared both with our SYN rows and \
+         with our confirmation rows (one conntrack insert for a known client; conntrack and affinity inserts \
+         for a new one); a new connection costs us a SYN plus a confirmation, Katran a SYN (it never sees \
+         the backend's packets).\n"
+    );
+    let _ = writeln!(
+        md,
+        "- Katran packets that found no per-CPU LRU (fallback table): {}.\n\
+         - Background load (CPUs busy with the bench idle, 1 s): {:.0}% just before the comparison, {:.0}% just \
+         after; the whole machine was {:.0}% busy during it (the bench's own sender and softirq included).\n",
+        r.fallback,
+        r.background_before * 100.0,
+        r.background_after * 100.0,
+        r.busy_during * 100.0,
+    );
+}
+
 /// Every path against the one-lookup and one-insert references (XDP
 /// programs, measured in the same rounds), with issue 16's goals.
 fn references_md(md: &mut String, pp: &perpacket::Results) {
@@ -206,6 +307,13 @@ impl Report<'_> {
         );
         if let Some(pp) = self.per_packet {
             self.per_packet_md(&mut md, pp);
+        }
+        match self.against_katran {
+            Some(peer::Outcome::Measured(r)) => katran_md(&mut md, r),
+            Some(peer::Outcome::Skipped(line)) => {
+                let _ = writeln!(md, "## Per packet, against Katran\n\n{line}\n");
+            }
+            None => {}
         }
         if let Some(ul) = self.under_load {
             under_load_md(&mut md, ul);

@@ -115,21 +115,23 @@ fn confirm_client(n: u64) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c + (n / 250) as u8, 1 + (n % 250) as u8)
 }
 
-/// How long a phase sends, and how many frames at most.
+/// How long a phase sends, how many frames at most, and at what rate at
+/// most (None: as fast as one core goes).
 #[derive(Clone, Copy, Debug)]
 pub struct PhaseLimits {
     pub time: Duration,
     pub frames: u64,
+    pub per_second: Option<u64>,
 }
 
 impl PhaseLimits {
-    /// The sender's limits: these, and no more than `room` frames; as fast
-    /// as one core goes; stopped early by Ctrl-C.
+    /// The sender's limits: these, and no more than `room` frames; stopped
+    /// early by Ctrl-C.
     fn blast(self, room: u64) -> BlastLimits {
         BlastLimits {
             frames: self.frames.min(room),
             time: self.time,
-            per_second: None,
+            per_second: self.per_second,
         }
     }
 }

@@ -31,9 +31,15 @@ pub struct Options {
     /// 100k-entry tables instead of 1M.
     #[arg(long)]
     quick: bool,
-    /// Run only this part (repeatable): perpacket, underload, e2e, maglev.
+    /// Run only this part (repeatable): perpacket, katran (the per-packet
+    /// comparison with Katran alone), underload, e2e, flood, maglev.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
+    /// Katran's balancer.bpf.o, built outside this repository
+    /// (bench/README.md): the per-packet part then compares with it.
+    /// Default: $BALANCER_BENCH_KATRAN_OBJ; without either, it is skipped.
+    #[arg(long, value_name = "PATH")]
+    katran: Option<std::path::PathBuf>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -55,6 +61,9 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     for part in &opts.only {
         cargo.args(["--only", part]);
+    }
+    if let Some(obj) = &opts.katran {
+        cargo.arg("--katran").arg(obj);
     }
     cmd::run(&mut cargo)
 }
