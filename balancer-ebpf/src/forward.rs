@@ -46,6 +46,7 @@ use crate::{
     ptr::{ptr_at, read_at, read_words},
     scratch::{scratch, store_bytes, store_words},
     stats,
+    values::NextHop,
 };
 
 /// `bpf_fib_lookup`'s address families (`linux/socket.h`; aya's bindings
@@ -87,44 +88,44 @@ pub fn to_backend<C: Frame>(
     backend: &Backend,
     now: u64,
 ) -> Action {
-    let hop = cached_hop(backend_id, &backend.addr, now, || {
-        lookup(ctx, family, proto, None)
-    });
-    match hop {
-        Ok(path) => send(ctx, family, &path),
-        Err(action) => action,
-    }
-}
-
-/// The next hop toward backend `backend_id` at `addr`: from NEXT_HOPS if
-/// looked up this epoch for that address, else by `look` (then kept for
-/// the epoch). Without a cache slot, `look` every time.
-#[inline(always)]
-fn cached_hop(
-    backend_id: u32,
-    addr: &[u32; 4],
-    now: u64,
-    look: impl FnOnce() -> Result<L2Path, Action>,
-) -> Result<L2Path, Action> {
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
-        return look();
+        return forward(ctx, family, proto, None);
     };
     let hop = unsafe { &mut *hop };
     let epoch = epoch(now);
-    if hop.epoch == epoch && hop.ifindex != 0 && hop.addr == *addr {
-        return Ok(L2Path {
-            ifindex: hop.ifindex,
-            dst_mac: hop.dst_mac,
-            src_mac: hop.src_mac,
-        });
+    if let Some(path) = fresh_hop(hop, &backend.addr, epoch) {
+        return send(ctx, family, &path);
     }
-    let path = look()?;
+    let path = match lookup(ctx, family, proto, None) {
+        Ok(path) => path,
+        Err(action) => return action,
+    };
+    keep_hop(hop, &backend.addr, epoch, &path);
+    send(ctx, family, &path)
+}
+
+/// A backend's cached next hop (`hop`, its NEXT_HOPS entry), if it was
+/// looked up this epoch for the backend's address `addr`. (Cache hit and
+/// store are two functions, not one taking a closure for the lookup: a
+/// closure can be compiled as a call of its own, and 6.1's verifier counts
+/// every frame of a call chain against 512 bytes of stack.)
+#[inline(always)]
+fn fresh_hop(hop: &NextHop, addr: &[u32; 4], epoch: u16) -> Option<L2Path> {
+    (hop.epoch == epoch && hop.ifindex != 0 && hop.addr == *addr).then_some(L2Path {
+        ifindex: hop.ifindex,
+        dst_mac: hop.dst_mac,
+        src_mac: hop.src_mac,
+    })
+}
+
+/// Keep `path`, just looked up, as the next hop to `addr` for `epoch`.
+#[inline(always)]
+fn keep_hop(hop: &mut NextHop, addr: &[u32; 4], epoch: u16, path: &L2Path) {
     store_words(&mut hop.addr, addr);
     store_bytes(&mut hop.dst_mac, &path.dst_mac);
     store_bytes(&mut hop.src_mac, &path.src_mac);
     hop.ifindex = path.ifindex;
     hop.epoch = epoch;
-    Ok(path)
 }
 
 /// Forward a reply just rewritten back to its client, by the flow's path:
@@ -207,16 +208,25 @@ pub fn from_next_hop<C: Frame>(
     let Some(src_mac) = read_at::<[u8; 6], C>(ctx, 6) else {
         return false;
     };
-    let hop = cached_hop(backend_id, addr, now, || {
-        let fib = route_to(ctx, family, addr, FIB_SUCCESS).ok_or(Action::Pass)?;
-        Ok(L2Path {
-            ifindex: fib.ifindex,
-            dst_mac: fib.dmac,
-            src_mac: fib.smac,
-        })
-    });
-    let Ok(hop) = hop else {
+    let Some(cached) = NEXT_HOPS.get_ptr_mut(backend_id) else {
         return false;
+    };
+    let cached = unsafe { &mut *cached };
+    let epoch = epoch(now);
+    let hop = match fresh_hop(cached, addr, epoch) {
+        Some(hop) => hop,
+        None => {
+            let Some(fib) = route_to(ctx, family, addr, FIB_SUCCESS) else {
+                return false;
+            };
+            let hop = L2Path {
+                ifindex: fib.ifindex,
+                dst_mac: fib.dmac,
+                src_mac: fib.smac,
+            };
+            keep_hop(cached, addr, epoch, &hop);
+            hop
+        }
     };
     // Byte by byte: an array comparison can compile to a `bcmp` call.
     let mut differ = 0;
