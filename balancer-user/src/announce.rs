@@ -37,9 +37,11 @@ pub struct Announcer {
     ifindex: u32,
     state_file: PathBuf,
     left: bool,
-    /// What the daemon last put on the interface (or, before the first
-    /// sync, every VIP that could be there).
+    /// What the daemon put on the interface.
     announced: BTreeSet<IpAddr>,
+    /// VIPs a previous daemon may have left there, until the first sync
+    /// removes those not served.
+    leftovers: BTreeSet<IpAddr>,
     /// Every VIP of the config.
     known: BTreeSet<IpAddr>,
 }
@@ -66,8 +68,14 @@ fn vips(services: &[ServiceState]) -> BTreeSet<IpAddr> {
 }
 
 /// From what is announced to what should be: `served` unless the gateway
-/// has `left`, and none of `announced` that is not wanted.
-pub fn plan(left: bool, served: &BTreeSet<IpAddr>, announced: &BTreeSet<IpAddr>) -> Plan {
+/// has `left`, and none of `announced` or `leftovers` (addresses that may be
+/// there) that is not wanted.
+pub fn plan(
+    left: bool,
+    served: &BTreeSet<IpAddr>,
+    announced: &BTreeSet<IpAddr>,
+    leftovers: &BTreeSet<IpAddr>,
+) -> Plan {
     let wanted = if left {
         BTreeSet::new()
     } else {
@@ -75,7 +83,11 @@ pub fn plan(left: bool, served: &BTreeSet<IpAddr>, announced: &BTreeSet<IpAddr>)
     };
     Plan {
         add: wanted.difference(announced).copied().collect(),
-        remove: announced.difference(&wanted).copied().collect(),
+        remove: announced
+            .union(leftovers)
+            .filter(|ip| !wanted.contains(ip))
+            .copied()
+            .collect(),
     }
 }
 
@@ -95,7 +107,8 @@ impl Announcer {
             ifindex,
             state_file: config.state_file.clone(),
             left,
-            announced: known.clone(),
+            announced: BTreeSet::new(),
+            leftovers: known.clone(),
             known,
         })
     }
@@ -112,13 +125,20 @@ impl Announcer {
     /// own request: a failure leaves the others done, and is the error.
     pub fn sync(&mut self, services: &[ServiceState]) -> anyhow::Result<Plan> {
         self.known = vips(services);
-        let plan = plan(self.left, &served(services), &self.announced);
+        let plan = plan(
+            self.left,
+            &served(services),
+            &self.announced,
+            &self.leftovers,
+        );
         for &ip in &plan.remove {
             netlink::host_address(netlink::Op::Remove, self.ifindex, ip)
                 .with_context(|| format!("announce: cannot remove {ip} from {}", self.interface))?;
             self.announced.remove(&ip);
             tracing::info!(vip = %ip, interface = %self.interface, "VIP withdrawn");
         }
+        // What is wanted is added below, and the rest was removed above.
+        self.leftovers.clear();
         for &ip in &plan.add {
             netlink::host_address(netlink::Op::Add, self.ifindex, ip)
                 .with_context(|| format!("announce: cannot add {ip} to {}", self.interface))?;
@@ -200,13 +220,30 @@ mod tests {
     #[test]
     fn serves_what_has_a_backend_up_unless_left() {
         let served = set(&["198.18.0.100", "2001:db8::100"]);
-        let p = plan(false, &served, &set(&["198.18.0.100", "198.18.0.101"]));
+        let none = set(&[]);
+        let p = plan(
+            false,
+            &served,
+            &set(&["198.18.0.100", "198.18.0.101"]),
+            &none,
+        );
         assert_eq!(p.add, set(&["2001:db8::100"]));
         assert_eq!(p.remove, set(&["198.18.0.101"]));
-        let p = plan(true, &served, &set(&["198.18.0.100"]));
-        assert_eq!(p.add, set(&[]));
+        let p = plan(true, &served, &set(&["198.18.0.100"]), &none);
+        assert_eq!(p.add, none);
         assert_eq!(p.remove, set(&["198.18.0.100"]));
-        assert_eq!(plan(false, &served, &served), Plan::default());
+        assert_eq!(plan(false, &served, &served, &none), Plan::default());
+        // A new daemon: what is served is added (again: adding is
+        // idempotent), what a previous one may have left and is not served
+        // goes.
+        let p = plan(
+            false,
+            &set(&["198.18.0.100"]),
+            &none,
+            &set(&["198.18.0.100", "198.18.0.101"]),
+        );
+        assert_eq!(p.add, set(&["198.18.0.100"]));
+        assert_eq!(p.remove, set(&["198.18.0.101"]));
     }
 
     #[test]
