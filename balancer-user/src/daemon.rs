@@ -85,7 +85,6 @@ impl Daemon {
         counts: SharedCounts,
         tables: Arc<FlowTables>,
         source: ConfigSource,
-        announce: Option<Announcer>,
     ) -> Self {
         let mut daemon = Daemon {
             dataplane,
@@ -99,7 +98,7 @@ impl Daemon {
             changes: HashMap::new(),
             source,
             timeouts: watch::Sender::new(HashMap::new()),
-            announce,
+            announce: None,
         };
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
         let all: Vec<(usize, BackendState)> = daemon
@@ -112,8 +111,15 @@ impl Daemon {
             daemon.start_check(i, &b);
             daemon.changes.insert(b.id, Change::now());
         }
-        daemon.sync_announce();
         daemon
+    }
+
+    /// Keep the served VIPs announced through `announce` (`[announce]`),
+    /// from now on: the first sync runs here.
+    pub fn announcing(mut self, announce: Option<Announcer>) -> Self {
+        self.announce = announce;
+        self.sync_announce();
+        self
     }
 
     /// Put the served VIPs on the announce interface and take the others

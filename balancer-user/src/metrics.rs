@@ -78,7 +78,7 @@ pub struct Snapshot {
     pub git: String,
     /// VIP announcement, with `[announce]` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub announce: Option<AnnounceSnapshot>,
+    pub announce: Option<Box<AnnounceSnapshot>>,
 }
 
 /// `[announce]`: where VIPs are announced and which are.
@@ -469,14 +469,14 @@ pub(crate) mod tests {
             started_at: 1_699_990_000,
             version: "0.1.0".to_owned(),
             git: "1a2b3c4-dirty".to_owned(),
-            announce: Some(AnnounceSnapshot {
+            announce: Some(Box::new(AnnounceSnapshot {
                 interface: "lo".to_owned(),
                 left: false,
                 vips: vec![
                     ("198.18.0.10".to_owned(), true),
                     ("2001:db8::53".to_owned(), false),
                 ],
-            }),
+            })),
         }
     }
 

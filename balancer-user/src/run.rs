@@ -132,8 +132,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&counts),
         Arc::clone(&tables),
         source,
-        announcer,
-    );
+    )
+    .announcing(announcer);
     let timeouts = daemon.watch_affinity_timeouts();
     let daemon = Arc::new(Mutex::new(daemon));
 

@@ -8,9 +8,11 @@
 //! connections are spread.
 //!
 //! Scenarios: steady; `balancer cluster leave` and `join` mid-session
-//! (with a restart while left, which stays left); a gateway that dies
-//! silently mid-session, where only BGP's detection window may cost
-//! retries.
+//! (with a restart while left, which stays left, and one that keeps the
+//! address); a gateway that dies silently mid-session, where only BGP's
+//! detection window may cost retries. And the mistakes: the shipped BIRD
+//! configs must parse, an announce interface that does not exist is
+//! refused, and a gateway without `[announce]` has nothing to leave.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,10 +22,13 @@ use std::{
 };
 
 use balancer_tests::{
+    Topology, TopologyOpts,
+    bpffs::TempBpffs,
     cluster::{Cluster, VIP, bird_config, gateway_bird_config, require_bird},
-    daemon::status,
+    daemon::{Daemon, attached, balancer, cli, config_head, status},
     require_root,
     socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
+    topology::GW_CLIENT_IF,
 };
 
 const PORT: u16 = 3000;
@@ -347,11 +352,79 @@ fn a_dead_gateway_costs_only_the_detection_window() {
         }
         assert!(s.acks > 0, "session {s:?}");
     }
-    let last = errors(&run)
+    if let Some(last) = errors(&run)
         .iter()
         .map(|(_, e)| Duration::from_millis(e.at_ms))
-        .max();
-    println!(
-        "dead gateway: errors between {killed_at:?} and {last:?} after the driver started (death at {killed_at:?})"
+        .max()
+    {
+        println!(
+            "dead gateway: the last error {last:?} after the driver started, the death at {killed_at:?}"
+        );
+    }
+}
+
+#[test]
+fn announce_mistakes_are_one_line_and_change_nothing() {
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 1,
+        extra_nets: vec![],
+        clients_per_extra_net: 0,
+        clients_v6: 1,
+        backends: 1,
+        vips: vec![],
+    });
+    let bpffs = TempBpffs::new();
+    let service = format!(
+        "[[services]]\nname = \"web\"\nvip = \"{VIP}:80\"\n[services.health]\ncheck = \"none\"\n[[services.backends]]\naddress = \"{}:{PORT}\"\n",
+        topo.backends()[0].v4()
     );
+    let head = config_head(&bpffs, "127.0.0.1:9100");
+
+    // An announce interface that does not exist: `check` and `run` refuse
+    // it in one line, and nothing is attached.
+    let bad = format!("{head}[announce]\ninterface = \"nope0\"\n{service}");
+    let path = std::env::temp_dir().join(format!(
+        "lbt-announce-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, &bad).unwrap();
+    for command in ["check", "run"] {
+        let out = balancer(topo.gw(), &[command, "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert_eq!(
+            last,
+            "balancer: announce.interface: no interface named \"nope0\" in this network namespace",
+            "{command}"
+        );
+        assert!(!attached(topo.gw(), GW_CLIENT_IF), "{command} attached");
+    }
+    let _ = std::fs::remove_file(&path);
+
+    // Without [announce], there is nothing to leave: one line, no change.
+    let mut daemon = Daemon::start(
+        topo.gw(),
+        &format!("{head}{service}"),
+        &bpffs.pin_dir(),
+        &[],
+    );
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    for verb in ["leave", "join"] {
+        let out = cli(topo.gw(), &bpffs.control_socket(), &["cluster", verb]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "balancer: this gateway announces no VIP: its config has no [announce] section"
+            ),
+            "{stderr}"
+        );
+    }
+    let snapshot = status(topo.gw(), &bpffs.control_socket());
+    assert_eq!(snapshot.announce, None);
+    let lo = topo.gw().ip(["-4", "-o", "addr", "show", "dev", "lo"]);
+    assert!(!String::from_utf8_lossy(&lo.stdout).contains(&VIP.to_string()));
 }

@@ -67,7 +67,10 @@ impl Daemon {
             started_at: unix_seconds(self.started),
             version: version::VERSION.to_owned(),
             git: version::GIT.to_owned(),
-            announce: self.announce.as_ref().map(Announcer::snapshot),
+            announce: self
+                .announce
+                .as_ref()
+                .map(|a| Box::new(Announcer::snapshot(a))),
         }
     }
 
