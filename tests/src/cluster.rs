@@ -452,8 +452,19 @@ impl Cluster {
     }
 
     /// The gateway (number) that carried each client connection, by the
-    /// router's record of the SYNs it forwarded: (client, port) -> gateway.
+    /// router's record of the SYNs it forwarded: (client, port) -> gateway
+    /// (the last, for a SYN retransmitted to another gateway).
     pub fn connections(&self) -> BTreeMap<(Ipv4Addr, u16), usize> {
+        self.syns()
+            .into_iter()
+            .map(|(g, client, port)| ((client, port), g))
+            .collect()
+    }
+
+    /// Every (gateway, client, port) the router forwarded a SYN for: a
+    /// connection whose SYN was retransmitted after the route changed
+    /// shows once per gateway.
+    pub fn syns(&self) -> BTreeSet<(usize, Ipv4Addr, u16)> {
         let out = self
             .router
             .exec("nft", ["-j", "list", "set", "ip", "rig", "syns"]);
@@ -464,7 +475,7 @@ impl Cluster {
                 .find(|g| gateway_lan(g.n) == hop)
                 .map(|g| g.n)
         };
-        let mut found = BTreeMap::new();
+        let mut found = BTreeSet::new();
         for item in json["nftables"].as_array().into_iter().flatten() {
             let elems = item["set"]["elem"].as_array().into_iter().flatten();
             for e in elems {
@@ -482,7 +493,7 @@ impl Cluster {
                 if let (Ok(hop), Ok(client)) = (hop.parse(), client.parse())
                     && let Some(g) = gateway(hop)
                 {
-                    found.insert((client, port as u16), g);
+                    found.insert((g, client, port as u16));
                 }
             }
         }

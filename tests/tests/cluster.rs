@@ -157,14 +157,14 @@ fn gateways_of(cluster: &Cluster, sessions: &[Session]) -> Vec<BTreeSet<usize>> 
         .collect()
 }
 
-/// Every SYN the router forwarded since `flush_connections` went to a
-/// gateway in `only`.
+/// Forget the SYNs the router recorded so far.
 fn flush_connections(cluster: &Cluster) {
     cluster
         .router
         .exec("nft", ["flush", "set", "ip", "rig", "syns"]);
 }
 
+/// Connections per gateway since the last [`flush_connections`].
 fn gateways_since_flush(cluster: &Cluster) -> BTreeMap<usize, usize> {
     let mut per = BTreeMap::new();
     for g in cluster.connections().values() {
@@ -321,15 +321,29 @@ fn a_dead_gateway_costs_only_the_detection_window() {
     let started = Instant::now();
     let driver = Driver::start(&rig.cluster.client, vip(), &specs, Duration::from_secs(14));
     driver.wait_for("ready", Duration::from_secs(20));
+    flush_connections(&rig.cluster);
     std::thread::sleep(Duration::from_secs(2));
+    let before = gateways_since_flush(&rig.cluster);
+    assert_eq!(
+        before.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "connections before the death: {before:?}"
+    );
 
     let killed_at = started.elapsed();
     rig.cluster.gateways[1].die();
     let detected = rig.cluster.wait_next_hops(&[1]);
     let run = driver.finish();
     let n = report("a gateway dies", &run);
+    // Connections whose SYN went to the dead gateway and, retransmitted
+    // once the route changed, to the live one: the retries of the window.
+    let syns = rig.cluster.syns();
+    let retried = syns
+        .iter()
+        .filter(|(g, client, port)| *g == 1 && syns.contains(&(2, *client, *port)))
+        .count();
     println!(
-        "dead gateway: the router withdrew it {detected:?} after it went silent (BGP hold time {HOLD:?}); {n} session errors"
+        "dead gateway: the router withdrew it {detected:?} after it went silent (BGP hold time {HOLD:?}); {retried} connections' SYNs retried onto g1; {n} session errors"
     );
     assert!(
         detected <= HOLD + Duration::from_secs(2),
