@@ -26,8 +26,10 @@ use balancer_tests::{
     bpffs::TempBpffs,
     cluster::{Cluster, VIP, bird_config, gateway_bird_config, require_bird},
     daemon::{Daemon, attached, balancer, cli, config_head, status},
+    http::{self, metric},
     require_root,
     socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
+    tcp_whoami,
     topology::GW_CLIENT_IF,
 };
 
@@ -439,6 +441,89 @@ fn announce_mistakes_are_one_line_and_change_nothing() {
     }
     let snapshot = status(topo.gw(), &bpffs.control_socket());
     assert_eq!(snapshot.announce, None);
+    assert!(!on_lo(&topo));
+}
+
+/// Is the VIP an address on the gateway's `lo`?
+fn on_lo(topo: &Topology) -> bool {
     let lo = topo.gw().ip(["-4", "-o", "addr", "show", "dev", "lo"]);
-    assert!(!String::from_utf8_lossy(&lo.stdout).contains(&VIP.to_string()));
+    String::from_utf8_lossy(&lo.stdout).contains(&format!(" {VIP}/32 "))
+}
+
+/// Wait (at most 10 s) until the VIP is on `lo` (`want`) or not.
+fn wait_on_lo(topo: &Topology, want: bool) -> Duration {
+    let start = Instant::now();
+    while on_lo(topo) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the VIP on lo: {} after 10 s",
+            !want
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn the_vip_is_on_lo_only_while_a_backend_is_up_and_until_detach() {
+    // One gateway, no BIRD: the daemon's side of the contract.
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 1,
+        extra_nets: vec![],
+        clients_per_extra_net: 0,
+        clients_v6: 1,
+        backends: 1,
+        vips: vec![],
+    });
+    let bpffs = TempBpffs::new();
+    let state = std::env::temp_dir().join(format!(
+        "lbt-announce-{}.state",
+        balancer_tests::netns::random_suffix()
+    ));
+    let backend = topo.backends()[0].v4();
+    let config = format!(
+        "{head}[announce]\ninterface = \"lo\"\nstate_file = \"{state}\"\n\
+         [[services]]\nname = \"web\"\nvip = \"{VIP}:80\"\n\
+         [services.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\n\
+         [[services.backends]]\naddress = \"{backend}:{PORT}\"\n",
+        head = config_head(&bpffs, "127.0.0.1:9100"),
+        state = state.display(),
+    );
+    let server = tcp_whoami(topo.backends()[0].ns(), "b1", PORT);
+    let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    wait_on_lo(&topo, true);
+    let metric_of = || {
+        let (_, text) =
+            http::get(topo.gw(), "127.0.0.1:9100".parse().unwrap(), "/metrics").unwrap();
+        metric(
+            &text,
+            "balancer_vip_announced",
+            &[("vip", &VIP.to_string())],
+        )
+    };
+    assert_eq!(metric_of(), Some(1.0));
+
+    // Its one backend goes down: the VIP goes; back up: it returns.
+    server.stop();
+    let gone = wait_on_lo(&topo, false);
+    assert_eq!(metric_of(), Some(0.0));
+    let server = tcp_whoami(topo.backends()[0].ns(), "b1", PORT);
+    let back = wait_on_lo(&topo, true);
+    println!(
+        "no backend up: the VIP left lo {gone:?} after the server stopped, and was back {back:?} after it started"
+    );
+
+    // Detach removes it, and the daemon stops.
+    let out = cli(topo.gw(), &bpffs.control_socket(), &["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!on_lo(&topo), "the VIP is still on lo after detach");
+    daemon.wait_exit(Duration::from_secs(10));
+    drop(server);
+    let _ = std::fs::remove_file(&state);
 }
