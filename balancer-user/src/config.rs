@@ -26,6 +26,8 @@
 //! | `metrics.listen` | `"127.0.0.1:9090"` |
 //! | `bpf.pin_dir` | `"/sys/fs/bpf/balancer"` |
 //! | `control.socket` | `"/run/balancer/control.sock"` |
+//! | `announce` | left out: the daemon adds and removes no address |
+//! | `announce.state_file` | `"/var/lib/balancer/announce.state"` |
 //! | `tables.flows` / `affinity` | `1048576` / `1048576` ([`MIN_TABLE_ENTRIES`]..=[`MAX_TABLE_ENTRIES`]) |
 //! | `services.protocol` | `"tcp"` |
 //! | `services.affinity` | `"source-ip"` |
@@ -112,6 +114,9 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
 /// Also the CLI's default `--socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/control.sock";
+/// `[announce] state_file` when left out: under `/var/lib`, which survives
+/// a reboot (the systemd unit's `StateDirectory=balancer`).
+pub const DEFAULT_ANNOUNCE_STATE_FILE: &str = "/var/lib/balancer/announce.state";
 /// The longest group name `groupadd` accepts.
 const MAX_GROUP_NAME_LEN: usize = 32;
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -146,6 +151,10 @@ pub struct Config {
     pub bpf: Bpf,
     pub control: Control,
     pub tables: Tables,
+    /// `[announce]`: `None` when the section is left out (one gateway, no
+    /// routing daemon: the VIPs are the operator's to configure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -163,6 +172,8 @@ struct ConfigFile {
     control: Control,
     #[serde(default)]
     tables: Tables,
+    #[serde(default)]
+    announce: Option<Announce>,
     #[serde(default, deserialize_with = "de::services")]
     services: Vec<ServiceConfig>,
 }
@@ -178,6 +189,7 @@ impl ConfigFile {
             bpf: self.bpf,
             control: self.control,
             tables: self.tables,
+            announce: self.announce,
             services: self.services,
         })
     }
@@ -275,6 +287,28 @@ impl Default for Control {
     }
 }
 
+/// `[announce]`: VIP announcement through a routing daemon (BIRD). While
+/// this gateway serves a VIP (a service on it has a backend up, and the
+/// gateway has not left the cluster with `balancer cluster leave`), the VIP
+/// is an address (/32 or /128) on `interface`, which the routing daemon
+/// exports; when it stops serving it, the address goes and the route is
+/// withdrawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([announce])")]
+pub struct Announce {
+    /// Where the VIPs are added: usually `lo`, from where BIRD's `protocol
+    /// direct` picks them up.
+    #[serde(deserialize_with = "de::string")]
+    pub interface: String,
+    /// Where `balancer cluster leave` is remembered, so that a restart
+    /// (or a reboot) after it stays out of the cluster until `cluster join`.
+    #[serde(
+        default = "defaults::announce_state_file",
+        deserialize_with = "de::path"
+    )]
+    pub state_file: PathBuf,
+}
+
 /// `[tables]`: how many entries the kernel's LRU tables hold. Their memory
 /// is taken when they are created (see [`tables`]), and a pinned table keeps
 /// its size: changing one takes a `balancer detach`.
@@ -357,6 +391,10 @@ mod defaults {
 
     pub(super) fn weight() -> u32 {
         1
+    }
+
+    pub(super) fn announce_state_file() -> std::path::PathBuf {
+        super::DEFAULT_ANNOUNCE_STATE_FILE.into()
     }
 }
 
@@ -723,6 +761,15 @@ impl Config {
                     format!(
                         "{group:?} is not a valid group name (1 to {MAX_GROUP_NAME_LEN} bytes, no ':' or spaces)"
                     ),
+                ));
+            }
+        }
+        if let Some(announce) = &self.announce {
+            check_interface("announce.interface", &announce.interface)?;
+            if !announce.state_file.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "announce.state_file",
+                    format!("{:?} is not an absolute path", announce.state_file),
                 ));
             }
         }

@@ -6,6 +6,7 @@
 //! succeeded replaces the daemon's view, so a refused or failed change
 //! leaves `status` as it was.
 
+mod cluster;
 mod reload;
 mod requests;
 mod snapshot;
@@ -18,6 +19,7 @@ use tracing::info;
 
 use crate::{
     accounting::{FlowTables, SharedCounts},
+    announce::Announcer,
     config::{BackendConfig, Config, HealthCheckKind, MAX_WEIGHT},
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
@@ -43,6 +45,9 @@ pub struct Daemon {
     /// Affinity timeouts by service id, for the counting task; sent again
     /// when a reload changes them.
     timeouts: watch::Sender<HashMap<u32, u64>>,
+    /// The VIP addresses for the routing daemon (`[announce]`), kept in
+    /// line with the services after every change.
+    announce: Option<Announcer>,
 }
 
 /// The config a daemon was started with, and where it came from.
@@ -93,6 +98,7 @@ impl Daemon {
             changes: HashMap::new(),
             source,
             timeouts: watch::Sender::new(HashMap::new()),
+            announce: None,
         };
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
         let all: Vec<(usize, BackendState)> = daemon
@@ -106,6 +112,25 @@ impl Daemon {
             daemon.changes.insert(b.id, Change::now());
         }
         daemon
+    }
+
+    /// Keep the served VIPs announced through `announce` (`[announce]`),
+    /// from now on: the first sync runs here.
+    pub fn announcing(mut self, announce: Option<Announcer>) -> Self {
+        self.announce = announce;
+        self.sync_announce();
+        self
+    }
+
+    /// Put the served VIPs on the announce interface and take the others
+    /// off. A failure is logged, not returned: the data plane change that
+    /// led here is made, and the next change tries again.
+    fn sync_announce(&mut self) {
+        if let Some(a) = &mut self.announce
+            && let Err(e) = a.sync(&self.services)
+        {
+            tracing::error!("{e:#}");
+        }
     }
 
     pub fn services(&self) -> &[ServiceState] {
@@ -181,6 +206,7 @@ impl Daemon {
             .write_service(&mut next)
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;
         self.services[index] = next;
+        self.sync_announce();
         Ok(())
     }
 
@@ -369,6 +395,10 @@ impl Daemon {
     pub fn detach(&mut self) -> anyhow::Result<crate::pin::Removed> {
         for check in self.checks.values_mut() {
             check.stop();
+        }
+        // Nothing forwards once detached: the routes go first.
+        if let Some(a) = &mut self.announce {
+            a.withdraw_all()?;
         }
         crate::attach::remove_tc_filters();
         crate::pin::remove_ours(self.dataplane.pin_dir())

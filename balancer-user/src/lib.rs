@@ -3,6 +3,7 @@
 
 pub mod accounting;
 pub mod adopt;
+pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod config;

@@ -4,8 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::{
     cli::{
-        self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, detach::DetachArgs,
-        flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
+        self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, cluster::ClusterArgs,
+        detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs,
+        status::StatusArgs,
     },
     logging::{self, LogFormat},
     version,
@@ -53,6 +54,9 @@ enum Command {
     Lookup(LookupArgs),
     /// The connection-tracking entries: which client talks to which backend.
     Flows(FlowsArgs),
+    /// This gateway in the cluster: `leave` withdraws its VIPs from the
+    /// routing daemon, `join` announces them again.
+    Cluster(ClusterArgs),
     /// Remove the programs and the balancer's pins (the data plane stops balancing);
     /// the daemon, if one is running, does it and stops.
     Detach(DetachArgs),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Backend(args) => cli::backend::run(&args),
         Command::Lookup(args) => cli::lookup::run(&args),
         Command::Flows(args) => cli::flows::run(&args),
+        Command::Cluster(args) => cli::cluster::run(&args),
         Command::Detach(args) => cli::detach::run(&args),
         Command::Assets(args) => cli::assets::run(Cli::command(), &args),
     };

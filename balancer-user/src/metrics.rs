@@ -76,6 +76,20 @@ pub struct Snapshot {
     /// The git revision it was built from ([`crate::version::GIT`]).
     #[serde(default)]
     pub git: String,
+    /// VIP announcement, with `[announce]` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Box<AnnounceSnapshot>>,
+}
+
+/// `[announce]`: where VIPs are announced and which are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceSnapshot {
+    /// `[announce] interface`.
+    pub interface: String,
+    /// Left the cluster (`balancer cluster leave`): nothing is announced.
+    pub left: bool,
+    /// Each VIP address and whether it is on the interface now.
+    pub vips: Vec<(String, bool)>,
 }
 
 /// One configured service.
@@ -268,6 +282,16 @@ impl Collector for SnapshotCollector {
                 ConstGauge::new(1u64),
             )],
         )?;
+        family(
+            &mut enc,
+            "balancer_vip_announced",
+            "Whether the VIP is an address on [announce] interface, for the routing daemon to export (1), or withdrawn (0)",
+            s.announce.iter().flat_map(|a| {
+                a.vips
+                    .iter()
+                    .map(|(vip, on)| ([("vip", vip.as_str())], ConstGauge::new(u64::from(*on))))
+            }),
+        )?;
         counters(
             &mut enc,
             format,
@@ -445,6 +469,14 @@ pub(crate) mod tests {
             started_at: 1_699_990_000,
             version: "0.1.0".to_owned(),
             git: "1a2b3c4-dirty".to_owned(),
+            announce: Some(Box::new(AnnounceSnapshot {
+                interface: "lo".to_owned(),
+                left: false,
+                vips: vec![
+                    ("198.18.0.10".to_owned(), true),
+                    ("2001:db8::53".to_owned(), false),
+                ],
+            })),
         }
     }
 
@@ -569,6 +601,9 @@ pub(crate) mod tests {
         for (event, n) in &s.events {
             put("balancer_kernel_events_total", &[("event", event)], *n);
         }
+        for (vip, on) in &s.announce.as_ref().unwrap().vips {
+            put("balancer_vip_announced", &[("vip", vip)], u64::from(*on));
+        }
         assert_eq!(samples, expected, "rendered:\n{text}");
 
         // Types as the contract says (OpenMetrics names a counter's family
@@ -588,6 +623,7 @@ pub(crate) mod tests {
             ("balancer_packets_dropped", "counter"),
             ("balancer_kernel_events", "counter"),
             ("balancer_health_checks", "counter"),
+            ("balancer_vip_announced", "gauge"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

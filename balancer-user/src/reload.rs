@@ -27,15 +27,20 @@ pub fn restart_only(running: &Config, next: &Config) -> anyhow::Result<()> {
         flatten("tables", json(&c.tables), &mut all);
         flatten("metrics", json(&c.metrics), &mut all);
         flatten("control", json(&c.control), &mut all);
+        flatten("announce", json(&c.announce), &mut all);
         all
     };
     let (old, new) = (sections(running), sections(next));
-    for (key, value) in &new {
-        let before = old.get(key).map_or_else(|| "unset".to_owned(), text);
-        if old.get(key) != Some(value) {
+    // Both ways: a key set in one and left out of the other (an optional
+    // section, `control.group`) is a change too.
+    for key in old.keys().chain(new.keys()) {
+        let (before, after) = (old.get(key), new.get(key));
+        if before != after {
+            let show = |v: Option<&Value>| v.map_or_else(|| "unset".to_owned(), text);
             bail!(
-                "{key} changed ({before} -> {}): that needs a restart, not a reload",
-                text(value)
+                "{key} changed ({} -> {}): that needs a restart, not a reload",
+                show(before),
+                show(after)
             );
         }
     }
@@ -146,6 +151,8 @@ fn flatten(prefix: &str, value: Value, out: &mut BTreeMap<String, Value>) {
                 flatten(&key, v, out);
             }
         }
+        // A section left out: its keys are unset.
+        Value::Null => {}
         other => {
             out.insert(prefix.to_owned(), other);
         }
@@ -220,5 +227,26 @@ mod tests {
         let bigger = format!("[tables]\nflows = 2000000\n{WEB}");
         let e = restart_only(&running, &config(&bigger)).unwrap_err();
         assert!(e.to_string().starts_with("tables.flows changed"), "{e}");
+        // An optional section or key, added or left out.
+        let announced = format!("[announce]\ninterface = \"lo\"\n{WEB}");
+        let e = restart_only(&running, &config(&announced)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("announce.interface changed (unset -> lo)"),
+            "{e}"
+        );
+        let e = restart_only(&config(&announced), &running).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("announce.interface changed (lo -> unset)"),
+            "{e}"
+        );
+        let grouped = format!("[control]\ngroup = \"ops\"\n{WEB}");
+        let e = restart_only(&config(&grouped), &running).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("control.group changed (ops -> unset)"),
+            "{e}"
+        );
     }
 }

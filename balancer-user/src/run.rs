@@ -18,6 +18,7 @@ use tracing::info;
 use crate::{
     accounting::{self, FlowTables, SharedCounts},
     adopt,
+    announce::Announcer,
     config::{Config, tables::TablesMemory},
     control,
     daemon::{ConfigSource, Daemon},
@@ -102,6 +103,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
     pin::refuse_foreign(&pin_dir)?;
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
+    let announcer = config
+        .announce
+        .as_ref()
+        .map(|a| Announcer::open(a, config.services.iter().map(|s| s.vip.ip()).collect()))
+        .transpose()?;
     let control_socket =
         control::server::bind(&config.control.socket, config.control.group.as_deref()).await?;
 
@@ -126,7 +132,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&counts),
         Arc::clone(&tables),
         source,
-    );
+    )
+    .announcing(announcer);
     let timeouts = daemon.watch_affinity_timeouts();
     let daemon = Arc::new(Mutex::new(daemon));
 

@@ -21,6 +21,9 @@
 // `polling: true` sessions never upgrade; the others use the default
 // transports (long-polling handshake, then the WebSocket upgrade).
 //
+// Each session's report lists the local port of every connection it opened
+// (`ports`).
+//
 // Events: {"event":"connected",id,server}, {"event":"ready"} once every
 // session has connected (or ready_timeout_ms passed), {"event":"error",id,
 // kind,detail}, {"event":"reconnected",id,server,after_ms}, and at the end
@@ -67,6 +70,10 @@ const sessions = cfg.sessions.map((spec, id) => {
     reconnects: [],
     connected: false,
     final_acked: false,
+    // The local port of every TCP connection the session opened, so a test
+    // can find each connection in another host's view (a router's ECMP
+    // choice, a gateway's flows).
+    ports: [],
     lostAt: null,
   };
   const error = (kind, detail) => {
@@ -79,6 +86,12 @@ const sessions = cfg.sessions.map((spec, id) => {
   };
   st.error = error;
   const agent = new http.Agent({ localAddress: spec.address, keepAlive: false });
+  const createConnection = agent.createConnection.bind(agent);
+  agent.createConnection = (options, callback) => {
+    const conn = createConnection(options, callback);
+    conn.once("connect", () => st.ports.push(conn.localPort));
+    return conn;
+  };
   const socket = io(cfg.url, {
     transports: st.polling ? ["polling"] : ["polling", "websocket"],
     agent,

@@ -8,6 +8,7 @@
 //! being skipped.
 
 pub mod bpffs;
+pub mod cluster;
 pub mod daemon;
 pub mod deploy;
 pub mod http;

@@ -148,6 +148,8 @@ pub struct Session {
     /// Its final message was acknowledged by its own server (runs with a
     /// final message only).
     pub final_acked: bool,
+    /// The local port of each TCP connection it opened, in order.
+    pub ports: Vec<u16>,
 }
 
 /// A running `node driver.js`.

@@ -14,8 +14,9 @@ pub const TC_SUITES: &[&str] = &[
     "odd_packets",
     "socketio",
     "flood",
+    "cluster",
 ];
 
 /// The suites whose clients are Socket.IO in Node (`tests/socketio`): they
 /// need `node` and the suite's npm packages, in the VM too.
-pub const NODE_SUITES: &[&str] = &["socketio", "flood"];
+pub const NODE_SUITES: &[&str] = &["socketio", "flood", "cluster"];

@@ -1,5 +1,5 @@
 //! `balancer check --config FILE [--diff]`: everything `run` checks before
-//! it touches the kernel (the config, the interfaces, the pin dir's
+//! it touches the kernel (the config, the interfaces (`[announce]`'s too), the pin dir's
 //! filesystem, the metrics address and the control socket), with nothing
 //! attached, created or bound for longer than the check. `--diff` asks the
 //! running daemon what a reload with FILE would change.
@@ -17,7 +17,7 @@ use super::{format, unexpected};
 use crate::{
     config::Config,
     control::{Reply, Request, client},
-    pin, run,
+    netif, pin, run,
 };
 
 #[derive(Args, Debug)]
@@ -38,6 +38,9 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let config = Config::from_file(&args.config)?;
     run::interfaces(&config)?;
+    if let Some(announce) = &config.announce {
+        netif::ifindex("announce.interface", &announce.interface)?;
+    }
     pin::check(&config.bpf.pin_dir)?;
     let socket = args.socket.as_deref().unwrap_or(&config.control.socket);
     let daemon = daemon_serves(socket)?;

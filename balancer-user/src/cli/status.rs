@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     control::{Reply, Request, client},
-    metrics::{BackendSnapshot, Snapshot},
+    metrics::{AnnounceSnapshot, BackendSnapshot, Snapshot},
 };
 
 #[derive(Args, Debug)]
@@ -34,8 +34,8 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 /// One block per service: a header line, then a table of its backends;
-/// then the conntrack count, the kernel tables' sizes and memory, and the
-/// drop reasons that counted anything.
+/// then the conntrack count, the kernel tables' sizes and memory, the
+/// drop reasons that counted anything, and the announced VIPs.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     for (i, svc) in s.services.iter().enumerate() {
@@ -92,7 +92,31 @@ pub fn render(s: &Snapshot) -> String {
     if !drops.is_empty() {
         out.push_str(&format!("dropped packets: {}\n", drops.join(", ")));
     }
+    if let Some(a) = &s.announce {
+        out.push_str(&announce_line(a));
+    }
     out
+}
+
+/// `announce on lo: 198.18.0.100 announced, ...` (or that the gateway
+/// left the cluster).
+fn announce_line(a: &AnnounceSnapshot) -> String {
+    let vips: Vec<String> = a
+        .vips
+        .iter()
+        .map(|(vip, on)| format!("{vip} {}", if *on { "announced" } else { "withdrawn" }))
+        .collect();
+    let vips = if vips.is_empty() {
+        "no VIP".to_owned()
+    } else {
+        vips.join(", ")
+    };
+    let left = if a.left {
+        " (left the cluster: `balancer cluster join` announces again)"
+    } else {
+        ""
+    };
+    format!("announce on {}: {vips}{left}\n", a.interface)
 }
 
 /// `up`, `down`, `draining` or `down+draining`.
@@ -187,6 +211,35 @@ tables: flows 65536 entries (10.0 MiB), affinity 32768 entries (3.2 MiB)
 dropped packets: no_backend 7
 ";
         assert_eq!(got, want, "got:\n{got}");
+    }
+
+    #[test]
+    fn cli_status_announce_line() {
+        let mut a = AnnounceSnapshot {
+            interface: "lo".to_owned(),
+            left: false,
+            vips: vec![
+                ("198.18.0.100".to_owned(), true),
+                ("2001:db8::100".to_owned(), false),
+            ],
+        };
+        assert_eq!(
+            announce_line(&a),
+            "announce on lo: 198.18.0.100 announced, 2001:db8::100 withdrawn\n"
+        );
+        a.left = true;
+        a.vips = vec![];
+        assert_eq!(
+            announce_line(&a),
+            "announce on lo: no VIP (left the cluster: `balancer cluster join` announces again)\n"
+        );
+        let s = Snapshot {
+            announce: Some(Box::new(a)),
+            ..Snapshot::default()
+        };
+        assert!(render(&s).ends_with(
+            "announce on lo: no VIP (left the cluster: `balancer cluster join` announces again)\n"
+        ));
     }
 
     #[test]

@@ -53,6 +53,7 @@ fn example_parses_with_its_values() {
                 flows: 1 << 20,
                 affinity: 1 << 20
             },
+            announce: None,
             services: vec![ServiceConfig {
                 name: "chat".into(),
                 vip: addr("198.18.0.100:80"),
@@ -424,8 +425,9 @@ fn unknown_keys() {
         "unknown field `verbose`",
     );
     assert!(
-        err.to_string()
-            .contains("`interfaces`, `metrics`, `bpf`, `control`, `tables`, `services`"),
+        err.to_string().contains(
+            "`interfaces`, `metrics`, `bpf`, `control`, `tables`, `announce`, `services`"
+        ),
         "{err}"
     );
     assert_eq!(err.line_column(), Some((1, 1)), "at the key");
@@ -723,6 +725,35 @@ fn missing_required_keys() {
         "services",
         "no [[services]] defined",
     );
+}
+
+#[test]
+fn announce_section() {
+    let text = format!("[announce]\ninterface = \"lo\"\n{}", minimal(""));
+    let announce = Config::from_str(&text).unwrap().announce.unwrap();
+    assert_eq!(announce.interface, "lo");
+    assert_eq!(
+        announce.state_file,
+        Path::new("/var/lib/balancer/announce.state")
+    );
+    let text = format!(
+        "[announce]\ninterface = \"dummy0\"\nstate_file = \"/run/x/state\"\n{}",
+        minimal("")
+    );
+    let announce = Config::from_str(&text).unwrap().announce.unwrap();
+    assert_eq!(announce.state_file, Path::new("/run/x/state"));
+    assert_eq!(Config::from_str(&minimal("")).unwrap().announce, None);
+    let text = format!("[announce]\n{}", minimal(""));
+    assert_invalid(&text, "announce", "missing field `interface`");
+    let text = format!("[announce]\ninterface = \"a b\"\n{}", minimal(""));
+    assert_invalid(&text, "announce.interface", "not a valid interface name");
+    let text = format!(
+        "[announce]\ninterface = \"lo\"\nstate_file = \"x\"\n{}",
+        minimal("")
+    );
+    assert_invalid(&text, "announce.state_file", "not an absolute path");
+    let text = format!("[announce]\ninterface = \"lo\"\nbgp = 1\n{}", minimal(""));
+    assert_invalid(&text, "announce.bgp", "unknown field `bgp`");
 }
 
 #[test]

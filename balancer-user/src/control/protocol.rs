@@ -52,6 +52,11 @@ pub enum Request {
     /// What `Reload` with the config text `config` would change; changes
     /// nothing.
     ReloadDiff { config: String },
+    /// Withdraw this gateway's VIPs from `[announce] interface` and stay
+    /// out until `ClusterJoin`, restarts included.
+    ClusterLeave,
+    /// Announce the served VIPs again.
+    ClusterJoin,
 }
 
 impl Request {

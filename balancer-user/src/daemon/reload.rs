@@ -106,6 +106,7 @@ impl Daemon {
         let old = std::mem::replace(&mut self.services, plan.services);
         self.ids = plan.ids;
         self.restart_checks(&old);
+        self.sync_announce();
         Ok(())
     }
 

@@ -80,6 +80,8 @@ impl Daemon {
                 changes: self.reload_diff(&config)?,
                 applied: false,
             },
+            Request::ClusterLeave => done(self.set_cluster_left(true)?),
+            Request::ClusterJoin => done(self.set_cluster_left(false)?),
         })
     }
 

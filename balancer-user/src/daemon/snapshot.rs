@@ -8,6 +8,7 @@ use balancer_common::{counters::Counter, maps, types::BackendStats};
 use super::Daemon;
 use crate::{
     accounting,
+    announce::Announcer,
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
@@ -66,6 +67,10 @@ impl Daemon {
             started_at: unix_seconds(self.started),
             version: version::VERSION.to_owned(),
             git: version::GIT.to_owned(),
+            announce: self
+                .announce
+                .as_ref()
+                .map(|a| Box::new(Announcer::snapshot(a))),
         }
     }
 

@@ -1,0 +1,529 @@
+//! Two gateways behind ECMP (tests/src/cluster.rs): a router running BIRD
+//! learns the VIP from each gateway's BIRD, which exports it because the
+//! balancer put it on `lo` (`[announce]`). Real Socket.IO sessions (the
+//! suite's driver) whose connections the router spreads over both
+//! gateways; the backends' replies go back over either. Both gateways build
+//! the same table from the same config, and a reply is translated by
+//! whichever gateway it crosses, so a session holds however its
+//! connections are spread.
+//!
+//! Scenarios: steady; `balancer cluster leave` and `join` mid-session
+//! (with a restart while left, which stays left, and one that keeps the
+//! address); a gateway that dies silently mid-session, where only BGP's
+//! detection window may cost retries. And the mistakes: the shipped BIRD
+//! configs must parse, an announce interface that does not exist is
+//! refused, and a gateway without `[announce]` has nothing to leave.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{
+    Topology, TopologyOpts,
+    bpffs::TempBpffs,
+    cluster::{Cluster, VIP, bird_config, gateway_bird_config, require_bird},
+    daemon::{Daemon, attached, balancer, cli, config_head, status},
+    http::{self, metric},
+    require_root,
+    socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
+    tcp_whoami,
+    topology::GW_CLIENT_IF,
+};
+
+const PORT: u16 = 3000;
+const CLIENTS: u8 = 12;
+/// The BGP hold time in the shipped configs.
+const HOLD: Duration = Duration::from_secs(3);
+
+struct Rig {
+    cluster: Cluster,
+    _servers: Vec<SocketIoServer>,
+}
+
+/// Two gateways, three Socket.IO backends, the VIP routed over both.
+fn rig() -> Rig {
+    require_root();
+    require_bird();
+    let mut cluster = Cluster::new(CLIENTS, 3);
+    let servers = cluster
+        .backends
+        .iter()
+        .map(|b| SocketIoServer::start(&b.ns, &b.name, PORT))
+        .collect();
+    let service = format!(
+        r#"[[services]]
+name = "web"
+vip = "{VIP}:80"
+[services.health]
+check = "http"
+path = "/health"
+interval = "500ms"
+timeout = "300ms"
+rise = 2
+fall = 3
+"#
+    );
+    let start = Instant::now();
+    for _ in 0..2 {
+        cluster.add_gateway(&service, PORT);
+    }
+    cluster.route_backends_over(2);
+    for g in &cluster.gateways {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while status(&g.ns, &g.socket()).services[0]
+            .backends
+            .iter()
+            .any(|b| !b.up)
+        {
+            assert!(Instant::now() < deadline, "g{}: backends not up", g.n);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let converged = cluster.wait_next_hops(&[1, 2]);
+    println!(
+        "rig: 2 gateways up and the router's ECMP route over both {:?} after the daemons started ({converged:?} waiting for BGP)",
+        start.elapsed()
+    );
+    Rig {
+        cluster,
+        _servers: servers,
+    }
+}
+
+/// `per_address` long-polling sessions from every client address, then
+/// `websocket` sessions that upgrade from the first addresses.
+fn sessions(clients: &[Ipv4Addr], per_address: usize, websocket: usize) -> Vec<SessionSpec> {
+    let polling = clients.iter().flat_map(|&a| {
+        std::iter::repeat_n(
+            SessionSpec {
+                address: IpAddr::V4(a),
+                polling: true,
+            },
+            per_address,
+        )
+    });
+    let upgrading = clients.iter().take(websocket).map(|&a| SessionSpec {
+        address: IpAddr::V4(a),
+        polling: false,
+    });
+    polling.chain(upgrading).collect()
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP), 80)
+}
+
+/// Prints the run's totals; the number of session errors.
+fn report(scenario: &str, sessions: &[Session]) -> usize {
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, e) in errors(sessions) {
+        *by_kind.entry(e.kind.as_str()).or_default() += 1;
+    }
+    let acks: u64 = sessions.iter().map(|s| s.acks).sum();
+    let connections: usize = sessions.iter().map(|s| s.ports.len()).sum();
+    println!(
+        "{scenario}: {} sessions, {} connected at the end, {connections} TCP connections, {acks} acked messages, session errors {} (kinds, first 10 per session: {by_kind:?})",
+        sessions.len(),
+        sessions.iter().filter(|s| s.connected).count(),
+        error_total(sessions),
+    );
+    for (id, e) in errors(sessions).iter().take(5) {
+        println!(
+            "  e.g. session {id}: {} {} (on {:?}, at {} ms)",
+            e.kind, e.detail, e.server, e.at_ms
+        );
+    }
+    error_total(sessions)
+}
+
+/// The gateways each session's connections crossed, by the router's
+/// record; panics on a connection the router did not see.
+fn gateways_of(cluster: &Cluster, sessions: &[Session]) -> Vec<BTreeSet<usize>> {
+    let seen = cluster.connections();
+    sessions
+        .iter()
+        .map(|s| {
+            let client: Ipv4Addr = s.address.parse().unwrap();
+            s.ports
+                .iter()
+                .map(|&p| {
+                    *seen.get(&(client, p)).unwrap_or_else(|| {
+                        panic!("session {}: the router saw no SYN from {client}:{p}", s.id)
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Forget the SYNs the router recorded so far.
+fn flush_connections(cluster: &Cluster) {
+    cluster
+        .router
+        .exec("nft", ["flush", "set", "ip", "rig", "syns"]);
+}
+
+/// Connections per gateway since the last [`flush_connections`].
+fn gateways_since_flush(cluster: &Cluster) -> BTreeMap<usize, usize> {
+    let mut per = BTreeMap::new();
+    for g in cluster.connections().values() {
+        *per.entry(*g).or_default() += 1;
+    }
+    per
+}
+
+#[test]
+fn shipped_bird_configs_parse() {
+    require_bird();
+    let dir = std::env::temp_dir().join(format!(
+        "lbt-birdconf-{}",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rigged = dir.join("gateway2.conf");
+    std::fs::write(&rigged, gateway_bird_config(2)).unwrap();
+    for file in [
+        bird_config("gateway.conf"),
+        bird_config("router.conf"),
+        rigged,
+    ] {
+        let out = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .expect("run bird -p");
+        assert!(
+            out.status.success(),
+            "bird -p -c {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn steady_sessions_cross_both_gateways_without_errors() {
+    let rig = rig();
+    let c = &rig.cluster;
+    for g in &c.gateways {
+        let announce = status(&g.ns, &g.socket())
+            .announce
+            .expect("[announce] status");
+        assert_eq!(announce.vips, vec![(VIP.to_string(), true)], "g{}", g.n);
+        assert!(!announce.left && g.has_vip(), "g{}", g.n);
+    }
+    // 12 addresses × 4 long-polling sessions (a new connection per
+    // request), and 12 sessions that upgrade to WebSocket.
+    let specs = sessions(&c.clients, 4, c.clients.len());
+    let run = Driver::start(&c.client, vip(), &specs, Duration::from_secs(6)).finish();
+    let n = report("steady, 2 gateways", &run);
+    assert_eq!(n, 0, "steady: session errors");
+    for s in &run {
+        assert!(
+            s.connected && s.servers.len() == 1 && s.acks > 0,
+            "session {s:?}"
+        );
+    }
+    let crossed = gateways_of(c, &run);
+    let mut upgraded_across = 0;
+    for (s, gws) in run.iter().zip(&crossed) {
+        if s.polling {
+            assert!(
+                gws.len() >= 2,
+                "session {} ({} connections) crossed only {gws:?}",
+                s.id,
+                s.ports.len()
+            );
+        } else if gws.len() >= 2 {
+            upgraded_across += 1;
+        }
+    }
+    let websocket = run.iter().filter(|s| !s.polling).count();
+    assert!(
+        upgraded_across > 0,
+        "no WebSocket session's connections crossed two gateways"
+    );
+    let mut per_gateway = BTreeMap::new();
+    for g in c.connections().values() {
+        *per_gateway.entry(*g).or_insert(0) += 1;
+    }
+    println!(
+        "steady: every long-polling session crossed both gateways; {upgraded_across} of {websocket} WebSocket sessions did too; connections per gateway {per_gateway:?}"
+    );
+}
+
+#[test]
+fn cluster_leave_moves_sessions_to_the_other_gateway_and_join_brings_it_back() {
+    let mut rig = rig();
+    let specs = sessions(&rig.cluster.clients, 2, 6);
+    let driver = Driver::start(&rig.cluster.client, vip(), &specs, Duration::from_secs(14));
+    driver.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let c = &rig.cluster;
+    let g1 = &c.gateways[0];
+    println!("g1: {}", g1.cli_ok(&["cluster", "leave"]).trim());
+    assert!(!g1.has_vip(), "the VIP is still on g1's lo after leave");
+    assert!(g1.state_file().exists(), "leave is not remembered");
+    let withdrawn = c.wait_next_hops(&[2]);
+    flush_connections(c);
+    std::thread::sleep(Duration::from_secs(2));
+    let after_leave = gateways_since_flush(c);
+    assert_eq!(
+        after_leave.keys().copied().collect::<Vec<_>>(),
+        vec![2],
+        "connections after leave: {after_leave:?}"
+    );
+
+    // A restart while left stays left.
+    rig.cluster.gateways[0].restart_daemon();
+    let c = &rig.cluster;
+    let g1 = &c.gateways[0];
+    let announce = status(&g1.ns, &g1.socket()).announce.unwrap();
+    assert!(announce.left && !g1.has_vip(), "{announce:?}");
+    assert_eq!(c.vip_next_hops().len(), 1);
+
+    println!("g1: {}", g1.cli_ok(&["cluster", "join"]).trim());
+    assert!(g1.has_vip());
+    assert!(!g1.state_file().exists());
+    let rejoined = c.wait_next_hops(&[1, 2]);
+    flush_connections(c);
+    std::thread::sleep(Duration::from_secs(2));
+    let after_join = gateways_since_flush(c);
+    assert_eq!(
+        after_join.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "connections after join: {after_join:?}"
+    );
+
+    // SIGTERM keeps the address: a restart does not flap the route.
+    rig.cluster.gateways[1].restart_daemon();
+    let c = &rig.cluster;
+    assert!(c.gateways[1].has_vip());
+    assert_eq!(c.vip_next_hops().len(), 2);
+
+    let run = driver.finish();
+    let n = report("cluster leave, restart, join", &run);
+    println!(
+        "leave: route over g2 only {withdrawn:?} after `cluster leave` (then connections per gateway {after_leave:?}); join: over both again {rejoined:?} after `cluster join` ({after_join:?})"
+    );
+    assert_eq!(n, 0, "cluster leave/join: session errors");
+    assert!(run.iter().all(|s| s.connected && s.servers.len() == 1));
+}
+
+#[test]
+fn a_dead_gateway_costs_only_the_detection_window() {
+    let mut rig = rig();
+    let specs = sessions(&rig.cluster.clients, 2, 6);
+    let started = Instant::now();
+    let driver = Driver::start(&rig.cluster.client, vip(), &specs, Duration::from_secs(14));
+    driver.wait_for("ready", Duration::from_secs(20));
+    flush_connections(&rig.cluster);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = gateways_since_flush(&rig.cluster);
+    assert_eq!(
+        before.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "connections before the death: {before:?}"
+    );
+
+    let killed_at = started.elapsed();
+    rig.cluster.gateways[1].die();
+    let detected = rig.cluster.wait_next_hops(&[1]);
+    let run = driver.finish();
+    let n = report("a gateway dies", &run);
+    // Connections whose SYN went to the dead gateway and, retransmitted
+    // once the route changed, to the live one: the retries of the window.
+    let syns = rig.cluster.syns();
+    let retried = syns
+        .iter()
+        .filter(|(g, client, port)| *g == 1 && syns.contains(&(2, *client, *port)))
+        .count();
+    println!(
+        "dead gateway: the router withdrew it {detected:?} after it went silent (BGP hold time {HOLD:?}); {retried} connections' SYNs retried onto g1; {n} session errors"
+    );
+    assert!(
+        detected <= HOLD + Duration::from_secs(2),
+        "the router took {detected:?} to withdraw the dead gateway"
+    );
+    // Every session ends connected, on one server, and its errors (lost
+    // requests, reconnects) all fall in the window from the death until the
+    // router and the backends stopped using the dead gateway, plus one
+    // Socket.IO retry.
+    let window_end = killed_at + detected + HOLD + Duration::from_secs(3);
+    for s in &run {
+        assert!(s.connected && s.servers.len() == 1, "session {s:?}");
+        for e in &s.errors {
+            let at = Duration::from_millis(e.at_ms);
+            assert!(
+                at + Duration::from_millis(500) >= killed_at && at <= window_end,
+                "session {}: error at {at:?}, outside {killed_at:?}..{window_end:?}: {e:?}",
+                s.id
+            );
+        }
+        assert!(s.acks > 0, "session {s:?}");
+    }
+    if let Some(last) = errors(&run)
+        .iter()
+        .map(|(_, e)| Duration::from_millis(e.at_ms))
+        .max()
+    {
+        println!(
+            "dead gateway: the last error {last:?} after the driver started, the death at {killed_at:?}"
+        );
+    }
+}
+
+#[test]
+fn announce_mistakes_are_one_line_and_change_nothing() {
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 1,
+        extra_nets: vec![],
+        clients_per_extra_net: 0,
+        clients_v6: 1,
+        backends: 1,
+        vips: vec![],
+    });
+    let bpffs = TempBpffs::new();
+    let service = format!(
+        "[[services]]\nname = \"web\"\nvip = \"{VIP}:80\"\n[services.health]\ncheck = \"none\"\n[[services.backends]]\naddress = \"{}:{PORT}\"\n",
+        topo.backends()[0].v4()
+    );
+    let head = config_head(&bpffs, "127.0.0.1:9100");
+
+    // An announce interface that does not exist: `check` and `run` refuse
+    // it in one line, and nothing is attached.
+    let bad = format!("{head}[announce]\ninterface = \"nope0\"\n{service}");
+    let path = std::env::temp_dir().join(format!(
+        "lbt-announce-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, &bad).unwrap();
+    for command in ["check", "run"] {
+        let out = balancer(topo.gw(), &[command, "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert_eq!(
+            last,
+            "balancer: announce.interface: no interface named \"nope0\" in this network namespace",
+            "{command}"
+        );
+        assert!(!attached(topo.gw(), GW_CLIENT_IF), "{command} attached");
+    }
+    let _ = std::fs::remove_file(&path);
+
+    // Without [announce], there is nothing to leave: one line, no change.
+    let mut daemon = Daemon::start(
+        topo.gw(),
+        &format!("{head}{service}"),
+        &bpffs.pin_dir(),
+        &[],
+    );
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    for verb in ["leave", "join"] {
+        let out = cli(topo.gw(), &bpffs.control_socket(), &["cluster", verb]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "balancer: this gateway announces no VIP: its config has no [announce] section"
+            ),
+            "{stderr}"
+        );
+    }
+    let snapshot = status(topo.gw(), &bpffs.control_socket());
+    assert_eq!(snapshot.announce, None);
+    assert!(!on_lo(&topo));
+}
+
+/// Is the VIP an address on the gateway's `lo`?
+fn on_lo(topo: &Topology) -> bool {
+    let lo = topo.gw().ip(["-4", "-o", "addr", "show", "dev", "lo"]);
+    String::from_utf8_lossy(&lo.stdout).contains(&format!(" {VIP}/32 "))
+}
+
+/// Wait (at most 10 s) until the VIP is on `lo` (`want`) or not.
+fn wait_on_lo(topo: &Topology, want: bool) -> Duration {
+    let start = Instant::now();
+    while on_lo(topo) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the VIP on lo: {} after 10 s",
+            !want
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn the_vip_is_on_lo_only_while_a_backend_is_up_and_until_detach() {
+    // One gateway, no BIRD: the daemon's side of the contract.
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 1,
+        extra_nets: vec![],
+        clients_per_extra_net: 0,
+        clients_v6: 1,
+        backends: 1,
+        vips: vec![],
+    });
+    let bpffs = TempBpffs::new();
+    let state = std::env::temp_dir().join(format!(
+        "lbt-announce-{}.state",
+        balancer_tests::netns::random_suffix()
+    ));
+    let backend = topo.backends()[0].v4();
+    let config = format!(
+        "{head}[announce]\ninterface = \"lo\"\nstate_file = \"{state}\"\n\
+         [[services]]\nname = \"web\"\nvip = \"{VIP}:80\"\n\
+         [services.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 1\n\
+         [[services.backends]]\naddress = \"{backend}:{PORT}\"\n",
+        head = config_head(&bpffs, "127.0.0.1:9100"),
+        state = state.display(),
+    );
+    let server = tcp_whoami(topo.backends()[0].ns(), "b1", PORT);
+    let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    wait_on_lo(&topo, true);
+    let metric_of = || {
+        let (_, text) =
+            http::get(topo.gw(), "127.0.0.1:9100".parse().unwrap(), "/metrics").unwrap();
+        metric(
+            &text,
+            "balancer_vip_announced",
+            &[("vip", &VIP.to_string())],
+        )
+    };
+    assert_eq!(metric_of(), Some(1.0));
+
+    // Its one backend goes down: the VIP goes; back up: it returns.
+    server.stop();
+    let gone = wait_on_lo(&topo, false);
+    assert_eq!(metric_of(), Some(0.0));
+    let server = tcp_whoami(topo.backends()[0].ns(), "b1", PORT);
+    let back = wait_on_lo(&topo, true);
+    println!(
+        "no backend up: the VIP left lo {gone:?} after the server stopped, and was back {back:?} after it started"
+    );
+
+    // Detach removes it, and the daemon stops.
+    let out = cli(topo.gw(), &bpffs.control_socket(), &["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!on_lo(&topo), "the VIP is still on lo after detach");
+    daemon.wait_exit(Duration::from_secs(10));
+    drop(server);
+    let _ = std::fs::remove_file(&state);
+}
