@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use balancer_common::{
     addr::{mask, to_words},
-    hash::{flow_hash, slot},
+    hash::{flow_hash, service_seed, slot},
     maglev::{self, MaglevBackend},
     types::{
         BACKEND_ADMIN_DRAIN, BACKEND_ADMIN_WEIGHT, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP,
@@ -83,7 +83,8 @@ impl BackendState {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceState {
-    /// Index of the service: the hash seed and part of affinity keys.
+    /// Index of the service: part of affinity keys, local to this gateway
+    /// (the flow hash is seeded from the VIP instead).
     pub id: u32,
     /// First `MAGLEV` index of this service's two table halves.
     pub table_base: u32,
@@ -133,7 +134,8 @@ impl ServiceState {
                 .unwrap_or(u64::MAX),
             prefix_v4: self.config.source_prefix_v4,
             prefix_v6: self.config.source_prefix_v6,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            hash_seed: service_seed(&self.key()),
         }
     }
 
@@ -180,7 +182,7 @@ impl ServiceState {
         } else {
             self.masked(client).0
         };
-        let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
+        let hash = flow_hash(value.hash_seed, value.flags, &key_addr, sport.to_be());
         Some(slot(hash, self.config.table_size))
     }
 
