@@ -7,7 +7,7 @@ use balancer_common::{counters::Counter, maps, types::BackendStats};
 
 use super::Daemon;
 use crate::{
-    accounting,
+    accounting, fingerprint,
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
@@ -29,6 +29,7 @@ impl Daemon {
                 protocol: s.config.protocol.to_string(),
                 affinity: s.config.affinity.to_string(),
                 affinity_entries: counts.affinity.get(&s.id).copied().unwrap_or(0),
+                table_fingerprint: fingerprint::table_fingerprint(s),
                 backends: s
                     .backends
                     .iter()
