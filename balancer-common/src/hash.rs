@@ -5,7 +5,7 @@
 //! constants, so the BPF verifier sees straight-line code after unrolling.
 //! A test checks it against the reference xxh32 over the same bytes.
 
-use crate::types::SERVICE_FOUR_TUPLE;
+use crate::types::{SERVICE_FOUR_TUPLE, ServiceKey};
 
 const P1: u32 = 0x9E37_79B1;
 const P2: u32 = 0x85EB_CA77;
@@ -63,10 +63,11 @@ pub const fn xxh32_words<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
 ///
 /// `client` is the client address already masked to the service's prefix;
 /// `sport` (network byte order) only counts for four-tuple services, whose
-/// destination is the fixed VIP and so adds nothing. The service id seeds the
-/// hash so two services spread the same clients differently.
+/// destination is the fixed VIP and so adds nothing. `seed` is the
+/// service's [`service_seed`], so two services spread the same clients
+/// differently.
 #[inline(always)]
-pub const fn flow_hash(service_id: u32, flags: u32, client: &[u32; 4], sport: u16) -> u32 {
+pub const fn flow_hash(seed: u32, flags: u32, client: &[u32; 4], sport: u16) -> u32 {
     let port_word = if flags & SERVICE_FOUR_TUPLE != 0 {
         sport as u32 | 0x1_0000
     } else {
@@ -74,7 +75,20 @@ pub const fn flow_hash(service_id: u32, flags: u32, client: &[u32; 4], sport: u1
     };
     xxh32_words(
         &[client[0], client[1], client[2], client[3], port_word],
-        service_id,
+        seed,
+    )
+}
+
+const SERVICE_SEED: u32 = 0x7669_7073; // "vips"
+
+/// A service's flow-hash seed, from its VIP (address, port, protocol,
+/// family) alone: gateways that gave one service different local ids
+/// still hash a client to the same slot.
+pub const fn service_seed(vip: &ServiceKey) -> u32 {
+    let tail = vip.port as u32 | (vip.proto as u32) << 16 | (vip.family as u32) << 24;
+    xxh32_words(
+        &[vip.addr[0], vip.addr[1], vip.addr[2], vip.addr[3], tail],
+        SERVICE_SEED,
     )
 }
 
@@ -134,5 +148,30 @@ mod tests {
             flow_hash(1, SERVICE_FOUR_TUPLE, &c, 2000)
         );
         assert_ne!(flow_hash(1, 0, &c, 0), flow_hash(2, 0, &c, 0));
+    }
+
+    #[test]
+    fn the_service_seed_is_the_vips_alone() {
+        let vip = ServiceKey {
+            addr: [0x6400_12c6, 0, 0, 0],
+            port: 80u16.to_be(),
+            proto: 6,
+            family: 4,
+        };
+        let seed = service_seed(&vip);
+        assert_eq!(seed, service_seed(&vip.clone()));
+        for other in [
+            ServiceKey {
+                port: 443u16.to_be(),
+                ..vip
+            },
+            ServiceKey { proto: 17, ..vip },
+            ServiceKey {
+                addr: [0x6500_12c6, 0, 0, 0],
+                ..vip
+            },
+        ] {
+            assert_ne!(service_seed(&other), seed, "{other:?}");
+        }
     }
 }

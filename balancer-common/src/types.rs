@@ -42,7 +42,7 @@ pub const SERVICE_AMBIGUOUS_REPLIES: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
-    /// Index of this service (also the hash seed and part of affinity keys).
+    /// Index of this service (part of affinity keys).
     pub id: u32,
     /// `SERVICE_*` bits.
     pub flags: u32,
@@ -56,7 +56,10 @@ pub struct Service {
     pub affinity_timeout_ns: u64,
     pub prefix_v4: u8,
     pub prefix_v6: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Seeds the flow hash: `hash::service_seed` of the VIP, not
+    /// the local id, so every gateway hashes a client to the same slot.
+    pub hash_seed: u32,
 }
 const _: () = assert!(size_of::<Service>() == 40);
 

@@ -215,7 +215,7 @@ pub fn maglev_pick(
     } else {
         masked_client
     };
-    let hash = flow_hash(service.id, service.flags, client, port);
+    let hash = flow_hash(service.hash_seed, service.flags, client, port);
     let index =
         service.table_offset[(service.active_table & 1) as usize] + slot(hash, service.table_size);
     let backend_id = *MAGLEV.get(index).ok_or(Counter::DropNoBackend)?;

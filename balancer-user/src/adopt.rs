@@ -2,12 +2,14 @@
 //! daemon left pinned, so that a restart moves no client.
 //!
 //! Flows and affinities in the kernel name backends by id and are hashed
-//! with the service's id, so a restarted daemon must keep every id, table
-//! region and table that is still valid:
+//! with the service's id, so a restarted daemon must keep every id and
+//! table region that is still valid:
 //!
 //! - a service whose VIP is pinned keeps its id; with the same table size it
-//!   also keeps its table region and the table packets read now (rebuilt
-//!   from, so unchanged backends keep their slots);
+//!   also keeps its table region. Its table is built afresh from the
+//!   backend set ([`crate::state::ServiceState::next_table`]), so the same
+//!   set gives the same table packets read before the restart, and the
+//!   table a fresh gateway builds;
 //! - a backend pinned for that service keeps its id, its health state (no
 //!   traffic to a backend known to be down) and an operator's drain;
 //! - a weight set with `balancer backend set-weight` stays over the
@@ -48,8 +50,6 @@ pub struct PinnedService {
     /// From the table offsets (`value.table_size` is 0 while the service
     /// has no backend taking clients).
     pub table_size: u32,
-    /// The table half packets read now; empty if there is none.
-    pub table: Vec<u32>,
 }
 
 /// The pinned maps' contents that the plan needs.
@@ -85,8 +85,8 @@ pub fn from_config(config: &Config) -> Vec<ServiceState> {
         .services
 }
 
-/// The services to run: the config, with ids, regions and tables adopted
-/// from `pinned` where they are still valid.
+/// The services to run: the config, with ids and regions adopted from
+/// `pinned` where they are still valid.
 pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
     let by_key: HashMap<ServiceKey, &PinnedService> =
         pinned.services.iter().map(|p| (p.key, p)).collect();
@@ -136,7 +136,6 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                     && p.value.table_offset[0] + 2 * p.table_size <= pinned.maglev_capacity =>
             {
                 service.table_base = p.value.table_offset[0];
-                service.table = p.table.clone();
             }
             _ => pending_region.push(services.len()),
         }

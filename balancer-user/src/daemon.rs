@@ -363,9 +363,10 @@ impl Daemon {
     }
 
     /// `balancer backend set-weight`: the backend's share of the table
-    /// follows `weight`, and only slots to or from it move
-    /// ([`balancer_common::maglev::rebuild`]), so other backends' clients
-    /// stay. Kept in the pinned entry, so a restart keeps it.
+    /// follows `weight`. The table is built afresh from the new set
+    /// ([`balancer_common::maglev::build`]), so some new clients of other
+    /// backends move as well; clients with an affinity entry stay. Kept in
+    /// the pinned entry, so a restart keeps it.
     pub fn set_weight(
         &mut self,
         service: &str,
@@ -386,7 +387,7 @@ impl Daemon {
         self.commit(i, next)?;
         info!(service, backend = %address, old, weight, "backend weight set");
         Ok(format!(
-            "weight of {address} in {service}: {old} -> {weight}; only its share of new clients moved"
+            "weight of {address} in {service}: {old} -> {weight}; its share of new clients follows, known clients stay"
         ))
     }
 

@@ -326,8 +326,8 @@ impl DataPlane {
         &self.pin_dir
     }
 
-    /// What a previous daemon left in the pinned maps: services with the
-    /// table half packets read now, and every backend slot in use.
+    /// What a previous daemon left in the pinned maps: services with their
+    /// table regions, and every backend slot in use.
     pub fn read_pinned(&self) -> anyhow::Result<Pinned> {
         let mut services = Vec::new();
         for key in self.services.keys() {
@@ -337,25 +337,10 @@ impl DataPlane {
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e).context("reading SERVICES"),
             };
-            let size = value.table_offset[1].wrapping_sub(value.table_offset[0]);
-            let base = value.table_offset[(value.active_table & 1) as usize];
-            let table = if value.table_size == 0
-                || base
-                    .checked_add(size)
-                    .is_none_or(|end| end > self.maglev_capacity)
-            {
-                Vec::new()
-            } else {
-                (base..base + size)
-                    .map(|i| self.maglev.get(&i, 0))
-                    .collect::<Result<_, _>>()
-                    .context("reading MAGLEV")?
-            };
             services.push(PinnedService {
                 key,
                 value,
-                table_size: size,
-                table,
+                table_size: value.table_offset[1].wrapping_sub(value.table_offset[0]),
             });
         }
         let mut backends = Vec::new();

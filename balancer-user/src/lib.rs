@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fingerprint;
 pub mod health;
 pub mod ids;
 pub mod logging;

@@ -104,6 +104,12 @@ pub struct ServiceSnapshot {
     pub affinity: String,
     /// Entries in this service's affinity (sticky-session) table.
     pub affinity_entries: u64,
+    /// 16 hex digits hashing what decides a new client's backend: the live
+    /// Maglev table as backend addresses, its size and the flow hash's
+    /// inputs ([`crate::fingerprint`]). Gateways with equal fingerprints
+    /// pick alike.
+    #[serde(default)]
+    pub table_fingerprint: String,
     pub backends: Vec<BackendSnapshot>,
 }
 
@@ -441,6 +447,7 @@ pub(crate) mod tests {
                     protocol: "tcp".to_owned(),
                     affinity: "source-ip".to_owned(),
                     affinity_entries: 11,
+                    table_fingerprint: "00112233aabbccdd".to_owned(),
                     backends: vec![
                         backend("198.18.1.1:8080", 100, true, false),
                         backend("198.18.1.2:8080", 200, false, false),
@@ -452,6 +459,7 @@ pub(crate) mod tests {
                     protocol: "udp".to_owned(),
                     affinity: "none".to_owned(),
                     affinity_entries: 22,
+                    table_fingerprint: "ffeeddcc99887766".to_owned(),
                     backends: vec![
                         backend("[2001:db8::1]:53", 300, true, true),
                         backend("<script>alert(1)</script>", 400, true, false),

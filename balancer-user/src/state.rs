@@ -2,14 +2,11 @@
 //! ids and Maglev table regions, backends with their ids and states. Pure
 //! logic, turned into map values here and written by `dataplane`.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use balancer_common::{
     addr::{mask, to_words},
-    hash::{flow_hash, slot},
+    hash::{flow_hash, service_seed, slot},
     maglev::{self, MaglevBackend},
     types::{
         BACKEND_ADMIN_DRAIN, BACKEND_ADMIN_WEIGHT, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP,
@@ -86,7 +83,8 @@ impl BackendState {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceState {
-    /// Index of the service: the hash seed and part of affinity keys.
+    /// Index of the service: part of affinity keys, local to this gateway
+    /// (the flow hash is seeded from the VIP instead).
     pub id: u32,
     /// First `MAGLEV` index of this service's two table halves.
     pub table_base: u32,
@@ -95,8 +93,7 @@ pub struct ServiceState {
     pub config: ServiceConfig,
     pub backends: Vec<BackendState>,
     /// The Maglev table (backend ids) that packets read now; empty until the
-    /// first write. The next table is rebuilt from it, so a change moves as
-    /// few clients as possible ([`maglev::rebuild`]).
+    /// first write.
     pub table: Vec<u32>,
 }
 
@@ -137,12 +134,17 @@ impl ServiceState {
                 .unwrap_or(u64::MAX),
             prefix_v4: self.config.source_prefix_v4,
             prefix_v6: self.config.source_prefix_v6,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            hash_seed: service_seed(&self.key()),
         }
     }
 
-    /// The next Maglev table as backend ids, rebuilt from the current one;
-    /// empty when no backend takes new clients.
+    /// The next Maglev table as backend ids; empty when no backend takes
+    /// new clients. A pure function of the set of backends taking clients
+    /// (address, port, family, weight) and the table size
+    /// ([`maglev::build`]): every gateway with the same set writes the same
+    /// table, whatever history led there. A draining or down backend is
+    /// out of the table, so drain state is part of that set.
     pub fn next_table(&self) -> Vec<u32> {
         let input: Vec<MaglevBackend> = self
             .backends
@@ -152,18 +154,7 @@ impl ServiceState {
                 weight: if b.takes_new_clients() { b.weight } else { 0 },
             })
             .collect();
-        let position: HashMap<u32, u32> = self
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.id, i as u32))
-            .collect();
-        let previous: Vec<u32> = self
-            .table
-            .iter()
-            .map(|id| position.get(id).copied().unwrap_or(u32::MAX))
-            .collect();
-        maglev::rebuild(&previous, &input, self.config.table_size)
+        maglev::build(&input, self.config.table_size)
             .into_iter()
             .map(|i| self.backends[i as usize].id)
             .collect()
@@ -191,7 +182,7 @@ impl ServiceState {
         } else {
             self.masked(client).0
         };
-        let hash = flow_hash(value.id, value.flags, &key_addr, sport.to_be());
+        let hash = flow_hash(value.hash_seed, value.flags, &key_addr, sport.to_be());
         Some(slot(hash, self.config.table_size))
     }
 

@@ -126,7 +126,7 @@ impl MaglevChoice {
         let s = &self.service;
         let (words, family) = to_words(client.into());
         let masked = mask(words, family, s.source_prefix(family));
-        let hash = flow_hash(s.id, s.flags, &masked, 0);
+        let hash = flow_hash(s.hash_seed, s.flags, &masked, 0);
         let index = s.table_offset[(s.active_table & 1) as usize] + slot(hash, s.table_size);
         let id = self.maglev.get(&index, 0)?;
         let backend = self.backends.get(&id, 0)?;

@@ -732,23 +732,16 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
         md,
         "\n## Maglev tables\n\n\
          Build: `balancer_common::maglev::build`, median [min–max] ms. Swap: the daemon's `write_service` on a loaded \
-         data plane (rebuild from the live table, batched write of the M slots into the idle half, flip), one \
-         backend more each time; in brackets the rebuild alone (`next_table`), the rest is the map writes. Moved: share of slots whose backend changes when one backend joins or leaves, \
-         with the incremental rebuild the daemon uses / a fresh build / the ideal 1/N.\n"
+         data plane (the table built from the backend set, batched write of the M slots into the idle half, flip), one \
+         backend more each time; in brackets the build alone (`next_table`), the rest is the map writes. Moved: share of slots whose backend changes when one backend joins or leaves, \
+         with the build the daemon uses (a fresh one, from the set alone) / the ideal 1/N.\n"
     );
     let _ = writeln!(
         md,
         "| backends | M | build ms | swap ms | moved on join | moved on leave |\n|---|---|---|---|---|---|"
     );
     for r in rows {
-        let pct = |t: (f64, f64, f64)| {
-            format!(
-                "{:.3}% / {:.3}% / {:.3}%",
-                t.0 * 100.0,
-                t.1 * 100.0,
-                t.2 * 100.0
-            )
-        };
+        let pct = |t: (f64, f64)| format!("{:.3}% / {:.3}%", t.0 * 100.0, t.1 * 100.0);
         let swap = r.swap_ms.map_or_else(
             || {
                 format!(
@@ -756,13 +749,7 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
                     balancer_common::maps::MAX_BACKENDS
                 )
             },
-            |(total, rebuild)| {
-                format!(
-                    "{} (rebuild {})",
-                    fmt_spread(total, 1),
-                    fmt_spread(rebuild, 1)
-                )
-            },
+            |(total, build)| format!("{} (build {})", fmt_spread(total, 1), fmt_spread(build, 1)),
         );
         let _ = writeln!(
             md,

@@ -520,8 +520,11 @@ fn slot_counts(table: &[String]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// The table is built afresh from the new set: b1 gets its weight's
+/// share, a few slots move between the others too (reported against the
+/// ideal, b1's gain), and no client with an affinity entry moves.
 #[test]
-fn set_weight_moves_only_that_backends_share() {
+fn set_weight_changes_that_backends_share_and_known_clients_stay() {
     let opts = TopologyOpts {
         clients_v4: 40,
         ..TopologyOpts::default()
@@ -544,16 +547,12 @@ fn set_weight_moves_only_that_backends_share() {
     let (t0, _) = pinned_table(&pin_dir);
     let m = t0.len() as f64;
 
-    // 1 -> 3 of 1+1+1: b1 should own 3/5 of the slots, taken only from the
-    // others.
+    // 1 -> 3 of 1+1+1: b1 should own 3/5 of the slots.
     let out = rig.cli_ok(&["backend", "set-weight", "web", &b1, "3"]);
     assert!(out.contains("1 -> 3"), "{out}");
     let (t1, entries) = pinned_table(&pin_dir);
     let moved: Vec<(&String, &String)> = t0.iter().zip(&t1).filter(|(a, b)| a != b).collect();
-    assert!(
-        moved.iter().all(|(_, to)| **to == b1),
-        "a slot moved between other backends"
-    );
+    let between_others = moved.iter().filter(|(_, to)| **to != b1).count();
     let count = |t: &[String]| slot_counts(t).get(&b1).copied().unwrap_or(0);
     let share = |t: &[String]| count(t) as f64 / m;
     let (s0, s1) = (share(&t0), share(&t1));
@@ -561,15 +560,19 @@ fn set_weight_moves_only_that_backends_share() {
         (s1 - 0.6).abs() < 0.02,
         "b1 owns {s1:.4} of the slots, weight share 0.6"
     );
-    assert_eq!(
-        moved.len(),
-        count(&t1) - count(&t0),
-        "moved exactly b1's gain"
+    assert!(moved.len() >= count(&t1) - count(&t0), "b1's gain moved");
+    // A fresh build reshuffles a little between the others (the price of a
+    // table that depends on the set alone); Maglev keeps it small.
+    assert!(
+        (between_others as f64 / m) < 0.02,
+        "{between_others} of {m} slots moved between other backends"
     );
     println!(
-        "set-weight 1 -> 3: b1 owns {s0:.4} -> {s1:.4} of {m} slots (weight share 0.6); moved {:.4} \
-         of the table, all to b1 (the ideal: its weight share's change, 3/5 - 1/3 = 0.2667)",
-        moved.len() as f64 / m
+        "set-weight 1 -> 3: b1 owns {s0:.4} -> {s1:.4} of {m} slots (weight share 0.6); the fresh \
+         build moved {:.4} of the table, {:.4} between the others (ideal: b1's gain, {:.4})",
+        moved.len() as f64 / m,
+        between_others as f64 / m,
+        s1 - s0
     );
     let entry = entries[&b1];
     assert_eq!(
@@ -623,13 +626,13 @@ fn set_weight_moves_only_that_backends_share() {
     assert_eq!(backend_state(&rig.status(), &b1).unwrap().weight, 3);
     assert_eq!(pinned_table(&pin_dir).0, t1, "the restart moved slots");
 
-    // And back to 1: only b1's extra slots go, to the others.
+    // And back to 1: the same set as at the start, so the same table.
     rig.cli_ok(&["backend", "set-weight", "web", &b1, "1"]);
     let (t2, _) = pinned_table(&pin_dir);
-    let moved = t1.iter().zip(&t2).filter(|(a, b)| a != b);
-    assert!(moved.clone().all(|(from, _)| *from == b1));
-    assert_eq!(moved.count(), count(&t1) - count(&t2));
-    assert!((share(&t2) - 1.0 / 3.0).abs() < 0.02);
+    assert_eq!(t2, t0, "weight 1 again: the original table");
+    for (&c, b) in &before {
+        assert_eq!(&rig.backend_of(c), b, "{c} moved on a weight change");
+    }
     drop(held);
 }
 

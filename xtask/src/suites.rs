@@ -10,6 +10,7 @@ pub const TESTS_PACKAGE: &str = "balancer-tests";
 pub const TC_SUITES: &[&str] = &[
     "gateway",
     "control",
+    "table",
     "ipv6",
     "odd_packets",
     "socketio",

@@ -46,8 +46,8 @@ pub enum BackendAction {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Change a backend's weight: only its share of new clients moves, and
-    /// a restart keeps it.
+    /// Change a backend's weight: its share of new clients follows (known
+    /// clients stay), and a restart keeps it.
     SetWeight {
         #[command(flatten)]
         target: Target,

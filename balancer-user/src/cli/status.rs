@@ -43,8 +43,13 @@ pub fn render(s: &Snapshot) -> String {
             out.push('\n');
         }
         out.push_str(&format!(
-            "{}  {}/{}  affinity {}  affinity entries {}\n",
-            svc.name, svc.vip, svc.protocol, svc.affinity, svc.affinity_entries
+            "{}  {}/{}  affinity {}  affinity entries {}  table {}\n",
+            svc.name,
+            svc.vip,
+            svc.protocol,
+            svc.affinity,
+            svc.affinity_entries,
+            short(&svc.table_fingerprint)
         ));
         if svc.backends.is_empty() {
             out.push_str("  no backends\n");
@@ -119,6 +124,15 @@ fn announce_line(a: &AnnounceSnapshot) -> String {
     format!("announce on {}: {vips}{left}\n", a.interface)
 }
 
+/// The fingerprint's first 16 hex digits (all of a 64-bit one), `-` from a
+/// daemon that sends none.
+fn short(fingerprint: &str) -> &str {
+    match fingerprint.get(..16).unwrap_or(fingerprint) {
+        "" => "-",
+        s => s,
+    }
+}
+
 /// `up`, `down`, `draining` or `down+draining`.
 fn state(b: &BackendSnapshot) -> &'static str {
     match (b.up, b.draining) {
@@ -153,6 +167,7 @@ mod tests {
                     protocol: "tcp".to_owned(),
                     affinity: "source-ip".to_owned(),
                     affinity_entries: 12,
+                    table_fingerprint: "0123456789abcdef".to_owned(),
                     backends: vec![
                         BackendSnapshot {
                             weight: 10,
@@ -176,6 +191,7 @@ mod tests {
                     protocol: "udp".to_owned(),
                     affinity: "four-tuple".to_owned(),
                     affinity_entries: 0,
+                    table_fingerprint: String::new(),
                     backends: vec![],
                 },
             ],
@@ -196,14 +212,14 @@ mod tests {
     fn cli_status_renders_services_backends_and_trailer() {
         let got = render(&sample());
         let want = "\
-chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12
+chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12  table 0123456789abcdef
   BACKEND           WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
   198.18.1.11:3000      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
   198.18.1.12:3000       1  draining            0      0          0/0          0 B/0 B  -
   198.18.1.13:3000       1  down                0      0          0/0          0 B/0 B  -
   198.18.1.14:3000       1  down+draining       0      0          0/0          0 B/0 B  -
 
-dns  [2001:db8::53]:53/udp  affinity four-tuple  affinity entries 0
+dns  [2001:db8::53]:53/udp  affinity four-tuple  affinity entries 0  table -
   no backends
 
 conntrack entries 42

@@ -27,7 +27,7 @@ pub enum Request {
     BackendDrain { service: String, address: String },
     /// Undo `BackendDrain`.
     BackendUndrain { service: String, address: String },
-    /// Set `address`'s weight (1..=65535): only its share of the table moves.
+    /// Set `address`'s weight (1..=65535): its share of the table follows.
     BackendSetWeight {
         service: String,
         address: String,

@@ -9,6 +9,7 @@ use super::Daemon;
 use crate::{
     accounting,
     announce::Announcer,
+    fingerprint,
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
@@ -30,6 +31,7 @@ impl Daemon {
                 protocol: s.config.protocol.to_string(),
                 affinity: s.config.affinity.to_string(),
                 affinity_entries: counts.affinity.get(&s.id).copied().unwrap_or(0),
+                table_fingerprint: fingerprint::table_fingerprint(s),
                 backends: s
                     .backends
                     .iter()

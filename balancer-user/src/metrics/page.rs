@@ -60,7 +60,8 @@ pub fn render_html(s: &Snapshot) -> String {
         let _ = write!(
             h,
             "<h2>{} <span class=\"{}\">{} of {} up</span> \
-             <span class=\"muted\">&middot; {} {} &middot; affinity {} ({} entries)</span></h2>\n\
+             <span class=\"muted\">&middot; {} {} &middot; affinity {} ({} entries) &middot; \
+             table <code title=\"table_fingerprint: equal on gateways that pick alike\">{}</code></span></h2>\n\
              <table>\n{COLUMNS}<tr><th>backend</th><th>state</th><th>since</th><th>weight</th><th>active</th>\
              <th>total</th><th>packets in</th><th>packets out</th><th>bytes in</th>\
              <th>bytes out</th><th>checks passed</th><th>checks failed</th><th>last check</th></tr>\n",
@@ -76,6 +77,7 @@ pub fn render_html(s: &Snapshot) -> String {
             escape(&svc.vip),
             escape(&svc.affinity),
             svc.affinity_entries,
+            escape(&svc.table_fingerprint),
         );
         for b in &svc.backends {
             backend_row(&mut h, b, now);
@@ -299,6 +301,7 @@ mod tests {
         ));
         assert!(html.contains("ok (200) 100 ms, 2s ago"));
         assert!(html.contains("no_backend"));
+        assert!(html.contains(">00112233aabbccdd</code>"), "{html}");
     }
 
     /// A down backend that is also draining says both; an up one has no
