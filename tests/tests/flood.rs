@@ -87,6 +87,13 @@ fn spoofed_per_flood(table: u64) -> u64 {
     env_u64("BALANCER_FLOOD_SYNS").unwrap_or((3 * table).div_ceil(100_000) * 100_000)
 }
 
+/// How long one flood of `packets` may take: four times the paced time
+/// and a minute more, for senders slower than the pace (the `--vm` guest's
+/// emulated CPUs send about 10,000 a second).
+fn flood_time_limit(packets: u64) -> Duration {
+    Duration::from_secs(4 * packets / SPOOFED_PER_SECOND + 60)
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     Some(
@@ -353,8 +360,7 @@ impl Attacker {
         let before = rig.counts(true);
         let at_ms = self.driver_epoch.elapsed().as_millis() as u64;
         let flows = packets / if shape == Shape::Syn { 1 } else { 2 };
-        // Bounded: twice the paced time and ten seconds more.
-        let limit = Duration::from_secs(2 * packets / SPOOFED_PER_SECOND + 10);
+        let limit = flood_time_limit(packets);
         let vip = SocketAddrV4::new(VIP_V4, 80);
         let sent = self
             .spoofer
@@ -507,7 +513,7 @@ fn idle_socketio_sessions_survive_spoofed_handshake_floods() {
     let (mut rig, run) = plan(Servers::SocketIo);
     let (packets, total, polling) = (run.packets, run.total, run.polling);
     // A safety bound only: the test ends the run itself.
-    let run_limit = Duration::from_secs(4 * packets / SPOOFED_PER_SECOND + 180);
+    let run_limit = 2 * (flood_time_limit(packets) + AFTER_FLOOD) + Duration::from_secs(60);
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
     let driver = Driver::start_idle(rig.topo.client(), vip, &run.specs, run_limit);
     let ready = driver.wait_for("ready", Duration::from_secs(20));
