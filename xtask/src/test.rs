@@ -31,7 +31,7 @@ pub struct Options {
     #[arg(long = "kernel", value_name = "VER", requires = "vm")]
     kernels: Vec<String>,
     /// With --vm: the limit on one kernel's run, boot to power-off, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 1800, requires = "vm")]
+    #[arg(long, value_name = "SECS", default_value_t = 2700, requires = "vm")]
     vm_timeout: u64,
     /// Arguments for the integration test binaries, after `--` (e.g. a test
     /// name filter, `--nocapture`).
