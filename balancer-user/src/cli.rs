@@ -6,6 +6,7 @@
 pub mod assets;
 pub mod backend;
 pub mod check;
+pub mod cluster;
 pub mod detach;
 pub mod flows;
 pub mod format;

@@ -18,6 +18,7 @@ use tracing::info;
 
 use crate::{
     accounting::{FlowTables, SharedCounts},
+    cluster::{Cluster, Directory},
     config::{BackendConfig, Config, HealthCheckKind, MAX_WEIGHT},
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
@@ -43,6 +44,11 @@ pub struct Daemon {
     /// Affinity timeouts by service id, for the counting task; sent again
     /// when a reload changes them.
     timeouts: watch::Sender<HashMap<u32, u64>>,
+    /// The services as the cluster links name them; sent again whenever
+    /// they change.
+    directory: watch::Sender<Directory>,
+    /// The links to the other gateways, with `[cluster] peers`.
+    cluster: Option<Cluster>,
 }
 
 /// The config a daemon was started with, and where it came from.
@@ -93,8 +99,11 @@ impl Daemon {
             changes: HashMap::new(),
             source,
             timeouts: watch::Sender::new(HashMap::new()),
+            directory: watch::Sender::new(Directory::default()),
+            cluster: None,
         };
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
+        daemon.publish_directory();
         let all: Vec<(usize, BackendState)> = daemon
             .services
             .iter()
@@ -116,6 +125,21 @@ impl Daemon {
     /// receiver sees them change with a reload.
     pub fn watch_affinity_timeouts(&self) -> watch::Receiver<HashMap<u32, u64>> {
         self.timeouts.subscribe()
+    }
+
+    /// The services as the cluster names them; the receiver sees every
+    /// change.
+    pub fn watch_directory(&self) -> watch::Receiver<Directory> {
+        self.directory.subscribe()
+    }
+
+    fn publish_directory(&self) {
+        self.directory.send_replace(Directory::of(&self.services));
+    }
+
+    /// The running cluster links, for status and metrics.
+    pub fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
     }
 
     fn affinity_timeouts(&self) -> HashMap<u32, u64> {
@@ -181,6 +205,7 @@ impl Daemon {
             .write_service(&mut next)
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;
         self.services[index] = next;
+        self.publish_directory();
         Ok(())
     }
 

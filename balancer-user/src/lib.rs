@@ -5,6 +5,7 @@ pub mod accounting;
 pub mod adopt;
 pub mod attach;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

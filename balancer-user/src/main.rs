@@ -4,8 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use balancer_user::{
     cli::{
-        self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, detach::DetachArgs,
-        flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs, status::StatusArgs,
+        self, assets::AssetsArgs, backend::BackendArgs, check::CheckArgs, cluster::ClusterArgs,
+        detach::DetachArgs, flows::FlowsArgs, lookup::LookupArgs, reload::ReloadArgs,
+        status::StatusArgs,
     },
     logging::{self, LogFormat},
     version,
@@ -51,6 +52,8 @@ enum Command {
     Backend(BackendArgs),
     /// Which backend a new connection from a client gets now.
     Lookup(LookupArgs),
+    /// The links to the other gateways (`[cluster] peers`).
+    Cluster(ClusterArgs),
     /// The connection-tracking entries: which client talks to which backend.
     Flows(FlowsArgs),
     /// Remove the programs and the balancer's pins (the data plane stops balancing);
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(&args),
         Command::Backend(args) => cli::backend::run(&args),
         Command::Lookup(args) => cli::lookup::run(&args),
+        Command::Cluster(args) => cli::cluster::run(&args),
         Command::Flows(args) => cli::flows::run(&args),
         Command::Detach(args) => cli::detach::run(&args),
         Command::Assets(args) => cli::assets::run(Cli::command(), &args),

@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::{
     accounting::{self, FlowTables, SharedCounts},
-    adopt,
+    adopt, cluster,
     config::{Config, tables::TablesMemory},
     control,
     daemon::{ConfigSource, Daemon},
@@ -104,6 +104,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
     let control_socket =
         control::server::bind(&config.control.socket, config.control.group.as_deref()).await?;
+    let cluster = cluster::prepare(&config.cluster).await?;
 
     let (mut dataplane, plan) = load(&config, &pin_dir)?;
     dataplane.attach(&interfaces)?;
@@ -128,7 +129,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         source,
     );
     let timeouts = daemon.watch_affinity_timeouts();
+    let mut daemon = daemon;
+    let cluster = match cluster {
+        Some(prepared) => {
+            let cluster = prepared.start(&pin_dir, daemon.watch_directory())?;
+            daemon.set_cluster(cluster.clone());
+            Some(cluster)
+        }
+        None => None,
+    };
     let daemon = Arc::new(Mutex::new(daemon));
+    // The point at which this gateway may announce its VIPs: at once on its
+    // own, else once it has pulled its peers' entries (or none answered in
+    // `cluster::SYNC_WAIT`), so no client it takes meets a backend other
+    // than the one its session is on.
+    let ready_to_announce = async move {
+        match cluster {
+            Some(cluster) => info!("cluster: ready to announce ({})", cluster.ready().await),
+            None => info!("ready to announce (no cluster peers)"),
+        }
+        std::future::pending::<()>().await
+    };
 
     let health = {
         let daemon = Arc::clone(&daemon);
@@ -163,6 +184,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 served = metrics::serve(metrics_listener, source) => served?,
                 () = control::server::serve(control_socket, handler, detached) => {},
                 () = notify::watchdog() => {},
+                () = ready_to_announce => {},
             }
             anyhow::Ok(())
         }

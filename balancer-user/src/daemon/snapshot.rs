@@ -8,6 +8,7 @@ use balancer_common::{counters::Counter, maps, types::BackendStats};
 use super::Daemon;
 use crate::{
     accounting,
+    cluster::stats::{ClusterService, ClusterStatus},
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
     state::BackendState,
@@ -56,8 +57,23 @@ impl Daemon {
                 tracing::warn!(map, "metrics: cannot read the map, shown as 0: {e:#}");
             }
         }
+        let cluster = self.cluster.as_ref().map(|c| {
+            Box::new(ClusterStatus {
+                services: self
+                    .services
+                    .iter()
+                    .map(|s| ClusterService {
+                        name: s.config.name.clone(),
+                        vip: s.config.vip.to_string(),
+                        table_fingerprint: None,
+                    })
+                    .collect(),
+                ..c.status()
+            })
+        });
         Snapshot {
             services,
+            cluster,
             conntrack_entries: counts.conntrack_entries,
             tables: self.dataplane.tables().into(),
             drops,
