@@ -14,6 +14,7 @@ pub const TC_SUITES: &[&str] = &[
     "odd_packets",
     "socketio",
     "flood",
+    "replicate",
 ];
 
 /// The suites whose clients are Socket.IO in Node (`tests/socketio`): they
