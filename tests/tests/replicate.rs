@@ -57,6 +57,8 @@ fn cluster_addr(n: u8) -> SocketAddr {
 /// One gateway: its topology, pins, backends' servers and daemon.
 struct Gateway {
     n: u8,
+    /// The service's `affinity_timeout`.
+    timeout: &'static str,
     topo: Topology,
     bpffs: TempBpffs,
     key_file: PathBuf,
@@ -82,6 +84,7 @@ impl Gateway {
             .collect();
         Gateway {
             n,
+            timeout: "10m",
             topo,
             bpffs: TempBpffs::new(),
             key_file,
@@ -93,13 +96,15 @@ impl Gateway {
     fn config(&self) -> String {
         format!(
             "{head}[cluster]\npeers = [\"{p1}\", \"{p2}\"]\nlisten = \"{me}\"\nsecret_file = \"{key}\"\n\
-             [[services]]\nname = \"web\"\nvip = \"{vip}\"\n[services.health]\ncheck = \"none\"\n{backends}",
+             [[services]]\nname = \"web\"\nvip = \"{vip}\"\naffinity_timeout = \"{timeout}\"\n\
+             [services.health]\ncheck = \"none\"\n{backends}",
             head = config_head(&self.bpffs, METRICS),
             p1 = cluster_addr(1),
             p2 = cluster_addr(2),
             me = cluster_addr(self.n),
             key = self.key_file.display(),
             vip = vip(),
+            timeout = self.timeout,
             backends = backends_toml(
                 self.topo
                     .backends()
@@ -114,6 +119,10 @@ impl Gateway {
         let mut daemon = Daemon::start(self.topo.gw(), &self.config(), &pin_dir, &[]);
         daemon.wait_serving(self.topo.gw(), &self.bpffs.control_socket());
         self.daemon = Some(daemon);
+    }
+
+    fn stop(&mut self) {
+        assert!(self.daemon.take().expect("running").stop().success());
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -380,6 +389,123 @@ fn entries_replicate_sync_first_and_never_overwrite() {
     )
     .expect("entries sent");
     assert!(sent >= 4.0, "sent {sent}");
+
+    // Rejoin: gateway 2 restarts (adopting its pinned maps, the reports'
+    // ring buffer among them) and pulls gateway 1's entries again before
+    // it is ready; what it had stays as it was.
+    let had = g2.affinities();
+    g2.stop();
+    g2.start();
+    let status = wait_for("gateway 2 ready again", Duration::from_secs(15), || {
+        Some(g2.cluster()).filter(|s| s.ready)
+    });
+    let reason = status.ready_reason.unwrap_or_default();
+    assert!(reason.starts_with("synced"), "{reason}");
+    assert!(
+        status.peers[0].last_sync_entries >= 4,
+        "{:?}",
+        status.peers[0]
+    );
+    // (Its last use moved: gateway 2 carried the client since.)
+    assert_eq!(
+        g2.affinity_map().get(&key, 0).unwrap().backend_id,
+        planted.backend_id
+    );
+    let now = g2.affinities();
+    for (client, (backend, _)) in &had {
+        assert_eq!(now.get(client).map(|(b, _)| b), Some(backend), "{client}");
+    }
+    // And it still sends: a new client on gateway 2 reaches gateway 1.
+    let client = clients[4];
+    let backend = g2.connect(client);
+    let replicated = wait_for(
+        "gateway 2's entry on gateway 1",
+        Duration::from_secs(5),
+        || g1.affinity_of(client),
+    );
+    assert_eq!(replicated, backend);
+}
+
+/// An entry in use on one gateway is sent again while it is, so the other
+/// gateway's copy does not expire although no new entry is made: with an
+/// 8 s timeout (re-announced every 2 s), a connection held for 12 s keeps
+/// gateway 2's copy fresh.
+#[test]
+fn active_entries_are_reannounced() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.timeout = "8s";
+    g2.timeout = "8s";
+    g1.start();
+    g2.start();
+    wait_for("both linked", Duration::from_secs(15), || {
+        (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
+    });
+    let client = g1.topo.clients_v4()[0];
+    let stream = balancer_tests::tcp_connect(g1.topo.client(), client.into(), vip(), TIMEOUT)
+        .expect("connect");
+    let first = balancer_tests::ask(&stream).expect("first exchange");
+    let (backend, _) = wait_for("the entry on gateway 2", Duration::from_secs(5), || {
+        g2.affinities().get(&IpAddr::V4(client)).copied()
+    });
+    let refreshed_before = g2.cluster().peers[0].entries_refreshed;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        let answer = balancer_tests::ask(&stream).expect("an exchange");
+        assert_eq!(answer.backend, first.backend);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (still, last_seen) = g2.affinities()[&IpAddr::V4(client)];
+    assert_eq!(still, backend);
+    let idle = Duration::from_nanos(monotonic_ns() - last_seen);
+    assert!(
+        idle < Duration::from_secs(6),
+        "gateway 2's copy was refreshed (without re-announcements it would be 12 s idle, expired): idle {idle:?}"
+    );
+    let refreshed = g2.cluster().peers[0].entries_refreshed - refreshed_before;
+    assert!(refreshed >= 3, "refreshed {refreshed} times in 12 s");
+    println!(
+        "re-announced: gateway 2's copy idle {idle:?} after 12 s, refreshed {refreshed} times"
+    );
+}
+
+/// A key file others can read is refused, by `check` and `run`, in one
+/// line, and nothing is attached.
+#[test]
+fn a_readable_key_is_refused_in_one_line() {
+    balancer_tests::require_root();
+    let (g1, _g2) = pair();
+    std::fs::set_permissions(
+        &g1.key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "lbt-cluster-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, g1.config()).unwrap();
+    for command in ["check", "run"] {
+        let out = balancer_tests::daemon::balancer(
+            g1.topo.gw(),
+            &[command, "--config", path.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {}", out.status);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{command}: {stderr}");
+        assert!(
+            lines[0].contains("cluster.secret_file: ")
+                && lines[0].contains("readable by others than its owner"),
+            "{command}: {}",
+            lines[0]
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(!balancer_tests::daemon::attached(
+        g1.topo.gw(),
+        balancer_tests::topology::GW_CLIENT_IF
+    ));
 }
 
 /// Write `bytes` from `ns` (from `source`, when given) to `to`, and wait
