@@ -370,7 +370,12 @@ async fn server_session(
                 last_heard = Instant::now();
                 match message {
                     Message::Entries(entries) => apply(shared, stats, &entries),
-                    Message::SyncRequest => send_sync(shared, &mut w, &mut sealer, stats).await?,
+                    Message::SyncRequest => {
+                        send_sync(shared, &mut w, &mut sealer, stats).await?;
+                        // The client's pings queued meanwhile: a long sync
+                        // is no silence.
+                        last_heard = Instant::now();
+                    }
                     Message::Ping { t_ms } => {
                         w.write_all(&sealer.seal(&Message::Pong { t_ms })).await?;
                     }
