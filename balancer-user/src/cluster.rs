@@ -28,7 +28,7 @@ pub mod wire;
 
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -169,6 +169,17 @@ impl Cluster {
             services: Vec::new(),
         }
     }
+}
+
+/// Without peers: read the kernel's reports and drop them, so the ring
+/// buffer never fills and `affinity_report_failed` counts only reports
+/// lost while no daemon runs.
+pub async fn discard_reports(pin_dir: PathBuf) {
+    let mut events = match Events::open(&pin_dir) {
+        Ok(events) => events,
+        Err(e) => return warn!("cannot read AFFINITY_EVENTS: {e:#}"),
+    };
+    while events.next_batch(MAX_ENTRIES).await.is_ok() {}
 }
 
 /// The kernel's new entries, to every peer as they come.

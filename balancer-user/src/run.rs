@@ -136,7 +136,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             daemon.set_cluster(cluster.clone());
             Some(cluster)
         }
-        None => None,
+        None => {
+            tokio::spawn(cluster::discard_reports(pin_dir.clone()));
+            None
+        }
     };
     let daemon = Arc::new(Mutex::new(daemon));
     // The point at which this gateway may announce its VIPs: at once on its
