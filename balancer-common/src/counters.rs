@@ -83,9 +83,13 @@ pub enum Counter {
     /// backend's address but which did not come from that backend's next
     /// hop (the FIB's interface and MAC for it): spoofed.
     PassReplyWrongPath = 26,
+    /// A new affinity entry could not be reported to the daemon (its ring
+    /// buffer was full): the entry stands here, but cluster peers learn it
+    /// only from the next re-announcement.
+    AffinityReportFailed = 27,
 }
 
-pub const COUNTER_COUNT: u32 = 27;
+pub const COUNTER_COUNT: u32 = 28;
 
 /// Entries of the `COUNTERS` map: room beyond [`COUNTER_COUNT`], so that a
 /// build which adds counters still adopts the pinned map of this one (a
@@ -123,6 +127,7 @@ impl Counter {
         Counter::FlowConfirmed,
         Counter::PendingInsertFailed,
         Counter::PassReplyWrongPath,
+        Counter::AffinityReportFailed,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -166,6 +171,7 @@ impl Counter {
             Counter::FlowConfirmed => "flows_confirmed",
             Counter::PendingInsertFailed => "pending_insert_failed",
             Counter::PassReplyWrongPath => "pass_reply_wrong_path",
+            Counter::AffinityReportFailed => "affinity_report_failed",
         }
     }
 }
@@ -202,6 +208,7 @@ mod tests {
             (Counter::AffinityInsertFailed, "affinity_insert_failed"),
             (Counter::FragmentInsertFailed, "fragment_insert_failed"),
             (Counter::PendingInsertFailed, "pending_insert_failed"),
+            (Counter::AffinityReportFailed, "affinity_report_failed"),
         ] {
             assert!(Counter::ALL.contains(&c));
             assert_eq!(c.name(), name);

@@ -12,6 +12,16 @@ pub const MAGLEV: &str = "MAGLEV";
 pub const CONNTRACK: &str = "CONNTRACK";
 /// `LruHashMap<AffinityKey, Affinity>`: client (masked) → backend.
 pub const AFFINITY: &str = "AFFINITY";
+/// `RingBuf` of `AffinityEvent`s (`types`): the affinity entries
+/// confirmations made, which the daemon sends to its cluster peers. A full
+/// buffer drops the record, counted (`affinity_report_failed`), and never
+/// delays a packet. Pinned, so a restarted daemon reads what the kernel
+/// wrote meanwhile.
+pub const AFFINITY_EVENTS: &str = "AFFINITY_EVENTS";
+/// `AFFINITY_EVENTS`' size in bytes (a power-of-two number of pages): a
+/// record takes 48 (40 and the kernel's 8-byte header), so about 21,800
+/// records wait for the daemon before any is lost.
+pub const AFFINITY_EVENTS_BYTES: u32 = 1 << 20;
 /// `PerCpuArray<BackendStats>` indexed by backend id.
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
 /// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
@@ -88,6 +98,7 @@ pub const ALL: &[&str] = &[
     REDIRECT_DEVS,
     FRAGMENTS,
     FRAGMENT_SERVICES,
+    AFFINITY_EVENTS,
 ];
 
 /// Program names in the object.

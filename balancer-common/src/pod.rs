@@ -16,6 +16,7 @@ pod!(
     FragmentKey,
     FragmentNat,
     AffinityKey,
+    AffinityEvent,
     Affinity,
     BackendStats,
     Pending

@@ -315,6 +315,20 @@ pub struct Affinity {
 }
 const _: () = assert!(size_of::<Affinity>() == 16);
 
+/// A record of `AFFINITY_EVENTS`: an affinity entry a confirmation made
+/// (a new client, or one whose entry now names another backend), for the
+/// daemon to send to its cluster peers. Ids are this gateway's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEvent {
+    pub key: AffinityKey,
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// The entry's `last_seen_ns` (kernel clock) when it was made.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<AffinityEvent>() == 40);
+
 /// Value of `BACKEND_STATS` (per CPU), indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use crate::{
     lookup::backend_if_up,
     maps::{AFFINITY, CONNTRACK, MAGLEV, PENDING},
     parse::Packet,
-    stats,
+    report, stats,
     tcp_state::{add_tcp_bits, tcp_state_bits},
 };
 
@@ -90,7 +90,7 @@ fn existing_flow(pkt: &Packet, service: &Service, now: u64) -> Option<(u32, &'st
         && now - flow.affinity_touched_ns > AFFINITY_REFRESH_NS
     {
         flow.affinity_touched_ns = now;
-        touch_affinity(&pkt.key.src, pkt.key.family, service, flow.backend_id, now);
+        touch_affinity::<false>(&pkt.key.src, pkt.key.family, service, flow.backend_id, now);
     }
     Some((flow.backend_id, backend))
 }
@@ -118,9 +118,16 @@ pub fn choice(
 
 /// Make the client's affinity name `backend_id` as of `now`: refreshed in
 /// place when it does already, stored otherwise. Only for flows their
-/// backend confirmed.
+/// backend confirmed. With `REPORT` (a confirmation, not a long flow's
+/// refresh) a stored entry is reported to the daemon's cluster peers.
 #[inline(always)]
-pub fn touch_affinity(client: &[u32; 4], family: u8, service: &Service, backend_id: u32, now: u64) {
+pub fn touch_affinity<const REPORT: bool>(
+    client: &[u32; 4],
+    family: u8,
+    service: &Service,
+    backend_id: u32,
+    now: u64,
+) {
     let key = affinity_key(client, family, service);
     if let Some(a) = AFFINITY.get_ptr_mut(&key) {
         let a = unsafe { &mut *a };
@@ -137,6 +144,8 @@ pub fn touch_affinity(client: &[u32; 4], family: u8, service: &Service, backend_
     // On a failure the client keeps its Maglev slot, counted.
     if AFFINITY.insert(&key, &value, 0).is_err() {
         stats::count(Counter::AffinityInsertFailed);
+    } else if REPORT {
+        report::affinity_stored(&key, backend_id, now);
     }
 }
 

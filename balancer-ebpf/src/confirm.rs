@@ -261,7 +261,7 @@ fn store_flow(
         }
     }
     if service.flags & SERVICE_FOUR_TUPLE == 0 {
-        touch_affinity(&reply.key.dst, reply.key.family, service, backend_id, now);
+        touch_affinity::<true>(&reply.key.dst, reply.key.family, service, backend_id, now);
     }
     if service.flags & SERVICE_AMBIGUOUS_REPLIES != 0 {
         let _ = PENDING.remove(&s.reply_key);

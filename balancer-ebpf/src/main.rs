@@ -33,6 +33,7 @@ mod nat;
 mod parse;
 mod paths;
 mod ptr;
+mod report;
 mod scratch;
 mod stats;
 mod tcp_state;

@@ -11,13 +11,13 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use balancer_common::{
     counters::COUNTER_SLOTS,
     maps::{
-        MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_DIRECT, MAX_FLOWS, MAX_FRAGMENTS,
-        MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
+        AFFINITY_EVENTS_BYTES, MAGLEV_DEFAULT_ENTRIES, MAX_AFFINITY, MAX_BACKENDS, MAX_DIRECT,
+        MAX_FLOWS, MAX_FRAGMENTS, MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
     },
     types::{
         Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
@@ -41,6 +41,11 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 
 
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// Affinity entries confirmations made, for the daemon's cluster peers
+/// (`report`).
+#[map]
+pub static AFFINITY_EVENTS: RingBuf = RingBuf::pinned(AFFINITY_EVENTS_BYTES, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);

@@ -155,6 +155,7 @@ pub struct Config {
     /// routing daemon: the VIPs are the operator's to configure).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub announce: Option<Announce>,
+    pub cluster: Cluster,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -174,6 +175,8 @@ struct ConfigFile {
     tables: Tables,
     #[serde(default)]
     announce: Option<Announce>,
+    #[serde(default)]
+    cluster: Cluster,
     #[serde(default, deserialize_with = "de::services")]
     services: Vec<ServiceConfig>,
 }
@@ -190,6 +193,7 @@ impl ConfigFile {
             control: self.control,
             tables: self.tables,
             announce: self.announce,
+            cluster: self.cluster,
             services: self.services,
         })
     }
@@ -307,6 +311,43 @@ pub struct Announce {
         deserialize_with = "de::path"
     )]
     pub state_file: PathBuf,
+}
+
+/// `[cluster]`: the other gateways that share this one's affinity entries.
+/// Empty: a gateway on its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([cluster])")]
+pub struct Cluster {
+    /// The other gateways' `listen` addresses; one equal to this gateway's
+    /// own `listen` is skipped, so every gateway may list them all.
+    #[serde(deserialize_with = "de::socket_addrs")]
+    pub peers: Vec<SocketAddr>,
+    /// Where this gateway takes its peers' connections; required with
+    /// `peers`.
+    #[serde(
+        deserialize_with = "de::optional_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// The key every gateway shares, which authenticates each message;
+    /// required with `peers`. The daemon and `balancer check` refuse a file
+    /// that is missing, empty, or readable by group or others.
+    #[serde(
+        deserialize_with = "de::optional_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// The peers to connect to: `peers` without this gateway's own address.
+    pub fn other_peers(&self) -> Vec<SocketAddr> {
+        self.peers
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != self.listen)
+            .collect()
+    }
 }
 
 /// `[tables]`: how many entries the kernel's LRU tables hold. Their memory
@@ -781,6 +822,7 @@ impl Config {
             || "tables.affinity".to_owned(),
             table_entries(self.tables.affinity.into()),
         )?;
+        self.check_cluster()?;
         if self.services.is_empty() {
             return Err(ConfigError::invalid("services", "no [[services]] defined"));
         }
@@ -851,6 +893,43 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `[cluster]`: peers need a listener and a key, and are listed once.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let mut seen = HashSet::new();
+        for (i, peer) in c.peers.iter().enumerate() {
+            if !seen.insert(peer) {
+                return Err(ConfigError::invalid(
+                    format!("cluster.peers[{i}]"),
+                    format!("{peer} is listed twice"),
+                ));
+            }
+            check_endpoint(&format!("cluster.peers[{i}]"), "a peer", *peer)?;
+        }
+        if c.other_peers().is_empty() {
+            return Ok(());
+        }
+        if c.listen.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.listen",
+                "required with cluster.peers: the address the peers connect to",
+            ));
+        }
+        match &c.secret_file {
+            None => Err(ConfigError::invalid(
+                "cluster.secret_file",
+                "required with cluster.peers: the key every gateway shares",
+            )),
+            Some(path) if !path.is_absolute() => Err(ConfigError::invalid(
+                "cluster.secret_file",
+                format!("{path:?} is not an absolute path"),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 

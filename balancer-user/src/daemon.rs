@@ -20,6 +20,7 @@ use tracing::info;
 use crate::{
     accounting::{FlowTables, SharedCounts},
     announce::Announcer,
+    cluster::{Cluster, Directory},
     config::{BackendConfig, Config, HealthCheckKind, MAX_WEIGHT},
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
@@ -48,6 +49,11 @@ pub struct Daemon {
     /// The VIP addresses for the routing daemon (`[announce]`), kept in
     /// line with the services after every change.
     announce: Option<Announcer>,
+    /// The services as the cluster links name them; sent again whenever
+    /// they change.
+    directory: watch::Sender<Directory>,
+    /// The links to the other gateways, with `[cluster] peers`.
+    cluster: Option<Cluster>,
 }
 
 /// The config a daemon was started with, and where it came from.
@@ -99,8 +105,11 @@ impl Daemon {
             source,
             timeouts: watch::Sender::new(HashMap::new()),
             announce: None,
+            directory: watch::Sender::new(Directory::default()),
+            cluster: None,
         };
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
+        daemon.publish_directory();
         let all: Vec<(usize, BackendState)> = daemon
             .services
             .iter()
@@ -117,9 +126,16 @@ impl Daemon {
     /// Keep the served VIPs announced through `announce` (`[announce]`),
     /// from now on: the first sync runs here.
     pub fn announcing(mut self, announce: Option<Announcer>) -> Self {
-        self.announce = announce;
-        self.sync_announce();
+        if let Some(announce) = announce {
+            self.start_announcing(announce);
+        }
         self
+    }
+
+    /// Keep the served VIPs on the announce interface from now on.
+    pub fn start_announcing(&mut self, announce: Announcer) {
+        self.announce = Some(announce);
+        self.sync_announce();
     }
 
     /// Put the served VIPs on the announce interface and take the others
@@ -141,6 +157,21 @@ impl Daemon {
     /// receiver sees them change with a reload.
     pub fn watch_affinity_timeouts(&self) -> watch::Receiver<HashMap<u32, u64>> {
         self.timeouts.subscribe()
+    }
+
+    /// The services as the cluster names them; the receiver sees every
+    /// change.
+    pub fn watch_directory(&self) -> watch::Receiver<Directory> {
+        self.directory.subscribe()
+    }
+
+    fn publish_directory(&self) {
+        self.directory.send_replace(Directory::of(&self.services));
+    }
+
+    /// The running cluster links, for status and metrics.
+    pub fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
     }
 
     fn affinity_timeouts(&self) -> HashMap<u32, u64> {
@@ -207,6 +238,7 @@ impl Daemon {
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;
         self.services[index] = next;
         self.sync_announce();
+        self.publish_directory();
         Ok(())
     }
 

@@ -80,6 +80,8 @@ fn expected_layout(name: &str, tables: Tables) -> (usize, usize, Option<u32>) {
         maps::COUNTERS => (s::<u32>(), s::<u64>(), Some(COUNTER_SLOTS)),
         maps::FRAGMENTS => (s::<FragmentKey>(), s::<FragmentNat>(), Some(MAX_FRAGMENTS)),
         maps::FRAGMENT_SERVICES => (s::<ServiceKey>(), s::<ServiceKey>(), Some(MAX_SERVICES)),
+        // A ring buffer has no keys or values; its size is in bytes.
+        maps::AFFINITY_EVENTS => (0, 0, Some(maps::AFFINITY_EVENTS_BYTES)),
         _ => unreachable!("map {name} has no expected layout"),
     }
 }

@@ -6,6 +6,7 @@ pub mod adopt;
 pub mod announce;
 pub mod attach;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -54,7 +54,8 @@ enum Command {
     Lookup(LookupArgs),
     /// The connection-tracking entries: which client talks to which backend.
     Flows(FlowsArgs),
-    /// This gateway in the cluster: `leave` withdraws its VIPs from the
+    /// This gateway in the cluster: `status` shows the links to the other
+    /// gateways (`[cluster] peers`), `leave` withdraws its VIPs from the
     /// routing daemon, `join` announces them again.
     Cluster(ClusterArgs),
     /// Remove the programs and the balancer's pins (the data plane stops balancing);

@@ -28,7 +28,10 @@ pub use self::{
     http::{SnapshotSource, bind, serve},
     page::render_html,
 };
-use crate::config::tables::TablesMemory;
+use crate::{
+    cluster::stats::{ClusterStatus, UNKNOWN_PEER},
+    config::tables::TablesMemory,
+};
 
 /// `Content-Type` of [`render_prometheus`]'s output (prometheus-client's text
 /// encoder writes OpenMetrics 1.0).
@@ -79,6 +82,9 @@ pub struct Snapshot {
     /// VIP announcement, with `[announce]` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Box<AnnounceSnapshot>>,
+    /// The links to the other gateways, with `[cluster] peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Box<ClusterStatus>>,
 }
 
 /// `[announce]`: where VIPs are announced and which are.
@@ -312,8 +318,57 @@ impl Collector for SnapshotCollector {
                     )
                 })
             }),
-        )
+        )?;
+        match &s.cluster {
+            Some(cluster) => encode_cluster(&mut enc, format, cluster),
+            None => Ok(()),
+        }
     }
+}
+
+/// `balancer_cluster_*`, with `[cluster] peers`: the configured peers
+/// (and `unknown`, once connections from other addresses were refused).
+fn encode_cluster(
+    enc: &mut DescriptorEncoder,
+    format: Format,
+    cluster: &ClusterStatus,
+) -> fmt::Result {
+    let peers = || cluster.peers.iter().filter(|p| p.address != UNKNOWN_PEER);
+    family(
+        enc,
+        "balancer_cluster_peer_up",
+        "Whether this gateway's link to the peer is up (1: connected and authenticated) or not (0)",
+        peers().map(|p| {
+            (
+                [("peer", p.address.as_str())],
+                ConstGauge::new(u64::from(p.connected)),
+            )
+        }),
+    )?;
+    counters(
+        enc,
+        format,
+        "balancer_cluster_entries_total",
+        "Affinity entries sent to or received from the peer (received: authenticated and naming a service and backend this gateway has)",
+        peers().flat_map(|p| {
+            [("sent", p.entries_sent), ("received", p.entries_received)]
+                .map(|(direction, n)| ([("peer", p.address.as_str()), ("direction", direction)], n))
+        }),
+    )?;
+    counters(
+        enc,
+        format,
+        "balancer_cluster_messages_rejected_total",
+        "Cluster messages, entries or connections refused, by peer and reason; none of them changed anything",
+        cluster.peers.iter().flat_map(|p| {
+            p.rejected.iter().map(|(reason, n)| {
+                (
+                    [("peer", p.address.as_str()), ("reason", reason.as_str())],
+                    *n,
+                )
+            })
+        }),
+    )
 }
 
 /// A counter as the classic text format writes it: its family carries the
@@ -419,6 +474,7 @@ pub(crate) mod tests {
     use std::{collections::BTreeMap, process::Command};
 
     use super::*;
+    use crate::cluster::stats::PeerStatus;
 
     /// Two services with two backends each; every value distinct.
     pub(crate) fn sample() -> Snapshot {
@@ -484,6 +540,27 @@ pub(crate) mod tests {
                     ("198.18.0.10".to_owned(), true),
                     ("2001:db8::53".to_owned(), false),
                 ],
+            })),
+            cluster: Some(Box::new(ClusterStatus {
+                listen: "198.18.2.11:7946".to_owned(),
+                ready: true,
+                ready_reason: Some("synced 3 entries from 198.18.2.12:7946".to_owned()),
+                peers: vec![
+                    PeerStatus {
+                        address: "198.18.2.12:7946".to_owned(),
+                        connected: true,
+                        entries_sent: 91,
+                        entries_received: 92,
+                        rejected: vec![("bad_mac".to_owned(), 93), ("malformed".to_owned(), 0)],
+                        ..PeerStatus::default()
+                    },
+                    PeerStatus {
+                        address: UNKNOWN_PEER.to_owned(),
+                        rejected: vec![("unknown_peer".to_owned(), 94)],
+                        ..PeerStatus::default()
+                    },
+                ],
+                services: vec![],
             })),
         }
     }
@@ -612,6 +689,33 @@ pub(crate) mod tests {
         for (vip, on) in &s.announce.as_ref().unwrap().vips {
             put("balancer_vip_announced", &[("vip", vip)], u64::from(*on));
         }
+        let peer = [("peer", "198.18.2.12:7946")];
+        put("balancer_cluster_peer_up", &peer, 1);
+        put(
+            "balancer_cluster_entries_total",
+            &[peer[0], ("direction", "sent")],
+            91,
+        );
+        put(
+            "balancer_cluster_entries_total",
+            &[peer[0], ("direction", "received")],
+            92,
+        );
+        put(
+            "balancer_cluster_messages_rejected_total",
+            &[peer[0], ("reason", "bad_mac")],
+            93,
+        );
+        put(
+            "balancer_cluster_messages_rejected_total",
+            &[peer[0], ("reason", "malformed")],
+            0,
+        );
+        put(
+            "balancer_cluster_messages_rejected_total",
+            &[("peer", "unknown"), ("reason", "unknown_peer")],
+            94,
+        );
         assert_eq!(samples, expected, "rendered:\n{text}");
 
         // Types as the contract says (OpenMetrics names a counter's family
@@ -632,6 +736,9 @@ pub(crate) mod tests {
             ("balancer_kernel_events", "counter"),
             ("balancer_health_checks", "counter"),
             ("balancer_vip_announced", "gauge"),
+            ("balancer_cluster_peer_up", "gauge"),
+            ("balancer_cluster_entries", "counter"),
+            ("balancer_cluster_messages_rejected", "counter"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -741,7 +848,7 @@ pub(crate) mod tests {
             .lines()
             .filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter"))
             .count();
-        assert_eq!(counters, 6, "{text}");
+        assert_eq!(counters, 8, "{text}");
         assert!(!text.contains("# EOF"));
     }
 

@@ -28,6 +28,7 @@ pub fn restart_only(running: &Config, next: &Config) -> anyhow::Result<()> {
         flatten("metrics", json(&c.metrics), &mut all);
         flatten("control", json(&c.control), &mut all);
         flatten("announce", json(&c.announce), &mut all);
+        flatten("cluster", json(&c.cluster), &mut all);
         all
     };
     let (old, new) = (sections(running), sections(next));

@@ -19,6 +19,7 @@ use crate::{
     accounting::{self, FlowTables, SharedCounts},
     adopt,
     announce::Announcer,
+    cluster,
     config::{Config, tables::TablesMemory},
     control,
     daemon::{ConfigSource, Daemon},
@@ -110,6 +111,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .transpose()?;
     let control_socket =
         control::server::bind(&config.control.socket, config.control.group.as_deref()).await?;
+    let cluster = cluster::prepare(&config.cluster).await?;
+    // With peers, the VIPs are announced only once this gateway has pulled
+    // their entries (`ready_to_announce`); on its own, at once.
+    let (announce_now, announce_when_ready) = match cluster {
+        Some(_) => (None, announcer),
+        None => (announcer, None),
+    };
 
     let (mut dataplane, plan) = load(&config, &pin_dir)?;
     dataplane.attach(&interfaces)?;
@@ -133,9 +141,45 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&tables),
         source,
     )
-    .announcing(announcer);
+    .announcing(announce_now);
     let timeouts = daemon.watch_affinity_timeouts();
+    let mut daemon = daemon;
+    let cluster = match cluster {
+        Some(prepared) => {
+            let cluster = prepared.start(&pin_dir, daemon.watch_directory())?;
+            daemon.set_cluster(cluster.clone());
+            Some(cluster)
+        }
+        None => {
+            tokio::spawn(cluster::discard_reports(pin_dir.clone()));
+            None
+        }
+    };
     let daemon = Arc::new(Mutex::new(daemon));
+    // The point at which this gateway may announce its VIPs: at once on its
+    // own, else once it has pulled its peers' entries (or none answered in
+    // `cluster::SYNC_WAIT`), so no client it takes meets a backend other
+    // than the one its session is on.
+    let ready_to_announce = {
+        let daemon = Arc::clone(&daemon);
+        async move {
+            match cluster {
+                Some(cluster) => {
+                    info!("cluster: ready to announce ({})", cluster.ready().await);
+                    if let Some(announcer) = announce_when_ready {
+                        let started = tokio::task::spawn_blocking(move || {
+                            lock(&daemon).start_announcing(announcer);
+                        });
+                        if let Err(e) = started.await {
+                            tracing::error!("announcing the VIPs: {e}");
+                        }
+                    }
+                }
+                None => info!("ready to announce (no cluster peers)"),
+            }
+            std::future::pending::<()>().await
+        }
+    };
 
     let health = {
         let daemon = Arc::clone(&daemon);
@@ -170,6 +214,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 served = metrics::serve(metrics_listener, source) => served?,
                 () = control::server::serve(control_socket, handler, detached) => {},
                 () = notify::watchdog() => {},
+                () = ready_to_announce => {},
             }
             anyhow::Ok(())
         }

@@ -47,13 +47,34 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let tests = rules.with_file_name("alerts_test.yml");
     let tested = promtool(&["test", "rules", tests.to_str().unwrap()]);
     assert!(tested.contains("SUCCESS"), "{tested}");
+    // Every metric the rules (and their descriptions) name is exported.
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let exported = exported();
+    let mut named = BTreeSet::new();
+    for (i, _) in text.match_indices("balancer_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            exported.contains(&name),
+            "the alert rules name {name}, which the daemon does not export"
+        );
+        named.insert(name);
+    }
+    assert!(named.contains("balancer_cluster_peer_up"), "{named:?}");
     println!("alert rules: {} rules checked and unit-tested", names.len());
 }
 
 /// Every family the daemon exports, from the `# TYPE` lines of its
-/// classic text exposition (families are written even with no samples).
+/// classic text exposition (families are written even with no samples;
+/// the cluster's with `[cluster] peers`).
 fn exported() -> BTreeSet<String> {
-    render_prometheus_text(&Snapshot::default())
+    let snapshot = Snapshot {
+        cluster: Some(Box::default()),
+        ..Snapshot::default()
+    };
+    render_prometheus_text(&snapshot)
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_owned())

@@ -16,6 +16,7 @@ pub const TC_SUITES: &[&str] = &[
     "socketio",
     "flood",
     "cluster",
+    "replicate",
 ];
 
 /// The suites whose clients are Socket.IO in Node (`tests/socketio`): they

@@ -15,6 +15,7 @@ use clap::Args;
 
 use super::{format, unexpected};
 use crate::{
+    cluster,
     config::Config,
     control::{Reply, Request, client},
     netif, pin, run,
@@ -40,6 +41,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     run::interfaces(&config)?;
     if let Some(announce) = &config.announce {
         netif::ifindex("announce.interface", &announce.interface)?;
+    }
+    if let Some(secret_file) = &config.cluster.secret_file {
+        cluster::secret::read(secret_file)?;
     }
     pin::check(&config.bpf.pin_dir)?;
     let socket = args.socket.as_deref().unwrap_or(&config.control.socket);
@@ -93,6 +97,10 @@ fn daemon_serves(socket: &Path) -> anyhow::Result<bool> {
 fn check_binds(config: &Config) -> anyhow::Result<()> {
     let listen = config.metrics.listen;
     TcpListener::bind(listen).with_context(|| format!("metrics.listen: cannot bind {listen}"))?;
+    if let Some(listen) = config.cluster.listen {
+        TcpListener::bind(listen)
+            .with_context(|| format!("cluster.listen: cannot bind {listen}"))?;
+    }
     let socket = &config.control.socket;
     match std::fs::symlink_metadata(socket) {
         Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => bail!(

@@ -69,6 +69,32 @@ pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr,
     })
 }
 
+pub(super) fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
+pub(super) fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    path(d).map(Some)
+}
+
+/// An array of `IP:PORT` strings.
+pub(super) fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                socket_addr(item).map_err(|e: toml::de::Error| {
+                    de::Error::custom(format!("[{i}]: {}", e.message()))
+                })
+            })
+            .collect(),
+        other => Err(wrong_type("an array of strings", &other)),
+    }
+}
+
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parsed(d, duration::parse)
 }

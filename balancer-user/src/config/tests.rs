@@ -54,6 +54,7 @@ fn example_parses_with_its_values() {
                 affinity: 1 << 20
             },
             announce: None,
+            cluster: Cluster::default(),
             services: vec![ServiceConfig {
                 name: "chat".into(),
                 vip: addr("198.18.0.100:80"),
@@ -426,7 +427,7 @@ fn unknown_keys() {
     );
     assert!(
         err.to_string().contains(
-            "`interfaces`, `metrics`, `bpf`, `control`, `tables`, `announce`, `services`"
+            "`interfaces`, `metrics`, `bpf`, `control`, `tables`, `announce`, `cluster`, `services`"
         ),
         "{err}"
     );
@@ -985,4 +986,61 @@ fn errors_name_the_file_line_and_column() {
         )
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cluster_peers_need_a_listener_and_a_key() {
+    let ok = minimal("");
+    let cluster = |body: &str| format!("{ok}[cluster]\n{body}");
+    let full = cluster(
+        "peers = [\"198.18.2.11:7946\", \"198.18.2.12:7946\"]\nlisten = \"198.18.2.11:7946\"\n\
+         secret_file = \"/etc/balancer/cluster.key\"\n",
+    );
+    let config = Config::from_str(&full).unwrap();
+    assert_eq!(
+        config.cluster.other_peers(),
+        vec![addr("198.18.2.12:7946")],
+        "its own address is skipped"
+    );
+    assert_eq!(Config::from_str(&ok).unwrap().cluster, Cluster::default());
+    // Only itself listed: a cluster of one, nothing required.
+    assert!(
+        Config::from_str(&cluster(
+            "peers = [\"198.18.2.11:7946\"]\nlisten = \"198.18.2.11:7946\"\n"
+        ))
+        .is_ok()
+    );
+    assert_invalid(
+        &cluster("peers = [\"198.18.2.12:7946\"]\nsecret_file = \"/k\"\n"),
+        "cluster.listen",
+        "required with cluster.peers",
+    );
+    assert_invalid(
+        &cluster("peers = [\"198.18.2.12:7946\"]\nlisten = \"198.18.2.11:7946\"\n"),
+        "cluster.secret_file",
+        "required with cluster.peers",
+    );
+    assert_invalid(
+        &cluster(
+            "peers = [\"198.18.2.12:7946\"]\nlisten = \"198.18.2.11:7946\"\nsecret_file = \"key\"\n",
+        ),
+        "cluster.secret_file",
+        "not an absolute path",
+    );
+    assert_invalid(
+        &cluster("peers = [\"198.18.2.12:7946\", \"198.18.2.12:7946\"]\n"),
+        "cluster.peers[1]",
+        "listed twice",
+    );
+    assert_invalid(
+        &cluster("peers = [\"198.18.2.12\"]\n"),
+        "cluster.peers",
+        "[0]: invalid socket address",
+    );
+    assert_invalid(
+        &cluster("peers = \"198.18.2.12:7946\"\n"),
+        "cluster.peers",
+        "expected an array of strings",
+    );
+    assert_invalid(&cluster("peer = []\n"), "cluster.peer", "unknown field");
 }

@@ -9,6 +9,7 @@ use super::Daemon;
 use crate::{
     accounting,
     announce::Announcer,
+    cluster::stats::{ClusterService, ClusterStatus},
     fingerprint,
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
@@ -59,8 +60,23 @@ impl Daemon {
                 tracing::warn!(map, "metrics: cannot read the map, shown as 0: {e:#}");
             }
         }
+        let cluster = self.cluster.as_ref().map(|c| {
+            Box::new(ClusterStatus {
+                services: self
+                    .services
+                    .iter()
+                    .map(|s| ClusterService {
+                        name: s.config.name.clone(),
+                        vip: s.config.vip.to_string(),
+                        table_fingerprint: Some(fingerprint::table_fingerprint(s)),
+                    })
+                    .collect(),
+                ..c.status()
+            })
+        });
         Snapshot {
             services,
+            cluster,
             conntrack_entries: counts.conntrack_entries,
             tables: self.dataplane.tables().into(),
             drops,

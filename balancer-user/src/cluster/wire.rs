@@ -1,0 +1,573 @@
+//! The cluster's wire format: frames, their MAC, and the messages. Pure
+//! code over byte buffers; `link` does the I/O.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes (at most
+//! [`MAX_FRAME`]): version, message type, sequence number (u64), the
+//! message's payload, and an HMAC-SHA256 over the sender's side (client or
+//! server) and everything before the MAC. The handshake's two frames are
+//! MACed with the shared key; every later frame with the session key both
+//! sides derive from the two random nonces, and carries the next sequence
+//! number of its direction (1, 2, ...). So a frame recorded from one
+//! connection fails the MAC on any other (another session key), a frame
+//! replayed, dropped or reordered within its connection fails the sequence
+//! check, and a frame reflected back to its sender fails the MAC (the side
+//! is part of it).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const VERSION: u8 = 1;
+/// The largest frame body (after the length): a full batch of entries is
+/// about 59 KB.
+pub const MAX_FRAME: usize = 64 * 1024;
+pub const NONCE_LEN: usize = 16;
+pub const MAC_LEN: usize = 32;
+/// Version, type, sequence number.
+const HEADER_LEN: usize = 1 + 1 + 8;
+/// One entry on the wire (see [`Entry`]).
+pub const ENTRY_LEN: usize = 59;
+/// Entries in one `Entries` frame at most.
+pub const MAX_ENTRIES: usize = 1000;
+const _: () = assert!(4 + HEADER_LEN + 2 + MAX_ENTRIES * ENTRY_LEN + MAC_LEN <= MAX_FRAME);
+
+/// Which end of the connection sent a frame: the one that connected
+/// (client) or the one that accepted (server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client = 0,
+    Server = 1,
+}
+
+/// An affinity entry as gateways exchange it: by names every gateway
+/// shares (the VIP, the backend's address), never by local ids, and with
+/// an age rather than a time (the gateways' clocks differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub vip: SocketAddr,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// The client's address, masked to the service's source prefix.
+    pub client: IpAddr,
+    pub backend: SocketAddr,
+    /// How long ago the entry was last refreshed, in ms.
+    pub age_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Client → server, first: the client's nonce.
+    Hello { nonce: [u8; NONCE_LEN] },
+    /// Server → client, second: the client's nonce echoed and the server's.
+    HelloAck {
+        client_nonce: [u8; NONCE_LEN],
+        server_nonce: [u8; NONCE_LEN],
+    },
+    /// New or re-announced entries, or a sync's answer.
+    Entries(Vec<Entry>),
+    /// Client → server: send every fresh entry, then `SyncDone`.
+    SyncRequest,
+    /// Server → client: the sync is complete, `entries` were sent.
+    SyncDone { entries: u64 },
+    /// Client → server, every second: the client's clock in ms.
+    Ping { t_ms: u64 },
+    /// Server → client: the ping's time echoed.
+    Pong { t_ms: u64 },
+}
+
+const HELLO: u8 = 1;
+const HELLO_ACK: u8 = 2;
+const ENTRIES: u8 = 3;
+const SYNC_REQUEST: u8 = 4;
+const SYNC_DONE: u8 = 5;
+const PING: u8 = 6;
+const PONG: u8 = 7;
+
+/// Why a received frame (or connection) was refused: the `reason` label
+/// of `balancer_cluster_messages_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("frame longer than {MAX_FRAME} bytes")]
+    TooLarge,
+    #[error("malformed frame")]
+    Malformed,
+    #[error("bad MAC (wrong key, or altered)")]
+    BadMac,
+    #[error("sequence number out of order (replayed or dropped frame)")]
+    Replay,
+    #[error("names a service this gateway does not have")]
+    UnknownService,
+    #[error("names a backend this gateway does not have")]
+    UnknownBackend,
+    #[error("connection from an address that is not a configured peer")]
+    UnknownPeer,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 7] = [
+        Reject::TooLarge,
+        Reject::Malformed,
+        Reject::BadMac,
+        Reject::Replay,
+        Reject::UnknownService,
+        Reject::UnknownBackend,
+        Reject::UnknownPeer,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::Malformed => "malformed",
+            Reject::BadMac => "bad_mac",
+            Reject::Replay => "replay",
+            Reject::UnknownService => "unknown_service",
+            Reject::UnknownBackend => "unknown_backend",
+            Reject::UnknownPeer => "unknown_peer",
+        }
+    }
+
+    /// Its index in [`Reject::ALL`].
+    pub fn index(self) -> usize {
+        Reject::ALL.iter().position(|r| *r == self).expect("listed")
+    }
+}
+
+/// The body length a frame's 4-byte prefix announces, if acceptable.
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, Reject> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(Reject::TooLarge);
+    }
+    if len < HEADER_LEN + MAC_LEN {
+        return Err(Reject::Malformed);
+    }
+    Ok(len)
+}
+
+fn mac(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// The session key of a connection: the shared key over both nonces.
+pub fn session_key(secret: &[u8], client: &[u8; NONCE_LEN], server: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut m = mac(secret);
+    m.update(b"balancer cluster session v1");
+    m.update(client);
+    m.update(server);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// One direction's sending end: its key and next sequence number.
+pub struct Sealer {
+    key: Vec<u8>,
+    side: Side,
+    seq: u64,
+}
+
+impl Sealer {
+    /// For the handshake frame (`seq` 0, the shared key).
+    pub fn handshake(secret: &[u8], side: Side) -> Self {
+        Sealer {
+            key: secret.to_vec(),
+            side,
+            seq: 0,
+        }
+    }
+
+    /// For the session after the handshake.
+    pub fn session(key: Vec<u8>, side: Side) -> Self {
+        Sealer { key, side, seq: 1 }
+    }
+
+    /// `message` as a whole frame, length prefix included.
+    pub fn seal(&mut self, message: &Message) -> Vec<u8> {
+        let mut frame = vec![0; 4];
+        frame.push(VERSION);
+        frame.push(kind(message));
+        frame.extend_from_slice(&self.seq.to_be_bytes());
+        encode_payload(message, &mut frame);
+        let mut m = mac(&self.key);
+        m.update(&[self.side as u8]);
+        m.update(&frame[4..]);
+        frame.extend_from_slice(&m.finalize().into_bytes());
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.seq += 1;
+        frame
+    }
+}
+
+/// One direction's receiving end.
+pub struct Opener {
+    key: Vec<u8>,
+    /// The sender's side.
+    side: Side,
+    seq: u64,
+}
+
+impl Opener {
+    pub fn handshake(secret: &[u8], sender: Side) -> Self {
+        Opener {
+            key: secret.to_vec(),
+            side: sender,
+            seq: 0,
+        }
+    }
+
+    pub fn session(key: Vec<u8>, sender: Side) -> Self {
+        Opener {
+            key,
+            side: sender,
+            seq: 1,
+        }
+    }
+
+    /// A frame body (after its length prefix): authenticated first, then
+    /// checked for its sequence number, then decoded.
+    pub fn open(&mut self, body: &[u8]) -> Result<Message, Reject> {
+        if body.len() > MAX_FRAME {
+            return Err(Reject::TooLarge);
+        }
+        if body.len() < HEADER_LEN + MAC_LEN {
+            return Err(Reject::Malformed);
+        }
+        let (signed, tag) = body.split_at(body.len() - MAC_LEN);
+        let mut m = mac(&self.key);
+        m.update(&[self.side as u8]);
+        m.update(signed);
+        m.verify_slice(tag).map_err(|_| Reject::BadMac)?;
+        if signed[0] != VERSION {
+            return Err(Reject::Malformed);
+        }
+        let seq = u64::from_be_bytes(signed[2..10].try_into().expect("8 bytes"));
+        if seq != self.seq {
+            return Err(Reject::Replay);
+        }
+        let message = decode_payload(signed[1], &signed[HEADER_LEN..])?;
+        self.seq += 1;
+        Ok(message)
+    }
+}
+
+fn kind(message: &Message) -> u8 {
+    match message {
+        Message::Hello { .. } => HELLO,
+        Message::HelloAck { .. } => HELLO_ACK,
+        Message::Entries(_) => ENTRIES,
+        Message::SyncRequest => SYNC_REQUEST,
+        Message::SyncDone { .. } => SYNC_DONE,
+        Message::Ping { .. } => PING,
+        Message::Pong { .. } => PONG,
+    }
+}
+
+fn encode_payload(message: &Message, out: &mut Vec<u8>) {
+    match message {
+        Message::Hello { nonce } => out.extend_from_slice(nonce),
+        Message::HelloAck {
+            client_nonce,
+            server_nonce,
+        } => {
+            out.extend_from_slice(client_nonce);
+            out.extend_from_slice(server_nonce);
+        }
+        Message::Entries(entries) => {
+            assert!(
+                entries.len() <= MAX_ENTRIES,
+                "batches are cut to MAX_ENTRIES"
+            );
+            out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+            for e in entries {
+                encode_entry(e, out);
+            }
+        }
+        Message::SyncRequest => {}
+        Message::SyncDone { entries: n } => out.extend_from_slice(&n.to_be_bytes()),
+        Message::Ping { t_ms } | Message::Pong { t_ms } => {
+            out.extend_from_slice(&t_ms.to_be_bytes())
+        }
+    }
+}
+
+fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Reject> {
+    let nonce = |b: &[u8]| -> [u8; NONCE_LEN] { b.try_into().expect("sized") };
+    let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("sized"));
+    Ok(match (kind, p.len()) {
+        (HELLO, NONCE_LEN) => Message::Hello { nonce: nonce(p) },
+        (HELLO_ACK, 32) => Message::HelloAck {
+            client_nonce: nonce(&p[..NONCE_LEN]),
+            server_nonce: nonce(&p[NONCE_LEN..]),
+        },
+        (ENTRIES, n) if n >= 2 => {
+            let count = usize::from(u16::from_be_bytes([p[0], p[1]]));
+            let body = &p[2..];
+            if count > MAX_ENTRIES || body.len() != count * ENTRY_LEN {
+                return Err(Reject::Malformed);
+            }
+            Message::Entries(
+                body.chunks_exact(ENTRY_LEN)
+                    .map(decode_entry)
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        (SYNC_REQUEST, 0) => Message::SyncRequest,
+        (SYNC_DONE, 8) => Message::SyncDone { entries: u64_of(p) },
+        (PING, 8) => Message::Ping { t_ms: u64_of(p) },
+        (PONG, 8) => Message::Pong { t_ms: u64_of(p) },
+        _ => return Err(Reject::Malformed),
+    })
+}
+
+/// Family byte (4 or 6) and 16 address bytes, an IPv4 address in the
+/// first 4 and zeros after.
+fn encode_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+            out.extend_from_slice(&[0; 12]);
+        }
+        IpAddr::V6(v6) => {
+            out.push(6);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+fn decode_ip(family: u8, b: &[u8]) -> Result<IpAddr, Reject> {
+    let b: [u8; 16] = b.try_into().map_err(|_| Reject::Malformed)?;
+    match family {
+        4 if b[4..].iter().all(|&x| x == 0) => Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()),
+        6 => Ok(Ipv6Addr::from(b).into()),
+        _ => Err(Reject::Malformed),
+    }
+}
+
+/// VIP family + address (17), VIP port (2), protocol (1), client address
+/// (16, the VIP's family), backend family + address (17), backend port
+/// (2), age in ms (4): 59 bytes.
+fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_ip(e.vip.ip(), out);
+    out.extend_from_slice(&e.vip.port().to_be_bytes());
+    out.push(e.proto);
+    let mut client = Vec::with_capacity(17);
+    encode_ip(e.client, &mut client);
+    out.extend_from_slice(&client[1..]);
+    encode_ip(e.backend.ip(), out);
+    out.extend_from_slice(&e.backend.port().to_be_bytes());
+    out.extend_from_slice(&e.age_ms.to_be_bytes());
+    debug_assert_eq!(out.len() - start, ENTRY_LEN);
+}
+
+fn decode_entry(b: &[u8]) -> Result<Entry, Reject> {
+    let vip_ip = decode_ip(b[0], &b[1..17])?;
+    let vip_port = u16::from_be_bytes([b[17], b[18]]);
+    let proto = b[19];
+    let client = decode_ip(b[0], &b[20..36])?;
+    let backend_ip = decode_ip(b[36], &b[37..53])?;
+    let backend_port = u16::from_be_bytes([b[53], b[54]]);
+    let age_ms = u32::from_be_bytes([b[55], b[56], b[57], b[58]]);
+    Ok(Entry {
+        vip: SocketAddr::new(vip_ip, vip_port),
+        proto,
+        client,
+        backend: SocketAddr::new(backend_ip, backend_port),
+        age_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"a key of more than sixteen bytes";
+
+    fn entry(age_ms: u32) -> Entry {
+        Entry {
+            vip: "198.18.0.100:80".parse().unwrap(),
+            proto: 6,
+            client: "198.18.0.7".parse().unwrap(),
+            backend: "198.18.1.12:8080".parse().unwrap(),
+            age_ms,
+        }
+    }
+
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = body_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    fn session() -> (Sealer, Opener) {
+        let key = session_key(KEY, &[1; 16], &[2; 16]);
+        (
+            Sealer::session(key.clone(), Side::Client),
+            Opener::session(key, Side::Client),
+        )
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let v6 = Entry {
+            vip: "[2001:db8::100]:443".parse().unwrap(),
+            proto: 17,
+            client: "2001:db8::".parse().unwrap(),
+            backend: "198.18.1.11:53".parse().unwrap(),
+            age_ms: u32::MAX,
+        };
+        let messages = [
+            Message::Entries(vec![entry(5), v6]),
+            Message::Entries(vec![entry(1); MAX_ENTRIES]),
+            Message::Entries(vec![]),
+            Message::SyncRequest,
+            Message::SyncDone { entries: 42 },
+            Message::Ping { t_ms: 7 },
+            Message::Pong { t_ms: 8 },
+        ];
+        let (mut sealer, mut opener) = session();
+        for m in &messages {
+            let frame = sealer.seal(m);
+            assert!(frame.len() - 4 <= MAX_FRAME);
+            assert_eq!(opener.open(body(&frame)).as_ref(), Ok(m));
+        }
+        let mut hello = Sealer::handshake(KEY, Side::Server);
+        let ack = Message::HelloAck {
+            client_nonce: [3; 16],
+            server_nonce: [4; 16],
+        };
+        let frame = hello.seal(&ack);
+        assert_eq!(
+            Opener::handshake(KEY, Side::Server).open(body(&frame)),
+            Ok(ack)
+        );
+    }
+
+    #[test]
+    fn an_entry_is_59_bytes_on_the_wire() {
+        let (mut sealer, _) = session();
+        let one = sealer.seal(&Message::Entries(vec![entry(1)])).len();
+        let two = sealer.seal(&Message::Entries(vec![entry(1); 2])).len();
+        assert_eq!(two - one, ENTRY_LEN);
+        assert_eq!(one, 4 + HEADER_LEN + 2 + ENTRY_LEN + MAC_LEN);
+    }
+
+    #[test]
+    fn a_wrong_key_or_a_flipped_bit_fails_the_mac() {
+        let mut sealer = Sealer::handshake(b"another key, also long enough", Side::Client);
+        let frame = sealer.seal(&Message::Hello { nonce: [9; 16] });
+        assert_eq!(
+            Opener::handshake(KEY, Side::Client).open(body(&frame)),
+            Err(Reject::BadMac)
+        );
+        let (mut sealer, _) = session();
+        let frame = sealer.seal(&Message::Entries(vec![entry(3)]));
+        for i in 0..frame.len() - 4 {
+            let mut altered = frame[4..].to_vec();
+            altered[i] ^= 0x10;
+            let (_, mut opener) = session();
+            assert_eq!(opener.open(&altered), Err(Reject::BadMac), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn a_reflected_frame_fails_the_mac() {
+        let key = session_key(KEY, &[1; 16], &[2; 16]);
+        let frame = Sealer::session(key.clone(), Side::Client).seal(&Message::SyncRequest);
+        let mut server_side = Opener::session(key, Side::Server);
+        assert_eq!(server_side.open(body(&frame)), Err(Reject::BadMac));
+    }
+
+    #[test]
+    fn a_replayed_or_skipped_frame_is_refused() {
+        let (mut sealer, mut opener) = session();
+        let first = sealer.seal(&Message::Ping { t_ms: 1 });
+        assert!(opener.open(body(&first)).is_ok());
+        assert_eq!(opener.open(body(&first)), Err(Reject::Replay));
+        let _lost = sealer.seal(&Message::Ping { t_ms: 2 });
+        let third = sealer.seal(&Message::Ping { t_ms: 3 });
+        assert_eq!(opener.open(body(&third)), Err(Reject::Replay));
+    }
+
+    #[test]
+    fn another_sessions_frame_fails_the_mac() {
+        let old = session_key(KEY, &[1; 16], &[2; 16]);
+        let new = session_key(KEY, &[1; 16], &[5; 16]);
+        let frame = Sealer::session(old, Side::Client).seal(&Message::SyncRequest);
+        assert_eq!(
+            Opener::session(new, Side::Client).open(body(&frame)),
+            Err(Reject::BadMac)
+        );
+    }
+
+    #[test]
+    fn lengths_are_bounded() {
+        assert_eq!(body_len(u32::MAX.to_be_bytes()), Err(Reject::TooLarge));
+        assert_eq!(
+            body_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(Reject::TooLarge)
+        );
+        assert_eq!(body_len(*b"GET "), Err(Reject::TooLarge));
+        assert_eq!(body_len(3u32.to_be_bytes()), Err(Reject::Malformed));
+        assert_eq!(body_len((MAX_FRAME as u32).to_be_bytes()), Ok(MAX_FRAME));
+    }
+
+    /// Authentic frames whose contents are wrong: still refused, by a
+    /// sender that has the key (a buggy peer).
+    #[test]
+    fn authentic_but_malformed_payloads_are_refused() {
+        let key = session_key(KEY, &[1; 16], &[2; 16]);
+        let signed = |kind: u8, payload: &[u8]| {
+            let mut b = vec![VERSION, kind];
+            b.extend_from_slice(&1u64.to_be_bytes());
+            b.extend_from_slice(payload);
+            let mut m = mac(&key);
+            m.update(&[Side::Client as u8]);
+            m.update(&b);
+            b.extend_from_slice(&m.finalize().into_bytes());
+            b
+        };
+        let mut good = Vec::new();
+        encode_entry(&entry(1), &mut good);
+        let mut bad_family = good.clone();
+        bad_family[0] = 5;
+        let mut v4_with_junk = good.clone();
+        v4_with_junk[10] = 1;
+        let cases: Vec<(u8, Vec<u8>)> = vec![
+            (99, vec![]),
+            (SYNC_REQUEST, vec![0]),
+            (PING, vec![0; 7]),
+            (ENTRIES, vec![0]),
+            (ENTRIES, [&[0u8, 2][..], &good].concat()),
+            (ENTRIES, [&[0u8, 1][..], &good, &[0]].concat()),
+            (ENTRIES, [&[0u8, 1][..], &bad_family].concat()),
+            (ENTRIES, [&[0u8, 1][..], &v4_with_junk].concat()),
+        ];
+        for (kind, payload) in cases {
+            let mut opener = Opener::session(key.clone(), Side::Client);
+            assert_eq!(
+                opener.open(&signed(kind, &payload)),
+                Err(Reject::Malformed),
+                "type {kind}, {payload:?}"
+            );
+        }
+        let mut opener = Opener::session(key.clone(), Side::Client);
+        assert_eq!(
+            opener.open(&signed(ENTRIES, &[&[0u8, 1][..], &good].concat())),
+            Ok(Message::Entries(vec![entry(1)]))
+        );
+    }
+
+    #[test]
+    fn reject_labels_are_unique() {
+        for (i, a) in Reject::ALL.iter().enumerate() {
+            assert_eq!(a.index(), i);
+            for b in &Reject::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label());
+            }
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! Affinity replicated between gateways (`[cluster]`): two gateways, each
+//! a whole topology of its own (clients, gateway, backends with the same
+//! addresses), their daemons linked over a veth between the two gateway
+//! namespaces (198.18.2.11 and .12, DESIGN.md's rig convention). Real
+//! daemons, real connections, the kernels' own AFFINITY maps read back.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use balancer_common::{
+    addr::{from_words, to_words},
+    maps::{AFFINITY, BACKENDS},
+    types::{Affinity, AffinityKey, Backend},
+};
+use balancer_tests::{
+    TIMEOUT, Topology, TopologyOpts,
+    bpffs::TempBpffs,
+    daemon::{Daemon, backends_toml, cli_ok, config_head},
+    http,
+    servers::Server,
+    tcp_ask, tcp_whoami,
+    topology::VIP_V4,
+};
+use balancer_user::{
+    cluster::{
+        stats::ClusterStatus,
+        wire::{Message, Sealer, Side},
+    },
+    control::LookupAnswer,
+};
+
+const PORT: u16 = 3000;
+const CLUSTER_PORT: u16 = 7946;
+/// The link between the two gateway namespaces.
+const LINK_IF: &str = "cl";
+const METRICS: &str = "127.0.0.1:9090";
+const KEY: &str = "a shared key for the test cluster, 48 bytes long.";
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 80)
+}
+
+fn cluster_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, 10 + n)
+}
+
+fn cluster_addr(n: u8) -> SocketAddr {
+    SocketAddr::new(cluster_ip(n).into(), CLUSTER_PORT)
+}
+
+/// One gateway: its topology, pins, backends' servers and daemon.
+struct Gateway {
+    n: u8,
+    /// The service's `affinity_timeout`.
+    timeout: &'static str,
+    topo: Topology,
+    bpffs: TempBpffs,
+    key_file: PathBuf,
+    _servers: Vec<Server>,
+    daemon: Option<Daemon>,
+}
+
+impl Gateway {
+    fn new(n: u8, key_file: PathBuf) -> Self {
+        let topo = Topology::new(&TopologyOpts {
+            clients_v4: 20,
+            // 198.18.2.0/24 is the gateways' link.
+            extra_nets: vec![],
+            clients_v6: 1,
+            backends: 3,
+            vips: vec![VIP_V4.into()],
+            ..TopologyOpts::default()
+        });
+        let servers = topo
+            .backends()
+            .iter()
+            .map(|b| tcp_whoami(b.ns(), b.name(), PORT))
+            .collect();
+        Gateway {
+            n,
+            timeout: "10m",
+            topo,
+            bpffs: TempBpffs::new(),
+            key_file,
+            _servers: servers,
+            daemon: None,
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "{head}[cluster]\npeers = [\"{p1}\", \"{p2}\"]\nlisten = \"{me}\"\nsecret_file = \"{key}\"\n\
+             [[services]]\nname = \"web\"\nvip = \"{vip}\"\naffinity_timeout = \"{timeout}\"\n\
+             [services.health]\ncheck = \"none\"\n{backends}",
+            head = config_head(&self.bpffs, METRICS),
+            p1 = cluster_addr(1),
+            p2 = cluster_addr(2),
+            me = cluster_addr(self.n),
+            key = self.key_file.display(),
+            vip = vip(),
+            timeout = self.timeout,
+            backends = backends_toml(
+                self.topo
+                    .backends()
+                    .iter()
+                    .map(|b| SocketAddr::new(b.v4().into(), PORT))
+            ),
+        )
+    }
+
+    fn start(&mut self) {
+        let pin_dir = self.bpffs.pin_dir();
+        let mut daemon = Daemon::start(self.topo.gw(), &self.config(), &pin_dir, &[]);
+        daemon.wait_serving(self.topo.gw(), &self.bpffs.control_socket());
+        self.daemon = Some(daemon);
+    }
+
+    fn stop(&mut self) {
+        assert!(self.daemon.take().expect("running").stop().success());
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli_ok(self.topo.gw(), &self.bpffs.control_socket(), args)
+    }
+
+    fn cluster(&self) -> ClusterStatus {
+        serde_json::from_str(&self.cli(&["cluster", "status", "--json"]))
+            .expect("cluster status --json")
+    }
+
+    fn metrics(&self) -> String {
+        let (code, body) =
+            http::get(self.topo.gw(), METRICS.parse().unwrap(), "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200);
+        body
+    }
+
+    /// The backend `client` gets now (`balancer lookup`).
+    fn lookup(&self, client: Ipv4Addr) -> SocketAddr {
+        let answer: LookupAnswer =
+            serde_json::from_str(&self.cli(&["lookup", "web", &client.to_string(), "--json"]))
+                .expect("lookup --json");
+        answer.backend.expect("a backend").parse().unwrap()
+    }
+
+    /// A connection from `client` through this gateway: the backend that
+    /// answered, by address.
+    fn connect(&self, client: Ipv4Addr) -> SocketAddr {
+        let answer = tcp_ask(self.topo.client(), client.into(), vip(), TIMEOUT)
+            .unwrap_or_else(|e| panic!("gateway {}: {client} -> {}: {e}", self.n, vip()));
+        let b = self
+            .topo
+            .backends()
+            .iter()
+            .find(|b| b.name() == answer.backend)
+            .expect("a known backend");
+        SocketAddr::new(b.v4().into(), PORT)
+    }
+
+    fn affinity_map(&self) -> HashMap<MapData, AffinityKey, Affinity> {
+        let map = MapData::from_pin(self.bpffs.pin_dir().join(AFFINITY)).expect("AFFINITY");
+        HashMap::try_from(Map::LruHashMap(map)).expect("an LRU hash map")
+    }
+
+    /// Backend id → address, from this gateway's pinned BACKENDS.
+    fn backend_address(&self, id: u32) -> SocketAddr {
+        let map = MapData::from_pin(self.bpffs.pin_dir().join(BACKENDS)).expect("BACKENDS");
+        let array: Array<MapData, Backend> = Array::try_from(Map::Array(map)).expect("an array");
+        let b = array.get(&id, 0).expect("a backend slot");
+        SocketAddr::new(from_words(b.addr, b.family), u16::from_be(b.port))
+    }
+
+    fn backend_id(&self, address: SocketAddr) -> u32 {
+        (0..64)
+            .find(|&id| self.backend_address(id) == address)
+            .expect("a backend id")
+    }
+
+    /// Every affinity entry: client → (backend address, last use).
+    fn affinities(&self) -> BTreeMap<IpAddr, (SocketAddr, u64)> {
+        let map = self.affinity_map();
+        map.iter()
+            .map(Result::unwrap)
+            .map(|(k, a)| {
+                (
+                    from_words(k.client, k.family),
+                    (self.backend_address(a.backend_id), a.last_seen_ns),
+                )
+            })
+            .collect()
+    }
+
+    fn affinity_of(&self, client: Ipv4Addr) -> Option<SocketAddr> {
+        self.affinities().get(&IpAddr::V4(client)).map(|(b, _)| *b)
+    }
+}
+
+/// Both gateways, linked, neither daemon started; the shared key written.
+fn pair() -> (Gateway, Gateway) {
+    let key = std::env::temp_dir().join(format!(
+        "lbt-cluster-key-{}",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let g1 = Gateway::new(1, key.clone());
+    let g2 = Gateway::new(2, key);
+    let (ns1, ns2) = (g1.topo.gw(), g2.topo.gw());
+    ns1.ip(format!(
+        "link add {LINK_IF} type veth peer name {LINK_IF} netns {}",
+        ns2.name()
+    )
+    .split(' '));
+    for (ns, n) in [(ns1, 1), (ns2, 2)] {
+        ns.ip_batch(&[
+            format!("addr add {}/24 dev {LINK_IF}", cluster_ip(n)),
+            format!("link set {LINK_IF} up"),
+        ]);
+    }
+    ns1.wait_ready(LINK_IF);
+    ns2.wait_ready(LINK_IF);
+    (g1, g2)
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A gateway started later pulls the entries before it is ready; a new
+/// entry on one gateway appears on the other naming the same backend, and
+/// takes the client there even where that gateway's table would not; an
+/// entry naming another backend is never overwritten.
+#[test]
+fn entries_replicate_sync_first_and_never_overwrite() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    let clients = g1.topo.clients_v4().to_vec();
+
+    // (c) Gateway 1 alone, with entries; gateway 2 starts later.
+    g1.start();
+    let early = [clients[0], clients[1]];
+    let early_backends: Vec<SocketAddr> = early.iter().map(|c| g1.connect(*c)).collect();
+    for (c, b) in early.iter().zip(&early_backends) {
+        assert_eq!(g1.affinity_of(*c), Some(*b), "gateway 1 stored {c}");
+    }
+    g2.start();
+    let started = Instant::now();
+    let status = wait_for("gateway 2 ready", Duration::from_secs(15), || {
+        Some(g2.cluster()).filter(|s| s.ready)
+    });
+    let at_ready = g2.affinities();
+    let ready_after = started.elapsed();
+    for (c, b) in early.iter().zip(&early_backends) {
+        assert_eq!(
+            at_ready.get(&IpAddr::V4(*c)).map(|(b, _)| *b),
+            Some(*b),
+            "gateway 2 had {c}'s entry when it said ready: {status:?}"
+        );
+    }
+    let reason = status.ready_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("from {}", cluster_addr(1))) && reason.starts_with("synced"),
+        "{reason}"
+    );
+    let from_g1 = &status.peers[0];
+    assert_eq!(from_g1.address, cluster_addr(1).to_string());
+    assert!(from_g1.last_sync_entries >= 2, "{from_g1:?}");
+    println!("late start: gateway 2 ready after {ready_after:?}: {reason}");
+
+    // (a) A new client through gateway 1 shows up on gateway 2 with the
+    // same backend, and gateway 2 sends it there although that backend is
+    // drained on gateway 2 (its table would send a new client elsewhere).
+    wait_for("both links up", Duration::from_secs(10), || {
+        (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
+    });
+    let client = clients[2];
+    let chosen = g1.lookup(client);
+    g2.cli(&["backend", "drain", "web", &chosen.to_string()]);
+    assert_ne!(g2.lookup(client), chosen, "drained on gateway 2");
+    let start = Instant::now();
+    assert_eq!(g1.connect(client), chosen);
+    let replicated = wait_for("the entry on gateway 2", Duration::from_secs(5), || {
+        g2.affinity_of(client)
+    });
+    println!("replicated {client} in {:?}", start.elapsed());
+    assert_eq!(replicated, chosen, "the same backend, by address");
+    assert_eq!(
+        g2.connect(client),
+        chosen,
+        "gateway 2 follows the replicated entry"
+    );
+    let g1_ids = g1.affinity_map();
+    let g1_key = g1_ids
+        .keys()
+        .map(Result::unwrap)
+        .find(|k| k.client == to_words(client.into()).0)
+        .unwrap();
+    let g1_backend = g1_ids.get(&g1_key, 0).unwrap().backend_id;
+    assert_eq!(g1.backend_address(g1_backend), chosen);
+
+    // (b) An entry gateway 2 already has, naming another backend, stays.
+    let client = clients[3];
+    let theirs = g1.lookup(client);
+    let ours = g2
+        .topo
+        .backends()
+        .iter()
+        .map(|b| SocketAddr::new(b.v4().into(), PORT))
+        .find(|b| *b != theirs && *b != chosen)
+        .expect("another backend, not drained");
+    let service_id = g2
+        .affinity_map()
+        .keys()
+        .map(Result::unwrap)
+        .next()
+        .expect("an entry")
+        .service_id;
+    let (words, family) = to_words(client.into());
+    let key = AffinityKey {
+        service_id,
+        family,
+        _pad: [0; 3],
+        client: words,
+    };
+    // Six minutes old: fresh (the timeout is ten), but not active, so
+    // gateway 2 does not re-announce it to gateway 1 meanwhile.
+    let planted = Affinity {
+        backend_id: g2.backend_id(ours),
+        _pad: 0,
+        last_seen_ns: monotonic_ns() - 360_000_000_000,
+    };
+    g2.affinity_map().insert(key, planted, 0).unwrap();
+    let kept_before = g2.cluster().peers[0].entries_kept;
+    assert_eq!(g1.connect(client), theirs);
+    wait_for(
+        "gateway 2 received and kept its own",
+        Duration::from_secs(5),
+        || (g2.cluster().peers[0].entries_kept > kept_before).then_some(()),
+    );
+    assert_eq!(
+        g2.affinity_map().get(&key, 0).unwrap(),
+        planted,
+        "unchanged"
+    );
+    assert_eq!(g2.connect(client), ours, "gateway 2's choice stands");
+
+    let metrics = g2.metrics();
+    let peer = cluster_addr(1).to_string();
+    let received = http::metric(
+        &metrics,
+        "balancer_cluster_entries_total",
+        &[("peer", &peer), ("direction", "received")],
+    )
+    .expect("entries received");
+    assert!(received >= 4.0, "{metrics}");
+    assert_eq!(
+        http::metric(&metrics, "balancer_cluster_peer_up", &[("peer", &peer)]),
+        Some(1.0)
+    );
+    let sent = http::metric(
+        &g1.metrics(),
+        "balancer_cluster_entries_total",
+        &[
+            ("peer", &cluster_addr(2).to_string()),
+            ("direction", "sent"),
+        ],
+    )
+    .expect("entries sent");
+    assert!(sent >= 4.0, "sent {sent}");
+
+    // Rejoin: gateway 2 restarts (adopting its pinned maps, the reports'
+    // ring buffer among them) and pulls gateway 1's entries again before
+    // it is ready; what it had stays as it was.
+    let had = g2.affinities();
+    g2.stop();
+    g2.start();
+    let status = wait_for("gateway 2 ready again", Duration::from_secs(15), || {
+        Some(g2.cluster()).filter(|s| s.ready)
+    });
+    let reason = status.ready_reason.unwrap_or_default();
+    assert!(reason.starts_with("synced"), "{reason}");
+    assert!(
+        status.peers[0].last_sync_entries >= 4,
+        "{:?}",
+        status.peers[0]
+    );
+    // (Its last use moved: gateway 2 carried the client since.)
+    assert_eq!(
+        g2.affinity_map().get(&key, 0).unwrap().backend_id,
+        planted.backend_id
+    );
+    let now = g2.affinities();
+    for (client, (backend, _)) in &had {
+        assert_eq!(now.get(client).map(|(b, _)| b), Some(backend), "{client}");
+    }
+    // And it still sends: a new client on gateway 2 reaches gateway 1.
+    let client = clients[4];
+    let backend = g2.connect(client);
+    let replicated = wait_for(
+        "gateway 2's entry on gateway 1",
+        Duration::from_secs(5),
+        || g1.affinity_of(client),
+    );
+    assert_eq!(replicated, backend);
+}
+
+/// An entry in use on one gateway is sent again while it is, so the other
+/// gateway's copy does not expire although no new entry is made: with an
+/// 8 s timeout (re-announced every 2 s), a connection held for 12 s keeps
+/// gateway 2's copy fresh.
+#[test]
+fn active_entries_are_reannounced() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.timeout = "8s";
+    g2.timeout = "8s";
+    g1.start();
+    g2.start();
+    wait_for("both linked", Duration::from_secs(15), || {
+        (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
+    });
+    let client = g1.topo.clients_v4()[0];
+    let stream = balancer_tests::tcp_connect(g1.topo.client(), client.into(), vip(), TIMEOUT)
+        .expect("connect");
+    let first = balancer_tests::ask(&stream).expect("first exchange");
+    let (backend, _) = wait_for("the entry on gateway 2", Duration::from_secs(5), || {
+        g2.affinities().get(&IpAddr::V4(client)).copied()
+    });
+    let refreshed_before = g2.cluster().peers[0].entries_refreshed;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        let answer = balancer_tests::ask(&stream).expect("an exchange");
+        assert_eq!(answer.backend, first.backend);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (still, last_seen) = g2.affinities()[&IpAddr::V4(client)];
+    assert_eq!(still, backend);
+    let idle = Duration::from_nanos(monotonic_ns() - last_seen);
+    assert!(
+        idle < Duration::from_secs(6),
+        "gateway 2's copy was refreshed (without re-announcements it would be 12 s idle, expired): idle {idle:?}"
+    );
+    let refreshed = g2.cluster().peers[0].entries_refreshed - refreshed_before;
+    assert!(refreshed >= 3, "refreshed {refreshed} times in 12 s");
+    println!(
+        "re-announced: gateway 2's copy idle {idle:?} after 12 s, refreshed {refreshed} times"
+    );
+}
+
+/// A key file others can read is refused, by `check` and `run`, in one
+/// line, and nothing is attached.
+#[test]
+fn a_readable_key_is_refused_in_one_line() {
+    balancer_tests::require_root();
+    let (g1, _g2) = pair();
+    std::fs::set_permissions(
+        &g1.key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "lbt-cluster-{}.toml",
+        balancer_tests::netns::random_suffix()
+    ));
+    std::fs::write(&path, g1.config()).unwrap();
+    for command in ["check", "run"] {
+        let out = balancer_tests::daemon::balancer(
+            g1.topo.gw(),
+            &[command, "--config", path.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {}", out.status);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{command}: {stderr}");
+        assert!(
+            lines[0].contains("cluster.secret_file: ")
+                && lines[0].contains("readable by others than its owner"),
+            "{command}: {}",
+            lines[0]
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(!balancer_tests::daemon::attached(
+        g1.topo.gw(),
+        balancer_tests::topology::GW_CLIENT_IF
+    ));
+}
+
+/// Write `bytes` from `ns` (from `source`, when given) to `to`, and wait
+/// for the receiver to close the connection.
+fn send_and_expect_close(g: &Gateway, source: Option<Ipv4Addr>, to: SocketAddr, bytes: &[u8]) {
+    let bytes = bytes.to_vec();
+    g.topo.gw().run(move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if let Some(ip) = source {
+            socket
+                .bind(&SocketAddr::new(ip.into(), 0).into())
+                .expect("bind");
+        }
+        socket
+            .connect_timeout(&to.into(), Duration::from_secs(3))
+            .expect("connect");
+        let mut stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        // The receiver may close before all is written.
+        let _ = stream.write_all(&bytes);
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the receiver kept a bad connection open: {e}"),
+        }
+        assert!(rest.is_empty(), "the receiver answered: {rest:?}");
+    });
+}
+
+/// Garbage and a wrong key, from the peer's own address and from one that
+/// is no peer's: each connection is closed, counted by reason, and the
+/// receiver's table does not change; its good peer carries on.
+#[test]
+fn bad_peers_change_nothing() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.start();
+    g2.start();
+    wait_for("both linked", Duration::from_secs(15), || {
+        (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
+    });
+    let clients = g1.topo.clients_v4().to_vec();
+    let first = g1.connect(clients[0]);
+    wait_for(
+        "the first entry on gateway 2",
+        Duration::from_secs(5),
+        || g2.affinity_of(clients[0]),
+    );
+    let before = g2.affinities();
+    let to = cluster_addr(2);
+
+    // HTTP: its first four bytes read as a length of 1.2 GB.
+    send_and_expect_close(&g1, None, to, b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n");
+    // A length too short for any frame.
+    send_and_expect_close(&g1, None, to, &[0, 0, 0, 3, 1, 2, 3]);
+    // A well-formed handshake under another key, then a well-formed frame
+    // of entries with a made-up MAC.
+    let mut wrong = Sealer::handshake(b"not the cluster's key, but as long", Side::Client);
+    send_and_expect_close(
+        &g1,
+        None,
+        to,
+        &wrong.seal(&Message::Hello { nonce: [7; 16] }),
+    );
+    let mut forged = Sealer::handshake(KEY.as_bytes(), Side::Client).seal(&Message::Entries(vec![
+        balancer_user::cluster::wire::Entry {
+            vip: vip(),
+            proto: 6,
+            client: IpAddr::V4(clients[5]),
+            backend: SocketAddr::new(g2.topo.backends()[0].v4().into(), PORT),
+            age_ms: 0,
+        },
+    ]));
+    let mac_at = forged.len() - 32;
+    forged[mac_at..].fill(0xab);
+    send_and_expect_close(&g1, None, to, &forged);
+    // From an address that is no peer's.
+    let stranger = Ipv4Addr::new(198, 18, 2, 99);
+    g1.topo
+        .gw()
+        .ip_batch(&[format!("addr add {stranger}/24 dev {LINK_IF}")]);
+    send_and_expect_close(&g1, Some(stranger), to, &wrong.seal(&Message::SyncRequest));
+
+    let metrics = g2.metrics();
+    let peer = cluster_addr(1).to_string();
+    let rejected = |peer: &str, reason: &str| {
+        http::metric(
+            &metrics,
+            "balancer_cluster_messages_rejected_total",
+            &[("peer", peer), ("reason", reason)],
+        )
+        .unwrap_or_else(|| panic!("no {reason} series for {peer}:\n{metrics}"))
+    };
+    assert_eq!(rejected(&peer, "too_large"), 1.0);
+    assert_eq!(rejected(&peer, "malformed"), 1.0);
+    assert_eq!(rejected(&peer, "bad_mac"), 2.0);
+    assert_eq!(rejected("unknown", "unknown_peer"), 1.0);
+    assert_eq!(rejected(&peer, "unknown_service"), 0.0);
+    let after = g2.affinities();
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "no entry added or removed"
+    );
+    assert_eq!(after[&IpAddr::V4(clients[0])].0, first);
+    assert!(!after.contains_key(&IpAddr::V4(clients[5])));
+    let status = g2.cluster();
+    assert!(status.peers[0].connected, "the good link stayed up");
+
+    // The good peer's entries still arrive.
+    let next = g1.connect(clients[1]);
+    let replicated = wait_for("a later entry on gateway 2", Duration::from_secs(5), || {
+        g2.affinity_of(clients[1])
+    });
+    assert_eq!(replicated, next);
+    println!("bad peers: refused by reason; gateway 2 still replicates from gateway 1");
+}
