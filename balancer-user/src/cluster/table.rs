@@ -9,7 +9,7 @@
 //! one's if that is later; where it has one naming another backend, that
 //! stays. So replication never moves a client this gateway placed.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData, MapError, RingBuf};
@@ -164,27 +164,36 @@ impl Events {
     /// The reports waiting now, at least one (waits for it).
     pub async fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<AffinityEvent>> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut batch = Vec::new();
-            while batch.len() < max {
-                let Some(item) = ring.next() else { break };
-                if item.len() >= size_of::<AffinityEvent>() {
-                    // SAFETY: the kernel wrote an `AffinityEvent` there
-                    // (`report`), a plain-data type; unaligned read.
-                    batch.push(unsafe {
-                        std::ptr::read_unaligned(item.as_ptr().cast::<AffinityEvent>())
-                    });
-                }
-            }
-            if batch.len() < max {
-                guard.clear_ready();
-            }
+            let batch = drain(self.ring.get_mut(), max);
             if !batch.is_empty() {
                 return Ok(batch);
             }
+            // The kernel wakes this reader only for a burst (`report` in
+            // the kernel program); between bursts, look every REPORT_POLL.
+            tokio::select! {
+                ready = self.ring.readable_mut() => ready?.clear_ready(),
+                () = tokio::time::sleep(REPORT_POLL) => {}
+            }
         }
     }
+}
+
+/// How often the daemon looks for reports the kernel did not wake it for:
+/// a new entry reaches the peers within this much, plus the link's delay.
+pub const REPORT_POLL: Duration = Duration::from_millis(20);
+
+/// Up to `max` reports from `ring`, as many as are waiting.
+fn drain(ring: &mut RingBuf<MapData>, max: usize) -> Vec<AffinityEvent> {
+    let mut batch = Vec::new();
+    while batch.len() < max {
+        let Some(item) = ring.next() else { break };
+        if item.len() >= size_of::<AffinityEvent>() {
+            // SAFETY: the kernel wrote an `AffinityEvent` there (`report`),
+            // a plain-data type; unaligned read.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AffinityEvent>()) });
+        }
+    }
+    batch
 }
 
 #[cfg(test)]
