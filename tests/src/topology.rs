@@ -299,6 +299,16 @@ impl Topology {
     pub fn backends(&self) -> &[Backend] {
         &self.backends
     }
+
+    /// `IPv4:port` of the backend called `name` (`b1`, `b2`, ...).
+    pub fn backend_addr(&self, name: &str, port: u16) -> String {
+        let backend = self
+            .backends
+            .iter()
+            .find(|b| b.name() == name)
+            .unwrap_or_else(|| panic!("no backend {name}"));
+        format!("{}:{port}", backend.v4())
+    }
     /// Names of every namespace of this topology.
     pub fn namespaces(&self) -> Vec<String> {
         [&self.client, &self.gw, &self.switch]

@@ -379,17 +379,23 @@ fn a_dead_gateway_costs_only_the_detection_window() {
     }
 }
 
-#[test]
-fn announce_mistakes_are_one_line_and_change_nothing() {
-    require_root();
-    let topo = Topology::new(&TopologyOpts {
+/// One client address, one backend, and no VIP on the gateway's own
+/// interfaces: the daemon's `[announce]` puts it on `lo`.
+fn one_gateway() -> Topology {
+    Topology::new(&TopologyOpts {
         clients_v4: 1,
         extra_nets: vec![],
         clients_per_extra_net: 0,
         clients_v6: 1,
         backends: 1,
         vips: vec![],
-    });
+    })
+}
+
+#[test]
+fn announce_mistakes_are_one_line_and_change_nothing() {
+    require_root();
+    let topo = one_gateway();
     let bpffs = TempBpffs::new();
     let service = format!(
         "[[services]]\nname = \"web\"\nvip = \"{VIP}:80\"\n[services.health]\ncheck = \"none\"\n[[services.backends]]\naddress = \"{}:{PORT}\"\n",
@@ -468,14 +474,7 @@ fn wait_on_lo(topo: &Topology, want: bool) -> Duration {
 fn the_vip_is_on_lo_only_while_a_backend_is_up_and_until_detach() {
     // One gateway, no BIRD: the daemon's side of the contract.
     require_root();
-    let topo = Topology::new(&TopologyOpts {
-        clients_v4: 1,
-        extra_nets: vec![],
-        clients_per_extra_net: 0,
-        clients_v6: 1,
-        backends: 1,
-        vips: vec![],
-    });
+    let topo = one_gateway();
     let bpffs = TempBpffs::new();
     let state = std::env::temp_dir().join(format!(
         "lbt-announce-{}.state",

@@ -127,13 +127,7 @@ fall = {FALL}
 
     /// `ADDR:PORT` of backend `name`.
     fn addr(&self, name: &str) -> String {
-        let b = self
-            .topo
-            .backends()
-            .iter()
-            .find(|b| b.name() == name)
-            .unwrap();
-        format!("{}:{PORT}", b.v4())
+        self.topo.backend_addr(name, PORT)
     }
 
     /// Backend name of `ADDR:PORT`.

@@ -115,13 +115,7 @@ fall = {FALL}
     }
 
     fn addr(&self, name: &str) -> String {
-        let b = self
-            .topo
-            .backends()
-            .iter()
-            .find(|b| b.name() == name)
-            .unwrap();
-        format!("{}:{PORT}", b.v4())
+        self.topo.backend_addr(name, PORT)
     }
 
     /// Sessions from `addresses`: for each, one long-polling-only session

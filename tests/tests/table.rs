@@ -59,13 +59,7 @@ impl Rig {
 
     /// `ADDR:PORT` of backend `name` (b1 .. b4).
     fn addr(&self, name: &str) -> String {
-        let b = self
-            .topo
-            .backends()
-            .iter()
-            .find(|b| b.name() == name)
-            .unwrap();
-        format!("{}:{PORT}", b.v4())
+        self.topo.backend_addr(name, PORT)
     }
 
     /// A config for service `web` with the backends `names`, tcp checks.
