@@ -47,8 +47,12 @@ pub struct Daemon {
     /// when a reload changes them.
     timeouts: watch::Sender<HashMap<u32, u64>>,
     /// The VIP addresses for the routing daemon (`[announce]`), kept in
-    /// line with the services after every change.
+    /// line with the services after every change once `announce_ready`.
     announce: Option<Announcer>,
+    /// With `[cluster] peers`, false until the first pull from a peer is
+    /// done (`run`): until then nothing is announced, and `cluster
+    /// leave|join` is refused.
+    announce_ready: bool,
     /// The services as the cluster links name them; sent again whenever
     /// they change.
     directory: watch::Sender<Directory>,
@@ -105,6 +109,7 @@ impl Daemon {
             source,
             timeouts: watch::Sender::new(HashMap::new()),
             announce: None,
+            announce_ready: false,
             directory: watch::Sender::new(Directory::default()),
             cluster: None,
         };
@@ -123,18 +128,20 @@ impl Daemon {
         daemon
     }
 
-    /// Keep the served VIPs announced through `announce` (`[announce]`),
-    /// from now on: the first sync runs here.
-    pub fn announcing(mut self, announce: Option<Announcer>) -> Self {
-        if let Some(announce) = announce {
-            self.start_announcing(announce);
+    /// Keep the served VIPs announced through `announce` (`[announce]`):
+    /// from now on if `ready` (the first sync runs here), else from
+    /// [`Daemon::start_announcing`].
+    pub fn announcing(mut self, announce: Option<Announcer>, ready: bool) -> Self {
+        self.announce = announce;
+        if ready {
+            self.start_announcing();
         }
         self
     }
 
     /// Keep the served VIPs on the announce interface from now on.
-    pub fn start_announcing(&mut self, announce: Announcer) {
-        self.announce = Some(announce);
+    pub fn start_announcing(&mut self) {
+        self.announce_ready = true;
         self.sync_announce();
     }
 
@@ -142,6 +149,9 @@ impl Daemon {
     /// off. A failure is logged, not returned: the data plane change that
     /// led here is made, and the next change tries again.
     fn sync_announce(&mut self) {
+        if !self.announce_ready {
+            return;
+        }
         if let Some(a) = &mut self.announce
             && let Err(e) = a.sync(&self.services)
         {

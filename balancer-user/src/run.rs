@@ -112,12 +112,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let control_socket =
         control::server::bind(&config.control.socket, config.control.group.as_deref()).await?;
     let cluster = cluster::prepare(&config.cluster).await?;
-    // With peers, the VIPs are announced only once this gateway has pulled
-    // their entries (`ready_to_announce`); on its own, at once.
-    let (announce_now, announce_when_ready) = match cluster {
-        Some(_) => (None, announcer),
-        None => (announcer, None),
-    };
 
     let (mut dataplane, plan) = load(&config, &pin_dir)?;
     dataplane.attach(&interfaces)?;
@@ -141,7 +135,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::clone(&tables),
         source,
     )
-    .announcing(announce_now);
+    // With peers, the VIPs are announced only once this gateway has pulled
+    // their entries (`ready_to_announce`); on its own, at once.
+    .announcing(announcer, cluster.is_none());
     let timeouts = daemon.watch_affinity_timeouts();
     let mut daemon = daemon;
     let cluster = match cluster {
@@ -166,13 +162,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             match cluster {
                 Some(cluster) => {
                     info!("cluster: ready to announce ({})", cluster.ready().await);
-                    if let Some(announcer) = announce_when_ready {
-                        let started = tokio::task::spawn_blocking(move || {
-                            lock(&daemon).start_announcing(announcer);
-                        });
-                        if let Err(e) = started.await {
-                            tracing::error!("announcing the VIPs: {e}");
-                        }
+                    let started =
+                        tokio::task::spawn_blocking(move || lock(&daemon).start_announcing());
+                    if let Err(e) = started.await {
+                        tracing::error!("announcing the VIPs: {e}");
                     }
                 }
                 None => info!("ready to announce (no cluster peers)"),

@@ -62,6 +62,8 @@ struct Gateway {
     topo: Topology,
     bpffs: TempBpffs,
     key_file: PathBuf,
+    /// With `[announce]` on `lo`: where a leave is remembered.
+    announce_state: Option<PathBuf>,
     _servers: Vec<Server>,
     daemon: Option<Daemon>,
 }
@@ -88,14 +90,21 @@ impl Gateway {
             topo,
             bpffs: TempBpffs::new(),
             key_file,
+            announce_state: None,
             _servers: servers,
             daemon: None,
         }
     }
 
     fn config(&self) -> String {
+        let announce = self.announce_state.as_ref().map_or(String::new(), |state| {
+            format!(
+                "[announce]\ninterface = \"lo\"\nstate_file = \"{}\"\n",
+                state.display()
+            )
+        });
         format!(
-            "{head}[cluster]\npeers = [\"{p1}\", \"{p2}\"]\nlisten = \"{me}\"\nsecret_file = \"{key}\"\n\
+            "{head}{announce}[cluster]\npeers = [\"{p1}\", \"{p2}\"]\nlisten = \"{me}\"\nsecret_file = \"{key}\"\n\
              [[services]]\nname = \"web\"\nvip = \"{vip}\"\naffinity_timeout = \"{timeout}\"\n\
              [services.health]\ncheck = \"none\"\n{backends}",
             head = config_head(&self.bpffs, METRICS),
@@ -471,6 +480,55 @@ fn active_entries_are_reannounced() {
 
 /// A key file others can read is refused, by `check` and `run`, in one
 /// line, and nothing is attached.
+/// With `[announce]`, a gateway announces its VIPs only once it has pulled
+/// its peers' entries, or once none answered for `SYNC_WAIT` (10 s): here
+/// its only peer runs no daemon. Until then its VIP is not on `lo`, and
+/// `cluster leave` is refused in one line.
+#[test]
+fn a_gateway_announces_only_once_it_is_ready() {
+    balancer_tests::require_root();
+    let (mut g1, _g2) = pair();
+    let state = std::env::temp_dir().join(format!(
+        "lbt-announce-{}.state",
+        balancer_tests::netns::random_suffix()
+    ));
+    g1.announce_state = Some(state.clone());
+    let on_lo = |g: &Gateway| {
+        let out = g.topo.gw().ip(["-4", "addr", "show", "dev", "lo"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP_V4}/32"))
+    };
+    let started = Instant::now();
+    g1.start();
+    assert!(!g1.cluster().ready, "ready with no peer answering");
+    assert!(!on_lo(&g1), "announced before the pull");
+    let out = balancer_tests::daemon::cli(
+        g1.topo.gw(),
+        &g1.bpffs.control_socket(),
+        &["cluster", "leave"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("still pulling its peers' entries"),
+        "{stderr}"
+    );
+    wait_for("the VIP on lo", Duration::from_secs(20), || {
+        on_lo(&g1).then_some(())
+    });
+    let waited = started.elapsed();
+    assert!(g1.cluster().ready);
+    assert!(
+        waited >= Duration::from_secs(9),
+        "announced after {waited:?}"
+    );
+    println!("announced {waited:?} after the start, with no peer answering");
+    g1.stop();
+    let _ = std::fs::remove_file(&state);
+}
+
 #[test]
 fn a_readable_key_is_refused_in_one_line() {
     balancer_tests::require_root();

@@ -16,6 +16,11 @@ use crate::announce;
 impl Daemon {
     /// Leave (`true`) or join the cluster; what it did, in one line.
     pub fn set_cluster_left(&mut self, left: bool) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.announce.is_none() || self.announce_ready,
+            "this gateway is still pulling its peers' entries and announces nothing yet \
+             (`balancer cluster status`); try again once it is ready"
+        );
         let a = self.announce.as_mut().context(
             "this gateway announces no VIP: its config has no [announce] section, so there is \
              nothing to leave or join",
