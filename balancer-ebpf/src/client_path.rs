@@ -1,13 +1,13 @@
 //! The L2 path client packets came by, learned for replies that have no
-//! conntrack entry to take it from (`confirm`: a SYN-ACK and the
-//! confirming packet take it, which spares them a FIB lookup, since the
-//! client's SYN came by it a moment ago), and for ICMP errors whose client
-//! the FIB has no neighbour entry for (`icmp`). A client on the gateway's
-//! own link has no neighbour entry until the kernel itself talks to it,
-//! which it may never do: its packets all cross the data plane. A reply
-//! with a VIP as its source cannot be handed to the kernel to resolve it
-//! (the kernel drops it as martian), so it goes to the MAC the client's
-//! packets came from.
+//! conntrack entry to take it from and whose client the FIB has no
+//! neighbour entry for (`confirm`, `icmp`). A client on the gateway's own
+//! link is such a client until the kernel itself talks to it, which it may
+//! never do: its packets all cross the data plane. A reply with a VIP as
+//! its source cannot be handed to the kernel to resolve it (the kernel
+//! drops it as martian), so it goes to the MAC the client's packets came
+//! from. (Taking this path first, before the FIB, made one Socket.IO
+//! reconnect in two hang for a connect timeout in the suite's failover
+//! test; not understood yet, so the FIB stays first.)
 //!
 //! A direct-mapped cache, by client address: an array slot per hash, no
 //! hash-table insert, written by client packets with no conntrack entry

@@ -94,14 +94,12 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
         return Ok(stats::pass(Counter::PassNotOurs));
     }
     rewrite(ctx, pkt, End::Source, &vip.addr, vip.port)?;
-    // No entry holds a way to the client: the way its packets came (a
-    // SYN passed a moment ago), else the FIB's.
-    let path = match client_path::learned(&pkt.key.dst, pkt.key.family) {
-        Some(path) => path,
-        None => match forward::lookup(ctx, pkt.key.family, pkt.key.proto, None) {
-            Ok(path) => path,
-            Err(action) => return Ok(action),
-        },
+    // The FIB's way to the client (no entry holds one), or without a
+    // neighbour the way its packets came.
+    let learned = client_path::learned(&pkt.key.dst, pkt.key.family);
+    let path = match forward::lookup(ctx, pkt.key.family, pkt.key.proto, learned.as_ref()) {
+        Ok(path) => path,
+        Err(action) => return Ok(action),
     };
     let confirms = !pkt.is_tcp() || pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0;
     let stored = confirms && store_flow(pkt, vip, service, backend_id, &path, now);

@@ -15,9 +15,9 @@
 //! packet itself (and resolves the neighbour for the next one, on
 //! NO_NEIGH). Replies of a flow carry its last [`L2Path`] instead, because
 //! the kernel would drop them (their source is the VIP, a local address).
-//! A reply whose flow has no entry yet has no such path: it takes the way
-//! its client's packets came (`client_path`), else the FIB's; with
-//! neither it is passed, counted.
+//! A reply whose flow has no entry yet has no such path: it takes the
+//! FIB's, or without a neighbour for its client the way its client's
+//! packets came (`client_path`); with neither it is passed, counted.
 
 use core::mem::size_of;
 

@@ -161,7 +161,7 @@ test_both_modes! {
         assert_eq!((table_entries(fx), connections()), ((1, 1), 1), "one entry each, one connection");
         let flow = fx.dataplane.flow(&flow_key("198.18.0.1", 40031, "198.18.0.100", 80)).unwrap().expect("the flow's entry");
         assert_eq!(flow.backend_id, id);
-        assert_eq!((flow.client_ifindex, flow.client_mac, flow.gateway_mac), (fx.client_if, CLIENT_MAC, CLIENT_IF_MAC), "the path the client's SYN came by");
+        assert_eq!((flow.client_ifindex, flow.client_mac, flow.gateway_mac), (fx.client_if, CLIENT_MAC, CLIENT_IF_MAC), "the client's path from the FIB");
         assert_eq!(u32::from(flow.backend_tcp_state), TCP_BACKEND_ANSWERED);
         // Data both ways now takes the entry: nothing more is stored or counted.
         let data = Frame { payload: vec![1; 10], ..from_backend(backend, "198.18.0.1", 40031, TCP_ACK | TCP_PSH) };
@@ -216,12 +216,11 @@ test_both_modes! {
         assert_eq!(fx.counter(Counter::ForwardToClient), 1);
     }
 
-    /// A reply with no entry goes to the MAC the client's packets came
-    /// from, with no FIB lookup, even for a client the FIB has no
-    /// neighbour for (the kernel would drop a VIP-sourced packet handed to
-    /// it); the flow's entry keeps that path. A client never seen has no
-    /// path, and without a neighbour its reply is passed, counted.
-    fn a_reply_without_an_entry_goes_to_its_clients_learned_mac(fx) {
+    /// A reply with no entry to a client the FIB has no neighbour for goes
+    /// to the MAC the client's packets came from (the kernel would drop a
+    /// VIP-sourced packet handed to it); the flow's entry keeps that path.
+    /// A client never seen has no path: its reply is passed, counted.
+    fn reply_to_a_client_without_a_neighbour_entry_goes_to_its_learned_mac(fx) {
         let client_mac = [0x02, 0, 0, 0, 0x0c, 0xc9];
         let syn = Frame { src_mac: client_mac, dst_mac: CLIENT_IF_MAC, ..Frame::tcp("198.18.0.201", 40010, "198.18.0.100", 80, TCP_SYN) }.build();
         let (_, out) = fx.run_client_frame(&syn);
@@ -234,6 +233,7 @@ test_both_modes! {
             assert_eq!(out, want.build(), "to the MAC of the client's own SYN");
             assert_eq!(table_entries(fx), stored);
         }
+        assert_eq!(fx.counter(Counter::NoNeighbourLearnedMac), 2);
         let flow = fx.dataplane.flow(&flow_key("198.18.0.201", 40010, "198.18.0.100", 80)).unwrap().expect("confirmed");
         assert_eq!((flow.client_ifindex, flow.client_mac, flow.gateway_mac), (fx.client_if, client_mac, CLIENT_IF_MAC));
 
