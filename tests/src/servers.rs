@@ -132,6 +132,14 @@ pub fn tcp_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
     })
 }
 
+/// Starts the TCP whoami server on `port` of every one of `backends`.
+pub fn tcp_whoami_on(backends: &[crate::Backend], port: u16) -> Vec<Server> {
+    backends
+        .iter()
+        .map(|b| tcp_whoami(b.ns(), b.name(), port))
+        .collect()
+}
+
 /// Starts the UDP whoami server on `port` of every address in `ns`.
 pub fn udp_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
     Server::start(ns, name, port, Type::DGRAM, |socket, name, stop| {
@@ -151,7 +159,7 @@ pub fn tcp_connect(
 }
 
 /// [`tcp_connect`] in the calling thread's own namespace (a thread from
-/// [`NetNs::spawn`](crate::NetNs::spawn)).
+/// [`NetNs::spawn_thread`](crate::NetNs::spawn_thread)).
 pub fn connect_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     socket.bind(&SocketAddr::new(src, 0).into())?;

@@ -17,7 +17,7 @@ use balancer_tests::{
     daemon::{Daemon, backends_toml, balancer, cli, cli_ok, config_head, status},
     require_root,
     servers::Server,
-    tcp_ask, tcp_connect, tcp_whoami,
+    tcp_ask, tcp_connect,
     topology::VIP_V4,
 };
 use balancer_user::metrics::Snapshot;
@@ -36,11 +36,7 @@ impl Rig {
     fn new() -> Rig {
         require_root();
         let topo = Topology::new(&TopologyOpts::default());
-        let servers = topo
-            .backends()
-            .iter()
-            .map(|b| tcp_whoami(b.ns(), b.name(), PORT))
-            .collect();
+        let servers = balancer_tests::servers::tcp_whoami_on(topo.backends(), PORT);
         Rig {
             topo,
             bpffs: TempBpffs::new(),

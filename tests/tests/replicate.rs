@@ -24,7 +24,7 @@ use balancer_tests::{
     daemon::{Daemon, backends_toml, cli_ok, config_head},
     http,
     servers::Server,
-    tcp_ask, tcp_whoami,
+    tcp_ask,
     topology::VIP_V4,
 };
 use balancer_user::{
@@ -79,11 +79,7 @@ impl Gateway {
             vips: vec![VIP_V4.into()],
             ..TopologyOpts::default()
         });
-        let servers = topo
-            .backends()
-            .iter()
-            .map(|b| tcp_whoami(b.ns(), b.name(), PORT))
-            .collect();
+        let servers = balancer_tests::servers::tcp_whoami_on(topo.backends(), PORT);
         Gateway {
             n,
             timeout: "10m",

@@ -24,7 +24,7 @@ use balancer_tests::{
     daemon::{Daemon, backends_toml, cli_ok, config_head, status},
     require_root,
     servers::Server,
-    tcp_ask, tcp_whoami,
+    tcp_ask,
     topology::VIP_V4,
 };
 use balancer_user::metrics::Snapshot;
@@ -46,11 +46,7 @@ impl Rig {
             backends: 4,
             ..TopologyOpts::default()
         });
-        let servers = topo
-            .backends()
-            .iter()
-            .map(|b| tcp_whoami(b.ns(), b.name(), PORT))
-            .collect();
+        let servers = balancer_tests::servers::tcp_whoami_on(topo.backends(), PORT);
         Rig {
             topo,
             _servers: servers,
