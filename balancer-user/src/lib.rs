@@ -23,6 +23,7 @@ pub mod object;
 pub mod oneline;
 pub mod pin;
 pub mod port_maps;
+pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod state;
