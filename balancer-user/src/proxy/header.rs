@@ -164,7 +164,10 @@ fn check_v1_prefix(part: &[u8]) -> Result<(), ProxyHeaderError> {
         return Ok(());
     }
     let fields = fields.unwrap_or_default();
-    let addressy = |b: &u8| b.is_ascii_hexdigit() || b":. ".contains(b);
+    let addressy = |b: &u8| match proto {
+        b"TCP4" => b.is_ascii_digit() || b". ".contains(b),
+        _ => b.is_ascii_hexdigit() || b":. ".contains(b),
+    };
     if !fields.iter().all(addressy) || fields.iter().filter(|&&b| b == b' ').count() > 4 {
         return Err(ProxyHeaderError::V1Syntax);
     }
@@ -173,12 +176,15 @@ fn check_v1_prefix(part: &[u8]) -> Result<(), ProxyHeaderError> {
 
 /// Parses what follows `"PROXY "`, without the CRLF.
 fn parse_v1_line(line: &[u8]) -> Result<ProxyHeader, ProxyHeaderError> {
+    // Whatever follows UNKNOWN is ignored, bytes that are not UTF-8 too.
+    if line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ") {
+        return Ok(ProxyHeader::Local);
+    }
     let line = std::str::from_utf8(line).map_err(|_| ProxyHeaderError::V1Syntax)?;
     // Single spaces only: splitting on one space leaves an empty field
     // wherever there are two, which then fails to parse.
     let fields: Vec<&str> = line.split(' ').collect();
     match fields.as_slice() {
-        ["UNKNOWN", ..] => Ok(ProxyHeader::Local),
         [proto @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
             let v4 = *proto == "TCP4";
             Ok(ProxyHeader::Proxied {
@@ -386,6 +392,8 @@ mod tests {
             (ProxyHeader::Local, V1_UNKNOWN_LONGEST.len())
         );
         assert_prefixes_incomplete(V1_UNKNOWN_LONGEST);
+        let odd = b"PROXY UNKNOWN \xff\x00 whatever\r\n";
+        assert_eq!(done(odd), (ProxyHeader::Local, odd.len()));
     }
 
     #[test]
@@ -397,6 +405,8 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2 3\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 1\r\n",
             b"PROXY TCP4 x",
+            b"PROXY TCP4 2001:",
+            b"PROXY TCP6 2001:db8::g",
             b"PROXY TCP4 1.2.3.4\n",
             b"PROXY TCP4 1.2.3.4\rX",
             b"PROXY UNKNOWN\rX",
@@ -414,10 +424,10 @@ mod tests {
         let address: &[&[u8]] = &[
             b"PROXY TCP4 1.2.3.4 1.2.3.4 1 65536\r\n",
             b"PROXY TCP4 1.2.3 1.2.3.4 1 2\r\n",
-            b"PROXY TCP4 2001:db8::1 1.2.3.4 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4.5 1.2.3.4 1 2\r\n",
             b"PROXY TCP6 1.2.3.4 2001:db8::1 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 1.2.3.4 1 \r\n",
-            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 ab\r\n",
+            b"PROXY TCP6 ::1 ::2 1 ab\r\n",
         ];
         for buf in address {
             assert_eq!(

@@ -30,7 +30,7 @@ pub const MAX_CHUNK_LINE: usize = MAX_HEAD;
 pub enum Body {
     /// No body: the next bytes are the next message.
     None,
-    /// Exactly this many bytes.
+    /// Exactly this many bytes (`Length(0)` kept as sent).
     Length(u64),
     /// Chunked: walk it with [`ChunkedFraming`].
     Chunked,
@@ -119,7 +119,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError> {
 }
 
 /// Parses the response head at the start of `buf`, the answer to a request
-/// whose method was HEAD if `request_method_is_head`.
+/// whose method was HEAD if `request_method_is_head`. CONNECT is not
+/// expected (the L7 path carries requests to an origin), so a 2xx is never
+/// read as the start of a tunnel.
 pub fn parse_response(
     buf: &[u8],
     request_method_is_head: bool,
@@ -131,6 +133,10 @@ pub fn parse_response(
     };
     let http11 = response.version == Some(1);
     let status = response.code.unwrap_or_default();
+    // httparse takes any three digits; below 100 is no status at all.
+    if status < 100 {
+        return Err(malformed(format_args!("status {status:03}")));
+    }
     let fields = Fields::scan(response.headers)?;
     // The order of RFC 9112 §6.3. A response with both framings is an
     // error, not "Transfer-Encoding wins": an intermediary must then drop
@@ -970,6 +976,7 @@ X-Forwarded-For:\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: three\r\n\r\n",
             b"HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 099 Odd\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
         ] {
             assert!(
