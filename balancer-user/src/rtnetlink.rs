@@ -50,8 +50,14 @@ pub fn host_address(op: Op, ifindex: u32, ip: IpAddr) -> io::Result<()> {
 /// sockets may bind it and packets to it are delivered here, yet no
 /// interface carries it, so a routing daemon's `protocol direct` does not
 /// announce it. Idempotent like [`host_address`].
+///
+/// Adding never replaces a route that is there: an address already local
+/// (on an interface, whose own `local` route the kernel made) stays as it
+/// is. Removing matches this kind of route only (protocol static, via
+/// `ifindex`), so it never takes away an interface address's route.
 pub fn local_route(op: Op, ifindex: u32, ip: IpAddr) -> io::Result<()> {
     match exchange(&route_message(op, ifindex, ip)) {
+        Err(e) if op == Op::Add && e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(e) if op == Op::Remove && e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
         other => other,
     }
@@ -61,7 +67,7 @@ pub fn local_route(op: Op, ifindex: u32, ip: IpAddr) -> io::Result<()> {
 fn route_message(op: Op, ifindex: u32, ip: IpAddr) -> Vec<u8> {
     let (family, prefixlen, octets) = host_prefix(ip);
     let (kind, flags) = match op {
-        Op::Add => (libc::RTM_NEWROUTE, libc::NLM_F_CREATE | libc::NLM_F_REPLACE),
+        Op::Add => (libc::RTM_NEWROUTE, libc::NLM_F_CREATE | libc::NLM_F_EXCL),
         Op::Remove => (libc::RTM_DELROUTE, 0),
     };
     // struct rtmsg (<linux/rtnetlink.h>): family, dst_len, src_len, tos,
