@@ -52,13 +52,14 @@ pub struct Local {
 }
 
 impl Directory {
-    /// The source-ip services of `services` (four-tuple services keep no
-    /// affinity entries).
+    /// The services of `services` that keep affinity entries: source-ip,
+    /// and sid (whose requests without a sid go by client address);
+    /// four-tuple services keep none.
     pub fn of(services: &[ServiceState]) -> Self {
         let mut d = Directory::default();
         for s in services
             .iter()
-            .filter(|s| s.config.affinity == AffinityMode::SourceIp)
+            .filter(|s| s.config.affinity != AffinityMode::FourTuple)
         {
             let value = s.map_value(0, true);
             let service = Service {
