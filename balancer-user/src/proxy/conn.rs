@@ -195,6 +195,8 @@ async fn read_proxy_header(
 /// An open connection to a backend, counted open until dropped.
 struct Backend {
     id: u32,
+    /// The client it was opened for: the one its PROXY header names.
+    origin: SocketAddr,
     stream: TcpStream,
     shared_stats: Arc<super::stats::ProxyStats>,
 }
@@ -224,6 +226,7 @@ impl Backend {
         shared.stats.opened(choice.backend_id);
         let backend = Backend {
             id: choice.backend_id,
+            origin,
             stream,
             shared_stats: Arc::clone(&shared.stats),
         };
@@ -328,8 +331,16 @@ async fn requests(
         })
         .ok_or(Closed::Unserved(UNAVAILABLE))?;
         shared.stats.request(name, choice.routed_by);
+        // A connection whose PROXY header named another client (a CDN
+        // pools many on one) is not reused: the backend would take this
+        // request for that client's.
+        let reusable = |b: &Backend| {
+            b.id == choice.backend_id
+                && (!service.config.send_proxy_protocol || b.origin == origin)
+                && b.still_open()
+        };
         let to = match backend.take() {
-            Some(b) if b.id == choice.backend_id && b.still_open() => b,
+            Some(b) if reusable(&b) => b,
             _ => Backend::connect(shared, &service, choice, origin).await?,
         };
         let to = backend.insert(to);
