@@ -87,9 +87,12 @@ pub enum Counter {
     /// buffer was full): the entry stands here, but cluster peers learn it
     /// only from the next re-announcement.
     AffinityReportFailed = 27,
+    /// Passed untouched: a packet of a service the daemon terminates
+    /// (`SERVICE_TO_STACK`), for its acceptor on the VIP.
+    PassToStack = 28,
 }
 
-pub const COUNTER_COUNT: u32 = 28;
+pub const COUNTER_COUNT: u32 = 29;
 
 /// Entries of the `COUNTERS` map: room beyond [`COUNTER_COUNT`], so that a
 /// build which adds counters still adopts the pinned map of this one (a
@@ -128,6 +131,7 @@ impl Counter {
         Counter::PendingInsertFailed,
         Counter::PassReplyWrongPath,
         Counter::AffinityReportFailed,
+        Counter::PassToStack,
     ];
 
     /// The `reason` label for drop counters; `None` for the others.
@@ -172,6 +176,7 @@ impl Counter {
             Counter::PendingInsertFailed => "pending_insert_failed",
             Counter::PassReplyWrongPath => "pass_reply_wrong_path",
             Counter::AffinityReportFailed => "affinity_report_failed",
+            Counter::PassToStack => "pass_to_stack",
         }
     }
 }

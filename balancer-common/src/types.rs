@@ -37,6 +37,11 @@ pub const SERVICE_FOUR_TUPLE: u32 = 1;
 /// record their choice in `PENDING` for the replies to find. Set by the
 /// daemon from its services.
 pub const SERVICE_AMBIGUOUS_REPLIES: u32 = 2;
+/// `Service::flags`: the daemon terminates this service's connections
+/// (PROXY protocol, X-Forwarded-For, sid affinity): its packets go to the
+/// kernel's stack untouched, and its backends' packets are not replies of
+/// a balanced flow. Set by the daemon from its config.
+pub const SERVICE_TO_STACK: u32 = 4;
 
 /// Value of `SERVICES`.
 #[repr(C)]

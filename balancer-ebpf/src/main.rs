@@ -43,7 +43,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use balancer_common::counters::Counter;
+use balancer_common::{counters::Counter, types::SERVICE_TO_STACK};
 
 use crate::{
     action::Action,
@@ -152,6 +152,9 @@ fn verdict<C: Frame>(ctx: &C, action: Result<Action, ()>) -> u32 {
 #[inline(always)]
 fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Next {
     if let Some(service) = lookup::service_for(&pkt.key) {
+        if service.flags & SERVICE_TO_STACK != 0 {
+            return Next::Verdict(ctx.verdict(stats::pass(Counter::PassToStack)));
+        }
         return Next::Verdict(verdict(ctx, paths::to_backend(ctx, pkt, service)));
     }
     match lookup::reply_flow(&pkt.key) {

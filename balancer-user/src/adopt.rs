@@ -185,6 +185,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                         draining: p.state & BACKEND_ADMIN_DRAIN != 0,
                         runtime: false,
                         weight_set,
+                        name: b.name.clone(),
                     }
                 }
                 None => {
@@ -199,6 +200,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                         draining: false,
                         runtime: false,
                         weight_set: false,
+                        name: b.name.clone(),
                     }
                 }
             };
@@ -214,6 +216,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                     draining: p.state & BACKEND_ADMIN_DRAIN != 0,
                     runtime: true,
                     weight_set: p.state & BACKEND_ADMIN_WEIGHT != 0,
+                    name: None,
                 });
             } else {
                 ids.release(id);

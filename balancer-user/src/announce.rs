@@ -257,6 +257,7 @@ mod tests {
             draining,
             runtime: false,
             weight_set: false,
+            name: None,
         };
         let service = |vip: &str, backends: Vec<BackendState>| ServiceState {
             id: 0,

@@ -34,12 +34,17 @@
 //! | `services.source_prefix_v4` / `_v6` | `32` / `128` |
 //! | `services.affinity_timeout` | `"10m"` |
 //! | `services.table_size` | `65537` (a prime, at most [`MAX_TABLE_SIZE`]) |
+//! | `services.client_address` | `"packet"` |
+//! | `services.trusted_proxies` | `[]` |
+//! | `services.send_proxy_protocol` | `false` |
+//! | `services.header_timeout` | `"5s"` |
 //! | `services.health.check` | `"tcp"` |
 //! | `services.health.path` | `"/"` |
 //! | `services.health.expect_status` | `200` |
 //! | `services.health.interval` / `timeout` | `"2s"` / `"1s"` |
 //! | `services.health.rise` / `fall` | `2` / `3` |
 //! | `services.backends.weight` | `1` (1..=65535) |
+//! | `services.backends.name` | none (required with `affinity = "sid"`) |
 //!
 //! Durations are strings such as `"500ms"`, `"2s"`, `"10m"`, `"1h"`, `"1m30s"`,
 //! read and written by `humantime` (see [`duration`]).
@@ -62,6 +67,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::oneline::escape_controls;
 
+pub mod cidr;
 mod de;
 pub mod duration;
 mod parse;
@@ -89,7 +95,9 @@ affinity = 1048576
 name = "chat"
 vip = "198.18.0.100:80"
 protocol = "tcp"          # "tcp" | "udp"
-affinity = "source-ip"    # "source-ip" | "four-tuple"
+affinity = "source-ip"    # "source-ip" | "four-tuple" | "sid"
+client_address = "packet" # "packet" | "proxy-protocol" | "x-forwarded-for"
+trusted_proxies = []      # CIDRs allowed to speak PROXY / set X-Forwarded-For
 source_prefix_v4 = 32     # 24 behaves like nginx ip_hash
 source_prefix_v6 = 128
 affinity_timeout = "10m"
@@ -107,6 +115,7 @@ fall = 3
 [[services.backends]]
 address = "198.18.1.11:3000"
 weight = 1
+name = "b1"               # optional; the sid prefix for affinity = "sid"
 "#;
 
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
@@ -405,6 +414,28 @@ pub struct ServiceConfig {
     pub table_size: u32,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Where a client's address comes from. Anything but `packet` (or
+    /// `affinity = "sid"`) makes the daemon terminate the service's TCP
+    /// connections ([`ServiceConfig::terminates_in_daemon`]).
+    #[serde(default)]
+    pub client_address: ClientAddress,
+    /// The only sources allowed to speak PROXY or set X-Forwarded-For;
+    /// required with those `client_address` values.
+    #[serde(default, deserialize_with = "de::cidrs")]
+    pub trusted_proxies: Vec<cidr::Cidr>,
+    /// Daemon-terminated services: open each backend connection with a
+    /// PROXY v2 header naming the client.
+    #[serde(default, deserialize_with = "de::boolean")]
+    pub send_proxy_protocol: bool,
+    /// Daemon-terminated services: how long a client may take to send its
+    /// PROXY header and request head, and a keep-alive connection may stay
+    /// idle between requests, before it is closed.
+    #[serde(
+        default = "defaults::header_timeout",
+        deserialize_with = "de::duration",
+        serialize_with = "duration::serialize"
+    )]
+    pub header_timeout: Duration,
     /// May be empty: backends can be added at run time with the CLI.
     #[serde(default, deserialize_with = "de::backends")]
     pub backends: Vec<BackendConfig>,
@@ -430,6 +461,10 @@ mod defaults {
         super::DEFAULT_TABLE_SIZE
     }
 
+    pub(super) fn header_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+
     pub(super) fn weight() -> u32 {
         1
     }
@@ -452,8 +487,19 @@ impl ServiceConfig {
             affinity_timeout: defaults::affinity_timeout(),
             table_size: defaults::table_size(),
             health: HealthConfig::default(),
+            client_address: ClientAddress::default(),
+            trusted_proxies: Vec::new(),
+            send_proxy_protocol: false,
+            header_timeout: defaults::header_timeout(),
             backends: Vec::new(),
         }
+    }
+
+    /// Does the daemon terminate this service's TCP connections (to read
+    /// a PROXY header or the request head) rather than the kernel program
+    /// forwarding its packets?
+    pub fn terminates_in_daemon(&self) -> bool {
+        self.client_address != ClientAddress::Packet || self.affinity == AffinityMode::Sid
     }
 
     /// `FAMILY_V4` or `FAMILY_V6`: the VIP's, and so every backend's.
@@ -551,6 +597,14 @@ pub struct BackendConfig {
     /// backend new clients, drain it (`balancer backend drain`).
     #[serde(default = "defaults::weight", deserialize_with = "de::weight")]
     pub weight: u32,
+    /// What the backend calls itself in its engine.io session ids
+    /// (`NAME.random`), for `affinity = "sid"`; unique within the service.
+    #[serde(
+        default,
+        deserialize_with = "de::optional_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
 }
 
 impl BackendConfig {
@@ -558,6 +612,7 @@ impl BackendConfig {
         BackendConfig {
             address,
             weight: defaults::weight(),
+            name: None,
         }
     }
 }
@@ -659,8 +714,26 @@ pub enum AffinityMode {
     SourceIp,
     /// The flow's 4-tuple: plain consistent hashing, no affinity entries.
     FourTuple,
+    /// The backend named by the engine.io session id's prefix; a request
+    /// without one goes by client address as `SourceIp` does. The daemon
+    /// terminates these services' connections to read it.
+    Sid,
 }
-keywords!(AffinityMode { SourceIp => "source-ip", FourTuple => "four-tuple" });
+keywords!(AffinityMode { SourceIp => "source-ip", FourTuple => "four-tuple", Sid => "sid" });
+
+/// `services.client_address`: where a client's address comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ClientAddress {
+    /// The packet's source address.
+    #[default]
+    Packet,
+    /// A PROXY protocol header (v1 or v2) from a trusted proxy.
+    ProxyProtocol,
+    /// The X-Forwarded-For header of each request from a trusted proxy:
+    /// its last hop that is not itself a trusted proxy.
+    XForwardedFor,
+}
+keywords!(ClientAddress { Packet => "packet", ProxyProtocol => "proxy-protocol", XForwardedFor => "x-forwarded-for" });
 
 /// `services.health.check`
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -1065,18 +1138,22 @@ fn check_positive(field: impl FnOnce() -> String, d: Duration) -> Result<(), Con
     Ok(())
 }
 
-fn check_service(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
-    let field = |key: &str| format!("{path}.{key}");
+/// A service's or a backend's name: it shows in metric labels, CLI
+/// arguments and session ids.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if s.name.is_empty() || s.name.len() > MAX_NAME_LEN || !s.name.chars().all(name_ok) {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(name_ok) {
         return Err(ConfigError::invalid(
-            field("name"),
-            format!(
-                "{:?} is not a valid name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -)",
-                s.name
-            ),
+            field,
+            format!("{name:?} is not a valid name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -)"),
         ));
     }
+    Ok(())
+}
+
+fn check_service(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
+    let field = |key: &str| format!("{path}.{key}");
+    check_name(&field("name"), &s.name)?;
     check_endpoint(&field("vip"), "a VIP", s.vip)?;
     check(
         || field("source_prefix_v4"),
@@ -1114,6 +1191,7 @@ fn check_service(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
     check_positive(|| field("health.timeout"), h.timeout)?;
     check(|| field("health.rise"), count(h.rise.into()))?;
     check(|| field("health.fall"), count(h.fall.into()))?;
+    check_termination(path, s)?;
 
     for (j, backend) in s.backends.iter().enumerate() {
         check_backend(
@@ -1122,6 +1200,58 @@ fn check_service(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
             backend,
             &s.backends[..j],
         )?;
+    }
+    Ok(())
+}
+
+/// The keys of services the daemon terminates: TCP only, the proxies named
+/// where a header is believed, and no such key on a service the kernel
+/// forwards (where it would silently do nothing).
+fn check_termination(path: &str, s: &ServiceConfig) -> Result<(), ConfigError> {
+    let field = |key: &str| format!("{path}.{key}");
+    check_positive(|| field("header_timeout"), s.header_timeout)?;
+    if !s.terminates_in_daemon() {
+        let unused = if !s.trusted_proxies.is_empty() {
+            Some("trusted_proxies")
+        } else if s.send_proxy_protocol {
+            Some("send_proxy_protocol")
+        } else {
+            None
+        };
+        return match unused {
+            Some(key) => Err(ConfigError::invalid(
+                field(key),
+                r#"only used with client_address = "proxy-protocol" or "x-forwarded-for", or affinity = "sid""#,
+            )),
+            None => Ok(()),
+        };
+    }
+    if s.protocol != Protocol::Tcp {
+        return Err(ConfigError::invalid(
+            field("protocol"),
+            format!(
+                "client_address = {:?} and affinity = {:?} need protocol = \"tcp\" (the daemon reads the connection)",
+                s.client_address.as_str(),
+                s.affinity.as_str()
+            ),
+        ));
+    }
+    if s.client_address != ClientAddress::Packet && s.trusted_proxies.is_empty() {
+        return Err(ConfigError::invalid(
+            field("trusted_proxies"),
+            format!(
+                "required with client_address = {:?}: the proxies whose word is taken (every other source is refused)",
+                s.client_address.as_str()
+            ),
+        ));
+    }
+    if s.affinity == AffinityMode::Sid
+        && let Some(j) = s.backends.iter().position(|b| b.name.is_none())
+    {
+        return Err(ConfigError::invalid(
+            format!("{path}.backends[{j}].name"),
+            r#"required with affinity = "sid": the prefix of the session ids this backend mints"#,
+        ));
     }
     Ok(())
 }
@@ -1163,5 +1293,18 @@ fn check_backend(
             ),
         ));
     }
-    check(|| format!("{path}.weight"), weight(backend.weight.into()))
+    check(|| format!("{path}.weight"), weight(backend.weight.into()))?;
+    if let Some(name) = &backend.name {
+        check_name(&format!("{path}.name"), name)?;
+        if others.iter().any(|o| o.name.as_ref() == Some(name)) {
+            return Err(ConfigError::invalid(
+                format!("{path}.name"),
+                format!(
+                    "duplicate backend name {name:?} in service {:?}",
+                    service.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

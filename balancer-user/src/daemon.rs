@@ -303,10 +303,15 @@ impl Daemon {
             .map(|b| BackendConfig {
                 address: b.address,
                 weight: b.weight,
+                name: b.name.clone(),
             })
             .collect();
         check
-            .check_new_backend(&BackendConfig { address, weight })
+            .check_new_backend(&BackendConfig {
+                address,
+                weight,
+                name: None,
+            })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let checked = s.config.health.check != HealthCheckKind::None;
         let Some(id) = self.ids.allocate() else {
@@ -322,6 +327,7 @@ impl Daemon {
                 draining: false,
                 runtime: true,
                 weight_set: false,
+                name: None,
             };
             next.backends.push(b.clone());
             self.commit(i, next)?;

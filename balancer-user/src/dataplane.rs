@@ -430,10 +430,9 @@ impl DataPlane {
     /// first can be placed by client address alone; remove the rest.
     pub fn write_fragment_services(&mut self, services: &[ServiceState]) -> anyhow::Result<()> {
         let mut by_address: StdHashMap<ServiceKey, Vec<ServiceKey>> = Default::default();
-        for s in services
-            .iter()
-            .filter(|s| s.config.affinity == AffinityMode::SourceIp)
-        {
+        for s in services.iter().filter(|s| {
+            s.config.affinity == AffinityMode::SourceIp && !s.config.terminates_in_daemon()
+        }) {
             let key = s.key();
             by_address
                 .entry(ServiceKey { port: 0, ..key })

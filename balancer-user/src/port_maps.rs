@@ -67,19 +67,26 @@ impl PortMaps {
     }
 }
 
-/// `service`'s backends, each with its BACKEND_VIPS key.
+/// `service`'s backends, each with its BACKEND_VIPS key; none for a service
+/// the daemon terminates, whose backends answer the gateway itself, not a
+/// client through it.
 fn endpoints(service: &ServiceState) -> impl Iterator<Item = (&BackendState, ServiceKey)> {
     let proto = service.key().proto;
-    service.backends.iter().map(move |b| {
-        let (addr, family) = to_words(b.address.ip());
-        let key = ServiceKey {
-            addr,
-            port: b.address.port().to_be(),
-            proto,
-            family,
-        };
-        (b, key)
-    })
+    let kernel_forwarded = !service.config.terminates_in_daemon();
+    service
+        .backends
+        .iter()
+        .filter(move |_| kernel_forwarded)
+        .map(move |b| {
+            let (addr, family) = to_words(b.address.ip());
+            let key = ServiceKey {
+                addr,
+                port: b.address.port().to_be(),
+                proto,
+                family,
+            };
+            (b, key)
+        })
 }
 
 /// Record that service `id` uses `port`: `id + 1` while it is the only one.

@@ -10,7 +10,7 @@ use balancer_common::{
     maglev::{self, MaglevBackend},
     types::{
         BACKEND_ADMIN_DRAIN, BACKEND_ADMIN_WEIGHT, BACKEND_DRAINING, BACKEND_RUNTIME, BACKEND_UP,
-        Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, Service, ServiceKey,
+        Backend, PROTO_TCP, PROTO_UDP, SERVICE_FOUR_TUPLE, SERVICE_TO_STACK, Service, ServiceKey,
     },
 };
 
@@ -30,6 +30,9 @@ pub struct BackendState {
     /// `weight` was set with `balancer backend set-weight`: a restart keeps
     /// it over the config's.
     pub weight_set: bool,
+    /// The config's `name`: the prefix of the engine.io session ids it
+    /// mints (`affinity = "sid"`). Backends added at run time have none.
+    pub name: Option<String>,
 }
 
 impl BackendState {
@@ -124,8 +127,13 @@ impl ServiceState {
         Service {
             id: self.id,
             flags: match self.config.affinity {
-                AffinityMode::SourceIp => 0,
+                // Without a sid, a sid service's client goes by address.
+                AffinityMode::SourceIp | AffinityMode::Sid => 0,
                 AffinityMode::FourTuple => SERVICE_FOUR_TUPLE,
+            } | if self.config.terminates_in_daemon() {
+                SERVICE_TO_STACK
+            } else {
+                0
             },
             table_offset: [self.table_base, self.table_base + self.config.table_size],
             active_table: active,

@@ -102,6 +102,7 @@ fn a_restart_after_runtime_changes_builds_the_table_a_fresh_gateway_builds() {
         draining: false,
         runtime: true,
         weight_set: false,
+        name: None,
     });
     let again = plan(&config(TWO_SERVICES), &pin(&first, 10_000)).unwrap();
     let as_addresses = |s: &ServiceState| -> Vec<std::net::SocketAddr> {
@@ -137,6 +138,7 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
         draining: false,
         runtime: true,
         weight_set: false,
+        name: None,
     });
     let pinned = pin(&first, 10_000);
     // The new config drops the dns service and .11, and lists .14.

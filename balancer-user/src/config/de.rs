@@ -12,7 +12,7 @@ use std::{fmt, marker::PhantomData, net::SocketAddr, path::PathBuf, str::FromStr
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Value;
 
-use super::{BackendConfig, ServiceConfig, duration};
+use super::{BackendConfig, ServiceConfig, cidr::Cidr, duration};
 
 /// "an integer (80)", "a table": for "expected X, got Y".
 fn describe(value: &Value) -> String {
@@ -79,19 +79,36 @@ pub(super) fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pa
     path(d).map(Some)
 }
 
-/// An array of `IP:PORT` strings.
-pub(super) fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+/// An array, each item read by `item`; an item's error is prefixed by its
+/// index.
+fn array<'de, D: Deserializer<'de>, T>(
+    d: D,
+    item: impl Fn(Value) -> Result<T, toml::de::Error>,
+) -> Result<Vec<T>, D::Error> {
     match Value::deserialize(d)? {
         Value::Array(items) => items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| {
-                socket_addr(item).map_err(|e: toml::de::Error| {
-                    de::Error::custom(format!("[{i}]: {}", e.message()))
-                })
-            })
+            .map(|(i, v)| item(v).map_err(|e| de::Error::custom(format!("[{i}]: {}", e.message()))))
             .collect(),
         other => Err(wrong_type("an array of strings", &other)),
+    }
+}
+
+/// An array of `IP:PORT` strings.
+pub(super) fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    array(d, socket_addr)
+}
+
+/// An array of address blocks (`trusted_proxies`).
+pub(super) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    array(d, |v| parsed(v, Cidr::from_str))
+}
+
+pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Boolean(b) => Ok(b),
+        other => Err(wrong_type("a boolean", &other)),
     }
 }
 

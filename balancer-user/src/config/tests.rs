@@ -73,9 +73,14 @@ fn example_parses_with_its_values() {
                     rise: 2,
                     fall: 3,
                 },
+                client_address: ClientAddress::Packet,
+                trusted_proxies: Vec::new(),
+                send_proxy_protocol: false,
+                header_timeout: Duration::from_secs(5),
                 backends: vec![BackendConfig {
                     address: addr("198.18.1.11:3000"),
-                    weight: 1
+                    weight: 1,
+                    name: Some("b1".into()),
                 }],
             }],
         }
@@ -543,7 +548,7 @@ fn bad_protocol_and_affinity() {
     assert_invalid(
         &minimal("affinity = \"cookie\"\n"),
         "services[0].affinity",
-        r#"expected "source-ip" or "four-tuple", got "cookie""#,
+        r#"expected "source-ip", "four-tuple" or "sid", got "cookie""#,
     );
 }
 
@@ -860,6 +865,7 @@ fn check_new_backend_for_the_cli() {
         .check_new_backend(&BackendConfig {
             address: addr("198.18.1.12:3000"),
             weight: 0,
+            name: None,
         })
         .unwrap_err();
     assert_eq!(err.field(), Some("backend.weight"));
@@ -890,7 +896,7 @@ fn from_file_names_the_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "services[0].table_size: 65536 is not a prime; the next prime is 65537 ({}:24:14)",
+            "services[0].table_size: 65536 is not a prime; the next prime is 65537 ({}:26:14)",
             bad.display()
         )
     );
@@ -1043,4 +1049,85 @@ fn cluster_peers_need_a_listener_and_a_key() {
         "expected an array of strings",
     );
     assert_invalid(&cluster("peer = []\n"), "cluster.peer", "unknown field");
+}
+
+#[test]
+fn services_behind_a_proxy_parse_their_keys() {
+    let text = minimal(
+        r#"affinity = "sid"
+client_address = "proxy-protocol"
+trusted_proxies = ["198.18.5.0/24", "2001:db8:5::1"]
+send_proxy_protocol = true
+header_timeout = "1s"
+[[services.backends]]
+address = "198.18.1.11:3000"
+name = "b1"
+"#,
+    );
+    let config = Config::from_str(&text).unwrap();
+    let s = &config.services[0];
+    assert!(s.terminates_in_daemon());
+    assert_eq!(s.affinity, AffinityMode::Sid);
+    assert_eq!(s.client_address, ClientAddress::ProxyProtocol);
+    let trusted: Vec<String> = s.trusted_proxies.iter().map(|c| c.to_string()).collect();
+    assert_eq!(trusted, ["198.18.5.0/24", "2001:db8:5::1/128"]);
+    assert!(s.send_proxy_protocol);
+    assert_eq!(s.header_timeout, Duration::from_secs(1));
+    assert_eq!(s.backends[0].name.as_deref(), Some("b1"));
+    assert!(!Config::from_str(&minimal("")).unwrap().services[0].terminates_in_daemon());
+}
+
+#[test]
+fn services_behind_a_proxy_are_checked() {
+    let sid_backend =
+        |name: &str| format!("[[services.backends]]\naddress = \"198.18.1.11:3000\"\n{name}");
+    assert_invalid(
+        &minimal("client_address = \"x-forwarded-for\"\n"),
+        "services[0].trusted_proxies",
+        "required with client_address",
+    );
+    assert_invalid(
+        &minimal("trusted_proxies = [\"198.18.5.0/24\"]\n"),
+        "services[0].trusted_proxies",
+        "only used with",
+    );
+    assert_invalid(
+        &minimal("send_proxy_protocol = true\n"),
+        "services[0].send_proxy_protocol",
+        "only used with",
+    );
+    assert_invalid(
+        &minimal("affinity = \"sid\"\nprotocol = \"udp\"\n"),
+        "services[0].protocol",
+        "need protocol = \"tcp\"",
+    );
+    assert_invalid(
+        &minimal(&format!("affinity = \"sid\"\n{}", sid_backend(""))),
+        "services[0].backends[0].name",
+        "required with affinity = \"sid\"",
+    );
+    assert_invalid(
+        &minimal(&sid_backend("name = \"b 1\"")),
+        "services[0].backends[0].name",
+        "not a valid name",
+    );
+    let two = format!(
+        "{}\n[[services.backends]]\naddress = \"198.18.1.12:3000\"\nname = \"b1\"\n",
+        sid_backend("name = \"b1\"")
+    );
+    assert_invalid(
+        &minimal(&two),
+        "services[0].backends[1].name",
+        "duplicate backend name",
+    );
+    assert_invalid(
+        &minimal("client_address = \"proxy-protocol\"\ntrusted_proxies = [\"198.18.5.0/33\"]\n"),
+        "services[0].trusted_proxies",
+        "invalid address block",
+    );
+    assert_invalid(
+        &minimal("client_address = \"cookie\"\n"),
+        "services[0].client_address",
+        "expected \"packet\", \"proxy-protocol\" or \"x-forwarded-for\"",
+    );
 }
