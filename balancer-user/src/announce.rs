@@ -18,8 +18,6 @@
 //! be rehashed to another and back). A new daemon starts by removing what
 //! it does not serve.
 
-mod netlink;
-
 use std::{
     collections::BTreeSet,
     io,
@@ -29,7 +27,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{config::Announce, metrics::AnnounceSnapshot, netif, state::ServiceState};
+use crate::{config::Announce, metrics::AnnounceSnapshot, netif, rtnetlink, state::ServiceState};
 
 /// The VIP addresses of this gateway and which of them it announces.
 pub struct Announcer {
@@ -132,7 +130,7 @@ impl Announcer {
             &self.leftovers,
         );
         for &ip in &plan.remove {
-            netlink::host_address(netlink::Op::Remove, self.ifindex, ip)
+            rtnetlink::host_address(rtnetlink::Op::Remove, self.ifindex, ip)
                 .with_context(|| format!("announce: cannot remove {ip} from {}", self.interface))?;
             self.announced.remove(&ip);
             tracing::info!(vip = %ip, interface = %self.interface, "VIP withdrawn");
@@ -140,7 +138,7 @@ impl Announcer {
         // What is wanted is added below, and the rest was removed above.
         self.leftovers.clear();
         for &ip in &plan.add {
-            netlink::host_address(netlink::Op::Add, self.ifindex, ip)
+            rtnetlink::host_address(rtnetlink::Op::Add, self.ifindex, ip)
                 .with_context(|| format!("announce: cannot add {ip} to {}", self.interface))?;
             self.announced.insert(ip);
             tracing::info!(vip = %ip, interface = %self.interface, "VIP announced");
@@ -159,7 +157,7 @@ impl Announcer {
     pub fn withdraw_all(&mut self) -> anyhow::Result<()> {
         let all: BTreeSet<IpAddr> = self.known.union(&self.announced).copied().collect();
         for ip in all {
-            netlink::host_address(netlink::Op::Remove, self.ifindex, ip)
+            rtnetlink::host_address(rtnetlink::Op::Remove, self.ifindex, ip)
                 .with_context(|| format!("announce: cannot remove {ip} from {}", self.interface))?;
             self.announced.remove(&ip);
         }

@@ -25,6 +25,7 @@ use crate::{
     dataplane::DataPlane,
     health::{HealthChecker, HealthEvent, HealthHandle},
     ids::BackendIds,
+    proxy::{self, stats::ProxyStats},
     state::{BackendState, ServiceState},
 };
 
@@ -58,6 +59,11 @@ pub struct Daemon {
     directory: watch::Sender<Directory>,
     /// The links to the other gateways, with `[cluster] peers`.
     cluster: Option<Cluster>,
+    /// The daemon-terminated services, for their acceptors; sent again
+    /// whenever they change.
+    routes: watch::Sender<proxy::Routes>,
+    /// What those services' connections counted.
+    proxy_stats: Arc<ProxyStats>,
 }
 
 /// The config a daemon was started with, and where it came from.
@@ -112,9 +118,11 @@ impl Daemon {
             announce_ready: false,
             directory: watch::Sender::new(Directory::default()),
             cluster: None,
+            routes: watch::Sender::new(Arc::default()),
+            proxy_stats: Arc::default(),
         };
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
-        daemon.publish_directory();
+        daemon.publish_services();
         let all: Vec<(usize, BackendState)> = daemon
             .services
             .iter()
@@ -175,8 +183,20 @@ impl Daemon {
         self.directory.subscribe()
     }
 
-    fn publish_directory(&self) {
+    /// The daemon-terminated services as they are now; the receiver sees
+    /// every change.
+    pub fn watch_routes(&self) -> watch::Receiver<proxy::Routes> {
+        self.routes.subscribe()
+    }
+
+    pub fn proxy_stats(&self) -> Arc<ProxyStats> {
+        Arc::clone(&self.proxy_stats)
+    }
+
+    /// Tell the cluster links and the acceptors what the services are now.
+    fn publish_services(&self) {
         self.directory.send_replace(Directory::of(&self.services));
+        self.routes.send_replace(proxy::routes(&self.services));
     }
 
     /// The running cluster links, for status and metrics.
@@ -248,7 +268,7 @@ impl Daemon {
             .with_context(|| format!("service {}: writing the new table", next.config.name))?;
         self.services[index] = next;
         self.sync_announce();
-        self.publish_directory();
+        self.publish_services();
         Ok(())
     }
 
@@ -449,6 +469,7 @@ impl Daemon {
         if let Some(a) = &mut self.announce {
             a.withdraw_all()?;
         }
+        proxy::remove_local_routes(&self.services)?;
         crate::attach::remove_tc_filters();
         crate::pin::remove_ours(self.dataplane.pin_dir())
     }

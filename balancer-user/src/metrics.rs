@@ -116,6 +116,14 @@ pub struct ServiceSnapshot {
     /// pick alike.
     #[serde(default)]
     pub table_fingerprint: String,
+    /// Daemon-terminated services: bad input by reason (every reason, 0
+    /// included); empty for the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_bad_input: Vec<(String, u64)>,
+    /// Daemon-terminated services: requests (or connections) by what
+    /// routed them, `sid` or `client`; empty for the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_requests: Vec<(String, u64)>,
     pub backends: Vec<BackendSnapshot>,
 }
 
@@ -319,6 +327,37 @@ impl Collector for SnapshotCollector {
                 })
             }),
         )?;
+        counters(
+            &mut enc,
+            format,
+            "balancer_proxy_bad_input_total",
+            "Daemon-terminated services: client input refused (the connection closed), by reason; unknown_sid requests are routed by client address instead",
+            s.services.iter().flat_map(|svc| {
+                svc.proxy_bad_input.iter().map(|(reason, n)| {
+                    (
+                        [("service", svc.name.as_str()), ("reason", reason.as_str())],
+                        *n,
+                    )
+                })
+            }),
+        )?;
+        counters(
+            &mut enc,
+            format,
+            "balancer_proxy_requests_total",
+            "Daemon-terminated services: requests (whole connections where no HTTP is read) by what chose the backend, the session id or the client address",
+            s.services.iter().flat_map(|svc| {
+                svc.proxy_requests.iter().map(|(routed_by, n)| {
+                    (
+                        [
+                            ("service", svc.name.as_str()),
+                            ("routed_by", routed_by.as_str()),
+                        ],
+                        *n,
+                    )
+                })
+            }),
+        )?;
         match &s.cluster {
             Some(cluster) => encode_cluster(&mut enc, format, cluster),
             None => Ok(()),
@@ -504,6 +543,8 @@ pub(crate) mod tests {
                     affinity: "source-ip".to_owned(),
                     affinity_entries: 11,
                     table_fingerprint: "00112233aabbccdd".to_owned(),
+                    proxy_bad_input: vec![("bad_proxy_header".to_owned(), 2)],
+                    proxy_requests: vec![("sid".to_owned(), 5)],
                     backends: vec![
                         backend("198.18.1.1:8080", 100, true, false),
                         backend("198.18.1.2:8080", 200, false, false),
@@ -516,6 +557,8 @@ pub(crate) mod tests {
                     affinity: "none".to_owned(),
                     affinity_entries: 22,
                     table_fingerprint: "ffeeddcc99887766".to_owned(),
+                    proxy_bad_input: Vec::new(),
+                    proxy_requests: Vec::new(),
                     backends: vec![
                         backend("[2001:db8::1]:53", 300, true, true),
                         backend("<script>alert(1)</script>", 400, true, false),
@@ -716,6 +759,16 @@ pub(crate) mod tests {
             &[("peer", "unknown"), ("reason", "unknown_peer")],
             94,
         );
+        put(
+            "balancer_proxy_bad_input_total",
+            &[("service", "web"), ("reason", "bad_proxy_header")],
+            2,
+        );
+        put(
+            "balancer_proxy_requests_total",
+            &[("service", "web"), ("routed_by", "sid")],
+            5,
+        );
         assert_eq!(samples, expected, "rendered:\n{text}");
 
         // Types as the contract says (OpenMetrics names a counter's family
@@ -739,6 +792,8 @@ pub(crate) mod tests {
             ("balancer_cluster_peer_up", "gauge"),
             ("balancer_cluster_entries", "counter"),
             ("balancer_cluster_messages_rejected", "counter"),
+            ("balancer_proxy_bad_input", "counter"),
+            ("balancer_proxy_requests", "counter"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -848,7 +903,7 @@ pub(crate) mod tests {
             .lines()
             .filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter"))
             .count();
-        assert_eq!(counters, 8, "{text}");
+        assert_eq!(counters, 10, "{text}");
         assert!(!text.contains("# EOF"));
     }
 

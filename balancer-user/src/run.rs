@@ -24,7 +24,7 @@ use crate::{
     control,
     daemon::{ConfigSource, Daemon},
     dataplane::{DataPlane, Interface},
-    metrics, netif, notify, pin, state,
+    metrics, netif, notify, pin, proxy, state,
 };
 
 /// The interfaces the config names, resolved; one entry when clients and
@@ -139,6 +139,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // their entries (`ready_to_announce`); on its own, at once.
     .announcing(announcer, cluster.is_none());
     let timeouts = daemon.watch_affinity_timeouts();
+    let proxy = proxy::run(Arc::new(proxy::Shared::new(
+        daemon.watch_routes(),
+        proxy::route::AffinityMap::open(&pin_dir)?,
+        daemon.proxy_stats(),
+    )));
     let mut daemon = daemon;
     let cluster = match cluster {
         Some(prepared) => {
@@ -208,6 +213,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 () = control::server::serve(control_socket, handler, detached) => {},
                 () = notify::watchdog() => {},
                 () = ready_to_announce => {},
+                () = proxy => {},
             }
             anyhow::Ok(())
         }

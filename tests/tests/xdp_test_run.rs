@@ -519,3 +519,69 @@ mod a_backend_of_two_services {
         );
     }
 }
+
+/// The fixture's services, and one the daemon terminates (`affinity =
+/// "sid"`) on backends' port 3009, which no other service uses.
+fn config_with_a_daemon_terminated_service() -> String {
+    let sid = "\n[[services]]\nname = \"sio\"\nvip = \"198.18.0.103:80\"\naffinity = \"sid\"\ntable_size = 251\n";
+    let backends: String = (11..=12)
+        .map(|i| {
+            format!("[[services.backends]]\naddress = \"198.18.1.{i}:3009\"\nname = \"b{i}\"\n")
+        })
+        .collect();
+    format!("{}{sid}{backends}", balancer_tests::xdp_fixture::CONFIG)
+}
+
+/// A daemon-terminated service's packets go to the stack (its acceptor)
+/// untouched and counted, and leave no entry in any table; its backends'
+/// packets are not taken for replies of a balanced flow.
+fn a_daemon_terminated_service_is_left_to_the_stack(fx: &Fixture) {
+    for (sport, flags) in [(40050, TCP_SYN), (40050, TCP_ACK), (40051, TCP_ACK)] {
+        let frame = Frame::tcp("198.18.0.2", sport, "198.18.0.103", 80, flags).build();
+        let before = fx.counters();
+        assert_eq!(fx.run_client_frame(&frame), (Verdict::Pass, frame.clone()));
+        assert_eq!(fx.counters().since(&before), vec![("pass_to_stack", 1)]);
+        let key = flow_key("198.18.0.2", sport, "198.18.0.103", 80);
+        assert_eq!(fx.dataplane.flow(&key).unwrap(), None);
+        assert_eq!(fx.dataplane.pending(&key).unwrap(), None);
+    }
+    assert_eq!(table_entries(fx), (0, 0));
+    let answer = from_backend(
+        "198.18.1.11:3009".parse().unwrap(),
+        "198.18.0.2",
+        40050,
+        TCP_SYN | TCP_ACK,
+    )
+    .build();
+    let before = fx.counters();
+    assert_eq!(
+        fx.run_backend_frame(&answer),
+        (Verdict::Pass, answer.clone())
+    );
+    assert_eq!(fx.counters().since(&before), vec![("pass_not_ours", 1)]);
+    // The kernel-forwarded services beside it are balanced as ever.
+    let syn = Frame::tcp("198.18.0.2", 40052, "198.18.0.100", 80, TCP_SYN).build();
+    assert_eq!(fx.run_client_frame(&syn).0, Verdict::Forwarded);
+}
+
+mod a_daemon_terminated_service {
+    use balancer_tests::xdp_fixture::{Mode, with_fixture_config};
+
+    #[test]
+    fn xdp() {
+        with_fixture_config(
+            Mode::Xdp,
+            &super::config_with_a_daemon_terminated_service(),
+            super::a_daemon_terminated_service_is_left_to_the_stack,
+        );
+    }
+
+    #[test]
+    fn tc() {
+        with_fixture_config(
+            Mode::Tc,
+            &super::config_with_a_daemon_terminated_service(),
+            super::a_daemon_terminated_service_is_left_to_the_stack,
+        );
+    }
+}

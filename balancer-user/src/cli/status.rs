@@ -168,6 +168,8 @@ mod tests {
                     affinity: "source-ip".to_owned(),
                     affinity_entries: 12,
                     table_fingerprint: "0123456789abcdef".to_owned(),
+                    proxy_bad_input: Vec::new(),
+                    proxy_requests: Vec::new(),
                     backends: vec![
                         BackendSnapshot {
                             weight: 10,
@@ -192,6 +194,8 @@ mod tests {
                     affinity: "four-tuple".to_owned(),
                     affinity_entries: 0,
                     table_fingerprint: String::new(),
+                    proxy_bad_input: Vec::new(),
+                    proxy_requests: Vec::new(),
                     backends: vec![],
                 },
             ],

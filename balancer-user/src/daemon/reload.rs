@@ -76,7 +76,7 @@ impl Daemon {
         self.apply(plan).context("reload failed part way")?;
         self.source.config = next;
         self.timeouts.send_replace(self.affinity_timeouts());
-        self.publish_directory();
+        self.publish_services();
         for line in &changes {
             info!("reload: {line}");
         }

@@ -13,7 +13,8 @@ use crate::{
     fingerprint,
     health::CheckResult,
     metrics::{BackendSnapshot, ServiceSnapshot, Snapshot},
-    state::BackendState,
+    proxy::stats::ProxyStats,
+    state::{BackendState, ServiceState},
     version,
 };
 
@@ -33,6 +34,8 @@ impl Daemon {
                 affinity: s.config.affinity.to_string(),
                 affinity_entries: counts.affinity.get(&s.id).copied().unwrap_or(0),
                 table_fingerprint: fingerprint::table_fingerprint(s),
+                proxy_bad_input: self.proxy_counts(s, |p| p.bad_inputs(&s.config.name)),
+                proxy_requests: self.proxy_counts(s, |p| p.requests(&s.config.name)),
                 backends: s
                     .backends
                     .iter()
@@ -92,6 +95,19 @@ impl Daemon {
         }
     }
 
+    /// `counts` of a daemon-terminated service; none for the others.
+    fn proxy_counts(
+        &self,
+        s: &ServiceState,
+        counts: impl FnOnce(&ProxyStats) -> Vec<(String, u64)>,
+    ) -> Vec<(String, u64)> {
+        if s.config.terminates_in_daemon() {
+            counts(&self.proxy_stats)
+        } else {
+            Vec::new()
+        }
+    }
+
     fn backend_snapshot(
         &self,
         b: &BackendState,
@@ -102,6 +118,9 @@ impl Daemon {
             error.get_or_insert(e);
             BackendStats::default()
         });
+        // Connections the daemon made (daemon-terminated services; 0 for
+        // the others) next to those the kernel forwarded.
+        let proxied = self.proxy_stats.backend(b.id);
         let health = self.checks.get(&b.id).map(|h| h.stats());
         // A backend a change did not record (none should be) counts from
         // the start.
@@ -119,8 +138,8 @@ impl Daemon {
             weight: b.weight,
             up: b.up,
             draining: b.draining,
-            active_connections: counts.active.get(&b.id).copied().unwrap_or(0),
-            connections_total: stats.connections_total,
+            active_connections: counts.active.get(&b.id).copied().unwrap_or(0) + proxied.active,
+            connections_total: stats.connections_total + proxied.connections_total,
             packets_in: stats.packets_in,
             packets_out: stats.packets_out,
             bytes_in: stats.bytes_in,

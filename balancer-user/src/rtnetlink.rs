@@ -1,7 +1,7 @@
-//! Adding and removing an interface address over rtnetlink (`RTM_NEWADDR`,
-//! `RTM_DELADDR`), as `ip addr add|del ADDR/32 dev IF` does, without
-//! running `ip`: one request, one acknowledgement, on a socket of the
-//! calling thread's network namespace.
+//! Adding and removing a host address or a local route over rtnetlink, as
+//! `ip addr add|del ADDR/32 dev IF` and `ip route add|del local ADDR/32 dev
+//! lo table local` do, without running `ip`: one request, one
+//! acknowledgement, on a socket of the calling thread's network namespace.
 
 use std::{io, mem, net::IpAddr, time::Duration};
 
@@ -15,6 +15,16 @@ const IFA_F_NODAD: u8 = 0x02;
 /// `RT_SCOPE_UNIVERSE`: a global address, which BIRD's `protocol direct`
 /// exports.
 const RT_SCOPE_UNIVERSE: u8 = 0;
+/// `RT_TABLE_LOCAL`, `RTN_LOCAL`, `RT_SCOPE_HOST`: the kind of route that
+/// makes an address local without putting it on an interface.
+const RT_TABLE_LOCAL: u8 = 255;
+const RTN_LOCAL: u8 = 2;
+const RT_SCOPE_HOST: u8 = 254;
+/// `RTPROT_STATIC`: a route an administrator (here, the daemon) made.
+const RTPROT_STATIC: u8 = 4;
+/// `RTA_DST`, `RTA_OIF`.
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
 /// How long the kernel may take to acknowledge; it answers at once.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,13 +45,61 @@ pub fn host_address(op: Op, ifindex: u32, ip: IpAddr) -> io::Result<()> {
     }
 }
 
-/// The request: `nlmsghdr`, `ifaddrmsg`, then `IFA_LOCAL` and
-/// `IFA_ADDRESS` (both the address, as `ip` sends them).
-fn message(op: Op, ifindex: u32, ip: IpAddr, seq: u32) -> Vec<u8> {
-    let (family, prefixlen, octets): (u8, u8, Vec<u8>) = match ip {
+/// Make `ip` (a /32 or /128) local to this namespace through a route in
+/// the `local` table via interface `ifindex` (`lo`), or remove that route:
+/// sockets may bind it and packets to it are delivered here, yet no
+/// interface carries it, so a routing daemon's `protocol direct` does not
+/// announce it. Idempotent like [`host_address`].
+///
+/// Adding never replaces a route that is there: an address already local
+/// (on an interface, whose own `local` route the kernel made) stays as it
+/// is. Removing matches this kind of route only (protocol static, via
+/// `ifindex`), so it never takes away an interface address's route.
+pub fn local_route(op: Op, ifindex: u32, ip: IpAddr) -> io::Result<()> {
+    match exchange(&route_message(op, ifindex, ip)) {
+        Err(e) if op == Op::Add && e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) if op == Op::Remove && e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// The route request: `nlmsghdr`, `rtmsg`, then `RTA_DST` and `RTA_OIF`.
+fn route_message(op: Op, ifindex: u32, ip: IpAddr) -> Vec<u8> {
+    let (family, prefixlen, octets) = host_prefix(ip);
+    let (kind, flags) = match op {
+        Op::Add => (libc::RTM_NEWROUTE, libc::NLM_F_CREATE | libc::NLM_F_EXCL),
+        Op::Remove => (libc::RTM_DELROUTE, 0),
+    };
+    // struct rtmsg (<linux/rtnetlink.h>): family, dst_len, src_len, tos,
+    // table, protocol, scope, type, then u32 flags.
+    let mut body = vec![
+        family,
+        prefixlen,
+        0,
+        0,
+        RT_TABLE_LOCAL,
+        RTPROT_STATIC,
+        RT_SCOPE_HOST,
+        RTN_LOCAL,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    push_attr(&mut body, RTA_DST, &octets);
+    push_attr(&mut body, RTA_OIF, &ifindex.to_ne_bytes());
+    request(kind, flags, &body, 1)
+}
+
+/// `ip`'s family, host prefix length and bytes.
+fn host_prefix(ip: IpAddr) -> (u8, u8, Vec<u8>) {
+    match ip {
         IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
-    };
+    }
+}
+
+/// The address request: `nlmsghdr`, `ifaddrmsg`, then `IFA_LOCAL` and
+/// `IFA_ADDRESS` (both the address, as `ip` sends them).
+fn message(op: Op, ifindex: u32, ip: IpAddr, seq: u32) -> Vec<u8> {
+    let (family, prefixlen, octets) = host_prefix(ip);
     let (kind, flags) = match op {
         // REPLACE: an address already there is no error.
         Op::Add => (libc::RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_REPLACE),
@@ -52,13 +110,22 @@ fn message(op: Op, ifindex: u32, ip: IpAddr, seq: u32) -> Vec<u8> {
     let mut body = vec![family, prefixlen, ifa_flags, RT_SCOPE_UNIVERSE];
     body.extend_from_slice(&ifindex.to_ne_bytes());
     for attr in [IFA_LOCAL, IFA_ADDRESS] {
-        // rtattr: length (header and data, unpadded), type, data padded to 4.
-        let len = 4 + octets.len();
-        body.extend_from_slice(&(len as u16).to_ne_bytes());
-        body.extend_from_slice(&attr.to_ne_bytes());
-        body.extend_from_slice(&octets);
-        body.resize(body.len().next_multiple_of(4), 0);
+        push_attr(&mut body, attr, &octets);
     }
+    request(kind, flags, &body, seq)
+}
+
+/// rtattr: length (header and data, unpadded), type, data padded to 4.
+fn push_attr(body: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    body.extend_from_slice(&(len as u16).to_ne_bytes());
+    body.extend_from_slice(&kind.to_ne_bytes());
+    body.extend_from_slice(data);
+    body.resize(body.len().next_multiple_of(4), 0);
+}
+
+/// `body` behind an `nlmsghdr` asking for an acknowledgement.
+fn request(kind: u16, flags: i32, body: &[u8], seq: u32) -> Vec<u8> {
     let header_len = mem::size_of::<libc::nlmsghdr>();
     let mut out = Vec::with_capacity(header_len + body.len());
     out.extend_from_slice(&((header_len + body.len()) as u32).to_ne_bytes());
@@ -66,7 +133,7 @@ fn message(op: Op, ifindex: u32, ip: IpAddr, seq: u32) -> Vec<u8> {
     out.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills in ours
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 
@@ -198,6 +265,20 @@ mod tests {
                 .unwrap()
                 .octets()
         );
+    }
+
+    #[test]
+    fn local_route_is_what_ip_route_add_local_sends() {
+        let m = route_message(Op::Add, 1, "198.18.0.100".parse().unwrap());
+        // 16 (header) + 12 (rtmsg) + 2 × 8 (attributes)
+        assert_eq!(m.len(), 44);
+        assert_eq!(
+            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
+            libc::RTM_NEWROUTE
+        );
+        assert_eq!(&m[16..24], &[libc::AF_INET as u8, 32, 0, 0, 255, 4, 254, 2]);
+        assert_eq!(&m[28..36], &[8, 0, 1, 0, 198, 18, 0, 100]);
+        assert_eq!(&m[36..44], &[8, 0, 4, 0, 1, 0, 0, 0]);
     }
 
     #[test]

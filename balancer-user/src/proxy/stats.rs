@@ -1,0 +1,147 @@
+//! What the daemon-terminated services count, for `/metrics` and `status`:
+//! bad input by reason, requests by what routed them, and per backend the
+//! connections opened and open now (the kernel counts these for the
+//! services it forwards; here the daemon does).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+/// Why a client's input was refused (the connection closed), or, for
+/// `UnknownSid`, routed by client address instead of its session id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BadInput {
+    /// A malformed or partial PROXY header.
+    BadProxyHeader,
+    /// A PROXY header or X-Forwarded-For from a source outside
+    /// `trusted_proxies` (every connection from one is refused).
+    UntrustedSource,
+    /// A request head over `http::MAX_HEAD` bytes or headers.
+    HeadTooLarge,
+    /// No complete PROXY header or request head within `header_timeout`.
+    HeaderTimeout,
+    /// A request head that is not HTTP/1.x, or that smuggles.
+    BadRequest,
+    /// A `sid` whose prefix names no backend of the service.
+    UnknownSid,
+}
+
+impl BadInput {
+    pub const ALL: [BadInput; 6] = [
+        BadInput::BadProxyHeader,
+        BadInput::UntrustedSource,
+        BadInput::HeadTooLarge,
+        BadInput::HeaderTimeout,
+        BadInput::BadRequest,
+        BadInput::UnknownSid,
+    ];
+
+    /// The `reason` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BadInput::BadProxyHeader => "bad_proxy_header",
+            BadInput::UntrustedSource => "untrusted_source",
+            BadInput::HeadTooLarge => "head_too_large",
+            BadInput::HeaderTimeout => "header_timeout",
+            BadInput::BadRequest => "bad_request",
+            BadInput::UnknownSid => "unknown_sid",
+        }
+    }
+}
+
+/// What chose a request's (or a connection's) backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoutedBy {
+    /// The engine.io session id's prefix.
+    Sid,
+    /// The client's address: its affinity entry, else its Maglev slot.
+    Client,
+}
+
+impl RoutedBy {
+    pub const ALL: [RoutedBy; 2] = [RoutedBy::Sid, RoutedBy::Client];
+
+    /// The `routed_by` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RoutedBy::Sid => "sid",
+            RoutedBy::Client => "client",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounts {
+    pub connections_total: u64,
+    pub active: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// By service name.
+    bad_input: Mutex<HashMap<(String, BadInput), u64>>,
+    requests: Mutex<HashMap<(String, RoutedBy), u64>>,
+    /// By backend id.
+    backends: Mutex<HashMap<u32, BackendCounts>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ProxyStats {
+    pub fn bad_input(&self, service: &str, reason: BadInput) {
+        *lock(&self.bad_input)
+            .entry((service.to_owned(), reason))
+            .or_default() += 1;
+    }
+
+    pub fn request(&self, service: &str, routed_by: RoutedBy) {
+        *lock(&self.requests)
+            .entry((service.to_owned(), routed_by))
+            .or_default() += 1;
+    }
+
+    /// A connection to backend `id` opened; [`ProxyStats::closed`] when it
+    /// ends.
+    pub fn opened(&self, id: u32) {
+        let mut backends = lock(&self.backends);
+        let counts = backends.entry(id).or_default();
+        counts.connections_total += 1;
+        counts.active += 1;
+    }
+
+    pub fn closed(&self, id: u32) {
+        if let Some(counts) = lock(&self.backends).get_mut(&id) {
+            counts.active = counts.active.saturating_sub(1);
+        }
+    }
+
+    pub fn backend(&self, id: u32) -> BackendCounts {
+        lock(&self.backends).get(&id).copied().unwrap_or_default()
+    }
+
+    /// Every reason with its count (0 included), for `service`.
+    pub fn bad_inputs(&self, service: &str) -> Vec<(String, u64)> {
+        let counts = lock(&self.bad_input);
+        BadInput::ALL
+            .iter()
+            .map(|&r| {
+                let n = counts.get(&(service.to_owned(), r)).copied().unwrap_or(0);
+                (r.as_str().to_owned(), n)
+            })
+            .collect()
+    }
+
+    pub fn requests(&self, service: &str) -> Vec<(String, u64)> {
+        let counts = lock(&self.requests);
+        RoutedBy::ALL
+            .iter()
+            .map(|&r| {
+                let n = counts.get(&(service.to_owned(), r)).copied().unwrap_or(0);
+                (r.as_str().to_owned(), n)
+            })
+            .collect()
+    }
+}
