@@ -614,3 +614,75 @@ fn bad_input_closes_only_that_connection() {
         error_total(&sessions)
     );
 }
+
+/// `send_proxy_protocol`: the daemon opens each backend connection with a
+/// PROXY v2 header naming the client that the incoming PROXY header named,
+/// so the backend sees the real client through two proxies; the backend is
+/// the one `balancer lookup` gives that client.
+#[test]
+fn a_backend_is_told_the_client_with_proxy_protocol() {
+    use balancer_tests::servers::{ask, tcp_whoami_proxied};
+    use balancer_user::proxy::header::encode_v2;
+
+    const WHOAMI: u16 = 3100;
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 2,
+        extra_nets: vec![],
+        vips: vec![VIP_V4.into()],
+        ..TopologyOpts::default()
+    });
+    let bpffs = TempBpffs::new();
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| tcp_whoami_proxied(b.ns(), b.name(), WHOAMI))
+        .collect();
+    let proxy = topo.clients_v4()[0];
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 84);
+    let config = format!(
+        "{}[[services]]\nname = \"told\"\nvip = \"{vip}\"\nclient_address = \"proxy-protocol\"\n\
+         trusted_proxies = [\"{proxy}\"]\nsend_proxy_protocol = true\n\
+         [services.health]\ncheck = \"none\"\n{}",
+        config_head(&bpffs, METRICS),
+        named_backends_toml(topo.backends(), WHOAMI),
+    );
+    let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    let mut backends = BTreeSet::new();
+    for i in 1..=12u8 {
+        let client = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, i)),
+            40000 + u16::from(i),
+        );
+        let stream = tcp_connect(topo.client(), proxy.into(), vip, Duration::from_secs(3))
+            .expect("connect to the VIP");
+        send(&stream, &encode_v2(client, vip), "PROXY v2 header");
+        let first = ask(&stream).expect("first answer");
+        let again = ask(&stream).expect("second answer on the same connection");
+        assert_eq!(first.seen, client, "the backend is told the client");
+        assert_eq!(again.backend, first.backend, "one connection, one backend");
+        let lookup = cli_ok(
+            topo.gw(),
+            &bpffs.control_socket(),
+            &["lookup", "told", &client.ip().to_string(), "--json"],
+        );
+        let predicted: serde_json::Value = serde_json::from_str(&lookup).unwrap();
+        let backend = topo
+            .backends()
+            .iter()
+            .find(|b| b.name() == first.backend)
+            .unwrap();
+        assert_eq!(
+            predicted["backend"].as_str(),
+            Some(format!("{}:{WHOAMI}", backend.v4()).as_str()),
+            "{client}: not where `balancer lookup` puts it"
+        );
+        backends.insert(first.backend);
+    }
+    assert!(
+        backends.len() >= 2,
+        "12 clients on one backend: {backends:?}"
+    );
+    drop(daemon);
+}
