@@ -4,9 +4,14 @@
 //! plain source-ip service) as the reference. Each `start` installs and
 //! configures its gateway; dropping the returned guard removes it.
 
-use std::net::SocketAddr;
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use balancer_tests::topology::VIP_V4;
 
 use crate::{
@@ -90,15 +95,18 @@ impl L7Gateway {
             }
             L7Gateway::Haproxy(job) => {
                 let conf = bed.dir.path("haproxy-l7.cfg");
-                std::fs::write(&conf, haproxy_conf(job, vip, &bed.backend_http()))?;
+                let stats = bed.dir.path("haproxy-l7.sock");
+                let _ = std::fs::remove_file(&stats);
+                std::fs::write(&conf, haproxy_conf(job, vip, &bed.backend_http(), &stats))?;
                 let args = ["-db", "-f", conf.to_str().unwrap()];
-                Guard::Server(gateways::start_server(
+                let server = gateways::start_server(
                     bed.topo.gw(),
                     "HAProxy (mode http)",
                     "haproxy",
                     &args,
                     bed,
-                )?)
+                )?;
+                Guard::Haproxy(server, stats)
             }
         };
         gateways::wait_answering(bed, &targets)?;
@@ -134,7 +142,8 @@ pub struct Running {
 enum Guard {
     Kernel(gateways::Running),
     Balancer(Box<Balancer>),
-    Server(#[allow(dead_code)] Server),
+    /// HAProxy and its stats socket.
+    Haproxy(#[allow(dead_code)] Server, PathBuf),
 }
 
 impl Running {
@@ -148,7 +157,16 @@ impl Running {
         match &self.guard {
             Guard::Kernel(r) => r.balancer(),
             Guard::Balancer(b) => Some(b),
-            Guard::Server(_) => None,
+            Guard::Haproxy(..) => None,
+        }
+    }
+
+    /// HAProxy's counts per server, in configuration order, when the
+    /// gateway is HAProxy.
+    pub fn haproxy_servers(&self) -> Option<Result<Vec<ServerCounts>>> {
+        match &self.guard {
+            Guard::Haproxy(_, stats) => Some(haproxy_stats(stats)),
+            _ => None,
         }
     }
 }
@@ -196,7 +214,7 @@ fn balancer_services(job: Job, backends: &[SocketAddr]) -> String {
 /// the default `http-reuse` (safe), consistent hashing of what routes.
 /// For X-Forwarded-For, as the balancer, it believes the header only from
 /// the wrk hosts and hashes the peer's address otherwise.
-fn haproxy_conf(job: Job, vip: SocketAddr, backends: &[SocketAddr]) -> String {
+fn haproxy_conf(job: Job, vip: SocketAddr, backends: &[SocketAddr], stats: &Path) -> String {
     let servers: String = backends
         .iter()
         .enumerate()
@@ -213,10 +231,76 @@ fn haproxy_conf(job: Job, vip: SocketAddr, backends: &[SocketAddr]) -> String {
         Job::Sid => (String::new(), "url_param sid"),
     };
     format!(
-        "global\n  maxconn 8000\n\
+        "global\n  maxconn 8000\n  stats socket {}\n\
          defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  \
          timeout server 60s\n  timeout http-keep-alive 60s\n\
          frontend bench\n  bind {vip}\n{frontend}  default_backend backends\n\
-         backend backends\n  balance {balance}\n  hash-type consistent\n{servers}"
+         backend backends\n  balance {balance}\n  hash-type consistent\n{servers}",
+        stats.display()
     )
+}
+
+/// One HAProxy server's cumulative counts (`show stat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounts {
+    /// HTTP requests sent to it (`req_tot`).
+    pub requests: u64,
+    /// Connections opened to it (`connect`; `reuse` counts the others).
+    pub connections: u64,
+}
+
+/// `show stat` on HAProxy's stats socket: the servers of `backends`.
+fn haproxy_stats(socket: &Path) -> Result<Vec<ServerCounts>> {
+    let mut stream =
+        UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
+    stream.write_all(b"show stat\n")?;
+    let mut csv = String::new();
+    stream.read_to_string(&mut csv)?;
+    parse_stats(&csv).context("HAProxy's `show stat` has no req_tot/connect for the servers")
+}
+
+fn parse_stats(csv: &str) -> Option<Vec<ServerCounts>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (requests, connections) = (col("req_tot")?, col("connect")?);
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.first() == Some(&"backends") && f.get(1).is_some_and(|s| s.starts_with('b')))
+        .map(|f| {
+            let n = |i: usize| f.get(i).and_then(|v| v.parse().ok());
+            Some(ServerCounts {
+                requests: n(requests)?,
+                connections: n(connections)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_show_stat() {
+        let csv = "# pxname,svname,stot,req_tot,connect,reuse\n\
+                   bench,FRONTEND,10,10,,\n\
+                   backends,b1,5,7,2,5\n\
+                   backends,b2,5,3,1,2\n\
+                   backends,BACKEND,10,10,3,7\n";
+        assert_eq!(
+            parse_stats(csv).unwrap(),
+            [
+                ServerCounts {
+                    requests: 7,
+                    connections: 2
+                },
+                ServerCounts {
+                    requests: 3,
+                    connections: 1
+                }
+            ]
+        );
+        assert!(parse_stats("# pxname,svname\nbackends,b1\n").is_none());
+    }
 }

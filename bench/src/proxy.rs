@@ -1,8 +1,9 @@
 //! The L7 path against HAProxy (issue 19): the same clients (wrk from
 //! three hosts), the same backends (nginx), one gateway at a time, round
 //! after round as the end-to-end part, so the ratios are the same run's.
-//! For the daemon's rows the daemon's own counters say how requests were
-//! routed and how many backend connections they took.
+//! The gateways' own counters (the daemon's status, HAProxy's stats
+//! socket) say how requests were routed and how many backend connections
+//! they took.
 
 use std::time::Duration;
 
@@ -12,27 +13,35 @@ use balancer_user::metrics::Snapshot;
 use crate::{
     cpu::{self, PerRequest},
     e2e::Options,
-    l7::{L7Gateway, Running},
+    l7::{L7Gateway, Running, ServerCounts},
     testbed::Testbed,
     wrk::{self, Load, Request, Workload},
 };
 
-/// What the daemon counted during a phase (differences of its status).
+/// What the gateway counted during a phase (differences of its counts).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Routed {
-    pub by_sid: u64,
-    pub by_client: u64,
-    pub bad_input: u64,
+    /// The daemon's: requests routed by sid, by client address, and input
+    /// refused.
+    pub daemon: Option<[u64; 3]>,
     /// Connections each backend was sent, in configuration order.
     pub backend_connections: Vec<u64>,
+    /// HAProxy's requests per backend (the daemon counts none).
+    pub backend_requests: Option<Vec<u64>>,
+}
+
+/// A gateway's cumulative counts at one moment.
+enum Counts {
+    Daemon(Box<Snapshot>),
+    Haproxy(Vec<ServerCounts>),
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Measured {
     pub load: Load,
     pub cpu: PerRequest,
-    /// The daemon's rows only.
-    pub routed: Option<Routed>,
+    /// What the gateway counted.
+    pub routed: Routed,
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +102,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 &lua,
             )?;
             for workload in [Workload::KeepAlive, Workload::Close] {
-                let counted = daemon_status(bed, &running);
+                let counted = counts(bed, &running)?;
                 let before = cpu::snapshot(bed.topo.gw())?;
                 let load = wrk::run_requests(
                     &bed.hosts,
@@ -104,9 +113,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                     &lua,
                 )?;
                 let cpu = cpu::snapshot(bed.topo.gw())?.per_request(before, load.requests);
-                let routed = counted
-                    .zip(daemon_status(bed, &running))
-                    .map(|(b, a)| routed(&b, &a));
+                let routed = routed(&counted, &counts(bed, &running)?);
                 results.push(gateway, workload, Measured { load, cpu, routed });
             }
             drop(running);
@@ -117,18 +124,44 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
     Ok(results)
 }
 
-/// `balancer status` of the daemon, when the gateway is one. Taken outside
-/// the CPU snapshots: the CLI runs in the gateway's namespace.
-fn daemon_status(bed: &Testbed, running: &Running) -> Option<Snapshot> {
-    let b = running.balancer()?;
-    Some(balancer_tests::daemon::status(
-        bed.topo.gw(),
-        &b.control_socket(),
-    ))
+/// The daemon's status or HAProxy's server counts. Taken outside the CPU
+/// snapshots: the CLI runs in the gateway's namespace.
+fn counts(bed: &Testbed, running: &Running) -> Result<Counts> {
+    if let Some(b) = running.balancer() {
+        return Ok(Counts::Daemon(Box::new(balancer_tests::daemon::status(
+            bed.topo.gw(),
+            &b.control_socket(),
+        ))));
+    }
+    match running.haproxy_servers() {
+        Some(servers) => Ok(Counts::Haproxy(servers?)),
+        None => anyhow::bail!("a gateway that is neither the daemon nor HAProxy"),
+    }
+}
+
+fn routed(before: &Counts, after: &Counts) -> Routed {
+    match (before, after) {
+        (Counts::Daemon(b), Counts::Daemon(a)) => daemon_routed(b, a),
+        (Counts::Haproxy(b), Counts::Haproxy(a)) => Routed {
+            daemon: None,
+            backend_connections: a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| a.connections - b.connections)
+                .collect(),
+            backend_requests: Some(
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| a.requests - b.requests)
+                    .collect(),
+            ),
+        },
+        _ => Routed::default(),
+    }
 }
 
 /// The HTTP service's counts from `before` to `after`.
-fn routed(before: &Snapshot, after: &Snapshot) -> Routed {
+fn daemon_routed(before: &Snapshot, after: &Snapshot) -> Routed {
     let service = |s: &Snapshot| s.services.iter().find(|s| s.name == "http").cloned();
     let (Some(b), Some(a)) = (service(before), service(after)) else {
         return Routed::default();
@@ -140,16 +173,16 @@ fn routed(before: &Snapshot, after: &Snapshot) -> Routed {
             .map(|(_, n)| n)
             .sum()
     };
+    let delta = |key| count(&a.proxy_requests, key) - count(&b.proxy_requests, key);
+    let refused = count(&a.proxy_bad_input, None) - count(&b.proxy_bad_input, None);
     Routed {
-        by_sid: count(&a.proxy_requests, Some("sid")) - count(&b.proxy_requests, Some("sid")),
-        by_client: count(&a.proxy_requests, Some("client"))
-            - count(&b.proxy_requests, Some("client")),
-        bad_input: count(&a.proxy_bad_input, None) - count(&b.proxy_bad_input, None),
+        daemon: Some([delta(Some("sid")), delta(Some("client")), refused]),
         backend_connections: a
             .backends
             .iter()
             .zip(&b.backends)
             .map(|(a, b)| a.connections_total - b.connections_total)
             .collect(),
+        backend_requests: None,
     }
 }

@@ -156,46 +156,68 @@ fn ratios_md(md: &mut String, r: &Results) {
     }
 }
 
-/// What the daemon counted in its rows, summed over the rounds: every
-/// request routed as intended, and how often it opened a backend
-/// connection (keep-alive reuses one while requests go to one backend).
+/// What the gateways counted, summed over the rounds: every request
+/// routed as intended, the spread over the backends, and how often a
+/// backend connection was opened (keep-alive reuses one while requests go
+/// to one backend).
 fn counted_md(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
-        "\nWhat the daemon counted (`balancer status`, summed over the rounds): requests by what routed them, \
-         input refused, and the connections each backend was sent. wrk counts only completed requests, the \
-         daemon also those cut at the end of a run.\n\n\
-         | gateway | workload | wrk requests | routed by sid | by client address | refused input | backend connections (b1 / b2 / b3) | backend connections per request |\n\
-         |---|---|---|---|---|---|---|---|"
+        "\nWhat the gateways counted, summed over the rounds: the daemon's `balancer status` (requests by what \
+         routed them, input refused, connections each backend was sent) and HAProxy's `show stat` (`req_tot` \
+         and `connect` per server). wrk counts only completed requests, the gateways also those cut at the end \
+         of a run.\n\n\
+         | gateway | workload | wrk requests | daemon: by sid / by client address / refused | requests per backend (HAProxy) | connections per backend | backend connections per request |\n\
+         |---|---|---|---|---|---|---|"
     );
+    let joined = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+    // Element-wise sums of per-backend counts over the rounds.
+    let sum = |vs: Vec<&Vec<u64>>| -> Vec<u64> {
+        let n = vs.iter().map(|v| v.len()).max().unwrap_or(0);
+        (0..n)
+            .map(|i| vs.iter().filter_map(|v| v.get(i)).sum())
+            .collect()
+    };
     for g in L7Gateway::ALL {
         for w in WORKLOADS {
             let runs = r.get(g, w);
-            let routed: Vec<_> = runs.iter().filter_map(|m| m.routed.as_ref()).collect();
-            if routed.is_empty() {
+            if runs.is_empty() {
                 continue;
             }
             let requests: u64 = runs.iter().map(|m| m.load.requests).sum();
-            let sum =
-                |f: fn(&crate::proxy::Routed) -> u64| routed.iter().map(|r| f(r)).sum::<u64>();
-            let per_backend: Vec<u64> = (0..routed[0].backend_connections.len())
-                .map(|i| routed.iter().map(|r| r.backend_connections[i]).sum())
+            let daemon: Vec<&[u64; 3]> = runs
+                .iter()
+                .filter_map(|m| m.routed.daemon.as_ref())
                 .collect();
-            let connections: u64 = per_backend.iter().sum();
-            let text: Vec<String> = per_backend.iter().map(u64::to_string).collect();
+            let daemon = if daemon.is_empty() {
+                "–".to_owned()
+            } else {
+                joined(
+                    &(0..3)
+                        .map(|i| daemon.iter().map(|d| d[i]).sum())
+                        .collect::<Vec<u64>>(),
+                )
+            };
+            let per_backend: Vec<&Vec<u64>> = runs
+                .iter()
+                .filter_map(|m| m.routed.backend_requests.as_ref())
+                .collect();
+            let backend_requests = if per_backend.is_empty() {
+                "–".to_owned()
+            } else {
+                joined(&sum(per_backend))
+            };
+            let connections = sum(runs.iter().map(|m| &m.routed.backend_connections).collect());
             let _ = writeln!(
                 md,
-                "| {} | {} | {requests} | {} | {} | {} | {} | {:.3} |",
+                "| {} | {} | {requests} | {daemon} | {backend_requests} | {} | {:.3} |",
                 g.label(),
                 match w {
                     Workload::KeepAlive => "keep-alive",
                     Workload::Close => "close",
                 },
-                sum(|r| r.by_sid),
-                sum(|r| r.by_client),
-                sum(|r| r.bad_input),
-                text.join(" / "),
-                connections as f64 / requests.max(1) as f64,
+                joined(&connections),
+                connections.iter().sum::<u64>() as f64 / requests.max(1) as f64,
             );
         }
     }
