@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: the balancer's data plane against the
-//! physical floor, end to end against the peers users pick today, and at
-//! scale (issue 7; the method is DESIGN.md's "Performance method").
+//! physical floor, end to end against the peers users pick today, the L7
+//! path against HAProxy (issue 19), and at scale (issue 7; the method is
+//! DESIGN.md's "Performance method").
 //!
 //! Needs root: it builds the harness's namespace topology, loads BPF
 //! programs and starts servers in the namespaces. Everything it creates is
