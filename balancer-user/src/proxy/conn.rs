@@ -279,9 +279,12 @@ impl Backend {
                 .try_write_all(&header::encode_v2(origin, vip))
                 .await?;
         }
-        if let Err(e) = shared
-            .affinity
-            .remember(service, origin.ip(), choice.backend_id)
+        // A backend its sid named needs no entry: the next request names it
+        // again.
+        if choice.routed_by == RoutedBy::Client
+            && let Err(e) = shared
+                .affinity
+                .remember(service, origin.ip(), choice.backend_id)
         {
             tracing::warn!(service = %service.config.name, "cannot record the client's affinity: {e}");
         }
