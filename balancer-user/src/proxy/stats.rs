@@ -124,6 +124,12 @@ impl ProxyStats {
         counts.active += 1;
     }
 
+    /// A connection to backend `id` that a previous process opened (and
+    /// counted), carried over by an in-place restart.
+    pub fn resumed(&self, id: u32) {
+        lock(&self.backends).entry(id).or_default().active += 1;
+    }
+
     pub fn closed(&self, id: u32) {
         if let Some(counts) = lock(&self.backends).get_mut(&id) {
             counts.active = counts.active.saturating_sub(1);
