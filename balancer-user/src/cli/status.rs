@@ -51,6 +51,27 @@ pub fn render(s: &Snapshot) -> String {
             svc.affinity_entries,
             short(&svc.table_fingerprint)
         ));
+        if !svc.proxy_requests.is_empty() {
+            // A daemon-terminated service: what routed its requests, and
+            // the input it refused (the reasons that counted anything).
+            let counts = |list: &[(String, u64)], all: bool| -> String {
+                list.iter()
+                    .filter(|(_, n)| all || *n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let refused = counts(&svc.proxy_bad_input, false);
+            out.push_str(&format!(
+                "  proxied: requests by {}; bad input {}\n",
+                counts(&svc.proxy_requests, true),
+                if refused.is_empty() {
+                    "none".to_owned()
+                } else {
+                    refused
+                }
+            ));
+        }
         if svc.backends.is_empty() {
             out.push_str("  no backends\n");
             continue;
@@ -168,8 +189,11 @@ mod tests {
                     affinity: "source-ip".to_owned(),
                     affinity_entries: 12,
                     table_fingerprint: "0123456789abcdef".to_owned(),
-                    proxy_bad_input: Vec::new(),
-                    proxy_requests: Vec::new(),
+                    proxy_bad_input: vec![
+                        ("bad_proxy_header".to_owned(), 0),
+                        ("untrusted_source".to_owned(), 2),
+                    ],
+                    proxy_requests: vec![("sid".to_owned(), 40), ("client".to_owned(), 9)],
                     backends: vec![
                         BackendSnapshot {
                             weight: 10,
@@ -217,6 +241,7 @@ mod tests {
         let got = render(&sample());
         let want = "\
 chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12  table 0123456789abcdef
+  proxied: requests by sid 40, client 9; bad input untrusted_source 2
   BACKEND           WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
   198.18.1.11:3000      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
   198.18.1.12:3000       1  draining            0      0          0/0          0 B/0 B  -
