@@ -10,7 +10,9 @@
 //! Scenarios: steady; `balancer cluster leave` and `join` mid-session
 //! (with a restart while left, which stays left, and one that keeps the
 //! address); a gateway that dies silently mid-session, where only BGP's
-//! detection window may cost retries. And the mistakes: the shipped BIRD
+//! detection window may cost retries; scale-out with a backend added on
+//! one gateway only (gateways linked by `[cluster]`, so the change applies
+//! on both at one instant), with the health disagreement window measured. And the mistakes: the shipped BIRD
 //! configs must parse, an announce interface that does not exist is
 //! refused, and a gateway without `[announce]` has nothing to leave.
 

@@ -319,15 +319,24 @@ fn entries_replicate_sync_first_and_never_overwrite() {
     println!("late start: gateway 2 ready after {ready_after:?}: {reason}");
 
     // (a) A new client through gateway 1 shows up on gateway 2 with the
-    // same backend, and gateway 2 sends it there although that backend is
-    // drained on gateway 2 (its table would send a new client elsewhere).
+    // same backend, and gateway 2 sends it there although its own table
+    // would send a new client elsewhere: a local reload (which, unlike the
+    // `backend` commands, does not reach the peers) gave the other
+    // backends 50 times the weight there.
     wait_for("both links up", Duration::from_secs(10), || {
         (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
     });
     let client = clients[2];
     let chosen = g1.lookup(client);
-    g2.cli(&["backend", "drain", "web", &chosen.to_string()]);
-    assert_ne!(g2.lookup(client), chosen, "drained on gateway 2");
+    let config = g2.daemon.as_ref().unwrap().config_path().to_owned();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for b in (0..3).map(|n| g2.backend(n)).filter(|b| *b != chosen) {
+        let line = format!("address = \"{b}\"\n");
+        text = text.replace(&line, &format!("{line}weight = 50\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    g2.cli(&["reload"]);
+    assert_ne!(g2.lookup(client), chosen, "outweighed on gateway 2");
     let start = Instant::now();
     assert_eq!(g1.connect(client), chosen);
     let replicated = wait_for("the entry on gateway 2", Duration::from_secs(5), || {
@@ -358,7 +367,7 @@ fn entries_replicate_sync_first_and_never_overwrite() {
         .iter()
         .map(|b| SocketAddr::new(b.v4().into(), PORT))
         .find(|b| *b != theirs && *b != chosen)
-        .expect("another backend, not drained");
+        .expect("another backend");
     let service_id = g2
         .affinity_map()
         .keys()
