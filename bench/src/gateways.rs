@@ -174,8 +174,14 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn start(bed: &Testbed, hook: Hook) -> Result<Balancer> {
+        Balancer::with_services(bed, hook, &kernel_services(&bed.backend_http()))
+    }
+
+    /// The daemon with `services` (`[[services]]` tables) as its only
+    /// services.
+    pub fn with_services(bed: &Testbed, hook: Hook, services: &str) -> Result<Balancer> {
         let bpffs = TempBpffs::new();
-        let config = balancer_config(&bpffs, hook, &bed.backend_http());
+        let config = balancer_config(&bpffs, hook, services);
         let mut daemon = Daemon::start(bed.topo.gw(), &config, &bpffs.pin_dir(), &[]);
         daemon.wait_serving(bed.topo.gw(), &bpffs.control_socket());
         let mode_note = check_mode(bed.topo.gw(), hook)?;
@@ -193,6 +199,10 @@ impl Balancer {
 
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.bpffs.control_socket()
     }
 
     /// The hook the daemon's programs actually sit on.
@@ -225,7 +235,7 @@ fn check_mode(gw: &NetNs, hook: Hook) -> Result<Option<String>> {
 /// Two services on the VIP: HTTP for wrk, and the per-packet traffic's
 /// port. No health checks: their packets would mix into the per-packet
 /// phases.
-fn balancer_config(bpffs: &TempBpffs, hook: Hook, backends: &[SocketAddr]) -> String {
+fn kernel_services(backends: &[SocketAddr]) -> String {
     let service = |name: &str, port: u16| {
         let addrs = backends.iter().map(|b| SocketAddr::new(b.ip(), port));
         format!(
@@ -235,14 +245,20 @@ fn balancer_config(bpffs: &TempBpffs, hook: Hook, backends: &[SocketAddr]) -> St
         )
     };
     format!(
+        "{}{}",
+        service("http", HTTP_PORT),
+        service("packets", SINK_PORT)
+    )
+}
+
+fn balancer_config(bpffs: &TempBpffs, hook: Hook, services: &str) -> String {
+    format!(
         "[interfaces]\nclients = \"{GW_CLIENT_IF}\"\nbackends = \"{GW_BACKEND_IF}\"\nmode = \"{}\"\n\
          [metrics]\nlisten = \"127.0.0.1:9100\"\n\
-         [bpf]\npin_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{}{}",
+         [bpf]\npin_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{services}",
         hook.name(),
         bpffs.pin_dir().display(),
         bpffs.control_socket().display(),
-        service("http", HTTP_PORT),
-        service("packets", SINK_PORT),
     )
 }
 
@@ -311,7 +327,13 @@ fn nginx_stream_conf(vip: SocketAddr, backends: &[SocketAddr], dir: &std::path::
     )
 }
 
-fn start_server(gw: &NetNs, what: &str, cmd: &str, args: &[&str], bed: &Testbed) -> Result<Server> {
+pub fn start_server(
+    gw: &NetNs,
+    what: &str,
+    cmd: &str,
+    args: &[&str],
+    bed: &Testbed,
+) -> Result<Server> {
     let log = bed.dir.path(&format!("{cmd}-gw.log"));
     let mut server = Server::spawn(gw, what, cmd, args, &log)?;
     std::thread::sleep(Duration::from_millis(100));
@@ -320,7 +342,7 @@ fn start_server(gw: &NetNs, what: &str, cmd: &str, args: &[&str], bed: &Testbed)
 }
 
 /// Wait until a request from every client host gets through.
-fn wait_answering(bed: &Testbed, targets: &[SocketAddr]) -> Result<()> {
+pub fn wait_answering(bed: &Testbed, targets: &[SocketAddr]) -> Result<()> {
     for (host, target) in bed.hosts.iter().zip(targets) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

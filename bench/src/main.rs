@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: the balancer's data plane against the
-//! physical floor, end to end against the peers users pick today, and at
-//! scale (issue 7; the method is DESIGN.md's "Performance method").
+//! physical floor, end to end against the peers users pick today, the L7
+//! path against HAProxy (issue 19), and at scale (issue 7; the method is
+//! DESIGN.md's "Performance method").
 //!
 //! Needs root: it builds the harness's namespace topology, loads BPF
 //! programs and starts servers in the namespaces. Everything it creates is
@@ -14,6 +15,7 @@ mod fill;
 mod flood;
 mod gateways;
 mod katran;
+mod l7;
 mod machine;
 mod maglev;
 mod peer;
@@ -21,6 +23,8 @@ mod perpacket;
 mod pinned;
 mod proc;
 mod progs;
+mod proxy;
+mod proxy_report;
 mod report;
 mod stop;
 mod summary;
@@ -39,12 +43,20 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
-const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|katran|underload|e2e|flood|maglev]... \
+const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|katran|underload|e2e|proxy|flood|maglev]... \
      [--katran PATH] [--out DIR]";
 
 /// The parts `--only` selects. `katran` is the comparison with Katran,
 /// which `perpacket` includes.
-const PARTS: [&str; 6] = ["perpacket", "katran", "underload", "e2e", "flood", "maglev"];
+const PARTS: [&str; 7] = [
+    "perpacket",
+    "katran",
+    "underload",
+    "e2e",
+    "proxy",
+    "flood",
+    "maglev",
+];
 
 struct Args {
     quick: bool,
@@ -101,6 +113,8 @@ struct Plan {
     peer: peer::Options,
     under_load: underload::Options,
     e2e: e2e::Options,
+    /// The L7 path against HAProxy: timed as end to end.
+    proxy: e2e::Options,
     flood: flood::Options,
     maglev_sizes: Vec<(u32, u32)>,
     maglev_repeats: usize,
@@ -144,6 +158,7 @@ fn options(quick: bool) -> Plan {
             peer: peer_options(&pp),
             under_load,
             e2e,
+            proxy: e2e,
             flood,
             maglev_sizes: sizes,
             maglev_repeats: 1,
@@ -180,6 +195,11 @@ fn options(quick: bool) -> Plan {
             peer: peer_options(&pp),
             under_load,
             e2e,
+            // Five gateways: shorter runs keep the part near 3 minutes.
+            proxy: e2e::Options {
+                duration: Duration::from_secs(5),
+                ..e2e
+            },
             flood,
             maglev_sizes: sizes,
             maglev_repeats: 5,
@@ -215,8 +235,9 @@ fn run(args: &Args) -> Result<()> {
     let mut against_katran = None;
     let mut under_load = None;
     let mut e2e = None;
+    let mut proxy = None;
     let mut flood = None;
-    if ["perpacket", "katran", "underload", "e2e", "flood"]
+    if ["perpacket", "katran", "underload", "e2e", "proxy", "flood"]
         .iter()
         .any(|s| wants(s))
     {
@@ -249,6 +270,10 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("==> end to end");
             e2e = Some(e2e::run(&bed, &plan.e2e)?);
         }
+        if wants("proxy") {
+            eprintln!("==> the L7 path against HAProxy");
+            proxy = Some(proxy::run(&bed, &plan.proxy)?);
+        }
         if wants("flood") {
             eprintln!("==> new connections under a spoofed SYN flood");
             flood = Some(flood::run(&bed, &plan.flood)?);
@@ -262,6 +287,7 @@ fn run(args: &Args) -> Result<()> {
         against_katran: against_katran.as_ref(),
         under_load: under_load.as_ref(),
         e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
+        proxy: proxy.as_ref().map(|r| (r, &plan.proxy)),
         flood: flood.as_ref().map(|r| (r, &plan.flood)),
         maglev: maglev.as_deref(),
     };

@@ -12,6 +12,7 @@ use crate::{
     machine::Machine,
     maglev, peer,
     perpacket::{self, Sample, Variant},
+    proxy, proxy_report,
     summary::{Spread, spread},
     traffic::Kind,
     underload,
@@ -27,6 +28,7 @@ pub struct Report<'a> {
     pub against_katran: Option<&'a peer::Outcome>,
     pub under_load: Option<&'a underload::Results>,
     pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
+    pub proxy: Option<(&'a proxy::Results, &'a e2e::Options)>,
     pub flood: Option<(&'a flood::Results, &'a flood::Options)>,
     pub maglev: Option<&'a [maglev::Row]>,
 }
@@ -43,7 +45,7 @@ fn reference_figures(rounds: &[(f64, f64)]) -> Option<(String, String)> {
     Some((fmt_spread(spread(&ns), 1), fmt_spread(spread(&ratio), 2)))
 }
 
-fn fmt_spread(s: Spread, digits: usize) -> String {
+pub fn fmt_spread(s: Spread, digits: usize) -> String {
     if s.n == 0 {
         return "–".into();
     }
@@ -320,6 +322,9 @@ impl Report<'_> {
         }
         if let Some((r, opts)) = self.e2e {
             self.e2e_md(&mut md, r, opts);
+        }
+        if let Some((r, opts)) = self.proxy {
+            proxy_report::markdown(&mut md, r, opts);
         }
         if let Some((r, opts)) = self.flood {
             flood_md(&mut md, r, opts);

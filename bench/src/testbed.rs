@@ -142,11 +142,16 @@ impl Testbed {
     }
 }
 
+/// Client host `c<i>`'s address (`i` from 1).
+pub fn client_host_addr(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 50 + i)
+}
+
 /// Client host `c<i>`: a macvlan of the client namespace's eth0 moved into
-/// its own namespace, 198.18.0.(50+i)/24, default route via the gateway.
+/// its own namespace, [`client_host_addr`]/24, default route via the gateway.
 fn client_host(topo: &Topology, i: u8) -> NetNs {
     let ns = NetNs::with_suffix(&format!("c{i}"), topo.suffix());
-    let addr = Ipv4Addr::new(198, 18, 0, 50 + i);
+    let addr = client_host_addr(i);
     let dev = format!("mv{i}");
     topo.client().ip_batch(&[
         format!("link add {dev} link {CLIENT_IF} type macvlan mode bridge"),

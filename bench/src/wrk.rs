@@ -73,6 +73,24 @@ fn combine(hosts: &[HostResult]) -> Load {
     }
 }
 
+/// What one host's wrk asks for, when not `GET /` alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Path and query, from the leading `/`.
+    pub path: String,
+    /// Extra header lines (`Name: value`).
+    pub headers: Vec<String>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            path: "/".into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// Run wrk for `duration` from each host against its target, all at once.
 pub fn run(
     hosts: &[NetNs],
@@ -81,10 +99,23 @@ pub fn run(
     duration: Duration,
     lua: &std::path::Path,
 ) -> Result<Load> {
+    let requests = vec![Request::default(); hosts.len()];
+    run_requests(hosts, targets, &requests, workload, duration, lua)
+}
+
+/// [`run`], each host asking for its own [`Request`].
+pub fn run_requests(
+    hosts: &[NetNs],
+    targets: &[SocketAddr],
+    requests: &[Request],
+    workload: Workload,
+    duration: Duration,
+    lua: &std::path::Path,
+) -> Result<Load> {
     std::fs::write(lua, REPORT_LUA)?;
     let secs = format!("{}s", duration.as_secs().max(1));
     let mut children = Vec::new();
-    for (host, target) in hosts.iter().zip(targets) {
+    for ((host, target), request) in hosts.iter().zip(targets).zip(requests) {
         let mut args = vec![
             "-t1".to_owned(),
             format!("-c{CONNECTIONS}"),
@@ -96,7 +127,10 @@ pub fn run(
         if workload == Workload::Close {
             args.extend(["-H".into(), "Connection: close".into()]);
         }
-        args.push(format!("http://{target}/"));
+        for h in &request.headers {
+            args.extend(["-H".into(), h.clone()]);
+        }
+        args.push(format!("http://{target}{}", request.path));
         let child = host
             .command("wrk", &args)
             .stdout(Stdio::piped())

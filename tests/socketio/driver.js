@@ -3,7 +3,7 @@
 //
 //   node driver.js CONFIG.json
 //
-// CONFIG: { url, sessions: [{ address, polling }], duration_ms, interval_ms,
+// CONFIG: { url, sessions: [{ address, polling, addresses? }], duration_ms, interval_ms,
 //           ack_timeout_ms, reconnection_delay_ms, ready_timeout_ms,
 //           final_message, finish_on_stdin }
 //
@@ -21,8 +21,13 @@
 // `polling: true` sessions never upgrade; the others use the default
 // transports (long-polling handshake, then the WebSocket upgrade).
 //
-// Each session's report lists the local port of every connection it opened
-// (`ports`).
+// A session with `addresses` (more local addresses) binds each new
+// connection to the next of [address, ...addresses] in turn: a client whose
+// address changes between requests, as behind a pool of proxies or a mobile
+// network. Without it every connection binds `address`.
+//
+// Each session's report lists the local port and address of every
+// connection it opened (`ports`, `local_addresses`).
 //
 // Events: {"event":"connected",id,server}, {"event":"ready"} once every
 // session has connected (or ready_timeout_ms passed), {"event":"error",id,
@@ -74,6 +79,7 @@ const sessions = cfg.sessions.map((spec, id) => {
     // can find each connection in another host's view (a router's ECMP
     // choice, a gateway's flows).
     ports: [],
+    local_addresses: [],
     lostAt: null,
   };
   const error = (kind, detail) => {
@@ -87,9 +93,15 @@ const sessions = cfg.sessions.map((spec, id) => {
   st.error = error;
   const agent = new http.Agent({ localAddress: spec.address, keepAlive: false });
   const createConnection = agent.createConnection.bind(agent);
+  const locals = [spec.address, ...(spec.addresses || [])];
+  let next = 0;
   agent.createConnection = (options, callback) => {
-    const conn = createConnection(options, callback);
-    conn.once("connect", () => st.ports.push(conn.localPort));
+    const localAddress = locals[next++ % locals.length];
+    const conn = createConnection({ ...options, localAddress }, callback);
+    conn.once("connect", () => {
+      st.ports.push(conn.localPort);
+      st.local_addresses.push(conn.localAddress);
+    });
     return conn;
   };
   const socket = io(cfg.url, {

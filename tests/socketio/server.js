@@ -10,8 +10,13 @@
 // GET /health answers 200 (the balancer's http health check). Events:
 // `hello` and `echo` are acknowledged with this server's name, so a client
 // sees which backend holds its session.
+//
+// With SID_PREFIX=1 in its environment, the server's engine.io session ids
+// are `NAME.<uuid>`: what a balancer with `affinity = "sid"` routes by (the
+// prefix is the backend's `name` in its config).
 "use strict";
 const http = require("http");
+const crypto = require("crypto");
 const { Server } = require("socket.io");
 
 const [name, port] = [process.argv[2], Number(process.argv[3])];
@@ -26,6 +31,7 @@ const server = http.createServer((req, res) => {
   }
 });
 const io = new Server(server, defaultHeartbeat ? {} : { pingInterval: 1000, pingTimeout: 2000 });
+if (process.env.SID_PREFIX === "1") io.engine.generateId = () => `${name}.${crypto.randomUUID()}`;
 io.on("connection", (socket) => {
   socket.on("hello", (ack) => typeof ack === "function" && ack({ server: name, sid: socket.id }));
   socket.on("echo", (data, ack) => typeof ack === "function" && ack({ server: name, data }));

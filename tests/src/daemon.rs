@@ -74,6 +74,21 @@ pub fn backends_toml(addresses: impl IntoIterator<Item = std::net::SocketAddr>) 
         .collect()
 }
 
+/// `[[services.backends]]` entries for `backends` on `port`, each with its
+/// `name` (`b1`, ...: the session-id prefix of `affinity = "sid"`).
+pub fn named_backends_toml(backends: &[crate::Backend], port: u16) -> String {
+    backends
+        .iter()
+        .map(|b| {
+            format!(
+                "[[services.backends]]\naddress = \"{}:{port}\"\nname = \"{}\"\n",
+                b.v4(),
+                b.name()
+            )
+        })
+        .collect()
+}
+
 /// `balancer ARGS --socket SOCKET` in `ns`.
 pub fn cli(ns: &NetNs, socket: &Path, args: &[&str]) -> Output {
     let mut all = args.to_vec();

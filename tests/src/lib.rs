@@ -8,6 +8,7 @@
 //! being skipped.
 
 pub mod bpffs;
+pub mod cdn;
 pub mod cluster;
 pub mod daemon;
 pub mod deploy;

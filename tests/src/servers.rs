@@ -128,7 +128,16 @@ impl Drop for Server {
 /// Starts the TCP whoami server on `port` of every address in `ns`.
 pub fn tcp_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
     Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
-        accept_loop(&socket.into(), name, stop)
+        accept_loop(&socket.into(), name, stop, false)
+    })
+}
+
+/// [`tcp_whoami`] behind a sender of PROXY headers: each connection starts
+/// with one (v1 or v2), and `peer` answers the client it names. A
+/// connection without a valid header is closed.
+pub fn tcp_whoami_proxied(ns: &NetNs, name: &str, port: u16) -> Server {
+    Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
+        accept_loop(&socket.into(), name, stop, true)
     })
 }
 
@@ -264,7 +273,7 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool, proxied: bool) {
     // Each connection: a clone to shut it down on stop, and its thread.
     let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -275,7 +284,17 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool) {
                 let name = name.to_owned();
                 conns.push((
                     handle,
-                    thread::spawn(move || serve_tcp(stream, &name, peer)),
+                    thread::spawn(move || {
+                        let peer = if proxied {
+                            match read_proxy_header(&stream) {
+                                Some(source) => source,
+                                None => return,
+                            }
+                        } else {
+                            peer
+                        };
+                        serve_tcp(stream, &name, peer)
+                    }),
                 ));
             }
             // A timeout, or the shutdown that `stop` uses to wake us.
@@ -287,6 +306,32 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool) {
         let _ = stream.shutdown(Shutdown::Both);
         let _ = thread.join();
     }
+}
+
+/// The source a connection's PROXY header names, read byte by byte so
+/// nothing after it is consumed; `None` (and the connection shut) for a
+/// bad, local or missing header.
+fn read_proxy_header(mut stream: &TcpStream) -> Option<SocketAddr> {
+    use std::io::Read as _;
+
+    use balancer_user::proxy::header::{self, Parsed, ProxyHeader};
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let found = loop {
+        match header::parse(&buf) {
+            Ok(Parsed::Done {
+                value: ProxyHeader::Proxied { source, .. },
+                ..
+            }) => break Some(source),
+            Ok(Parsed::Incomplete) if matches!(stream.read(&mut byte), Ok(1)) => buf.push(byte[0]),
+            _ => break None,
+        }
+    };
+    if found.is_none() {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    found
 }
 
 fn serve_tcp(stream: TcpStream, name: &str, peer: SocketAddr) {

@@ -5,8 +5,9 @@
 //! error a user would have seen (see `tests/socketio/driver.js`).
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write as _},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Child, Stdio},
     sync::mpsc::{self, Receiver},
@@ -51,6 +52,16 @@ impl SocketIoServer {
 
     /// Start it with `heartbeat` and wait until it listens.
     pub fn start_with(ns: &NetNs, name: &str, port: u16, heartbeat: Heartbeat) -> Self {
+        Self::spawn(ns, name, port, heartbeat, false)
+    }
+
+    /// Start it with [`Heartbeat::Fast`] and session ids `NAME.<uuid>`
+    /// (what `affinity = "sid"` routes by); wait until it listens.
+    pub fn start_sid_prefixed(ns: &NetNs, name: &str, port: u16) -> Self {
+        Self::spawn(ns, name, port, Heartbeat::Fast, true)
+    }
+
+    fn spawn(ns: &NetNs, name: &str, port: u16, heartbeat: Heartbeat, sid_prefix: bool) -> Self {
         let script = dir().join("server.js");
         let mut args = vec![
             script.to_str().unwrap().to_owned(),
@@ -60,8 +71,11 @@ impl SocketIoServer {
         if heartbeat == Heartbeat::Default {
             args.push("default-heartbeat".into());
         }
-        let mut child = ns
-            .command("node", args)
+        let mut command = ns.command("node", args);
+        if sid_prefix {
+            command.env("SID_PREFIX", "1");
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -94,6 +108,36 @@ pub struct SessionSpec {
     pub address: IpAddr,
     /// Long-polling only (never upgrades).
     pub polling: bool,
+    /// More local addresses: the session's connections bind `address` and
+    /// these in turn (a client whose address changes between requests).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
+}
+
+impl SessionSpec {
+    /// A session whose connections all bind `address`.
+    pub fn new(address: IpAddr, polling: bool) -> Self {
+        Self {
+            address,
+            polling,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// Sessions from `addresses`: for each, one long-polling-only session and
+/// `default_per_address` with the default transports (long-polling, then
+/// the WebSocket upgrade).
+pub fn sessions(addresses: &[Ipv4Addr], default_per_address: usize) -> Vec<SessionSpec> {
+    addresses
+        .iter()
+        .flat_map(|&a| {
+            std::iter::once(SessionSpec::new(a.into(), true)).chain(std::iter::repeat_n(
+                SessionSpec::new(a.into(), false),
+                default_per_address,
+            ))
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -150,6 +194,8 @@ pub struct Session {
     pub final_acked: bool,
     /// The local port of each TCP connection it opened, in order.
     pub ports: Vec<u16>,
+    /// The local address of each TCP connection it opened, in order.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// A running `node driver.js`.
@@ -300,4 +346,56 @@ pub fn errors(sessions: &[Session]) -> Vec<(usize, &SessionError)> {
         .iter()
         .flat_map(|s| s.errors.iter().map(move |e| (s.id, e)))
         .collect()
+}
+
+/// Prints the run's totals (sessions, transports, acks, sessions per first
+/// server, errors by kind and a few examples); returns the number of
+/// session errors.
+pub fn report(scenario: &str, sessions: &[Session]) -> usize {
+    let errs = errors(sessions);
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, e) in &errs {
+        *by_kind.entry(e.kind.as_str()).or_default() += 1;
+    }
+    let acks: u64 = sessions.iter().map(|s| s.acks).sum();
+    let connected = sessions.iter().filter(|s| s.connected).count();
+    let upgraded = sessions.iter().filter(|s| s.upgraded).count();
+    println!(
+        "{scenario}: {} sessions ({} polling-only, {upgraded} upgraded to WebSocket), {connected} connected, {acks} acked messages, sessions per first server {:?}, session errors {} (kinds, first 10 per session: {by_kind:?})",
+        sessions.len(),
+        sessions.iter().filter(|s| s.polling).count(),
+        per_first_server(sessions),
+        error_total(sessions),
+    );
+    for (id, e) in errs.iter().take(5) {
+        println!(
+            "  e.g. session {id}: {} {} (on {:?}, at {} ms)",
+            e.kind, e.detail, e.server, e.at_ms
+        );
+    }
+    error_total(sessions)
+}
+
+/// Sessions per first server (`none`: never connected).
+pub fn per_first_server(sessions: &[Session]) -> BTreeMap<String, usize> {
+    let mut per_server = BTreeMap::new();
+    for s in sessions {
+        *per_server
+            .entry(s.servers.first().cloned().unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
+    }
+    per_server
+}
+
+/// No session error, and every session connected, stayed on one server
+/// and had messages acknowledged.
+pub fn assert_clean(scenario: &str, sessions: &[Session]) {
+    let n = report(scenario, sessions);
+    assert_eq!(n, 0, "{scenario}: session errors");
+    for s in sessions {
+        assert!(
+            s.connected && s.servers.len() == 1 && s.acks > 0,
+            "{scenario}: session {s:?}"
+        );
+    }
 }

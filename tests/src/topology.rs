@@ -333,7 +333,7 @@ impl Topology {
 
 /// A veth pair with `name` in `ns` and `peer` in `peer_ns`, created
 /// straight into both namespaces: the root namespace never sees it.
-fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
+pub(crate) fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
     let netns = peer_ns.name();
     ns.ip(format!("link add {name} type veth peer name {peer} netns {netns}").split(' '));
 }

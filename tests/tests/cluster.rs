@@ -105,19 +105,13 @@ fall = 3
 /// `per_address` long-polling sessions from every client address, then
 /// `websocket` sessions that upgrade from the first addresses.
 fn sessions(clients: &[Ipv4Addr], per_address: usize, websocket: usize) -> Vec<SessionSpec> {
-    let polling = clients.iter().flat_map(|&a| {
-        std::iter::repeat_n(
-            SessionSpec {
-                address: IpAddr::V4(a),
-                polling: true,
-            },
-            per_address,
-        )
-    });
-    let upgrading = clients.iter().take(websocket).map(|&a| SessionSpec {
-        address: IpAddr::V4(a),
-        polling: false,
-    });
+    let polling = clients
+        .iter()
+        .flat_map(|&a| std::iter::repeat_n(SessionSpec::new(a.into(), true), per_address));
+    let upgrading = clients
+        .iter()
+        .take(websocket)
+        .map(|&a| SessionSpec::new(a.into(), false));
     polling.chain(upgrading).collect()
 }
 

@@ -28,7 +28,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -39,7 +39,9 @@ use balancer_tests::{
     daemon::{Daemon, backends_toml, cli_ok, config_head, status, test_mode},
     idle::{IdleSession, IdleSessions},
     require_root,
-    socketio::{Driver, Heartbeat, Session, SessionSpec, SocketIoServer, error_total, errors},
+    socketio::{
+        self, Driver, Heartbeat, Session, SessionSpec, SocketIoServer, error_total, errors,
+    },
     spoof::{FloodReport, Shape, Spoofer},
     tcp_whoami,
     topology::VIP_V4,
@@ -433,23 +435,6 @@ impl Attacker {
     }
 }
 
-fn sessions_specs(addresses: &[Ipv4Addr]) -> Vec<SessionSpec> {
-    addresses
-        .iter()
-        .flat_map(|&a| {
-            let polling = SessionSpec {
-                address: IpAddr::V4(a),
-                polling: true,
-            };
-            let websocket = SessionSpec {
-                address: IpAddr::V4(a),
-                polling: false,
-            };
-            std::iter::once(polling).chain(std::iter::repeat_n(websocket, WEBSOCKET_PER_ADDRESS))
-        })
-        .collect()
-}
-
 /// Sessions that had an error, by the flood after which the first came
 /// (`first_errors`: each lost session's first error, in ms on the
 /// sessions' clock).
@@ -496,7 +481,7 @@ fn plan(kind: Servers) -> (Rig, Plan) {
         "mode {}: tables of {table} entries, {packets} spoofed frames per flood at up to {SPOOFED_PER_SECOND}/s",
         test_mode()
     );
-    let specs = sessions_specs(&rig.topo.clients_v4()[..ADDRESSES]);
+    let specs = socketio::sessions(&rig.topo.clients_v4()[..ADDRESSES], WEBSOCKET_PER_ADDRESS);
     let total = specs.len() as u64;
     let polling = specs.iter().filter(|s| s.polling).count() as u64;
     let plan = Plan {

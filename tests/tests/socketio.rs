@@ -19,7 +19,7 @@ use balancer_tests::{
     daemon::{Daemon, backends_toml, cli_ok, config_head, status},
     http::{self, metric},
     require_root,
-    socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
+    socketio::{self, Driver, SessionSpec, SocketIoServer, assert_clean, errors, report},
     topology::VIP_V4,
 };
 
@@ -118,25 +118,6 @@ fall = {FALL}
         self.topo.backend_addr(name, PORT)
     }
 
-    /// Sessions from `addresses`: for each, one long-polling-only session
-    /// and `default_per_address` with the default transports.
-    fn sessions(addresses: &[Ipv4Addr], default_per_address: usize) -> Vec<SessionSpec> {
-        addresses
-            .iter()
-            .flat_map(|&a| {
-                let polling = SessionSpec {
-                    address: IpAddr::V4(a),
-                    polling: true,
-                };
-                let default = SessionSpec {
-                    address: IpAddr::V4(a),
-                    polling: false,
-                };
-                std::iter::once(polling).chain(std::iter::repeat_n(default, default_per_address))
-            })
-            .collect()
-    }
-
     fn drive(&self, sessions: &[SessionSpec], duration: Duration) -> Driver {
         Driver::start(self.topo.client(), vip(), sessions, duration)
     }
@@ -144,48 +125,6 @@ fall = {FALL}
 
 fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP_V4), 80)
-}
-
-/// Prints the run's totals; returns the number of session errors.
-fn report(scenario: &str, sessions: &[Session]) -> usize {
-    let errs = errors(sessions);
-    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, e) in &errs {
-        *by_kind.entry(e.kind.as_str()).or_default() += 1;
-    }
-    let mut per_server: BTreeMap<String, usize> = BTreeMap::new();
-    for s in sessions {
-        *per_server
-            .entry(s.servers.first().cloned().unwrap_or_else(|| "none".into()))
-            .or_default() += 1;
-    }
-    let acks: u64 = sessions.iter().map(|s| s.acks).sum();
-    let connections = sessions.iter().filter(|s| s.connected).count();
-    let upgraded = sessions.iter().filter(|s| s.upgraded).count();
-    println!(
-        "{scenario}: {} sessions ({} polling-only, {upgraded} upgraded to WebSocket), {connections} connected, {acks} acked messages, sessions per first server {per_server:?}, session errors {} (kinds, first 10 per session: {by_kind:?})",
-        sessions.len(),
-        sessions.iter().filter(|s| s.polling).count(),
-        error_total(sessions),
-    );
-    for (id, e) in errs.iter().take(5) {
-        println!(
-            "  e.g. session {id}: {} {} (on {:?}, at {} ms)",
-            e.kind, e.detail, e.server, e.at_ms
-        );
-    }
-    error_total(sessions)
-}
-
-fn assert_clean(scenario: &str, sessions: &[Session]) {
-    let n = report(scenario, sessions);
-    assert_eq!(n, 0, "{scenario}: session errors");
-    for s in sessions {
-        assert!(
-            s.connected && s.servers.len() == 1 && s.acks > 0,
-            "{scenario}: session {s:?}"
-        );
-    }
 }
 
 #[test]
@@ -200,7 +139,7 @@ fn four_tuple_affinity_breaks_socketio_sessions() {
             ..TopologyOpts::default()
         },
     );
-    let sessions = Rig::sessions(&rig.topo.clients_v4()[..12], 1);
+    let sessions = socketio::sessions(&rig.topo.clients_v4()[..12], 1);
     let report_ = rig.drive(&sessions, Duration::from_secs(4)).finish();
     let n = report("four-tuple (control)", &report_);
     assert!(
@@ -224,7 +163,7 @@ fn source_ip_sessions_survive_scale_out() {
     let mut rig = Rig::new("source-ip", "", opts);
     let clients = rig.topo.clients_v4().to_vec();
     // 60 live sessions (20 long-polling only) from 20 addresses.
-    let live = Rig::sessions(&clients[..20], 2);
+    let live = socketio::sessions(&clients[..20], 2);
     let driver = rig.drive(&live, Duration::from_secs(8));
     let ready = driver.wait_for("ready", Duration::from_secs(20));
     assert_eq!(ready["connected"], 60, "{ready}");
@@ -241,7 +180,7 @@ fn source_ip_sessions_survive_scale_out() {
     );
     rig.wait_up(4);
     // New sessions, from new addresses, while the old ones still run.
-    let fresh = Rig::sessions(&clients[20..40], 0);
+    let fresh = socketio::sessions(&clients[20..40], 0);
     let newcomers = rig.drive(&fresh, Duration::from_secs(2)).finish();
     let live = driver.finish();
     assert_clean("scale-out, live sessions", &live);
@@ -268,12 +207,12 @@ fn source_ip_sessions_survive_drain() {
         },
     );
     let clients = rig.topo.clients_v4().to_vec();
-    let live = Rig::sessions(&clients[..20], 2);
+    let live = socketio::sessions(&clients[..20], 2);
     let driver = rig.drive(&live, Duration::from_secs(6));
     driver.wait_for("ready", Duration::from_secs(20));
     let b1 = rig.addr("b1");
     println!("{}", rig.cli_ok(&["backend", "drain", "web", &b1]).trim());
-    let fresh = Rig::sessions(&clients[20..40], 0);
+    let fresh = socketio::sessions(&clients[20..40], 0);
     let newcomers = rig.drive(&fresh, Duration::from_secs(2)).finish();
     let live = driver.finish();
     assert_clean("drain, live sessions", &live);
@@ -330,7 +269,7 @@ fn a_dead_servers_sessions_reconnect_elsewhere_and_no_other_is_disturbed() {
         },
     );
     let clients = rig.topo.clients_v4().to_vec();
-    let live = Rig::sessions(&clients[..20], 2);
+    let live = socketio::sessions(&clients[..20], 2);
     let driver = rig.drive(&live, Duration::from_secs(8));
     driver.wait_for("ready", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
@@ -389,7 +328,7 @@ fn a_slash_24_prefix_puts_a_whole_network_on_one_backend() {
     let rig = Rig::new("source-ip", "source_prefix_v4 = 24", opts);
     let addresses = rig.topo.clients_extra_v4().to_vec();
     let sessions = rig
-        .drive(&Rig::sessions(&addresses, 1), Duration::from_secs(3))
+        .drive(&socketio::sessions(&addresses, 1), Duration::from_secs(3))
         .finish();
     assert_clean("/24 prefix", &sessions);
     let mut by_net: BTreeMap<u8, BTreeSet<String>> = BTreeMap::new();

@@ -15,10 +15,12 @@ use anyhow::{Result, bail, ensure};
 /// What the network-namespace suites and the demo run: `ip` and `tc`,
 /// `ethtool` (veth offloads), `bpftool`, `nft`, `ping`, `promtool` and
 /// `prometheus` (the metrics tests check and scrape `/metrics`), and
-/// `systemd-analyze` (the package test verifies the installed unit), and
-/// `bird` (the cluster suite's router and gateways speak BGP).
+/// `systemd-analyze` (the package test verifies the installed unit),
+/// `bird` (the cluster suite's router and gateways speak BGP), and
+/// `haproxy` (the proxy suite's CDN).
 pub const SUITES: &[&str] = &[
     "bird2",
+    "haproxy",
     "iproute2",
     "ethtool",
     "bpftool",

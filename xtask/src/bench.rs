@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick]`: build the release binaries (like `demo`),
 //! then run the bench (`bench/`, crate balancer-bench): the data plane per
 //! packet against the floor, end to end against nftables, HAProxy and nginx,
-//! and Maglev at scale. Writes `bench/results/latest.md` (`quick.md` with
+//! the L7 path against HAProxy in `mode http`, and Maglev at scale. Writes `bench/results/latest.md` (`quick.md` with
 //! --quick) and a chart beside it.
 
 use anyhow::{Result, ensure};
@@ -32,7 +32,8 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Run only this part (repeatable): perpacket, katran (the per-packet
-    /// comparison with Katran alone), underload, e2e, flood, maglev.
+    /// comparison with Katran alone), underload, e2e, proxy (the L7 path
+    /// against HAProxy), flood, maglev.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
     /// Katran's balancer.bpf.o, built outside this repository

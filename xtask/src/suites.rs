@@ -17,8 +17,9 @@ pub const TC_SUITES: &[&str] = &[
     "flood",
     "cluster",
     "replicate",
+    "proxy",
 ];
 
 /// The suites whose clients are Socket.IO in Node (`tests/socketio`): they
 /// need `node` and the suite's npm packages, in the VM too.
-pub const NODE_SUITES: &[&str] = &["socketio", "flood", "cluster"];
+pub const NODE_SUITES: &[&str] = &["socketio", "flood", "cluster", "proxy"];

@@ -36,7 +36,7 @@ use super::{
     http::{self, Body, ChunkedFraming, HeadError},
     route::{self, Choice, SidRoute},
     splice::{self, Pipe},
-    stats::BadInput,
+    stats::{BadInput, RoutedBy},
 };
 use crate::{
     config::{AffinityMode, ClientAddress},
@@ -47,6 +47,9 @@ use crate::{
 /// `keepalive_timeout` default); once a request's first byte arrives, the
 /// rest of its head must come within `header_timeout`.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(75);
+/// A backend connection used this recently is taken to be open without a
+/// probe.
+const KEEPALIVE_TRUSTED: Duration = Duration::from_secs(1);
 /// How long a backend may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backend may take to start its answer. Long-polling requests
@@ -139,8 +142,37 @@ async fn handle(
     shared.stats.request(name, choice.routed_by);
     let backend = Backend::connect(shared, &service, choice, origin).await?;
     backend.stream.try_write_all(&buf).await?;
-    splice::tunnel(client, &backend.stream).await?;
-    Ok(())
+    tunnel(shared, &service, client, &backend, Some(origin)).await
+}
+
+/// Splice `client` and `backend` both ways until both end. Meanwhile the
+/// affinity of `routed_origin` (the client whose address chose this
+/// backend) is refreshed every half affinity timeout, as the kernel does
+/// for its long flows: a WebSocket open for hours keeps its client's
+/// backend for the reconnect after it.
+async fn tunnel(
+    shared: &Shared,
+    service: &ServiceState,
+    client: &TcpStream,
+    backend: &Backend,
+    routed_origin: Option<SocketAddr>,
+) -> Result<(), Closed> {
+    let refresh = async {
+        let Some(origin) = routed_origin else {
+            return std::future::pending().await;
+        };
+        let period = service.config.affinity_timeout / 2;
+        loop {
+            tokio::time::sleep(period).await;
+            if let Err(e) = shared.affinity.remember(service, origin.ip(), backend.id) {
+                tracing::warn!(service = %service.config.name, "cannot refresh the client's affinity: {e}");
+            }
+        }
+    };
+    tokio::select! {
+        ended = splice::tunnel(client, &backend.stream) => ended.map(drop).map_err(Closed::Io),
+        never = refresh => never,
+    }
 }
 
 fn trusted(service: &ServiceState, ip: IpAddr) -> bool {
@@ -195,6 +227,15 @@ async fn read_proxy_header(
 /// An open connection to a backend, counted open until dropped.
 struct Backend {
     id: u32,
+    /// The client it was opened for: the one its PROXY header names.
+    origin: SocketAddr,
+    /// The client whose address chose it for the last request, if its
+    /// address did (not a sid): that client's next request stays.
+    routed_origin: Option<SocketAddr>,
+    /// When its last response ended.
+    last_used: Instant,
+    /// When its client's affinity entry was last written.
+    remembered: Instant,
     stream: TcpStream,
     shared_stats: Arc<super::stats::ProxyStats>,
 }
@@ -224,6 +265,10 @@ impl Backend {
         shared.stats.opened(choice.backend_id);
         let backend = Backend {
             id: choice.backend_id,
+            origin,
+            routed_origin: None,
+            last_used: Instant::now(),
+            remembered: Instant::now(),
             stream,
             shared_stats: Arc::clone(&shared.stats),
         };
@@ -249,6 +294,11 @@ impl Backend {
     /// has closed it (an idle keep-alive connection's usual end), nor if
     /// it sent bytes nobody asked for.
     fn still_open(&self) -> bool {
+        // Backends close idle keep-alive connections after seconds (Node
+        // after 5 s): one used within the last second needs no probe.
+        if self.last_used.elapsed() < KEEPALIVE_TRUSTED {
+            return true;
+        }
         let mut byte = [0u8; 1];
         matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -300,7 +350,7 @@ async fn requests(
     heads: Heads,
 ) -> Result<(), Closed> {
     let mut backend: Option<Backend> = None;
-    let mut pipes = (Pipe::new()?, Pipe::new()?);
+    let mut pipes = (Pipe::default(), Pipe::default());
     let mut deadline = Some(heads.first);
     loop {
         let Some(head) = read_request(client, &mut buf, &mut deadline, heads.timeout).await? else {
@@ -323,27 +373,60 @@ async fn requests(
         if sid == SidRoute::Unknown {
             shared.stats.bad_input(name, BadInput::UnknownSid);
         }
+        // Like a kernel flow, a connection keeps the backend it chose for
+        // its client while that backend is up; only a request of another
+        // client (a CDN's pooled connection) asks the affinity map again.
+        let kept = backend
+            .as_ref()
+            .filter(|b| b.routed_origin == Some(origin))
+            .filter(|b| service.backend_by_id(b.id).is_some_and(|s| s.up))
+            .map(|b| b.id);
         let choice = route::choose(&service, sid, || {
-            shared.affinity.by_client(&service, origin)
+            kept.or_else(|| shared.affinity.by_client(&service, origin))
         })
         .ok_or(Closed::Unserved(UNAVAILABLE))?;
         shared.stats.request(name, choice.routed_by);
-        let to = match backend.take() {
-            Some(b) if b.id == choice.backend_id && b.still_open() => b,
+        // A connection whose PROXY header named another client (a CDN
+        // pools many on one) is not reused: the backend would take this
+        // request for that client's.
+        let reusable = |b: &Backend| {
+            b.id == choice.backend_id
+                && (!service.config.send_proxy_protocol || b.origin == origin)
+                && b.still_open()
+        };
+        let mut to = match backend.take() {
+            Some(b) if reusable(&b) => b,
             _ => Backend::connect(shared, &service, choice, origin).await?,
         };
+        to.routed_origin = (choice.routed_by == RoutedBy::Client).then_some(origin);
+        if to.routed_origin.is_some()
+            && to.remembered.elapsed() > service.config.affinity_timeout / 2
+        {
+            // A keep-alive connection older than half the affinity timeout
+            // refreshes its client's entry, as a long kernel flow does.
+            if let Err(e) = shared.affinity.remember(&service, origin.ip(), to.id) {
+                tracing::warn!(service = %name, "cannot refresh the client's affinity: {e}");
+            }
+            to.remembered = Instant::now();
+        }
         let to = backend.insert(to);
-        to.stream.try_write_all(&buf[..head.len]).await?;
-        buf.drain(..head.len);
-        send_body(client, &to.stream, &mut buf, head.body, &mut pipes.0).await?;
+        relay_message(
+            client,
+            &to.stream,
+            &mut buf,
+            head.len,
+            head.body,
+            &mut pipes.0,
+        )
+        .await?;
         let response =
             relay_response(&to.stream, client, head.method_is_head, &mut pipes.1).await?;
+        to.last_used = Instant::now();
         if response.status == 101 {
             // What the client sent after its upgrade request (its first
             // frames) goes first, then both directions are spliced.
             to.stream.try_write_all(&buf).await?;
-            splice::tunnel(client, &to.stream).await?;
-            return Ok(());
+            return tunnel(shared, &service, client, to, to.routed_origin).await;
         }
         if response.close || head.close {
             return Ok(());
@@ -392,35 +475,64 @@ async fn read_request(
     }
 }
 
-/// Send a body of `framing` from `from` (whose first bytes may be in `buf`
-/// already) to `to`; bytes after it stay in `buf`.
-async fn send_body(
-    from: &mut TcpStream,
+/// Pass one message from `from` to `to`: its head (`head_len` bytes at
+/// the start of `buf`) and its body of `framing`. What `buf` holds of it
+/// goes in one write, so a small message is one packet; the rest of a
+/// body with a length, or one that runs until close, is spliced; a chunked
+/// body is walked to find its end and copied. Bytes after the message stay
+/// in `buf`.
+async fn relay_message(
+    from: &TcpStream,
     to: &TcpStream,
     buf: &mut Vec<u8>,
+    head_len: usize,
     framing: Body,
     pipe: &mut Pipe,
 ) -> Result<(), Closed> {
+    let in_buf = |limit: u64| {
+        head_len + (buf.len() - head_len).min(usize::try_from(limit).unwrap_or(usize::MAX))
+    };
     match framing {
-        Body::None => Ok(()),
+        Body::None => {
+            to.try_write_all(&buf[..head_len]).await?;
+            buf.drain(..head_len);
+        }
         Body::Length(n) => {
-            let buffered = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            to.try_write_all(&buf[..buffered]).await?;
-            buf.drain(..buffered);
-            let rest = n - buffered as u64;
+            let sent = in_buf(n);
+            to.try_write_all(&buf[..sent]).await?;
+            buf.drain(..sent);
+            let rest = n - (sent - head_len) as u64;
             if splice::forward(from, to, pipe, Some(rest)).await? < rest {
                 return Err(early_end());
             }
-            Ok(())
         }
-        Body::Chunked => copy_chunked(from, to, buf).await,
         Body::UntilClose => {
             to.try_write_all(buf).await?;
             buf.clear();
             splice::forward(from, to, pipe, None).await?;
-            Ok(())
+        }
+        Body::Chunked => {
+            to.try_write_all(&buf[..head_len]).await?;
+            buf.drain(..head_len);
+            let mut framing = ChunkedFraming::new();
+            loop {
+                let body = framing.feed(buf).map_err(|e| {
+                    tracing::debug!("a chunked body is malformed: {e}");
+                    early_end()
+                })?;
+                to.try_write_all(&buf[..body]).await?;
+                buf.drain(..body);
+                if framing.done() {
+                    break;
+                }
+                buf.reserve(READ_CHUNK);
+                if read_shared(from, buf).await? == 0 {
+                    return Err(early_end());
+                }
+            }
         }
     }
+    Ok(())
 }
 
 fn early_end() -> Closed {
@@ -430,34 +542,12 @@ fn early_end() -> Closed {
     ))
 }
 
-/// A chunked body, walked to find its end and copied as it is.
-async fn copy_chunked(
-    from: &mut TcpStream,
-    to: &TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(), Closed> {
-    let mut framing = ChunkedFraming::new();
-    loop {
-        let body = framing
-            .feed(buf)
-            .map_err(|_| Closed::Refused(BadInput::BadRequest, None))?;
-        to.try_write_all(&buf[..body]).await?;
-        buf.drain(..body);
-        if framing.done() {
-            return Ok(());
-        }
-        buf.reserve(READ_CHUNK);
-        if from.read_buf(buf).await? == 0 {
-            return Err(early_end());
-        }
-    }
-}
-
 /// Read the backend's answer and pass it to the client: interim `1xx`
-/// heads, the final head and its body (a `101`'s first bytes included).
+/// heads, then the final head and its body. For a `101`, what the backend
+/// sent after its head (its first frames) is passed on too.
 async fn relay_response(
     backend: &TcpStream,
-    client: &mut TcpStream,
+    client: &TcpStream,
     request_is_head: bool,
     pipe: &mut Pipe,
 ) -> Result<http::ResponseHead, Closed> {
@@ -486,50 +576,15 @@ async fn relay_response(
                 Ok(Err(e)) => return Err(e.into()),
             }
         };
-        client.write_all(&rbuf[..head.len]).await?;
-        rbuf.drain(..head.len);
         answered = true;
-        if (100..200).contains(&head.status) && head.status != 101 {
-            continue;
-        }
         if head.status == 101 {
-            client.write_all(&rbuf).await?;
+            client.try_write_all(&rbuf).await?;
             return Ok(head);
         }
-        match head.body {
-            Body::None => {}
-            Body::Length(n) => {
-                let buffered = rbuf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                client.write_all(&rbuf[..buffered]).await?;
-                let rest = n - buffered as u64;
-                if splice::forward(backend, client, pipe, Some(rest)).await? < rest {
-                    return Err(early_end());
-                }
-            }
-            Body::Chunked => {
-                let mut framing = ChunkedFraming::new();
-                loop {
-                    let body = framing.feed(&rbuf).map_err(|e| {
-                        tracing::warn!("a backend's chunked body is malformed: {e}");
-                        early_end()
-                    })?;
-                    client.write_all(&rbuf[..body]).await?;
-                    rbuf.drain(..body);
-                    if framing.done() {
-                        break;
-                    }
-                    rbuf.reserve(READ_CHUNK);
-                    if read_shared(backend, &mut rbuf).await? == 0 {
-                        return Err(early_end());
-                    }
-                }
-            }
-            Body::UntilClose => {
-                client.write_all(&rbuf).await?;
-                splice::forward(backend, client, pipe, None).await?;
-            }
+        relay_message(backend, client, &mut rbuf, head.len, head.body, pipe).await?;
+        if !(100..200).contains(&head.status) {
+            return Ok(head);
         }
-        return Ok(head);
     }
 }
 

@@ -14,27 +14,29 @@ use tokio::{io::Interest, net::TcpStream};
 /// Bytes asked of one splice call: a default pipe's capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
 
-/// A pipe and the bytes it holds that are not yet written on.
+/// A pipe, made on first use (most requests have no body to splice), and
+/// the bytes it holds that are not yet written on.
+#[derive(Default)]
 pub struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
+    fds: Option<(OwnedFd, OwnedFd)>,
     held: usize,
 }
 
 impl Pipe {
-    pub fn new() -> io::Result<Pipe> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
+    /// The read and write ends, made now if not yet.
+    fn ends(&mut self) -> io::Result<(RawFd, RawFd)> {
+        if self.fds.is_none() {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: two fresh descriptors that nothing else owns.
+            self.fds =
+                Some(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) });
         }
-        // SAFETY: two fresh descriptors that nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe {
-            read,
-            write,
-            held: 0,
-        })
+        let (read, write) = self.fds.as_ref().expect("made above");
+        Ok((read.as_raw_fd(), write.as_raw_fd()))
     }
 }
 
@@ -66,11 +68,15 @@ pub async fn forward(
     limit: Option<u64>,
 ) -> io::Result<u64> {
     let mut moved = 0u64;
+    if limit == Some(0) {
+        return Ok(0);
+    }
+    let (read_end, write_end) = pipe.ends()?;
     loop {
         while pipe.held > 0 {
             to.writable().await?;
             match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
+                splice(read_end, to.as_raw_fd(), pipe.held)
             }) {
                 Ok(n) => pipe.held -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -84,7 +90,7 @@ pub async fn forward(
         };
         from.readable().await?;
         match from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
+            splice(from.as_raw_fd(), write_end, want)
         }) {
             Ok(0) => return Ok(moved),
             Ok(n) => {
@@ -103,7 +109,7 @@ pub async fn forward(
 /// nothing is left waiting on a peer that is gone. Returns the bytes
 /// moved (a → b, b → a).
 pub async fn tunnel(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
+    let (mut ab, mut ba) = (Pipe::default(), Pipe::default());
     let mut a_to_b = std::pin::pin!(async {
         let moved = forward(a, b, &mut ab, None).await?;
         shutdown_write(b);

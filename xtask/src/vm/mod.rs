@@ -78,6 +78,13 @@ const EXCLUDED: &[Exclusion] = &[
               their libraries in the initramfs and a writable run directory for their sockets)",
     },
     Exclusion {
+        binary: "proxy",
+        test: None,
+        why: "every test drives Node Socket.IO sessions (through HAProxy, or roaming between \
+              client addresses): the Socket.IO suite's Node limit under TCG, and the guest has no \
+              HAProxy",
+    },
+    Exclusion {
         binary: "module_graph",
         test: None,
         why: "reads the workspace's sources, not the kernel: the same on every kernel",
