@@ -41,6 +41,10 @@ pub const LEAD: Duration = Duration::from_millis(500);
 /// Peers' answers count only within this; the rest of [`LEAD`] is for
 /// cancelling.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(300);
+/// A proposal whose instant is further than this from this gateway's
+/// clock + [`LEAD`] is refused: the clocks differ too much for "one
+/// instant" to mean anything.
+pub const MAX_SKEW: Duration = Duration::from_secs(5);
 /// A one-line reason on the wire is cut to this many bytes.
 pub const MAX_REASON: usize = 1000;
 
@@ -126,6 +130,21 @@ pub fn realtime_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Is `at_ms`, a proposal's instant, within [`MAX_SKEW`] of when this
+/// gateway would have picked? The one-line reason if not.
+pub fn check_instant(at_ms: u64) -> Result<(), String> {
+    let expected = realtime_ms() + LEAD.as_millis() as u64;
+    let off = at_ms.abs_diff(expected);
+    if off > MAX_SKEW.as_millis() as u64 {
+        return Err(format!(
+            "the change's instant is {off} ms off this gateway's clock (more than {} s): \
+             synchronise the gateways' clocks (NTP)",
+            MAX_SKEW.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 /// How long until wall-clock instant `at_ms` (zero if it has passed).
@@ -367,6 +386,17 @@ mod tests {
         let outcome = propose(&outboxes, &[a, d], proposal()).await;
         assert_eq!(outcome.accepted, vec![a]);
         assert_eq!(outcome.refused[0].0, d);
+    }
+
+    #[test]
+    fn an_instant_off_by_more_than_the_skew_is_refused() {
+        let now = realtime_ms() + LEAD.as_millis() as u64;
+        assert_eq!(check_instant(now), Ok(()));
+        assert_eq!(check_instant(now - 4000), Ok(()));
+        for off in [now + 6000, now - 6000, 0, u64::MAX] {
+            let e = check_instant(off).unwrap_err();
+            assert!(e.contains("(NTP)") && !e.contains('\n'), "{e}");
+        }
     }
 
     struct Counting(Mutex<Vec<u64>>);

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Readiness,
-    admin::{Admin, AdminState, Outboxes, Outgoing, Scheduled},
+    admin::{self, Admin, AdminState, Outboxes, Outgoing, Scheduled},
     directory::Directory,
     stats::{PeerStats, Stats},
     table::Table,
@@ -435,9 +435,12 @@ async fn server_session(
                     Message::Propose(proposal) => {
                         let admin = Arc::clone(&shared.admin);
                         let change = proposal.change.clone();
-                        let refusal = tokio::task::spawn_blocking(move || admin.check(&change))
-                            .await?
-                            .err();
+                        let at = proposal.apply_at_ms;
+                        let refusal = tokio::task::spawn_blocking(move || {
+                            admin::check_instant(at).and_then(|()| admin.check(&change))
+                        })
+                        .await?
+                        .err();
                         let id = proposal.id;
                         match &refusal {
                             None => shared.scheduled.schedule(Arc::clone(&shared.admin), peer, proposal),
