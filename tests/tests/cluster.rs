@@ -260,29 +260,38 @@ fn steady_sessions_cross_both_gateways_without_errors() {
     );
 }
 
-/// When each gateway's `status` first shows `backend` with `up == want`
-/// (polled every 20 ms, from `since`); panics after `limit`.
+/// When each gateway's `status` first shows `backend` with `up == want`,
+/// from now: each gateway polled by a thread of its own every 10 ms, so
+/// one gateway's slow answer does not delay the other's reading. Panics
+/// after `limit`.
 fn when_marked(c: &Cluster, backend: &str, want: bool, limit: Duration) -> Vec<Duration> {
     let since = Instant::now();
-    let mut seen: Vec<Option<Duration>> = vec![None; c.gateways.len()];
-    while seen.iter().any(Option::is_none) {
-        assert!(
-            since.elapsed() < limit,
-            "{backend} up={want}: {seen:?} after {limit:?}"
-        );
-        for (g, t) in c.gateways.iter().zip(&mut seen) {
-            if t.is_none()
-                && status(&g.ns, &g.socket()).services[0]
-                    .backends
-                    .iter()
-                    .any(|b| b.address == backend && b.up == want)
-            {
-                *t = Some(since.elapsed());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    seen.into_iter().map(Option::unwrap).collect()
+    std::thread::scope(|scope| {
+        let polls: Vec<_> = c
+            .gateways
+            .iter()
+            .map(|g| {
+                scope.spawn(move || {
+                    loop {
+                        let marked = status(&g.ns, &g.socket()).services[0]
+                            .backends
+                            .iter()
+                            .any(|b| b.address == backend && b.up == want);
+                        if marked {
+                            return since.elapsed();
+                        }
+                        assert!(
+                            since.elapsed() < limit,
+                            "g{}: {backend} not up={want} within {limit:?}",
+                            g.n
+                        );
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        polls.into_iter().map(|p| p.join().unwrap()).collect()
+    })
 }
 
 fn spread(times: &[Duration]) -> Duration {
