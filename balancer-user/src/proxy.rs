@@ -6,10 +6,14 @@
 //! affinity map as the kernel, and splices the bytes.
 //!
 //! Layers, importing downwards only: `listen` (one acceptor per service)
-//! → `conn` (one connection) → `route` (which backend), `splice` (moving
-//! bytes), `header` and `http` (parsing, pure) and `stats` (counts).
+//! → `conn` (one connection) → `backend` (its backend connection),
+//! `route` (which backend), `splice` (moving bytes), `header` and `http`
+//! (parsing, pure), `stats` (counts) and `handover` (what an in-place
+//! restart carries over).
 
+mod backend;
 mod conn;
+pub mod handover;
 pub mod header;
 pub mod http;
 mod listen;
@@ -17,8 +21,16 @@ pub mod route;
 pub mod splice;
 pub mod stats;
 
-use std::sync::Arc;
+use std::{
+    os::fd::OwnedFd,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
+pub use conn::resume;
+use handover::{Handover, PARK_WAIT, ParkedConn, ParkedListener};
 pub use listen::{remove_local_routes, run};
 use tokio::sync::watch;
 
@@ -44,6 +56,15 @@ pub struct Shared {
     routes: watch::Receiver<Routes>,
     affinity: route::AffinityMap,
     stats: Arc<stats::ProxyStats>,
+    /// True once connections and acceptors are to park (a restart in
+    /// place).
+    parking: watch::Sender<bool>,
+    /// Connection tasks and acceptors running; both reach 0 once all have
+    /// parked.
+    live: AtomicUsize,
+    acceptors: AtomicUsize,
+    /// What they put aside.
+    parked: Mutex<Handover<OwnedFd>>,
 }
 
 impl Shared {
@@ -56,7 +77,48 @@ impl Shared {
             routes,
             affinity,
             stats,
+            parking: watch::Sender::new(false),
+            live: AtomicUsize::new(0),
+            acceptors: AtomicUsize::new(0),
+            parked: Mutex::default(),
         }
+    }
+
+    fn park_connection(&self, conn: ParkedConn<OwnedFd>) {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .connections
+            .push(conn);
+    }
+
+    fn park_listener(&self, listener: ParkedListener<OwnedFd>) {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listeners
+            .push(listener);
+    }
+
+    /// Ask every acceptor and connection to park, and take what they put
+    /// aside once all have, or after `PARK_WAIT` (a connection still
+    /// inside a body then is left behind: it closes with this process).
+    pub async fn park_all(&self) -> Handover<OwnedFd> {
+        self.parking.send_replace(true);
+        let started = tokio::time::Instant::now();
+        while self.live.load(Ordering::SeqCst) + self.acceptors.load(Ordering::SeqCst) > 0
+            && started.elapsed() < PARK_WAIT
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = self.live.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "not parked in time (a body in flight): they close with this process"
+            );
+        }
+        std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Service `name` as it is now; `None` once a reload removed it.
@@ -66,5 +128,47 @@ impl Shared {
             .iter()
             .find(|s| s.config.name == name)
             .cloned()
+    }
+}
+
+/// Counts a connection task or an acceptor as running (in
+/// `Shared::live` or `Shared::acceptors`) until dropped. Made before the
+/// task is spawned, so a restart in place never misses one that has not
+/// started yet.
+pub(crate) struct Running {
+    shared: Arc<Shared>,
+    acceptor: bool,
+}
+
+impl Running {
+    fn counter(&self) -> &AtomicUsize {
+        if self.acceptor {
+            &self.shared.acceptors
+        } else {
+            &self.shared.live
+        }
+    }
+
+    fn connection(shared: &Arc<Shared>) -> Self {
+        Running::new(shared, false)
+    }
+
+    fn acceptor(shared: &Arc<Shared>) -> Self {
+        Running::new(shared, true)
+    }
+
+    fn new(shared: &Arc<Shared>, acceptor: bool) -> Self {
+        let running = Running {
+            shared: Arc::clone(shared),
+            acceptor,
+        };
+        running.counter().fetch_add(1, Ordering::SeqCst);
+        running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -99,6 +99,10 @@ fn lock(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Everything that can be wrong with the input or the host is checked
     // before the kernel is touched: a bad config attaches nothing.
+    // Connections a previous process of this daemon handed over (an
+    // in-place restart, SIGUSR2): taken first, so that an error below
+    // still closes them rather than leaking them.
+    let handover = proxy::handover::inherited()?;
     let config = Config::from_file(config_path)?;
     let interfaces = interfaces(&config)?;
     let pin_dir = pin::prepare(&config.bpf.pin_dir)?;
@@ -139,11 +143,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // their entries (`ready_to_announce`); on its own, at once.
     .announcing(announcer, cluster.is_none());
     let timeouts = daemon.watch_affinity_timeouts();
-    let proxy = proxy::run(Arc::new(proxy::Shared::new(
+    let proxy_shared = Arc::new(proxy::Shared::new(
         daemon.watch_routes(),
         proxy::route::AffinityMap::open(&pin_dir)?,
         daemon.proxy_stats(),
-    )));
+    ));
+    let handover = handover.unwrap_or_default();
+    if !handover.connections.is_empty() || !handover.listeners.is_empty() {
+        info!(
+            connections = handover.connections.len(),
+            listeners = handover.listeners.len(),
+            "carried over by the restart in place"
+        );
+    }
+    for conn in handover.connections {
+        if let Err(e) = proxy::resume(Arc::clone(&proxy_shared), conn) {
+            tracing::warn!("cannot resume a carried-over connection: {e:#}");
+        }
+    }
+    let proxy = proxy::run(Arc::clone(&proxy_shared), handover.listeners);
     let directory = daemon.watch_directory();
     let daemon = Arc::new(Mutex::new(daemon));
     let cluster = match cluster {
@@ -231,6 +249,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     // Attached, and the control socket is bound: its requests queue until
     // the loop below polls the server, which is the next thing that runs.
     notify::ready();
@@ -245,6 +264,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading {}", config_path.display());
                 let daemon = Arc::clone(&daemon);
                 tokio::task::spawn_blocking(move || lock(&daemon).reload_from_file());
+            }
+            _ = usr2.recv() => {
+                // Restart in place: the pinned data plane carries the
+                // kernel's flows as on any restart, and the proxied
+                // connections are handed to the next process.
+                info!("SIGUSR2: restarting in place; proxied connections carry over");
+                notify::reloading();
+                let parked = proxy_shared.park_all().await;
+                info!(
+                    connections = parked.connections.len(),
+                    listeners = parked.listeners.len(),
+                    "parked; executing the daemon's binary again"
+                );
+                break Err(proxy::handover::exec(parked));
             }
             _ = detached.notified() => {
                 notify::stopping();

@@ -10,7 +10,7 @@ use crate::{
     cpu::{self, PerRequest},
     gateways::Gateway,
     testbed::Testbed,
-    wrk::{self, Load, Workload},
+    wrk::{self, Load, Runs, Workload},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -29,24 +29,13 @@ pub struct Measured {
 #[derive(Debug, Default)]
 pub struct Results {
     /// Per gateway and workload, one entry per round.
-    pub runs: Vec<(Gateway, Workload, Vec<Measured>)>,
+    pub runs: Runs<Gateway, Measured>,
     pub notes: Vec<String>,
     /// Gateways that did not run as asked (TC mode with XDP attached).
     pub not_as_asked: Vec<Gateway>,
 }
 
 impl Results {
-    fn push(&mut self, gateway: Gateway, workload: Workload, m: Measured) {
-        match self
-            .runs
-            .iter_mut()
-            .find(|(g, w, _)| *g == gateway && *w == workload)
-        {
-            Some((_, _, v)) => v.push(m),
-            None => self.runs.push((gateway, workload, vec![m])),
-        }
-    }
-
     /// The gateway's name, marked when it did not run as asked.
     pub fn label(&self, gateway: Gateway, name: &str) -> String {
         if self.not_as_asked.contains(&gateway) {
@@ -54,13 +43,6 @@ impl Results {
         } else {
             name.to_owned()
         }
-    }
-
-    pub fn get(&self, gateway: Gateway, workload: Workload) -> &[Measured] {
-        self.runs
-            .iter()
-            .find(|(g, w, _)| *g == gateway && *w == workload)
-            .map_or(&[], |(_, _, v)| v)
     }
 }
 
@@ -94,7 +76,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 let before = cpu::snapshot(bed.topo.gw())?;
                 let load = wrk::run(&bed.hosts, &running.targets, workload, opts.duration, &lua)?;
                 let cpu = cpu::snapshot(bed.topo.gw())?.per_request(before, load.requests);
-                results.push(gateway, workload, Measured { load, cpu });
+                results.runs.push(gateway, workload, Measured { load, cpu });
             }
             drop(running);
             // Let TIME_WAIT and FIN traffic of the last run settle.

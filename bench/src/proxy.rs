@@ -15,7 +15,7 @@ use crate::{
     e2e::Options,
     l7::{L7Gateway, Running, ServerCounts},
     testbed::Testbed,
-    wrk::{self, Load, Request, Workload},
+    wrk::{self, Load, Request, Runs, Workload},
 };
 
 /// What the gateway counted during a phase (differences of its counts).
@@ -47,29 +47,11 @@ pub struct Measured {
 #[derive(Debug, Default)]
 pub struct Results {
     /// Per gateway and workload, one entry per round.
-    pub runs: Vec<(L7Gateway, Workload, Vec<Measured>)>,
+    pub runs: Runs<L7Gateway, Measured>,
     pub notes: Vec<String>,
 }
 
-impl Results {
-    fn push(&mut self, gateway: L7Gateway, workload: Workload, m: Measured) {
-        match self
-            .runs
-            .iter_mut()
-            .find(|(g, w, _)| *g == gateway && *w == workload)
-        {
-            Some((_, _, v)) => v.push(m),
-            None => self.runs.push((gateway, workload, vec![m])),
-        }
-    }
-
-    pub fn get(&self, gateway: L7Gateway, workload: Workload) -> &[Measured] {
-        self.runs
-            .iter()
-            .find(|(g, w, _)| *g == gateway && *w == workload)
-            .map_or(&[], |(_, _, v)| v)
-    }
-}
+impl Results {}
 
 pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
     let mut results = Results::default();
@@ -114,7 +96,9 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 )?;
                 let cpu = cpu::snapshot(bed.topo.gw())?.per_request(before, load.requests);
                 let routed = routed(&counted, &counts(bed, &running)?);
-                results.push(gateway, workload, Measured { load, cpu, routed });
+                results
+                    .runs
+                    .push(gateway, workload, Measured { load, cpu, routed });
             }
             drop(running);
             // Let TIME_WAIT and FIN traffic of the last run settle.

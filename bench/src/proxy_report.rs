@@ -40,7 +40,7 @@ fn ratio(ours: &[Measured], theirs: &[Measured], pick: fn(&Measured) -> f64) -> 
 }
 
 pub fn markdown(md: &mut String, r: &Results, opts: &e2e::Options) {
-    let rounds = r.runs.first().map_or(0, |(_, _, v)| v.len());
+    let rounds = r.runs.rounds();
     let _ = writeln!(
         md,
         "\n## The L7 path against HAProxy\n\n\
@@ -62,8 +62,8 @@ pub fn markdown(md: &mut String, r: &Results, opts: &e2e::Options) {
          |---|---|---|---|---|---|---|---|---|---|"
     );
     for g in L7Gateway::ALL {
-        let ka = r.get(g, Workload::KeepAlive);
-        let cl = r.get(g, Workload::Close);
+        let ka = r.runs.get(g, Workload::KeepAlive);
+        let cl = r.runs.get(g, Workload::Close);
         if ka.is_empty() {
             continue;
         }
@@ -100,8 +100,8 @@ fn ratios_md(md: &mut String, r: &Results) {
          |---|---|---|---|---|---|---|---|"
     );
     for (job, name) in [(Job::ForwardedFor, "X-Forwarded-For"), (Job::Sid, "sid")] {
-        let ours = |w| r.get(L7Gateway::Balancer(job), w);
-        let theirs = |w| r.get(L7Gateway::Haproxy(job), w);
+        let ours = |w| r.runs.get(L7Gateway::Balancer(job), w);
+        let theirs = |w| r.runs.get(L7Gateway::Haproxy(job), w);
         if ours(Workload::KeepAlive).is_empty() || theirs(Workload::KeepAlive).is_empty() {
             continue;
         }
@@ -180,7 +180,7 @@ fn counted_md(md: &mut String, r: &Results) {
     };
     for g in L7Gateway::ALL {
         for w in WORKLOADS {
-            let runs = r.get(g, w);
+            let runs = r.runs.get(g, w);
             if runs.is_empty() {
                 continue;
             }

@@ -497,7 +497,7 @@ impl Report<'_> {
     }
 
     fn e2e_md(&self, md: &mut String, r: &e2e::Results, opts: &e2e::Options) {
-        let rounds = r.runs.first().map_or(0, |(_, _, v)| v.len());
+        let rounds = r.runs.rounds();
         let _ = writeln!(
             md,
             "\n## End to end\n\n\
@@ -517,8 +517,8 @@ impl Report<'_> {
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for g in Gateway::ALL {
-            let ka = r.get(g, Workload::KeepAlive);
-            let cl = r.get(g, Workload::Close);
+            let ka = r.runs.get(g, Workload::KeepAlive);
+            let cl = r.runs.get(g, Workload::Close);
             if ka.is_empty() {
                 continue;
             }
@@ -588,7 +588,7 @@ impl Report<'_> {
                 }
                 for workload in [Workload::KeepAlive, Workload::Close] {
                     let med = |g: Gateway, pick: fn(&Measured) -> f64| {
-                        spread(&r.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median
+                        spread(&r.runs.get(g, workload).iter().map(pick).collect::<Vec<_>>()).median
                     };
                     let ours = (med(me, |m| m.load.per_sec), med(me, |m| m.load.p99_us));
                     if ours.0.is_nan() {
@@ -773,11 +773,12 @@ fn maglev_md(md: &mut String, rows: &[maglev::Row]) {
 pub fn svg(r: &e2e::Results, machine: &Machine) -> String {
     let gateways: Vec<Gateway> = Gateway::ALL
         .into_iter()
-        .filter(|g| !r.get(*g, Workload::KeepAlive).is_empty())
+        .filter(|g| !r.runs.get(*g, Workload::KeepAlive).is_empty())
         .collect();
     let med = |g: Gateway, w: Workload| {
         spread(
-            &r.get(g, w)
+            &r.runs
+                .get(g, w)
                 .iter()
                 .map(|m| m.load.per_sec)
                 .collect::<Vec<_>>(),

@@ -189,3 +189,41 @@ mod tests {
         assert!(parse("Running 2s test").is_none());
     }
 }
+
+/// Measurements by gateway and workload, one per round, in the order the
+/// gateways first ran.
+#[derive(Debug)]
+pub struct Runs<G, M> {
+    runs: Vec<(G, Workload, Vec<M>)>,
+}
+
+impl<G, M> Default for Runs<G, M> {
+    fn default() -> Self {
+        Runs { runs: Vec::new() }
+    }
+}
+
+impl<G: Copy + PartialEq, M> Runs<G, M> {
+    pub fn push(&mut self, gateway: G, workload: Workload, m: M) {
+        match self
+            .runs
+            .iter_mut()
+            .find(|(g, w, _)| *g == gateway && *w == workload)
+        {
+            Some((_, _, v)) => v.push(m),
+            None => self.runs.push((gateway, workload, vec![m])),
+        }
+    }
+
+    pub fn get(&self, gateway: G, workload: Workload) -> &[M] {
+        self.runs
+            .iter()
+            .find(|(g, w, _)| *g == gateway && *w == workload)
+            .map_or(&[], |(_, _, v)| v)
+    }
+
+    /// How many rounds ran (of the first gateway and workload).
+    pub fn rounds(&self) -> usize {
+        self.runs.first().map_or(0, |(_, _, v)| v.len())
+    }
+}

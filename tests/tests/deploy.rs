@@ -41,6 +41,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "BalancerAffinityTableNearlyFull",
         "BalancerDropsRising",
         "BalancerClusterPeerDown",
+        "BalancerProxyBadInput",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }

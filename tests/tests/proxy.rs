@@ -112,7 +112,7 @@ fn frontend(service: Service) -> Frontend {
 /// Fields drop in order: HAProxy and the daemon go before the namespaces.
 struct Rig {
     cdn: Option<Cdn>,
-    _daemon: Daemon,
+    daemon: Daemon,
     _servers: Vec<SocketIoServer>,
     bpffs: TempBpffs,
     topo: Topology,
@@ -160,7 +160,7 @@ impl Rig {
         });
         let rig = Rig {
             cdn,
-            _daemon: daemon,
+            daemon,
             _servers: servers,
             bpffs,
             topo,
@@ -685,4 +685,65 @@ fn a_backend_is_told_the_client_with_proxy_protocol() {
         "12 clients on one backend: {backends:?}"
     );
     drop(daemon);
+}
+
+/// SIGUSR2 restarts the daemon in place: every proxied connection parks at
+/// a safe point, the daemon executes its binary again under the same PID,
+/// and the new process resumes each one where it stopped. Socket.IO
+/// sessions through HAProxy with PROXY v2 and by sid (WebSockets, and
+/// long-polling requests held by their server) go on with 0 errors while
+/// it restarts, twice.
+#[test]
+fn a_restart_in_place_keeps_proxied_sessions() {
+    let rig = Rig::new(&[PROXY_PROTOCOL, SID], "", &[PROXY_PROTOCOL]);
+    let specs = socketio::sessions(&rig.topo.clients_v4()[..8], 1);
+    let run = Duration::from_secs(10);
+    let through_cdn = Driver::start(rig.topo.client(), rig.cdn().addr(CDN_PROXY_V2), &specs, run);
+    let by_sid = Driver::start(rig.topo.client(), SID.vip(), &specs, run);
+    through_cdn.wait_for("ready", Duration::from_secs(20));
+    by_sid.wait_for("ready", Duration::from_secs(20));
+    let pid = rig.daemon.pid();
+    for restart in 1..=2 {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = Instant::now();
+        rig.daemon.signal(libc::SIGUSR2);
+        // The same process answers again once the new image serves.
+        let socket = rig.socket();
+        while balancer_tests::daemon::cli(rig.topo.gw(), &socket, &["status"])
+            .status
+            .code()
+            != Some(0)
+            || before.elapsed() < Duration::from_millis(100)
+        {
+            assert!(
+                before.elapsed() < Duration::from_secs(10),
+                "restart {restart}: not serving again after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "restart {restart} in place: serving again after {:?}",
+            before.elapsed()
+        );
+    }
+    assert_eq!(rig.daemon.pid(), pid, "the daemon's PID changed");
+    let cdn = through_cdn.finish();
+    let sid = by_sid.finish();
+    assert_clean(
+        "PROXY v2 through HAProxy, across two restarts in place",
+        &cdn,
+    );
+    assert_clean("sid affinity, across two restarts in place", &sid);
+    let upgraded = cdn.iter().chain(&sid).filter(|s| s.upgraded).count();
+    assert!(
+        upgraded >= 8,
+        "only {upgraded} sessions upgraded to WebSocket: the tunnels were not exercised"
+    );
+    // Connections after the restarts still count on their backends.
+    let open = metric_sum(&rig.metrics(), "balancer_backend_active_connections", &[]);
+    println!(
+        "after two restarts in place: {} + {} sessions clean, {upgraded} WebSockets carried, {open} connections open",
+        cdn.len(),
+        sid.len()
+    );
 }

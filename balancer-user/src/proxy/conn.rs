@@ -15,11 +15,16 @@
 //!    whole.
 //!
 //! Bad input closes this connection only, counted by reason (an HTTP
-//! client gets a status line first).
+//! client gets a status line first). At the points where nothing is half
+//! sent (waiting for a request head, for a response head, or tunnelling)
+//! a connection parks when the daemon restarts in place
+//! ([`super::handover`]), and the next process resumes it there.
 
 use std::{
+    future::Future,
     io,
     net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
     sync::Arc,
     time::Duration,
 };
@@ -31,10 +36,12 @@ use tokio::{
 };
 
 use super::{
-    Shared,
+    Running, Shared,
+    backend::{Backend, SharedIo},
+    handover::{ParkedBackend, ParkedConn, ParkedStep},
     header::{self, Parsed, ProxyHeader},
     http::{self, Body, ChunkedFraming, HeadError},
-    route::{self, Choice, SidRoute},
+    route::{self, SidRoute},
     splice::{self, Pipe},
     stats::{BadInput, RoutedBy},
 };
@@ -47,11 +54,6 @@ use crate::{
 /// `keepalive_timeout` default); once a request's first byte arrives, the
 /// rest of its head must come within `header_timeout`.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(75);
-/// A backend connection used this recently is taken to be open without a
-/// probe.
-const KEEPALIVE_TRUSTED: Duration = Duration::from_secs(1);
-/// How long a backend may take to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backend may take to start its answer. Long-polling requests
 /// are held by the backend for up to Socket.IO's `pingInterval` (25 s).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,6 +70,9 @@ enum Closed {
     Unserved(&'static str),
     /// Either side reset or ended the connection mid-exchange.
     Io(io::Error),
+    /// Put aside at a safe point for an in-place restart: [`Conn`] and
+    /// [`Step`] say where it stands.
+    Park,
 }
 
 impl From<io::Error> for Closed {
@@ -82,18 +87,122 @@ const TOO_LARGE: &str = "431 Request Header Fields Too Large";
 const BAD_GATEWAY: &str = "502 Bad Gateway";
 const UNAVAILABLE: &str = "503 Service Unavailable";
 
-/// Serve one accepted connection of service `name`.
-pub async fn serve(shared: Arc<Shared>, name: Arc<str>, mut client: TcpStream, peer: SocketAddr) {
-    let ended = handle(&shared, &name, &mut client, peer).await;
+/// What a connection waits for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The trust check and the PROXY header, then the first request (or,
+    /// without HTTP, the tunnel).
+    Start,
+    /// The next request head; `deadline` is the head's (`None` while the
+    /// connection idles between requests).
+    Request {
+        deadline: Option<Instant>,
+    },
+    /// The response to a request sent in full.
+    Response {
+        request_is_head: bool,
+        request_close: bool,
+    },
+    Tunnel,
+}
+
+/// A connection's state between its steps: what parks and resumes.
+struct Conn {
+    peer: SocketAddr,
+    /// The client it speaks for: the PROXY header's, or the peer.
+    origin: SocketAddr,
+    /// Client bytes read and not yet passed on.
+    buf: Vec<u8>,
+    /// Backend bytes read and not yet passed on.
+    rbuf: Vec<u8>,
+    backend: Option<Backend>,
+    /// Client → backend, backend → client.
+    pipes: [Pipe; 2],
+}
+
+/// Serve one accepted connection of service `name`; `running` counts it
+/// until it ends or parks.
+pub async fn serve(
+    shared: Arc<Shared>,
+    running: Running,
+    name: Arc<str>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    let conn = Conn {
+        peer,
+        origin: peer,
+        buf: Vec::with_capacity(READ_CHUNK),
+        rbuf: Vec::new(),
+        backend: None,
+        pipes: [Pipe::default(), Pipe::default()],
+    };
+    drive(&shared, &name, client, conn, Step::Start).await;
+    drop(running);
+}
+
+/// Go on with a connection a previous process parked.
+pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Result<()> {
+    let stream = |fd: OwnedFd| {
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true)?;
+        TcpStream::from_std(std)
+    };
+    let client = stream(parked.client)?;
+    let backend = match parked.backend {
+        Some(b) => {
+            shared.stats.resumed(b.id);
+            let mut backend = Backend::adopt(&shared.stats, b.id, b.origin, stream(b.fd)?);
+            backend.routed_origin = b.routed_origin;
+            Some(backend)
+        }
+        None => None,
+    };
+    let [a, b] = parked.pipes;
+    let conn = Conn {
+        peer: parked.peer,
+        origin: parked.origin,
+        buf: parked.buf,
+        rbuf: parked.rbuf,
+        backend,
+        pipes: [Pipe::resume(a), Pipe::resume(b)],
+    };
+    let step = match parked.step {
+        ParkedStep::Request => Step::Request { deadline: None },
+        ParkedStep::Response {
+            request_is_head,
+            request_close,
+        } => Step::Response {
+            request_is_head,
+            request_close,
+        },
+        ParkedStep::Tunnel => Step::Tunnel,
+    };
+    let name: Arc<str> = parked.service.into();
+    let running = Running::connection(&shared);
+    tokio::spawn(async move {
+        drive(&shared, &name, client, conn, step).await;
+        drop(running);
+    });
+    Ok(())
+}
+
+async fn drive(shared: &Shared, name: &str, mut client: TcpStream, mut conn: Conn, step: Step) {
+    let mut step = step;
+    let ended = run(shared, name, &mut client, &mut conn, &mut step).await;
     let answer = match ended {
         Ok(()) => None,
+        Err(Closed::Park) => {
+            park(shared, name, client, conn, step);
+            return;
+        }
         Err(Closed::Io(e)) => {
-            tracing::debug!(service = %name, %peer, "connection ended: {e}");
+            tracing::debug!(service = %name, peer = %conn.peer, "connection ended: {e}");
             None
         }
         Err(Closed::Refused(reason, answer)) => {
-            shared.stats.bad_input(&name, reason);
-            tracing::debug!(service = %name, %peer, reason = reason.as_str(), "connection refused");
+            shared.stats.bad_input(name, reason);
+            tracing::debug!(service = %name, peer = %conn.peer, reason = reason.as_str(), "connection refused");
             answer
         }
         Err(Closed::Unserved(answer)) => Some(answer),
@@ -105,60 +214,289 @@ pub async fn serve(shared: Arc<Shared>, name: Arc<str>, mut client: TcpStream, p
     }
 }
 
-async fn handle(
+/// Put the connection aside for the next process.
+fn park(shared: &Shared, name: &str, client: TcpStream, conn: Conn, step: Step) {
+    let owned = |stream: TcpStream| stream.into_std().map(OwnedFd::from);
+    let step = match step {
+        Step::Start | Step::Request { .. } => ParkedStep::Request,
+        Step::Response {
+            request_is_head,
+            request_close,
+        } => ParkedStep::Response {
+            request_is_head,
+            request_close,
+        },
+        Step::Tunnel => ParkedStep::Tunnel,
+    };
+    // The socket moves to the next process: this one's count of it ends
+    // here (dropping `_open`), that one's starts when it resumes.
+    let backend = match conn
+        .backend
+        .map(|b| (b.id, b.origin, b.routed_origin, owned(b.stream)))
+    {
+        Some((id, origin, routed_origin, Ok(fd))) => Some(ParkedBackend {
+            id,
+            origin,
+            routed_origin,
+            fd,
+        }),
+        Some((_, _, _, Err(e))) => {
+            tracing::warn!(service = %name, "cannot park a backend connection: {e}");
+            return;
+        }
+        None => None,
+    };
+    let client = match owned(client) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(service = %name, "cannot park a connection: {e}");
+            return;
+        }
+    };
+    let [a, b] = conn.pipes;
+    shared.park_connection(ParkedConn {
+        service: name.to_owned(),
+        client,
+        peer: conn.peer,
+        origin: conn.origin,
+        buf: conn.buf,
+        rbuf: conn.rbuf,
+        backend,
+        pipes: [a.park(), b.park()],
+        step,
+    });
+}
+
+/// `fut`, unless the daemon asks its connections to park first.
+async fn unless_parking<T>(
+    shared: &Shared,
+    fut: impl Future<Output = Result<T, Closed>>,
+) -> Result<T, Closed> {
+    let mut parking = shared.parking.subscribe();
+    tokio::select! {
+        ended = fut => ended,
+        _ = parking.wait_for(|p| *p) => Err(Closed::Park),
+    }
+}
+
+async fn run(
     shared: &Shared,
     name: &str,
     client: &mut TcpStream,
-    peer: SocketAddr,
+    conn: &mut Conn,
+    step: &mut Step,
 ) -> Result<(), Closed> {
     let Some(service) = shared.service(name) else {
-        return Ok(());
+        return Err(Closed::Unserved(UNAVAILABLE));
     };
     let config = &service.config;
-    if config.client_address != ClientAddress::Packet && !trusted(&service, peer.ip()) {
-        return Err(Closed::Refused(BadInput::UntrustedSource, None));
-    }
-    let mut buf = Vec::with_capacity(READ_CHUNK);
-    let deadline = Instant::now() + config.header_timeout;
-    let mut origin = peer;
-    if config.client_address == ClientAddress::ProxyProtocol
-        && let Some(source) = read_proxy_header(client, &mut buf, deadline).await?
-    {
-        origin = source;
-    }
     let http = config.client_address == ClientAddress::XForwardedFor
         || config.affinity == AffinityMode::Sid;
-    if http {
-        let heads = Heads {
-            first: deadline,
-            timeout: config.header_timeout,
-        };
-        return requests(shared, name, client, (peer, origin), buf, heads).await;
+    if *step == Step::Start {
+        if config.client_address != ClientAddress::Packet && !trusted(&service, conn.peer.ip()) {
+            return Err(Closed::Refused(BadInput::UntrustedSource, None));
+        }
+        let deadline = Instant::now() + config.header_timeout;
+        if config.client_address == ClientAddress::ProxyProtocol
+            && let Some(source) = read_proxy_header(client, &mut conn.buf, deadline).await?
+        {
+            conn.origin = source;
+        }
+        if !http {
+            let choice = route::choose(&service, SidRoute::None, || {
+                shared.affinity.by_client(&service, conn.origin)
+            })
+            .ok_or(Closed::Unserved(UNAVAILABLE))?;
+            shared.stats.request(name, choice.routed_by);
+            let mut backend = Backend::connect(shared, &service, choice, conn.origin)
+                .await?
+                .map_err(|_| Closed::Unserved(BAD_GATEWAY))?;
+            backend.routed_origin = Some(conn.origin);
+            backend.stream.try_write_all(&conn.buf).await?;
+            conn.buf.clear();
+            conn.backend = Some(backend);
+            *step = Step::Tunnel;
+        } else {
+            *step = Step::Request {
+                deadline: Some(deadline),
+            };
+        }
     }
-    let choice = route::choose(&service, SidRoute::None, || {
-        shared.affinity.by_client(&service, origin)
+    loop {
+        match *step {
+            Step::Start => unreachable!("handled above"),
+            Step::Request { deadline } => {
+                let header_timeout = config.header_timeout;
+                let mut deadline = deadline;
+                let head = unless_parking(
+                    shared,
+                    read_request(client, &mut conn.buf, &mut deadline, header_timeout),
+                )
+                .await;
+                let Some(head) = head? else {
+                    return Ok(());
+                };
+                // The service as it is now: a reload or a health change
+                // since the last request applies to this one.
+                let Some(service) = shared.service(name) else {
+                    return Err(Closed::Unserved(UNAVAILABLE));
+                };
+                send_request(shared, &service, client, conn, &head).await?;
+                *step = Step::Response {
+                    request_is_head: head.method_is_head,
+                    request_close: head.close,
+                };
+            }
+            Step::Response {
+                request_is_head,
+                request_close,
+            } => {
+                let to = conn.backend.as_mut().expect("a request went to a backend");
+                let mut answered = false;
+                // Interim `1xx` heads pass on, then the final one and its
+                // body. Only waiting for a head may park: a body in flight
+                // finishes first.
+                let response = loop {
+                    let head = unless_parking(
+                        shared,
+                        read_response_head(&to.stream, &mut conn.rbuf, request_is_head, answered),
+                    )
+                    .await?;
+                    answered = true;
+                    if head.status == 101 {
+                        // The backend's first frames, if any, go with it.
+                        client.try_write_all(&conn.rbuf).await?;
+                        conn.rbuf.clear();
+                        break head;
+                    }
+                    relay_message(
+                        &to.stream,
+                        client,
+                        &mut conn.rbuf,
+                        head.len,
+                        head.body,
+                        &mut conn.pipes[1],
+                    )
+                    .await?;
+                    if !(100..200).contains(&head.status) {
+                        break head;
+                    }
+                };
+                to.last_used = Instant::now();
+                if response.status == 101 {
+                    // What the client sent after its upgrade request (its
+                    // first frames) goes first, then both ways are spliced.
+                    to.stream.try_write_all(&conn.buf).await?;
+                    conn.buf.clear();
+                    *step = Step::Tunnel;
+                    continue;
+                }
+                if response.close || request_close {
+                    return Ok(());
+                }
+                *step = Step::Request { deadline: None };
+            }
+            Step::Tunnel => {
+                let to = conn.backend.as_ref().expect("a tunnel has a backend");
+                return unless_parking(
+                    shared,
+                    tunnel(shared, &service, client, to, &mut conn.pipes),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Route one request (its head parsed, at the start of `conn.buf`) and
+/// pass it, body included, to its backend.
+async fn send_request(
+    shared: &Shared,
+    service: &ServiceState,
+    client: &TcpStream,
+    conn: &mut Conn,
+    head: &http::RequestHead,
+) -> Result<(), Closed> {
+    let name = service.config.name.as_str();
+    let origin = match service.config.client_address {
+        ClientAddress::XForwardedFor => SocketAddr::new(
+            http::client_address(&head.forwarded_for, conn.peer.ip(), |ip| {
+                trusted(service, ip)
+            }),
+            conn.origin.port(),
+        ),
+        _ => conn.origin,
+    };
+    let sid = match service.config.affinity {
+        AffinityMode::Sid => route::by_sid(service, head.sid.as_deref()),
+        _ => SidRoute::None,
+    };
+    if sid == SidRoute::Unknown {
+        shared.stats.bad_input(name, BadInput::UnknownSid);
+    }
+    // Like a kernel flow, a connection keeps the backend it chose for its
+    // client while that backend is up; only a request of another client (a
+    // CDN's pooled connection) asks the affinity map again.
+    let kept = conn
+        .backend
+        .as_ref()
+        .filter(|b| b.routed_origin == Some(origin))
+        .filter(|b| service.backend_by_id(b.id).is_some_and(|s| s.up))
+        .map(|b| b.id);
+    let choice = route::choose(service, sid, || {
+        kept.or_else(|| shared.affinity.by_client(service, origin))
     })
     .ok_or(Closed::Unserved(UNAVAILABLE))?;
     shared.stats.request(name, choice.routed_by);
-    let backend = Backend::connect(shared, &service, choice, origin).await?;
-    backend.stream.try_write_all(&buf).await?;
-    tunnel(shared, &service, client, &backend, Some(origin)).await
+    // A connection whose PROXY header named another client (a CDN pools
+    // many on one) is not reused: the backend would take this request for
+    // that client's.
+    let reusable = |b: &Backend| {
+        b.id == choice.backend_id
+            && (!service.config.send_proxy_protocol || b.origin == origin)
+            && b.still_open()
+    };
+    let mut to = match conn.backend.take() {
+        Some(b) if reusable(&b) => b,
+        _ => Backend::connect(shared, service, choice, origin)
+            .await?
+            .map_err(|_| Closed::Unserved(BAD_GATEWAY))?,
+    };
+    to.routed_origin = (choice.routed_by == RoutedBy::Client).then_some(origin);
+    if to.routed_origin.is_some() && to.remembered.elapsed() > service.config.affinity_timeout / 2 {
+        // A keep-alive connection older than half the affinity timeout
+        // refreshes its client's entry, as a long kernel flow does.
+        if let Err(e) = shared.affinity.remember(service, origin.ip(), to.id) {
+            tracing::warn!(service = %name, "cannot refresh the client's affinity: {e}");
+        }
+        to.remembered = Instant::now();
+    }
+    let to = conn.backend.insert(to);
+    relay_message(
+        client,
+        &to.stream,
+        &mut conn.buf,
+        head.len,
+        head.body,
+        &mut conn.pipes[0],
+    )
+    .await
 }
 
 /// Splice `client` and `backend` both ways until both end. Meanwhile the
-/// affinity of `routed_origin` (the client whose address chose this
-/// backend) is refreshed every half affinity timeout, as the kernel does
-/// for its long flows: a WebSocket open for hours keeps its client's
-/// backend for the reconnect after it.
+/// affinity of the client whose address chose this backend (if one did)
+/// is refreshed every half affinity timeout, as the kernel does for its
+/// long flows: a WebSocket open for hours keeps its client's backend for
+/// the reconnect after it.
 async fn tunnel(
     shared: &Shared,
     service: &ServiceState,
     client: &TcpStream,
     backend: &Backend,
-    routed_origin: Option<SocketAddr>,
+    pipes: &mut [Pipe; 2],
 ) -> Result<(), Closed> {
     let refresh = async {
-        let Some(origin) = routed_origin else {
+        let Some(origin) = backend.routed_origin else {
             return std::future::pending().await;
         };
         let period = service.config.affinity_timeout / 2;
@@ -170,7 +508,7 @@ async fn tunnel(
         }
     };
     tokio::select! {
-        ended = splice::tunnel(client, &backend.stream) => ended.map(drop).map_err(Closed::Io),
+        ended = splice::tunnel(client, &backend.stream, pipes) => ended.map(drop).map_err(Closed::Io),
         never = refresh => never,
     }
 }
@@ -224,217 +562,6 @@ async fn read_proxy_header(
     }
 }
 
-/// An open connection to a backend, counted open until dropped.
-struct Backend {
-    id: u32,
-    /// The client it was opened for: the one its PROXY header names.
-    origin: SocketAddr,
-    /// The client whose address chose it for the last request, if its
-    /// address did (not a sid): that client's next request stays.
-    routed_origin: Option<SocketAddr>,
-    /// When its last response ended.
-    last_used: Instant,
-    /// When its client's affinity entry was last written.
-    remembered: Instant,
-    stream: TcpStream,
-    shared_stats: Arc<super::stats::ProxyStats>,
-}
-
-impl Backend {
-    /// Connect to `choice`'s backend for `origin` (the client, as the
-    /// service knows it): PROXY v2 first when configured, and the client's
-    /// affinity recorded once the backend has accepted.
-    async fn connect(
-        shared: &Shared,
-        service: &ServiceState,
-        choice: Choice,
-        origin: SocketAddr,
-    ) -> Result<Backend, Closed> {
-        let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(choice.address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::warn!(service = %service.config.name, backend = %choice.address, "cannot connect: {e}");
-                return Err(Closed::Unserved(BAD_GATEWAY));
-            }
-            Err(_) => {
-                tracing::warn!(service = %service.config.name, backend = %choice.address, "no answer to connect in {CONNECT_TIMEOUT:?}");
-                return Err(Closed::Unserved(BAD_GATEWAY));
-            }
-        };
-        stream.set_nodelay(true)?;
-        shared.stats.opened(choice.backend_id);
-        let backend = Backend {
-            id: choice.backend_id,
-            origin,
-            routed_origin: None,
-            last_used: Instant::now(),
-            remembered: Instant::now(),
-            stream,
-            shared_stats: Arc::clone(&shared.stats),
-        };
-        if service.config.send_proxy_protocol {
-            let vip = service.config.vip;
-            backend
-                .stream
-                .try_write_all(&header::encode_v2(origin, vip))
-                .await?;
-        }
-        if let Err(e) = shared
-            .affinity
-            .remember(service, origin.ip(), choice.backend_id)
-        {
-            tracing::warn!(service = %service.config.name, "cannot record the client's affinity: {e}");
-        }
-        Ok(backend)
-    }
-}
-
-impl Backend {
-    /// Can the next request go on this connection? Not once the backend
-    /// has closed it (an idle keep-alive connection's usual end), nor if
-    /// it sent bytes nobody asked for.
-    fn still_open(&self) -> bool {
-        // Backends close idle keep-alive connections after seconds (Node
-        // after 5 s): one used within the last second needs no probe.
-        if self.last_used.elapsed() < KEEPALIVE_TRUSTED {
-            return true;
-        }
-        let mut byte = [0u8; 1];
-        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.shared_stats.closed(self.id);
-    }
-}
-
-/// `write_all` on a shared reference: tokio's needs `&mut`, which the
-/// splice paths (which only need `&`) would otherwise have to give up.
-trait WriteAll {
-    async fn try_write_all(&self, bytes: &[u8]) -> io::Result<()>;
-}
-
-impl WriteAll for TcpStream {
-    async fn try_write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            self.writable().await?;
-            match self.try_write(bytes) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// When request heads must be complete: the first by `first` (counted
-/// from accept), each later one `timeout` after its first byte.
-struct Heads {
-    first: Instant,
-    timeout: Duration,
-}
-
-/// The HTTP services' loop: one request at a time, each routed on its
-/// own, until either side closes or a `101` makes it a tunnel. `(peer,
-/// origin)`: the connection's source, and the client it speaks for (its
-/// PROXY header's, or the peer).
-async fn requests(
-    shared: &Shared,
-    name: &str,
-    client: &mut TcpStream,
-    (peer, origin): (SocketAddr, SocketAddr),
-    mut buf: Vec<u8>,
-    heads: Heads,
-) -> Result<(), Closed> {
-    let mut backend: Option<Backend> = None;
-    let mut pipes = (Pipe::default(), Pipe::default());
-    let mut deadline = Some(heads.first);
-    loop {
-        let Some(head) = read_request(client, &mut buf, &mut deadline, heads.timeout).await? else {
-            return Ok(());
-        };
-        let Some(service) = shared.service(name) else {
-            return Err(Closed::Unserved(UNAVAILABLE));
-        };
-        let origin = match service.config.client_address {
-            ClientAddress::XForwardedFor => SocketAddr::new(
-                http::client_address(&head.forwarded_for, peer.ip(), |ip| trusted(&service, ip)),
-                origin.port(),
-            ),
-            _ => origin,
-        };
-        let sid = match service.config.affinity {
-            AffinityMode::Sid => route::by_sid(&service, head.sid.as_deref()),
-            _ => SidRoute::None,
-        };
-        if sid == SidRoute::Unknown {
-            shared.stats.bad_input(name, BadInput::UnknownSid);
-        }
-        // Like a kernel flow, a connection keeps the backend it chose for
-        // its client while that backend is up; only a request of another
-        // client (a CDN's pooled connection) asks the affinity map again.
-        let kept = backend
-            .as_ref()
-            .filter(|b| b.routed_origin == Some(origin))
-            .filter(|b| service.backend_by_id(b.id).is_some_and(|s| s.up))
-            .map(|b| b.id);
-        let choice = route::choose(&service, sid, || {
-            kept.or_else(|| shared.affinity.by_client(&service, origin))
-        })
-        .ok_or(Closed::Unserved(UNAVAILABLE))?;
-        shared.stats.request(name, choice.routed_by);
-        // A connection whose PROXY header named another client (a CDN
-        // pools many on one) is not reused: the backend would take this
-        // request for that client's.
-        let reusable = |b: &Backend| {
-            b.id == choice.backend_id
-                && (!service.config.send_proxy_protocol || b.origin == origin)
-                && b.still_open()
-        };
-        let mut to = match backend.take() {
-            Some(b) if reusable(&b) => b,
-            _ => Backend::connect(shared, &service, choice, origin).await?,
-        };
-        to.routed_origin = (choice.routed_by == RoutedBy::Client).then_some(origin);
-        if to.routed_origin.is_some()
-            && to.remembered.elapsed() > service.config.affinity_timeout / 2
-        {
-            // A keep-alive connection older than half the affinity timeout
-            // refreshes its client's entry, as a long kernel flow does.
-            if let Err(e) = shared.affinity.remember(&service, origin.ip(), to.id) {
-                tracing::warn!(service = %name, "cannot refresh the client's affinity: {e}");
-            }
-            to.remembered = Instant::now();
-        }
-        let to = backend.insert(to);
-        relay_message(
-            client,
-            &to.stream,
-            &mut buf,
-            head.len,
-            head.body,
-            &mut pipes.0,
-        )
-        .await?;
-        let response =
-            relay_response(&to.stream, client, head.method_is_head, &mut pipes.1).await?;
-        to.last_used = Instant::now();
-        if response.status == 101 {
-            // What the client sent after its upgrade request (its first
-            // frames) goes first, then both directions are spliced.
-            to.stream.try_write_all(&buf).await?;
-            return tunnel(shared, &service, client, to, to.routed_origin).await;
-        }
-        if response.close || head.close {
-            return Ok(());
-        }
-        deadline = None;
-    }
-}
-
 /// The next request head, read into `buf`; `None` when the client closed
 /// between requests. `deadline` is the head's (the first request's runs
 /// from accept); without one, the connection may idle for
@@ -455,6 +582,9 @@ async fn read_request(
             }
             Err(_) => return Err(Closed::Refused(BadInput::BadRequest, Some(BAD_REQUEST))),
         }
+        if deadline.is_none() && !buf.is_empty() {
+            *deadline = Some(Instant::now() + header_timeout);
+        }
         let read = match *deadline {
             Some(at) => read_more(client, buf, at, Some(TIMEOUT)).await?,
             None => match timeout(KEEPALIVE_IDLE, client.read_buf(buf)).await {
@@ -468,9 +598,6 @@ async fn read_request(
                 true => Ok(None),
                 false => Err(Closed::Refused(BadInput::BadRequest, None)),
             };
-        }
-        if deadline.is_none() {
-            *deadline = Some(Instant::now() + header_timeout);
         }
     }
 }
@@ -489,7 +616,7 @@ async fn relay_message(
     framing: Body,
     pipe: &mut Pipe,
 ) -> Result<(), Closed> {
-    let in_buf = |limit: u64| {
+    let in_buf = |buf: &Vec<u8>, limit: u64| {
         head_len + (buf.len() - head_len).min(usize::try_from(limit).unwrap_or(usize::MAX))
     };
     match framing {
@@ -498,7 +625,7 @@ async fn relay_message(
             buf.drain(..head_len);
         }
         Body::Length(n) => {
-            let sent = in_buf(n);
+            let sent = in_buf(buf, n);
             to.try_write_all(&buf[..sent]).await?;
             buf.drain(..sent);
             let rest = n - (sent - head_len) as u64;
@@ -526,7 +653,7 @@ async fn relay_message(
                     break;
                 }
                 buf.reserve(READ_CHUNK);
-                if read_shared(from, buf).await? == 0 {
+                if from.read_some(buf).await? == 0 {
                     return Err(early_end());
                 }
             }
@@ -542,60 +669,35 @@ fn early_end() -> Closed {
     ))
 }
 
-/// Read the backend's answer and pass it to the client: interim `1xx`
-/// heads, then the final head and its body. For a `101`, what the backend
-/// sent after its head (its first frames) is passed on too.
-async fn relay_response(
+/// Read the backend's next response head into `rbuf` (which may hold its
+/// first bytes already). `answered`: an interim `1xx` went to the client
+/// already, so a failure now can no longer be answered with a 502.
+async fn read_response_head(
     backend: &TcpStream,
-    client: &TcpStream,
+    rbuf: &mut Vec<u8>,
     request_is_head: bool,
-    pipe: &mut Pipe,
+    answered: bool,
 ) -> Result<http::ResponseHead, Closed> {
-    let mut rbuf = Vec::with_capacity(READ_CHUNK);
-    let mut answered = false;
     loop {
-        let head = loop {
-            match http::parse_response(&rbuf, request_is_head) {
-                Ok(Parsed::Done { value, .. }) => break value,
-                Ok(Parsed::Incomplete) => {}
-                Err(e) => {
-                    tracing::warn!("a backend's response head is not HTTP: {e}");
-                    return Err(if answered {
-                        early_end()
-                    } else {
-                        Closed::Unserved(BAD_GATEWAY)
-                    });
-                }
+        match http::parse_response(rbuf, request_is_head) {
+            Ok(Parsed::Done { value, .. }) => return Ok(value),
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => {
+                tracing::warn!("a backend's response head is not HTTP: {e}");
+                return Err(if answered {
+                    early_end()
+                } else {
+                    Closed::Unserved(BAD_GATEWAY)
+                });
             }
-            rbuf.reserve(READ_CHUNK);
-            let read = timeout(RESPONSE_TIMEOUT, read_shared(backend, &mut rbuf)).await;
-            match read {
-                Ok(Ok(0)) | Err(_) if !answered => return Err(Closed::Unserved(BAD_GATEWAY)),
-                Ok(Ok(0)) | Err(_) => return Err(early_end()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        };
-        answered = true;
-        if head.status == 101 {
-            client.try_write_all(&rbuf).await?;
-            return Ok(head);
         }
-        relay_message(backend, client, &mut rbuf, head.len, head.body, pipe).await?;
-        if !(100..200).contains(&head.status) {
-            return Ok(head);
-        }
-    }
-}
-
-/// `read_buf` on a shared reference, as [`WriteAll`] writes.
-async fn read_shared(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        rbuf.reserve(READ_CHUNK);
+        let read = timeout(RESPONSE_TIMEOUT, backend.read_some(rbuf)).await;
+        match read {
+            Ok(Ok(0)) | Err(_) if !answered => return Err(Closed::Unserved(BAD_GATEWAY)),
+            Ok(Ok(0)) | Err(_) => return Err(early_end()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
     sync::Arc,
     time::Duration,
 };
@@ -15,7 +16,7 @@ use std::{
 use tokio::{net::TcpSocket, task::JoinHandle};
 use tracing::{error, info, warn};
 
-use super::{Routes, Shared, conn};
+use super::{Routes, Running, Shared, conn, handover::ParkedListener};
 use crate::{
     netif,
     rtnetlink::{self, Op},
@@ -28,9 +29,12 @@ const BACKLOG: u32 = 4096;
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Keep one acceptor per service of `routes` until the sender is gone.
-pub async fn run(shared: Arc<Shared>) {
+/// Keep one acceptor per service of `routes` until the sender is gone or
+/// the acceptors park. `inherited`: listening sockets a previous process
+/// handed over, used for their services instead of binding anew.
+pub async fn run(shared: Arc<Shared>, mut inherited: Vec<ParkedListener<OwnedFd>>) {
     let mut routes = shared.routes.clone();
+    let mut parking = shared.parking.subscribe();
     let mut running: HashMap<String, (SocketAddr, JoinHandle<()>)> = HashMap::new();
     loop {
         let current: Routes = routes.borrow_and_update().clone();
@@ -52,10 +56,25 @@ pub async fn run(shared: Arc<Shared>) {
             if running.contains_key(&service.config.name) {
                 continue;
             }
-            match listen(service) {
+            let handed = inherited
+                .iter()
+                .position(|l| l.service == service.config.name && l.vip == service.config.vip)
+                .map(|i| inherited.swap_remove(i));
+            let listener = match handed {
+                Some(l) => adopt(l.fd),
+                None => listen(service),
+            };
+            match listener {
                 Ok(task) => {
                     let name: Arc<str> = service.config.name.as_str().into();
-                    let handle = tokio::spawn(accept(Arc::clone(&shared), name, task));
+                    let acceptor = Running::acceptor(&shared);
+                    let handle = tokio::spawn(accept(
+                        Arc::clone(&shared),
+                        acceptor,
+                        name,
+                        service.config.vip,
+                        task,
+                    ));
                     running.insert(service.config.name.clone(), (service.config.vip, handle));
                     info!(service = %service.config.name, vip = %service.config.vip, "accepting (the daemon terminates this service's connections)");
                 }
@@ -65,10 +84,21 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        if routes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() {
+                return;
+            },
+            // Parked: the acceptors hand their sockets over themselves.
+            _ = parking.wait_for(|p| *p) => return,
         }
     }
+}
+
+/// A listening socket a previous process handed over.
+fn adopt(fd: OwnedFd) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
 /// The VIP made local, and a listening socket on it.
@@ -85,13 +115,28 @@ fn listen(service: &ServiceState) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(socket.listen(BACKLOG)?)
 }
 
-async fn accept(shared: Arc<Shared>, name: Arc<str>, listener: tokio::net::TcpListener) {
+/// Accept until parked; then the listening socket is put aside for the
+/// next process, so that no SYN meets a closed port.
+async fn accept(
+    shared: Arc<Shared>,
+    running: Running,
+    name: Arc<str>,
+    vip: SocketAddr,
+    listener: tokio::net::TcpListener,
+) {
+    let mut parking = shared.parking.subscribe();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = parking.wait_for(|p| *p) => break,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let connection = Running::connection(&shared);
                 tokio::spawn(conn::serve(
                     Arc::clone(&shared),
+                    connection,
                     Arc::clone(&name),
                     stream,
                     peer,
@@ -103,6 +148,15 @@ async fn accept(shared: Arc<Shared>, name: Arc<str>, listener: tokio::net::TcpLi
             }
         }
     }
+    match listener.into_std() {
+        Ok(listener) => shared.park_listener(ParkedListener {
+            service: name.to_string(),
+            vip,
+            fd: listener.into(),
+        }),
+        Err(e) => warn!(service = %name, "cannot park the listening socket: {e}"),
+    }
+    drop(running);
 }
 
 fn local_route(op: Op, ip: IpAddr) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
+use super::handover::ParkedPipe;
+
 /// Bytes asked of one splice call: a default pipe's capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
 
@@ -23,6 +25,21 @@ pub struct Pipe {
 }
 
 impl Pipe {
+    /// Put aside for an in-place restart ([`super::handover`]).
+    pub fn park(self) -> ParkedPipe<OwnedFd> {
+        ParkedPipe {
+            fds: self.fds,
+            held: self.held,
+        }
+    }
+
+    pub fn resume(parked: ParkedPipe<OwnedFd>) -> Pipe {
+        Pipe {
+            fds: parked.fds,
+            held: parked.held,
+        }
+    }
+
     /// The read and write ends, made now if not yet.
     fn ends(&mut self) -> io::Result<(RawFd, RawFd)> {
         if self.fds.is_none() {
@@ -108,15 +125,15 @@ pub async fn forward(
 /// connection needs. An error either way (a reset) ends both at once:
 /// nothing is left waiting on a peer that is gone. Returns the bytes
 /// moved (a → b, b → a).
-pub async fn tunnel(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let (mut ab, mut ba) = (Pipe::default(), Pipe::default());
+pub async fn tunnel(a: &TcpStream, b: &TcpStream, pipes: &mut [Pipe; 2]) -> io::Result<(u64, u64)> {
+    let [ab, ba] = pipes;
     let mut a_to_b = std::pin::pin!(async {
-        let moved = forward(a, b, &mut ab, None).await?;
+        let moved = forward(a, b, ab, None).await?;
         shutdown_write(b);
         io::Result::Ok(moved)
     });
     let mut b_to_a = std::pin::pin!(async {
-        let moved = forward(b, a, &mut ba, None).await?;
+        let moved = forward(b, a, ba, None).await?;
         shutdown_write(a);
         io::Result::Ok(moved)
     });

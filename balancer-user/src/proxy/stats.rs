@@ -77,11 +77,17 @@ pub struct BackendCounts {
     pub active: u64,
 }
 
+/// One service's counts, indexed like `BadInput::ALL` and `RoutedBy::ALL`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServiceCounts {
+    bad_input: [u64; BadInput::ALL.len()],
+    requests: [u64; RoutedBy::ALL.len()],
+}
+
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     /// By service name.
-    bad_input: Mutex<HashMap<(String, BadInput), u64>>,
-    requests: Mutex<HashMap<(String, RoutedBy), u64>>,
+    services: Mutex<HashMap<String, ServiceCounts>>,
     /// By backend id.
     backends: Mutex<HashMap<u32, BackendCounts>>,
 }
@@ -91,16 +97,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ProxyStats {
+    /// Add to service `name`'s counts; the name is copied only the first
+    /// time (this runs for every request).
+    fn service(&self, name: &str, add: impl FnOnce(&mut ServiceCounts)) {
+        let mut services = lock(&self.services);
+        match services.get_mut(name) {
+            Some(counts) => add(counts),
+            None => add(services.entry(name.to_owned()).or_default()),
+        }
+    }
+
     pub fn bad_input(&self, service: &str, reason: BadInput) {
-        *lock(&self.bad_input)
-            .entry((service.to_owned(), reason))
-            .or_default() += 1;
+        self.service(service, |c| c.bad_input[reason as usize] += 1);
     }
 
     pub fn request(&self, service: &str, routed_by: RoutedBy) {
-        *lock(&self.requests)
-            .entry((service.to_owned(), routed_by))
-            .or_default() += 1;
+        self.service(service, |c| c.requests[routed_by as usize] += 1);
     }
 
     /// A connection to backend `id` opened; [`ProxyStats::closed`] when it
@@ -110,6 +122,12 @@ impl ProxyStats {
         let counts = backends.entry(id).or_default();
         counts.connections_total += 1;
         counts.active += 1;
+    }
+
+    /// A connection to backend `id` that a previous process opened (and
+    /// counted), carried over by an in-place restart.
+    pub fn resumed(&self, id: u32) {
+        lock(&self.backends).entry(id).or_default().active += 1;
     }
 
     pub fn closed(&self, id: u32) {
@@ -122,26 +140,68 @@ impl ProxyStats {
         lock(&self.backends).get(&id).copied().unwrap_or_default()
     }
 
+    fn counts(&self, service: &str) -> ServiceCounts {
+        lock(&self.services)
+            .get(service)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Every reason with its count (0 included), for `service`.
     pub fn bad_inputs(&self, service: &str) -> Vec<(String, u64)> {
-        let counts = lock(&self.bad_input);
+        let counts = self.counts(service);
         BadInput::ALL
             .iter()
-            .map(|&r| {
-                let n = counts.get(&(service.to_owned(), r)).copied().unwrap_or(0);
-                (r.as_str().to_owned(), n)
-            })
+            .map(|&r| (r.as_str().to_owned(), counts.bad_input[r as usize]))
             .collect()
     }
 
     pub fn requests(&self, service: &str) -> Vec<(String, u64)> {
-        let counts = lock(&self.requests);
+        let counts = self.counts(service);
         RoutedBy::ALL
             .iter()
-            .map(|&r| {
-                let n = counts.get(&(service.to_owned(), r)).copied().unwrap_or(0);
-                (r.as_str().to_owned(), n)
-            })
+            .map(|&r| (r.as_str().to_owned(), counts.requests[r as usize]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_land_under_their_service_and_label() {
+        let stats = ProxyStats::default();
+        stats.bad_input("chat", BadInput::HeadTooLarge);
+        stats.bad_input("chat", BadInput::HeadTooLarge);
+        stats.request("chat", RoutedBy::Sid);
+        stats.request("other", RoutedBy::Client);
+        for (i, &r) in BadInput::ALL.iter().enumerate() {
+            assert_eq!(r as usize, i, "BadInput::ALL is in declaration order");
+        }
+        for (i, &r) in RoutedBy::ALL.iter().enumerate() {
+            assert_eq!(r as usize, i, "RoutedBy::ALL is in declaration order");
+        }
+        let bad: Vec<(String, u64)> = stats.bad_inputs("chat");
+        assert!(bad.contains(&("head_too_large".to_owned(), 2)));
+        assert_eq!(bad.iter().map(|(_, n)| n).sum::<u64>(), 2);
+        assert_eq!(
+            stats.requests("chat"),
+            [("sid".to_owned(), 1), ("client".to_owned(), 0)]
+        );
+        assert_eq!(
+            stats.requests("other"),
+            [("sid".to_owned(), 0), ("client".to_owned(), 1)]
+        );
+        stats.opened(3);
+        stats.opened(3);
+        stats.closed(3);
+        assert_eq!(
+            stats.backend(3),
+            BackendCounts {
+                connections_total: 2,
+                active: 1
+            }
+        );
     }
 }
