@@ -15,10 +15,14 @@
 //!   gateway that starts or was cut off catches up; [`Cluster::ready`]
 //!   says when the first pull is done, which is when the gateway may
 //!   announce its VIPs.
+//! - Backend changes given on any gateway apply on every gateway at one
+//!   agreed instant, and a gateway that was away adopts the admin state of
+//!   a peer that is ahead ([`admin`]).
 //! - Messages are framed, bounded and authenticated with the shared key
 //!   ([`wire`]); anything else is refused, counted by reason, and changes
 //!   nothing.
 
+pub mod admin;
 pub mod directory;
 mod link;
 pub mod secret;
@@ -43,6 +47,7 @@ use tracing::{info, warn};
 
 pub use self::directory::Directory;
 use self::{
+    admin::{Admin, Change, LEAD, Outcome, Proposal, Scheduled},
     link::{Batch, Shared},
     stats::{ClusterStatus, Stats},
     table::{Events, Table},
@@ -75,6 +80,7 @@ pub struct Prepared {
 pub struct Cluster {
     shared: Arc<Shared>,
     listen: SocketAddr,
+    peers: Vec<SocketAddr>,
 }
 
 /// Read the key and bind the listener; `None` without peers.
@@ -100,11 +106,13 @@ pub async fn prepare(config: &config::Cluster) -> anyhow::Result<Option<Prepared
 
 impl Prepared {
     /// Start the links, the kernel reports' reader and the
-    /// re-announcements. `directory` follows the daemon's services.
+    /// re-announcements. `directory` follows the daemon's services;
+    /// `admin` applies peers' backend changes.
     pub fn start(
         self,
         pin_dir: &Path,
         directory: watch::Receiver<Directory>,
+        admin: Arc<dyn Admin>,
     ) -> anyhow::Result<Cluster> {
         let table = Arc::new(Mutex::new(Table::open(pin_dir)?));
         let events = Events::open(pin_dir)?;
@@ -115,6 +123,9 @@ impl Prepared {
             stats: Stats::new(&self.peers),
             announce: broadcast::channel(4096).0,
             ready: watch::Sender::new(Readiness::Waiting),
+            admin,
+            outboxes: Default::default(),
+            scheduled: Arc::new(Scheduled::default()),
         });
         tokio::spawn(link::accept_forever(Arc::clone(&shared), self.listener));
         for peer in &self.peers {
@@ -126,6 +137,7 @@ impl Prepared {
         Ok(Cluster {
             shared,
             listen: self.listen,
+            peers: self.peers,
         })
     }
 }
@@ -155,6 +167,19 @@ impl Cluster {
         }
     }
 
+    /// Send `change`, made at admin version `version`, to every linked
+    /// peer to apply [`LEAD`] from now, and collect their answers
+    /// ([`admin::propose`]).
+    pub async fn propose(&self, change: Change, version: u64) -> Outcome {
+        let proposal = Proposal {
+            id: u64::from_ne_bytes(link::nonce()[..8].try_into().expect("8 bytes")),
+            version,
+            apply_at_ms: admin::realtime_ms() + LEAD.as_millis() as u64,
+            change,
+        };
+        admin::propose(&self.shared.outboxes, &self.peers, proposal).await
+    }
+
     /// Peers and readiness (services are the daemon's to add).
     pub fn status(&self) -> ClusterStatus {
         let (ready, ready_reason) = match &*self.shared.ready.borrow() {
@@ -165,6 +190,7 @@ impl Cluster {
             listen: self.listen.to_string(),
             ready,
             ready_reason,
+            admin_version: 0,
             peers: self.shared.stats.peers(),
             services: Vec::new(),
         }

@@ -6,6 +6,7 @@
 //! succeeded replaces the daemon's view, so a refused or failed change
 //! leaves `status` as it was.
 
+pub mod admin;
 mod cluster;
 mod reload;
 mod requests;
@@ -59,6 +60,9 @@ pub struct Daemon {
     directory: watch::Sender<Directory>,
     /// The links to the other gateways, with `[cluster] peers`.
     cluster: Option<Cluster>,
+    /// Bumped by every backend change applied here; a peer's admin state
+    /// of a higher version is adopted ([`crate::cluster::admin`]).
+    admin_version: u64,
     /// The daemon-terminated services, for their acceptors; sent again
     /// whenever they change.
     routes: watch::Sender<proxy::Routes>,
@@ -118,6 +122,7 @@ impl Daemon {
             announce_ready: false,
             directory: watch::Sender::new(Directory::default()),
             cluster: None,
+            admin_version: 0,
             routes: watch::Sender::new(Arc::default()),
             proxy_stats: Arc::default(),
         };
@@ -315,24 +320,8 @@ impl Daemon {
         weight: u32,
     ) -> anyhow::Result<String> {
         let i = self.service_index(service)?;
+        self.check_new_backend(i, address, weight)?;
         let s = &self.services[i];
-        let mut check = s.config.clone();
-        check.backends = s
-            .backends
-            .iter()
-            .map(|b| BackendConfig {
-                address: b.address,
-                weight: b.weight,
-                name: b.name.clone(),
-            })
-            .collect();
-        check
-            .check_new_backend(&BackendConfig {
-                address,
-                weight,
-                name: None,
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let checked = s.config.health.check != HealthCheckKind::None;
         let Some(id) = self.ids.allocate() else {
             bail!("no free backend id: all are in use")
@@ -371,6 +360,33 @@ impl Daemon {
         } else {
             format!("added {address} to {service} (weight {weight})")
         })
+    }
+
+    /// Would `address` (of `weight`) be accepted as a new backend of
+    /// service `i`? The one-line reason if not.
+    fn check_new_backend(&self, i: usize, address: SocketAddr, weight: u32) -> anyhow::Result<()> {
+        let s = &self.services[i];
+        let mut check = s.config.clone();
+        check.backends = s
+            .backends
+            .iter()
+            .map(|b| BackendConfig {
+                address: b.address,
+                weight: b.weight,
+                name: b.name.clone(),
+            })
+            .collect();
+        check
+            .check_new_backend(&BackendConfig {
+                address,
+                weight,
+                name: None,
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !self.ids.has_free() {
+            bail!("no free backend id: all are in use");
+        }
+        Ok(())
     }
 
     /// `balancer backend remove`: out of the table, then its slot cleared,
@@ -441,11 +457,7 @@ impl Daemon {
         address: SocketAddr,
         weight: u32,
     ) -> anyhow::Result<String> {
-        if !(1..=MAX_WEIGHT).contains(&weight) {
-            bail!(
-                "weight {weight} is out of range (1..={MAX_WEIGHT}); to send a backend no new clients, drain it"
-            );
-        }
+        check_weight(weight)?;
         let i = self.service_index(service)?;
         let k = self.backend_index(i, address)?;
         let old = self.services[i].backends[k].weight;
@@ -473,4 +485,14 @@ impl Daemon {
         crate::attach::remove_tc_filters();
         crate::pin::remove_ours(self.dataplane.pin_dir())
     }
+}
+
+/// A weight `set-weight` accepts, or the one-line reason.
+fn check_weight(weight: u32) -> anyhow::Result<()> {
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        bail!(
+            "weight {weight} is out of range (1..={MAX_WEIGHT}); to send a backend no new clients, drain it"
+        );
+    }
+    Ok(())
 }

@@ -37,6 +37,11 @@ impl BackendIds {
         Some(id)
     }
 
+    /// Whether [`BackendIds::allocate`] would find one.
+    pub fn has_free(&self) -> bool {
+        self.used.len() < MAX_BACKENDS as usize
+    }
+
     pub fn release(&mut self, id: u32) {
         self.used.remove(&id);
     }

@@ -588,6 +588,7 @@ pub(crate) mod tests {
                 listen: "198.18.2.11:7946".to_owned(),
                 ready: true,
                 ready_reason: Some("synced 3 entries from 198.18.2.12:7946".to_owned()),
+                admin_version: 0,
                 peers: vec![
                     PeerStatus {
                         address: "198.18.2.12:7946".to_owned(),

@@ -22,7 +22,7 @@ use crate::{
     cluster,
     config::{Config, tables::TablesMemory},
     control,
-    daemon::{ConfigSource, Daemon},
+    daemon::{ConfigSource, Daemon, admin},
     dataplane::{DataPlane, Interface},
     metrics, netif, notify, pin, proxy, state,
 };
@@ -162,11 +162,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     let proxy = proxy::run(Arc::clone(&proxy_shared), handover.listeners);
-    let mut daemon = daemon;
+    let directory = daemon.watch_directory();
+    let daemon = Arc::new(Mutex::new(daemon));
     let cluster = match cluster {
         Some(prepared) => {
-            let cluster = prepared.start(&pin_dir, daemon.watch_directory())?;
-            daemon.set_cluster(cluster.clone());
+            let gateway = Arc::new(admin::Gateway(Arc::clone(&daemon)));
+            let cluster = prepared.start(&pin_dir, directory, gateway)?;
+            lock(&daemon).set_cluster(cluster.clone());
             Some(cluster)
         }
         None => {
@@ -174,15 +176,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             None
         }
     };
-    let daemon = Arc::new(Mutex::new(daemon));
     // The point at which this gateway may announce its VIPs: at once on its
     // own, else once it has pulled its peers' entries (or none answered in
     // `cluster::SYNC_WAIT`), so no client it takes meets a backend other
     // than the one its session is on.
     let ready_to_announce = {
         let daemon = Arc::clone(&daemon);
+        let cluster = cluster.clone();
         async move {
-            match cluster {
+            match &cluster {
                 Some(cluster) => {
                     info!("cluster: ready to announce ({})", cluster.ready().await);
                     let started =
@@ -218,7 +220,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let handler: control::server::Handler = {
         let daemon = Arc::clone(&daemon);
-        Arc::new(move |request| lock(&daemon).handle(request))
+        // With peers, a backend change applies on every gateway at once.
+        Arc::new(
+            move |request| match (&cluster, admin::change_of(&request)) {
+                (Some(cluster), Ok(Some(change))) => admin::propose(&daemon, cluster, change),
+                _ => lock(&daemon).handle(request),
+            },
+        )
     };
     let detached = Arc::new(Notify::new());
     let tasks = {

@@ -57,6 +57,23 @@ pub fn gateway_lan(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2, 10 + n as u8)
 }
 
+/// Where gateway `n`'s cluster links listen: its LAN address.
+pub fn cluster_listen(n: usize) -> SocketAddr {
+    SocketAddr::new(gateway_lan(n).into(), 7946)
+}
+
+/// The rig's shared cluster key.
+const CLUSTER_KEY: &str = "the rig's cluster key, more than 32 bytes long";
+
+/// How [`Cluster::add_gateway_with`] configures a gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOpts {
+    /// List only the first this many backends (all when `None`).
+    pub listed: Option<usize>,
+    /// With a `[cluster]` section linking gateways 1..=`peers`; none when 0.
+    pub peers: usize,
+}
+
 /// A gateway's address on the backends' segment: 198.18.1.(1+n).
 pub fn gateway_backend_side(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, 1 + n as u8)
@@ -362,6 +379,12 @@ impl Cluster {
     /// are appended) and `[announce] interface = "lo"`. Returns once the
     /// daemon serves its control socket.
     pub fn add_gateway(&mut self, service: &str, port: u16) -> &Gateway {
+        self.add_gateway_with(service, port, &GatewayOpts::default())
+    }
+
+    /// [`Cluster::add_gateway`], with only some backends in the config or
+    /// a `[cluster]` section.
+    pub fn add_gateway_with(&mut self, service: &str, port: u16, opts: &GatewayOpts) -> &Gateway {
         let n = self.gateways.len() + 1;
         let ns = NetNs::with_suffix(&format!("g{n}"), &self.suffix());
         ns.sysctl(&[("net.ipv4.ip_forward", "1")]);
@@ -397,10 +420,29 @@ impl Cluster {
         let backends = backends_toml(
             self.backends
                 .iter()
+                .take(opts.listed.unwrap_or(usize::MAX))
                 .map(|b| SocketAddr::new(b.addr.into(), port)),
         );
+        let cluster = if opts.peers == 0 {
+            String::new()
+        } else {
+            std::fs::create_dir_all(&state_dir.0).unwrap();
+            let key = state_dir.0.join("cluster.key");
+            std::fs::write(&key, CLUSTER_KEY).unwrap();
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            let peers: Vec<String> = (1..=opts.peers)
+                .map(|g| format!("\"{}\"", cluster_listen(g)))
+                .collect();
+            format!(
+                "[cluster]\npeers = [{}]\nlisten = \"{}\"\nsecret_file = \"{}\"\n",
+                peers.join(", "),
+                cluster_listen(n),
+                key.display()
+            )
+        };
         let config = format!(
-            "{head}[announce]\ninterface = \"lo\"\nstate_file = \"{state}\"\n{service}\n{backends}",
+            "{head}[announce]\ninterface = \"lo\"\nstate_file = \"{state}\"\n{cluster}{service}\n{backends}",
             head = config_head(&bpffs, METRICS),
             state = state_dir.0.join("announce.state").display(),
         );

@@ -10,7 +10,9 @@
 //! Scenarios: steady; `balancer cluster leave` and `join` mid-session
 //! (with a restart while left, which stays left, and one that keeps the
 //! address); a gateway that dies silently mid-session, where only BGP's
-//! detection window may cost retries. And the mistakes: the shipped BIRD
+//! detection window may cost retries; scale-out with a backend added on
+//! one gateway only (gateways linked by `[cluster]`, so the change applies
+//! on both at one instant), with the health disagreement window measured. And the mistakes: the shipped BIRD
 //! configs must parse, an announce interface that does not exist is
 //! refused, and a gateway without `[announce]` has nothing to leave.
 
@@ -24,7 +26,9 @@ use std::{
 use balancer_tests::{
     Topology, TopologyOpts,
     bpffs::TempBpffs,
-    cluster::{Cluster, VIP, bird_config, gateway_bird_config, require_bird},
+    cluster::{
+        Cluster, GatewayOpts, VIP, bird_config, cluster_listen, gateway_bird_config, require_bird,
+    },
     daemon::{Daemon, attached, balancer, cli, config_head, status},
     http::{self, metric},
     require_root,
@@ -45,9 +49,14 @@ struct Rig {
 
 /// Two gateways, three Socket.IO backends, the VIP routed over both.
 fn rig() -> Rig {
+    rig_with(3, &GatewayOpts::default())
+}
+
+/// Two gateways configured by `opts`, `backends` Socket.IO backends.
+fn rig_with(backends: usize, opts: &GatewayOpts) -> Rig {
     require_root();
     require_bird();
-    let mut cluster = Cluster::new(CLIENTS, 3);
+    let mut cluster = Cluster::new(CLIENTS, backends);
     let servers = cluster
         .backends
         .iter()
@@ -68,7 +77,7 @@ fall = 3
     );
     let start = Instant::now();
     for _ in 0..2 {
-        cluster.add_gateway(&service, PORT);
+        cluster.add_gateway_with(&service, PORT, opts);
     }
     cluster.route_backends_over(2);
     for g in &cluster.gateways {
@@ -249,6 +258,151 @@ fn steady_sessions_cross_both_gateways_without_errors() {
     println!(
         "steady: every long-polling session crossed both gateways; {upgraded_across} of {websocket} WebSocket sessions did too; connections per gateway {per_gateway:?}"
     );
+}
+
+/// When each gateway's `status` first shows `backend` with `up == want`,
+/// from now: each gateway polled by a thread of its own every 10 ms, so
+/// one gateway's slow answer does not delay the other's reading. Panics
+/// after `limit`.
+fn when_marked(c: &Cluster, backend: &str, want: bool, limit: Duration) -> Vec<Duration> {
+    let since = Instant::now();
+    std::thread::scope(|scope| {
+        let polls: Vec<_> = c
+            .gateways
+            .iter()
+            .map(|g| {
+                scope.spawn(move || {
+                    loop {
+                        let marked = status(&g.ns, &g.socket()).services[0]
+                            .backends
+                            .iter()
+                            .any(|b| b.address == backend && b.up == want);
+                        if marked {
+                            return since.elapsed();
+                        }
+                        assert!(
+                            since.elapsed() < limit,
+                            "g{}: {backend} not up={want} within {limit:?}",
+                            g.n
+                        );
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        polls.into_iter().map(|p| p.join().unwrap()).collect()
+    })
+}
+
+fn spread(times: &[Duration]) -> Duration {
+    *times.iter().max().unwrap() - *times.iter().min().unwrap()
+}
+
+/// Scale-out mid-session: a 4th backend added with `backend add` on
+/// gateway 1 only. The change applies on both gateways at one instant
+/// (the answer names gateway 2), both tables stay equal, sessions on the
+/// old backends keep theirs, fresh sessions reach the new one, with 0
+/// session errors. Then health: the new backend killed, each gateway
+/// checks on its own; the spread between their "down" is measured.
+#[test]
+fn scale_out_with_a_backend_added_on_one_gateway_only() {
+    let mut rig = rig_with(
+        4,
+        &GatewayOpts {
+            listed: Some(3),
+            peers: 2,
+        },
+    );
+    let c = &rig.cluster;
+    let fingerprints = || -> Vec<String> {
+        c.gateways
+            .iter()
+            .map(|g| {
+                status(&g.ns, &g.socket()).services[0]
+                    .table_fingerprint
+                    .clone()
+            })
+            .collect()
+    };
+    let before = fingerprints();
+    assert_eq!(before[0], before[1], "one table from one config");
+    let specs = sessions(&c.clients, 4, c.clients.len());
+    let driver = Driver::start(&c.client, vip(), &specs, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(2));
+    let fourth = SocketAddr::new(c.backends[3].addr.into(), PORT).to_string();
+    let out = c.gateways[0].cli_ok(&["backend", "add", "web", &fourth]);
+    assert!(
+        out.contains(&format!("applied on peers {}", cluster_listen(2))),
+        "{out}"
+    );
+    // Both start checking it at the instant: it goes up on both within
+    // `rise` checks, nearly together.
+    let up = when_marked(c, &fourth, true, Duration::from_secs(10));
+    let run = driver.finish();
+    let errors = report("scale-out, a backend added on gateway 1 only", &run);
+    let after = fingerprints();
+    assert_eq!(after[0], after[1], "equal tables after the change");
+    assert_ne!(after[0], before[0]);
+    assert_eq!(errors, 0, "scale-out: session errors");
+    for s in &run {
+        assert!(s.connected && s.servers.len() == 1, "session {s:?}");
+    }
+
+    // Fresh clients: addresses with no affinity entry yet (those above
+    // keep theirs, on the old backends).
+    let new_clients: Vec<Ipv4Addr> = (13..=40).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
+    let lines: Vec<String> = new_clients
+        .iter()
+        .map(|a| {
+            format!(
+                "addr add {a}/24 dev {}",
+                balancer_tests::topology::CLIENT_IF
+            )
+        })
+        .collect();
+    c.client.ip_batch(&lines);
+    let fresh = Driver::start(
+        &c.client,
+        vip(),
+        &sessions(&new_clients, 1, 0),
+        Duration::from_secs(3),
+    )
+    .finish();
+    let fresh_errors = report("fresh sessions after the scale-out", &fresh);
+    assert_eq!(fresh_errors, 0, "fresh sessions: session errors");
+    let on_new = fresh
+        .iter()
+        .filter(|s| s.servers.contains(&c.backends[3].name))
+        .count();
+    assert!(on_new > 0, "no fresh session reached the new backend");
+    println!(
+        "scale-out: the new backend went up on the gateways {:?} after the change ({} ms apart); {on_new} of {} fresh sessions on it",
+        up,
+        spread(&up).as_millis(),
+        fresh.len()
+    );
+
+    // Health: each gateway checks on its own (interval 500 ms, fall 3).
+    // The added backend's checks started at the change's instant on both
+    // gateways; a backend from the config has checks started with each
+    // daemon, so in another phase on each: up to an interval apart.
+    for (k, what) in [(3, "the added backend"), (0, "a backend from the config")] {
+        let killed = Instant::now();
+        rig._servers.remove(k).kill();
+        let c = &rig.cluster;
+        let address = SocketAddr::new(c.backends[k].addr.into(), PORT).to_string();
+        let down = when_marked(c, &address, false, Duration::from_secs(10));
+        let window = spread(&down);
+        println!(
+            "health: {what} killed, marked down on the gateways {down:?} after ({:?} in all); disagreement window {} ms (interval 500 ms, fall 3)",
+            killed.elapsed(),
+            window.as_millis()
+        );
+        assert!(
+            window < Duration::from_millis(1000),
+            "the gateways disagreed on the health of {what} for {window:?}: more than two check intervals"
+        );
+    }
 }
 
 #[test]

@@ -64,6 +64,9 @@ struct Gateway {
     key_file: PathBuf,
     /// With `[announce]` on `lo`: where a leave is remembered.
     announce_state: Option<PathBuf>,
+    /// How many of the topology's backends the config lists (the rest are
+    /// for `backend add`).
+    listed: usize,
     _servers: Vec<Server>,
     daemon: Option<Daemon>,
 }
@@ -75,7 +78,7 @@ impl Gateway {
             // 198.18.2.0/24 is the gateways' link.
             extra_nets: vec![],
             clients_v6: 1,
-            backends: 3,
+            backends: 4,
             vips: vec![VIP_V4.into()],
             ..TopologyOpts::default()
         });
@@ -87,6 +90,7 @@ impl Gateway {
             bpffs: TempBpffs::new(),
             key_file,
             announce_state: None,
+            listed: 3,
             _servers: servers,
             daemon: None,
         }
@@ -114,6 +118,7 @@ impl Gateway {
                 self.topo
                     .backends()
                     .iter()
+                    .take(self.listed)
                     .map(|b| SocketAddr::new(b.v4().into(), PORT))
             ),
         )
@@ -137,6 +142,25 @@ impl Gateway {
     fn cluster(&self) -> ClusterStatus {
         serde_json::from_str(&self.cli(&["cluster", "status", "--json"]))
             .expect("cluster status --json")
+    }
+
+    /// The service's backends (address, weight, draining) and its table
+    /// fingerprint, from `status --json`.
+    fn backend_set(&self) -> (Vec<(String, u32, bool)>, String) {
+        let status = balancer_tests::daemon::status(self.topo.gw(), &self.bpffs.control_socket());
+        let s = &status.services[0];
+        let mut set: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| (b.address.clone(), b.weight, b.draining))
+            .collect();
+        set.sort();
+        (set, s.table_fingerprint.clone())
+    }
+
+    /// The topology's `n`th backend (0-based), by address.
+    fn backend(&self, n: usize) -> SocketAddr {
+        SocketAddr::new(self.topo.backends()[n].v4().into(), PORT)
     }
 
     fn metrics(&self) -> String {
@@ -295,15 +319,24 @@ fn entries_replicate_sync_first_and_never_overwrite() {
     println!("late start: gateway 2 ready after {ready_after:?}: {reason}");
 
     // (a) A new client through gateway 1 shows up on gateway 2 with the
-    // same backend, and gateway 2 sends it there although that backend is
-    // drained on gateway 2 (its table would send a new client elsewhere).
+    // same backend, and gateway 2 sends it there although its own table
+    // would send a new client elsewhere: a local reload (which, unlike the
+    // `backend` commands, does not reach the peers) gave the other
+    // backends 50 times the weight there.
     wait_for("both links up", Duration::from_secs(10), || {
         (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
     });
     let client = clients[2];
     let chosen = g1.lookup(client);
-    g2.cli(&["backend", "drain", "web", &chosen.to_string()]);
-    assert_ne!(g2.lookup(client), chosen, "drained on gateway 2");
+    let config = g2.daemon.as_ref().unwrap().config_path().to_owned();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for b in (0..3).map(|n| g2.backend(n)).filter(|b| *b != chosen) {
+        let line = format!("address = \"{b}\"\n");
+        text = text.replace(&line, &format!("{line}weight = 50\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    g2.cli(&["reload"]);
+    assert_ne!(g2.lookup(client), chosen, "outweighed on gateway 2");
     let start = Instant::now();
     assert_eq!(g1.connect(client), chosen);
     let replicated = wait_for("the entry on gateway 2", Duration::from_secs(5), || {
@@ -334,7 +367,7 @@ fn entries_replicate_sync_first_and_never_overwrite() {
         .iter()
         .map(|b| SocketAddr::new(b.v4().into(), PORT))
         .find(|b| *b != theirs && *b != chosen)
-        .expect("another backend, not drained");
+        .expect("another backend");
     let service_id = g2
         .affinity_map()
         .keys()
@@ -680,4 +713,249 @@ fn bad_peers_change_nothing() {
     });
     assert_eq!(replicated, next);
     println!("bad peers: refused by reason; gateway 2 still replicates from gateway 1");
+}
+
+/// Both gateways show the same backends and table within `limit`; the set.
+fn wait_same_set(
+    g1: &Gateway,
+    g2: &Gateway,
+    limit: Duration,
+) -> (Vec<(String, u32, bool)>, String) {
+    wait_for(
+        "the same backends and table on both gateways",
+        limit,
+        || {
+            let a = g1.backend_set();
+            (a == g2.backend_set()).then_some(a)
+        },
+    )
+}
+
+fn both_linked(g1: &Gateway, g2: &Gateway) {
+    wait_for("both linked", Duration::from_secs(15), || {
+        (g1.cluster().peers[0].connected && g2.cluster().peers[0].connected).then_some(())
+    });
+}
+
+/// `backend add|drain|set-weight` given on one gateway applies on both at
+/// one instant, and the answer names the peer that applied it; a change a
+/// peer refuses applies nowhere, and the answer gives the peer's reason.
+#[test]
+fn a_backend_change_on_one_gateway_applies_on_every_gateway() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.start();
+    g2.start();
+    both_linked(&g1, &g2);
+    let (before, fp_before) = wait_same_set(&g1, &g2, Duration::from_secs(5));
+    assert_eq!(before.len(), 3);
+    let fourth = g1.backend(3).to_string();
+    let peer = cluster_addr(2).to_string();
+
+    let asked = Instant::now();
+    let out = g1.cli(&["backend", "add", "web", &fourth]);
+    let answered = asked.elapsed();
+    assert!(out.contains(&format!("added {fourth} to web")), "{out}");
+    assert!(out.contains(&format!("applied on peers {peer}")), "{out}");
+    assert!(!out.contains("unreachable"), "{out}");
+    // Both applied at the instant the answer waited for: gateway 2 has it
+    // the moment gateway 1 answers.
+    let (after, fp_after) = wait_same_set(&g1, &g2, Duration::from_secs(1));
+    let since = asked.elapsed();
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert_ne!(fp_after, fp_before);
+    println!(
+        "backend add on gateway 1: answered in {} ms, both gateways equal {} ms after the command",
+        answered.as_millis(),
+        since.as_millis()
+    );
+
+    let out = g2.cli(&["backend", "drain", "web", &fourth]);
+    assert!(
+        out.contains(&format!("applied on peers {}", cluster_addr(1))),
+        "{out}"
+    );
+    let out = g1.cli(&[
+        "backend",
+        "set-weight",
+        "web",
+        &g1.backend(0).to_string(),
+        "3",
+    ]);
+    assert!(out.contains("applied on peers"), "{out}");
+    let (set, _) = wait_same_set(&g1, &g2, Duration::from_secs(1));
+    assert!(set.contains(&(fourth.clone(), 1, true)), "{set:?}");
+    assert!(
+        set.contains(&(g1.backend(0).to_string(), 3, false)),
+        "{set:?}"
+    );
+    assert_eq!(g1.cluster().admin_version, 3);
+    assert_eq!(g2.cluster().admin_version, 3);
+
+    // A change gateway 2 would refuse (it has no such backend: its set was
+    // changed behind the cluster's back by a local reload) applies nowhere.
+    let third = g1.backend(2).to_string();
+    let config = g2.daemon.as_ref().unwrap().config_path().to_owned();
+    let without_third = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("[[services.backends]]\naddress = \"{third}\"\n"),
+        "",
+    );
+    std::fs::write(&config, without_third).unwrap();
+    g2.cli(&["reload"]);
+    let out = balancer_tests::daemon::cli(
+        g1.topo.gw(),
+        &g1.bpffs.control_socket(),
+        &["backend", "drain", "web", &third],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("refused by peer {peer}")) && err.contains("has no backend"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::thread::sleep(Duration::from_millis(800));
+    let (set, _) = g1.backend_set();
+    assert!(
+        set.contains(&(third.clone(), 1, false)),
+        "nothing changed on gateway 1: {set:?}"
+    );
+    println!("refusal: {}", err.trim());
+}
+
+/// With the peer down, a change applies here and names the unreachable
+/// peer; the peer, started with the old config, adopts the change and
+/// ends with the same table.
+#[test]
+fn a_peer_that_was_down_catches_up_when_it_starts() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.start();
+    let fourth = g1.backend(3).to_string();
+    let out = g1.cli(&["backend", "add", "web", &fourth, "--weight", "2"]);
+    assert!(out.contains(&format!("added {fourth} to web")), "{out}");
+    assert!(
+        out.contains(&format!("unreachable: {} (not linked)", cluster_addr(2))),
+        "{out}"
+    );
+    let out = g1.cli(&["backend", "drain", "web", &g1.backend(1).to_string()]);
+    assert!(out.contains("unreachable"), "{out}");
+    let (set, _) = g1.backend_set();
+    assert_eq!(set.len(), 4);
+
+    let started = Instant::now();
+    g2.start();
+    let (caught_up, fp) = wait_same_set(&g1, &g2, Duration::from_secs(10));
+    assert!(caught_up.contains(&(fourth, 2, false)), "{caught_up:?}");
+    assert!(
+        caught_up.contains(&(g1.backend(1).to_string(), 1, true)),
+        "{caught_up:?}"
+    );
+    assert_eq!(g2.cluster().admin_version, 2);
+    println!(
+        "gateway 2 caught up {} ms after its start: fingerprint {fp}",
+        started.elapsed().as_millis()
+    );
+}
+
+/// A gateway started later whose config lists the backend gateway 1 got
+/// by `backend add`: the same set, so the same table.
+#[test]
+fn a_later_gateway_with_the_backend_in_its_config_has_the_same_table() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g2.listed = 4;
+    g1.start();
+    let fourth = g1.backend(3).to_string();
+    g1.cli(&["backend", "add", "web", &fourth]);
+    g2.start();
+    let (set, fp) = wait_same_set(&g1, &g2, Duration::from_secs(10));
+    assert_eq!(set.len(), 4);
+    let c1 = g1.cluster();
+    let c2 = g2.cluster();
+    assert_eq!(
+        c1.services[0].table_fingerprint,
+        c2.services[0].table_fingerprint
+    );
+    println!("gateway 1 by backend add, gateway 2 by config: fingerprint {fp} on both");
+}
+
+/// A change from a peer that lacks the key: as its first frame, and after
+/// an honest handshake under a session key of the wrong secret. Both
+/// connections are closed and counted as `bad_mac`; nothing changes.
+#[test]
+fn a_change_under_a_wrong_key_changes_nothing() {
+    use balancer_user::cluster::{
+        admin::{Change, Op, Proposal},
+        wire::{Opener, session_key},
+    };
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.start();
+    g2.start();
+    both_linked(&g1, &g2);
+    let before = g2.backend_set();
+    let to = cluster_addr(2);
+    let wrong: &[u8] = b"not the cluster's key, but as long";
+    let propose = Message::Propose(Proposal {
+        id: 1,
+        version: 99,
+        apply_at_ms: 0,
+        change: Change {
+            service: "web".into(),
+            backend: g2.backend(0),
+            op: Op::Remove,
+        },
+    });
+    send_and_expect_close(
+        &g1,
+        None,
+        to,
+        &Sealer::handshake(wrong, Side::Client).seal(&propose),
+    );
+    g1.topo.gw().run(move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        let ours = [5; 16];
+        stream
+            .write_all(
+                &Sealer::handshake(KEY.as_bytes(), Side::Client)
+                    .seal(&Message::Hello { nonce: ours }),
+            )
+            .unwrap();
+        let mut len = [0; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body).unwrap();
+        let Ok(Message::HelloAck { server_nonce, .. }) =
+            Opener::handshake(KEY.as_bytes(), Side::Server).open(&body)
+        else {
+            panic!("a handshake answer")
+        };
+        let key = session_key(wrong, &ours, &server_nonce);
+        let _ = stream.write_all(&Sealer::session(key, Side::Client).seal(&propose));
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the receiver kept a bad connection open: {e}"),
+        }
+        assert!(rest.is_empty(), "the receiver answered: {rest:?}");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let metrics = g2.metrics();
+    let bad_mac = http::metric(
+        &metrics,
+        "balancer_cluster_messages_rejected_total",
+        &[
+            ("peer", &cluster_addr(1).to_string()),
+            ("reason", "bad_mac"),
+        ],
+    );
+    assert_eq!(bad_mac, Some(2.0), "{metrics}");
+    assert_eq!(g2.backend_set(), before, "nothing changed");
+    assert_eq!(g2.cluster().admin_version, 0);
+    assert!(g2.cluster().peers[0].connected, "the good link stayed up");
 }

@@ -3,16 +3,18 @@
 //!
 //! - client → server: `Hello`, then, after `HelloAck`, a `SyncRequest`
 //!   (every connection, so a gateway that starts or was cut off pulls its
-//!   peer's entries first), the entries it announces, and a `Ping` a
-//!   second;
-//! - server → client: `HelloAck`, the sync's entries and `SyncDone`, a
-//!   `Pong` per ping.
+//!   peer's admin state and entries first), the entries it announces, a
+//!   `Ping` a second, and this gateway's backend changes (`Propose`, and
+//!   `Cancel` if another peer refused one);
+//! - server → client: `HelloAck`, the sync's `AdminState` frames, entries
+//!   and `SyncDone`, a `Pong` per ping, an `Answer` per proposal.
 //!
 //! A frame that fails any check ends its connection, counted by reason
 //! (`wire::Reject`), and changes nothing; an entry naming a service or
 //! backend this gateway lacks is skipped, counted, and the rest applied.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -22,18 +24,20 @@ use anyhow::{Context, bail};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
-    sync::{broadcast, mpsc, watch},
+    sync::{broadcast, mpsc, oneshot, watch},
     time::{interval, sleep, timeout},
 };
 use tracing::{debug, info, warn};
 
 use super::{
     Readiness,
+    admin::{self, Admin, AdminState, Outboxes, Outgoing, Scheduled},
     directory::Directory,
     stats::{PeerStats, Stats},
     table::Table,
     wire::{
-        self, Entry, MAX_ENTRIES, Message, NONCE_LEN, Opener, Reject, Sealer, Side, session_key,
+        self, Entry, MAX_ENTRIES, Message, NONCE_LEN, Opener, Reject, Sealer, Side,
+        admin_state_messages, session_key,
     },
 };
 
@@ -65,6 +69,12 @@ pub struct Shared {
     pub stats: Stats,
     pub announce: broadcast::Sender<Arc<Batch>>,
     pub ready: watch::Sender<Readiness>,
+    /// The daemon, for backend changes and admin state.
+    pub admin: Arc<dyn Admin>,
+    /// Each linked peer's client link, for proposals.
+    pub outboxes: Outboxes,
+    /// Peers' changes waiting for their instant.
+    pub scheduled: Arc<Scheduled>,
 }
 
 /// Why a frame could not be read.
@@ -121,7 +131,7 @@ async fn handshake_frame<R: AsyncRead + Unpin>(
     })
 }
 
-fn nonce() -> [u8; NONCE_LEN] {
+pub fn nonce() -> [u8; NONCE_LEN] {
     let mut n = [0; NONCE_LEN];
     // SAFETY: writes at most `n.len()` bytes into `n`.
     let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
@@ -233,15 +243,31 @@ async fn client_session(shared: &Shared, peer: SocketAddr) -> anyhow::Result<()>
     let reader = tokio::spawn(read_loop(r, Opener::session(key, Side::Server), tx));
     let _reader = AbortOnDrop(reader);
     let mut announcements = shared.announce.subscribe();
+    let mut outbox = shared.outboxes.open(peer);
+    let _outbox = CloseOutbox(&shared.outboxes, peer);
+    // Proposals sent and not answered yet: dropped with the link, which
+    // their proposer sees.
+    let mut awaiting: HashMap<u64, oneshot::Sender<Option<String>>> = HashMap::new();
+    let mut their_state = AdminState::default();
     stats.set_connected(true);
     stats.heard();
-    info!("cluster: linked to {peer}; pulling its entries");
+    info!("cluster: linked to {peer}; pulling its admin state and entries");
     w.write_all(&sealer.seal(&Message::SyncRequest)).await?;
     let start = Instant::now();
     let mut last_heard = Instant::now();
     let mut ping = interval(PING_EVERY);
     loop {
         tokio::select! {
+            out = outbox.recv() => match out {
+                Some(Outgoing::Propose(proposal, answer)) => {
+                    awaiting.insert(proposal.id, answer);
+                    w.write_all(&sealer.seal(&Message::Propose(proposal))).await?;
+                }
+                Some(Outgoing::Cancel(id)) => {
+                    w.write_all(&sealer.seal(&Message::Cancel { id })).await?;
+                }
+                None => return Ok(()),
+            },
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT {
                     bail!("nothing heard for {IDLE_TIMEOUT:?}");
@@ -260,6 +286,18 @@ async fn client_session(shared: &Shared, peer: SocketAddr) -> anyhow::Result<()>
                 last_heard = Instant::now();
                 match message {
                     Message::Entries(entries) => apply(shared, stats, &entries),
+                    Message::Answer { id, refusal } => {
+                        if let Some(answer) = awaiting.remove(&id) {
+                            let _ = answer.send(refusal);
+                        }
+                    }
+                    Message::AdminState { version, more, services } => {
+                        their_state.version = version;
+                        their_state.extend(services);
+                        if !more {
+                            adopt(shared, peer, std::mem::take(&mut their_state)).await;
+                        }
+                    }
                     Message::SyncDone { entries } => {
                         stats.synced(entries);
                         info!("cluster: synced {entries} entries from {peer}");
@@ -281,6 +319,21 @@ async fn client_session(shared: &Shared, peer: SocketAddr) -> anyhow::Result<()>
                 }
             }
         }
+    }
+}
+
+/// Adopt `peer`'s admin state if this gateway is behind it. Awaited before
+/// the sync's entries are read, so they find the backends they name.
+async fn adopt(shared: &Shared, peer: SocketAddr, state: AdminState) {
+    let admin = Arc::clone(&shared.admin);
+    let version = state.version;
+    match tokio::task::spawn_blocking(move || admin.adopt(&state)).await {
+        Ok(Ok(Some(changed))) => {
+            info!("cluster: adopted the admin state of {peer} (version {version}): {changed}");
+        }
+        Ok(Ok(None)) => debug!("cluster: not behind {peer} (its admin version {version})"),
+        Ok(Err(e)) => warn!("cluster: adopting the admin state of {peer}: {e:#}"),
+        Err(e) => warn!("cluster: adopting the admin state of {peer}: {e}"),
     }
 }
 
@@ -379,6 +432,27 @@ async fn server_session(
                     Message::Ping { t_ms } => {
                         w.write_all(&sealer.seal(&Message::Pong { t_ms })).await?;
                     }
+                    Message::Propose(proposal) => {
+                        let admin = Arc::clone(&shared.admin);
+                        let change = proposal.change.clone();
+                        let at = proposal.apply_at_ms;
+                        let refusal = tokio::task::spawn_blocking(move || {
+                            admin::check_instant(at).and_then(|()| admin.check(&change))
+                        })
+                        .await?
+                        .err();
+                        let id = proposal.id;
+                        match &refusal {
+                            None => shared.scheduled.schedule(Arc::clone(&shared.admin), peer, proposal),
+                            Some(reason) => info!("cluster: refused a change from {peer}: {reason}"),
+                        }
+                        w.write_all(&sealer.seal(&Message::Answer { id, refusal })).await?;
+                    }
+                    Message::Cancel { id } => {
+                        if shared.scheduled.cancel(id) {
+                            info!("cluster: {peer} cancelled its change (another peer refused it)");
+                        }
+                    }
                     _ => {
                         stats.rejected(Reject::Malformed);
                         bail!("unexpected message from the client");
@@ -389,13 +463,18 @@ async fn server_session(
     }
 }
 
-/// Every fresh entry, then `SyncDone`.
+/// The admin state, every fresh entry, then `SyncDone`.
 async fn send_sync(
     shared: &Shared,
     w: &mut OwnedWriteHalf,
     sealer: &mut Sealer,
     stats: &PeerStats,
 ) -> anyhow::Result<()> {
+    let admin = Arc::clone(&shared.admin);
+    let state = tokio::task::spawn_blocking(move || admin.state()).await?;
+    for message in admin_state_messages(&state) {
+        w.write_all(&sealer.seal(&message)).await?;
+    }
     let table = Arc::clone(&shared.table);
     let directory = shared.directory.borrow().clone();
     let entries = tokio::task::spawn_blocking(move || {
@@ -415,6 +494,15 @@ async fn send_sync(
     }))
     .await?;
     Ok(())
+}
+
+/// Takes a client link's outbox away with the link.
+struct CloseOutbox<'a>(&'a Outboxes, SocketAddr);
+
+impl Drop for CloseOutbox<'_> {
+    fn drop(&mut self) {
+        self.0.close(self.1);
+    }
 }
 
 /// Ends the reader task with its connection.

@@ -211,6 +211,10 @@ pub struct ClusterStatus {
     pub ready: bool,
     /// How it became ready, e.g. `synced 120 entries from 198.18.2.12:7946`.
     pub ready_reason: Option<String>,
+    /// This gateway's admin version: bumped by every backend change it
+    /// applies; a gateway behind a peer adopts that peer's backends.
+    #[serde(default)]
+    pub admin_version: u64,
     pub peers: Vec<PeerStatus>,
     pub services: Vec<ClusterService>,
 }

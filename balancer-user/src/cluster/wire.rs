@@ -18,6 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::admin::{AdminBackend, AdminService, Change, MAX_REASON, Op, Proposal};
+
 type HmacSha256 = Hmac<Sha256>;
 
 pub const VERSION: u8 = 1;
@@ -76,6 +78,22 @@ pub enum Message {
     Ping { t_ms: u64 },
     /// Server → client: the ping's time echoed.
     Pong { t_ms: u64 },
+    /// Client → server: a backend change to check now and apply at its
+    /// instant ([`super::admin`]).
+    Propose(Proposal),
+    /// Server → client: the proposal's answer, the one-line reason if
+    /// refused.
+    Answer { id: u64, refusal: Option<String> },
+    /// Client → server: do not apply proposal `id` (another peer refused).
+    Cancel { id: u64 },
+    /// Server → client, first in a sync: its admin state, in as many
+    /// frames as it takes (`more` on all but the last; a service may
+    /// continue in the next frame).
+    AdminState {
+        version: u64,
+        more: bool,
+        services: Vec<AdminService>,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -85,6 +103,27 @@ const SYNC_REQUEST: u8 = 4;
 const SYNC_DONE: u8 = 5;
 const PING: u8 = 6;
 const PONG: u8 = 7;
+const PROPOSE: u8 = 8;
+const ANSWER: u8 = 9;
+const CANCEL: u8 = 10;
+const ADMIN_STATE: u8 = 11;
+
+/// Backends in one `AdminState` frame at most: 24 bytes each, with room
+/// for every service's name.
+pub const MAX_ADMIN_BACKENDS: usize = 1500;
+/// Services in one `AdminState` frame at most.
+pub const MAX_ADMIN_SERVICES: usize = 256;
+const ADMIN_BACKEND_LEN: usize = 19 + 4 + 1;
+const _: () = assert!(
+    4 + HEADER_LEN
+        + 8
+        + 1
+        + 2
+        + MAX_ADMIN_SERVICES * (1 + 64 + 2)
+        + MAX_ADMIN_BACKENDS * ADMIN_BACKEND_LEN
+        + MAC_LEN
+        <= MAX_FRAME
+);
 
 /// Why a received frame (or connection) was refused: the `reason` label
 /// of `balancer_cluster_messages_rejected_total`.
@@ -261,6 +300,10 @@ fn kind(message: &Message) -> u8 {
         Message::SyncDone { .. } => SYNC_DONE,
         Message::Ping { .. } => PING,
         Message::Pong { .. } => PONG,
+        Message::Propose(_) => PROPOSE,
+        Message::Answer { .. } => ANSWER,
+        Message::Cancel { .. } => CANCEL,
+        Message::AdminState { .. } => ADMIN_STATE,
     }
 }
 
@@ -289,7 +332,248 @@ fn encode_payload(message: &Message, out: &mut Vec<u8>) {
         Message::Ping { t_ms } | Message::Pong { t_ms } => {
             out.extend_from_slice(&t_ms.to_be_bytes())
         }
+        Message::Propose(p) => {
+            out.extend_from_slice(&p.id.to_be_bytes());
+            out.extend_from_slice(&p.version.to_be_bytes());
+            out.extend_from_slice(&p.apply_at_ms.to_be_bytes());
+            let (op, weight) = match p.change.op {
+                Op::Add { weight } => (1, weight),
+                Op::Remove => (2, 0),
+                Op::Drain => (3, 0),
+                Op::Undrain => (4, 0),
+                Op::SetWeight { weight } => (5, weight),
+            };
+            out.push(op);
+            out.extend_from_slice(&weight.to_be_bytes());
+            encode_socket(p.change.backend, out);
+            encode_name(&p.change.service, out);
+        }
+        Message::Answer { id, refusal } => {
+            out.extend_from_slice(&id.to_be_bytes());
+            if let Some(reason) = refusal {
+                let mut cut = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.extend_from_slice(&reason.as_bytes()[..cut]);
+            }
+        }
+        Message::Cancel { id } => out.extend_from_slice(&id.to_be_bytes()),
+        Message::AdminState {
+            version,
+            more,
+            services,
+        } => {
+            assert!(
+                services.len() <= MAX_ADMIN_SERVICES
+                    && services.iter().map(|s| s.backends.len()).sum::<usize>()
+                        <= MAX_ADMIN_BACKENDS,
+                "admin states are cut to MAX_ADMIN_BACKENDS"
+            );
+            out.extend_from_slice(&version.to_be_bytes());
+            out.push(u8::from(*more));
+            out.extend_from_slice(&(services.len() as u16).to_be_bytes());
+            for s in services {
+                encode_name(&s.name, out);
+                out.extend_from_slice(&(s.backends.len() as u16).to_be_bytes());
+                for b in &s.backends {
+                    encode_socket(b.address, out);
+                    out.extend_from_slice(&b.weight.to_be_bytes());
+                    out.push(u8::from(b.draining));
+                }
+            }
+        }
     }
+}
+
+/// A service name: its length (one byte, 1..=64) and its bytes.
+fn encode_name(name: &str, out: &mut Vec<u8>) {
+    let bytes = &name.as_bytes()[..name.len().min(64)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// Address (17, see [`encode_ip`]) and port (2).
+fn encode_socket(a: SocketAddr, out: &mut Vec<u8>) {
+    encode_ip(a.ip(), out);
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+/// Reads a payload front to back; any shortfall is `Malformed`.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Reject> {
+        if self.0.len() < n {
+            return Err(Reject::Malformed);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, Reject> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Reject> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2")))
+    }
+
+    fn u32(&mut self) -> Result<u32, Reject> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn u64(&mut self) -> Result<u64, Reject> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8")))
+    }
+
+    fn socket(&mut self) -> Result<SocketAddr, Reject> {
+        let family = self.u8()?;
+        let ip = decode_ip(family, self.take(16)?)?;
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+
+    fn name(&mut self) -> Result<String, Reject> {
+        let len = usize::from(self.u8()?);
+        if !(1..=64).contains(&len) {
+            return Err(Reject::Malformed);
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| Reject::Malformed)
+    }
+
+    fn end(&self) -> Result<(), Reject> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Reject::Malformed)
+        }
+    }
+}
+
+fn decode_propose(p: &[u8]) -> Result<Message, Reject> {
+    let mut r = Reader(p);
+    let (id, version, apply_at_ms) = (r.u64()?, r.u64()?, r.u64()?);
+    let (op, weight) = (r.u8()?, r.u32()?);
+    let op = match (op, weight) {
+        (1, w) => Op::Add { weight: w },
+        (2, 0) => Op::Remove,
+        (3, 0) => Op::Drain,
+        (4, 0) => Op::Undrain,
+        (5, w) => Op::SetWeight { weight: w },
+        _ => return Err(Reject::Malformed),
+    };
+    let backend = r.socket()?;
+    let service = r.name()?;
+    r.end()?;
+    Ok(Message::Propose(Proposal {
+        id,
+        version,
+        apply_at_ms,
+        change: Change {
+            service,
+            backend,
+            op,
+        },
+    }))
+}
+
+fn decode_answer(p: &[u8]) -> Result<Message, Reject> {
+    let mut r = Reader(p);
+    let id = r.u64()?;
+    let rest = r.take(r.0.len())?;
+    if rest.len() > MAX_REASON {
+        return Err(Reject::Malformed);
+    }
+    let refusal = match rest {
+        [] => None,
+        text => Some(String::from_utf8(text.to_vec()).map_err(|_| Reject::Malformed)?),
+    };
+    Ok(Message::Answer { id, refusal })
+}
+
+fn decode_admin_state(p: &[u8]) -> Result<Message, Reject> {
+    let mut r = Reader(p);
+    let version = r.u64()?;
+    let more = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(Reject::Malformed),
+    };
+    let count = usize::from(r.u16()?);
+    if count > MAX_ADMIN_SERVICES {
+        return Err(Reject::Malformed);
+    }
+    let mut services = Vec::with_capacity(count);
+    let mut total = 0;
+    for _ in 0..count {
+        let name = r.name()?;
+        let n = usize::from(r.u16()?);
+        total += n;
+        if total > MAX_ADMIN_BACKENDS {
+            return Err(Reject::Malformed);
+        }
+        let mut backends = Vec::with_capacity(n);
+        for _ in 0..n {
+            let address = r.socket()?;
+            let weight = r.u32()?;
+            let draining = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(Reject::Malformed),
+            };
+            backends.push(AdminBackend {
+                address,
+                weight,
+                draining,
+            });
+        }
+        services.push(AdminService { name, backends });
+    }
+    r.end()?;
+    Ok(Message::AdminState {
+        version,
+        more,
+        services,
+    })
+}
+
+/// `state` as `AdminState` messages that each fit a frame.
+pub fn admin_state_messages(state: &super::admin::AdminState) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut services: Vec<AdminService> = Vec::new();
+    let mut backends = 0;
+    let flush = |services: &mut Vec<AdminService>, messages: &mut Vec<Message>| {
+        messages.push(Message::AdminState {
+            version: state.version,
+            more: true,
+            services: std::mem::take(services),
+        });
+    };
+    for s in &state.services {
+        let mut rest = &s.backends[..];
+        loop {
+            if services.len() == MAX_ADMIN_SERVICES || backends == MAX_ADMIN_BACKENDS {
+                flush(&mut services, &mut messages);
+                backends = 0;
+            }
+            let n = rest.len().min(MAX_ADMIN_BACKENDS - backends);
+            services.push(AdminService {
+                name: s.name.clone(),
+                backends: rest[..n].to_vec(),
+            });
+            backends += n;
+            rest = &rest[n..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    flush(&mut services, &mut messages);
+    if let Some(Message::AdminState { more, .. }) = messages.last_mut() {
+        *more = false;
+    }
+    messages
 }
 
 fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Reject> {
@@ -317,6 +601,10 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Reject> {
         (SYNC_DONE, 8) => Message::SyncDone { entries: u64_of(p) },
         (PING, 8) => Message::Ping { t_ms: u64_of(p) },
         (PONG, 8) => Message::Pong { t_ms: u64_of(p) },
+        (PROPOSE, _) => decode_propose(p)?,
+        (ANSWER, _) => decode_answer(p)?,
+        (CANCEL, 8) => Message::Cancel { id: u64_of(p) },
+        (ADMIN_STATE, _) => decode_admin_state(p)?,
         _ => return Err(Reject::Malformed),
     })
 }
@@ -427,6 +715,25 @@ mod tests {
             Message::SyncDone { entries: 42 },
             Message::Ping { t_ms: 7 },
             Message::Pong { t_ms: 8 },
+            Message::Propose(Proposal {
+                id: 1,
+                version: 2,
+                apply_at_ms: 3,
+                change: Change {
+                    service: "web".into(),
+                    backend: "[2001:db8::11]:3000".parse().unwrap(),
+                    op: Op::SetWeight { weight: 9 },
+                },
+            }),
+            Message::Answer {
+                id: 1,
+                refusal: None,
+            },
+            Message::Answer {
+                id: 1,
+                refusal: Some("service \"web\" has no backend 198.18.1.14:3000".into()),
+            },
+            Message::Cancel { id: 1 },
         ];
         let (mut sealer, mut opener) = session();
         for m in &messages {
@@ -545,6 +852,11 @@ mod tests {
             (ENTRIES, [&[0u8, 1][..], &good, &[0]].concat()),
             (ENTRIES, [&[0u8, 1][..], &bad_family].concat()),
             (ENTRIES, [&[0u8, 1][..], &v4_with_junk].concat()),
+            (CANCEL, vec![0; 9]),
+            (PROPOSE, vec![0; 24]),
+            (ANSWER, [&[0u8; 8][..], &[0xff]].concat()),
+            (ADMIN_STATE, [&[0u8; 8][..], &[2, 0, 0]].concat()),
+            (ADMIN_STATE, [&[0u8; 8][..], &[0, 0, 1, 0, 0, 0]].concat()),
         ];
         for (kind, payload) in cases {
             let mut opener = Opener::session(key.clone(), Side::Client);
@@ -558,6 +870,57 @@ mod tests {
         assert_eq!(
             opener.open(&signed(ENTRIES, &[&[0u8, 1][..], &good].concat())),
             Ok(Message::Entries(vec![entry(1)]))
+        );
+    }
+
+    #[test]
+    fn a_large_admin_state_is_cut_into_frames_and_read_back_whole() {
+        let backend = |i: u32| AdminBackend {
+            address: SocketAddr::new(Ipv4Addr::from(0xc612_0000 + i).into(), 3000),
+            weight: i % 7 + 1,
+            draining: i.is_multiple_of(3),
+        };
+        let state = super::super::admin::AdminState {
+            version: 42,
+            services: vec![
+                AdminService {
+                    name: "a".repeat(64),
+                    backends: (0..4000).map(backend).collect(),
+                },
+                AdminService {
+                    name: "web".into(),
+                    backends: (0..3).map(backend).collect(),
+                },
+            ],
+        };
+        let messages = admin_state_messages(&state);
+        assert_eq!(messages.len(), 3);
+        let (mut sealer, mut opener) = session();
+        let mut read = super::super::admin::AdminState::default();
+        for (i, m) in messages.iter().enumerate() {
+            let frame = sealer.seal(m);
+            assert!(frame.len() - 4 <= MAX_FRAME);
+            let Ok(Message::AdminState {
+                version,
+                more,
+                services,
+            }) = opener.open(body(&frame))
+            else {
+                panic!("an admin state")
+            };
+            assert_eq!((version, more), (42, i < 2));
+            read.version = version;
+            read.extend(services);
+        }
+        assert_eq!(read, state);
+        let empty = admin_state_messages(&Default::default());
+        assert_eq!(
+            empty,
+            vec![Message::AdminState {
+                version: 0,
+                more: false,
+                services: vec![]
+            }]
         );
     }
 

@@ -196,7 +196,7 @@ impl Daemon {
 }
 
 /// A backend address as an operator types it, or a one-line reason.
-fn backend_address(text: &str) -> anyhow::Result<SocketAddr> {
+pub(super) fn backend_address(text: &str) -> anyhow::Result<SocketAddr> {
     let addr: SocketAddr = text.parse().map_err(|_| {
         anyhow::anyhow!("malformed backend address {text:?}: expected ADDR:PORT, e.g. 198.18.1.11:3000 or [2001:db8::11]:3000")
     })?;

@@ -74,6 +74,7 @@ impl Daemon {
                         table_fingerprint: Some(fingerprint::table_fingerprint(s)),
                     })
                     .collect(),
+                admin_version: self.admin_version,
                 ..c.status()
             })
         });
