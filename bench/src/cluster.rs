@@ -164,7 +164,8 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
                 if reader == Reader::Nobody {
                     signal(a.pid(), libc::SIGSTOP);
                 }
-                let sample = timed_phase(&mut traffic, Kind::ConfirmNewClient, &ids, Some(&a), limits);
+                let sample =
+                    timed_phase(&mut traffic, Kind::ConfirmNewClient, &ids, Some(&a), limits);
                 if reader == Reader::Nobody {
                     signal(a.pid(), libc::SIGCONT);
                 }
@@ -229,15 +230,20 @@ impl PeerNet {
             ns.name()
         )
         .split(' '));
+        // Both ends up before either has carrier.
         for (n, side) in [(1, gw), (2, &ns)] {
             side.ip_batch(&[
                 format!("addr add {}/24 dev {LINK_IF}", link_ip(n)),
                 format!("link set {LINK_IF} up"),
             ]);
-            side.wait_ready(LINK_IF);
         }
+        gw.wait_ready(LINK_IF);
+        ns.wait_ready(LINK_IF);
         let key = bed.dir.path(&format!("cluster-key-{}", random_suffix()));
-        std::fs::write(&key, "the bench's shared key for its two gateways, 56 bytes..")?;
+        std::fs::write(
+            &key,
+            "the bench's shared key for its two gateways, 56 bytes..",
+        )?;
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(PeerNet { ns, key })
     }
@@ -375,7 +381,10 @@ fn cpu_ms(pid: u32) -> Result<f64> {
 fn link_bytes(ns: &NetNs) -> Result<u64> {
     let mut total = 0;
     for dir in ["rx_bytes", "tx_bytes"] {
-        let out = ns.exec("cat", [format!("/sys/class/net/{LINK_IF}/statistics/{dir}")]);
+        let out = ns.exec(
+            "cat",
+            [format!("/sys/class/net/{LINK_IF}/statistics/{dir}")],
+        );
         total += String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse::<u64>()

@@ -58,7 +58,10 @@ pub fn markdown(md: &mut String, r: &Results) {
             r.cost_lost.get(reader).copied().unwrap_or(0)
         );
     }
-    if let (Some(d), Some(c)) = (r.cost.get(&Reader::Discarding), r.cost.get(&Reader::Streaming)) {
+    if let (Some(d), Some(c)) = (
+        r.cost.get(&Reader::Discarding),
+        r.cost.get(&Reader::Streaming),
+    ) {
         let med = |v: &[crate::perpacket::Sample]| {
             spread(&v.iter().map(|s| s.ns).collect::<Vec<_>>()).median
         };

@@ -269,8 +269,8 @@ fn run(args: &Args) -> Result<()> {
         "flood",
         "cluster",
     ]
-        .iter()
-        .any(|s| wants(s))
+    .iter()
+    .any(|s| wants(s))
     {
         eprintln!("==> building the testbed (namespaces, nginx on the backends)");
         let bed = Testbed::new()?;
