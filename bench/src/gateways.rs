@@ -180,11 +180,18 @@ impl Balancer {
     /// The daemon with `services` (`[[services]]` tables) as its only
     /// services.
     pub fn with_services(bed: &Testbed, hook: Hook, services: &str) -> Result<Balancer> {
+        Balancer::start_in(bed.topo.gw(), hook, services)
+    }
+
+    /// The daemon in `gw`, a namespace with interfaces named like the
+    /// testbed gateway's; `tables` is the config after its `[control]`
+    /// (e.g. `[cluster]`, then `[[services]]`).
+    pub fn start_in(gw: &NetNs, hook: Hook, tables: &str) -> Result<Balancer> {
         let bpffs = TempBpffs::new();
-        let config = balancer_config(&bpffs, hook, services);
-        let mut daemon = Daemon::start(bed.topo.gw(), &config, &bpffs.pin_dir(), &[]);
-        daemon.wait_serving(bed.topo.gw(), &bpffs.control_socket());
-        let mode_note = check_mode(bed.topo.gw(), hook)?;
+        let config = balancer_config(&bpffs, hook, tables);
+        let mut daemon = Daemon::start(gw, &config, &bpffs.pin_dir(), &[]);
+        daemon.wait_serving(gw, &bpffs.control_socket());
+        let mode_note = check_mode(gw, hook)?;
         Ok(Balancer {
             daemon,
             bpffs,
@@ -235,7 +242,7 @@ fn check_mode(gw: &NetNs, hook: Hook) -> Result<Option<String>> {
 /// Two services on the VIP: HTTP for wrk, and the per-packet traffic's
 /// port. No health checks: their packets would mix into the per-packet
 /// phases.
-fn kernel_services(backends: &[SocketAddr]) -> String {
+pub fn kernel_services(backends: &[SocketAddr]) -> String {
     let service = |name: &str, port: u16| {
         let addrs = backends.iter().map(|b| SocketAddr::new(b.ip(), port));
         format!(

@@ -9,6 +9,8 @@
 //! `cargo xtask test`: no test asserts on time.
 
 mod bpf;
+mod cluster;
+mod cluster_report;
 mod cpu;
 mod e2e;
 mod fill;
@@ -43,18 +45,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{machine::Machine, report::Report, testbed::Testbed, traffic::PhaseLimits};
 
-const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|katran|underload|e2e|proxy|flood|maglev]... \
+const USAGE: &str = "usage: balancer-bench [--quick] [--only perpacket|katran|underload|e2e|proxy|flood|cluster|maglev]... \
      [--katran PATH] [--out DIR]";
 
 /// The parts `--only` selects. `katran` is the comparison with Katran,
 /// which `perpacket` includes.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "perpacket",
     "katran",
     "underload",
     "e2e",
     "proxy",
     "flood",
+    "cluster",
     "maglev",
 ];
 
@@ -116,6 +119,7 @@ struct Plan {
     /// The L7 path against HAProxy: timed as end to end.
     proxy: e2e::Options,
     flood: flood::Options,
+    cluster: cluster::Options,
     maglev_sizes: Vec<(u32, u32)>,
     maglev_repeats: usize,
 }
@@ -153,6 +157,11 @@ fn options(quick: bool) -> Plan {
             warmup: Duration::from_secs(1),
             rate: 50_000,
         };
+        let cluster = cluster::Options {
+            rates: vec![Some(20_000), Some(100_000), None],
+            cost_rounds: 1,
+            cost_frames: 5_000,
+        };
         Plan {
             per_packet: pp,
             peer: peer_options(&pp),
@@ -160,6 +169,7 @@ fn options(quick: bool) -> Plan {
             e2e,
             proxy: e2e,
             flood,
+            cluster,
             maglev_sizes: sizes,
             maglev_repeats: 1,
         }
@@ -201,6 +211,18 @@ fn options(quick: bool) -> Plan {
                 ..e2e
             },
             flood,
+            cluster: cluster::Options {
+                rates: vec![
+                    Some(10_000),
+                    Some(20_000),
+                    Some(50_000),
+                    Some(100_000),
+                    Some(200_000),
+                    None,
+                ],
+                cost_rounds: 3,
+                cost_frames: 8_000,
+            },
             maglev_sizes: sizes,
             maglev_repeats: 5,
         }
@@ -237,9 +259,18 @@ fn run(args: &Args) -> Result<()> {
     let mut e2e = None;
     let mut proxy = None;
     let mut flood = None;
-    if ["perpacket", "katran", "underload", "e2e", "proxy", "flood"]
-        .iter()
-        .any(|s| wants(s))
+    let mut cluster = None;
+    if [
+        "perpacket",
+        "katran",
+        "underload",
+        "e2e",
+        "proxy",
+        "flood",
+        "cluster",
+    ]
+    .iter()
+    .any(|s| wants(s))
     {
         eprintln!("==> building the testbed (namespaces, nginx on the backends)");
         let bed = Testbed::new()?;
@@ -278,6 +309,10 @@ fn run(args: &Args) -> Result<()> {
             eprintln!("==> new connections under a spoofed SYN flood");
             flood = Some(flood::run(&bed, &plan.flood)?);
         }
+        if wants("cluster") {
+            eprintln!("==> affinity replicated between two gateways");
+            cluster = Some(cluster::run(&bed, &plan.cluster)?);
+        }
     }
     let report = Report {
         machine: &machine,
@@ -289,6 +324,7 @@ fn run(args: &Args) -> Result<()> {
         e2e: e2e.as_ref().map(|r| (r, &plan.e2e)),
         proxy: proxy.as_ref().map(|r| (r, &plan.proxy)),
         flood: flood.as_ref().map(|r| (r, &plan.flood)),
+        cluster: cluster.as_ref(),
         maglev: maglev.as_deref(),
     };
     let md = report.markdown();

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::{
     bpf::Hook,
+    cluster, cluster_report,
     e2e::{self, Measured},
     flood,
     gateways::Gateway,
@@ -30,6 +31,7 @@ pub struct Report<'a> {
     pub e2e: Option<(&'a e2e::Results, &'a e2e::Options)>,
     pub proxy: Option<(&'a proxy::Results, &'a e2e::Options)>,
     pub flood: Option<(&'a flood::Results, &'a flood::Options)>,
+    pub cluster: Option<&'a cluster::Results>,
     pub maglev: Option<&'a [maglev::Row]>,
 }
 
@@ -328,6 +330,9 @@ impl Report<'_> {
         }
         if let Some((r, opts)) = self.flood {
             flood_md(&mut md, r, opts);
+        }
+        if let Some(r) = self.cluster {
+            cluster_report::markdown(&mut md, r);
         }
         if let Some(rows) = self.maglev {
             maglev_md(&mut md, rows);

@@ -413,6 +413,42 @@ impl Traffic {
         )?)
     }
 
+    /// Every never-seen client whose flow can be confirmed
+    /// ([`CONFIRM_CLIENTS`]), grouped by the backend its Maglev slot names
+    /// under the daemon pinned at `pin_dir`: three times the new clients of
+    /// the per-packet phases, which use one backend's share.
+    pub fn new_clients_by_backend(pin_dir: &Path) -> Result<BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>> {
+        let maglev = pinned::MaglevChoice::new(pin_dir, SocketAddrV4::new(VIP_V4, SINK_PORT))?;
+        let mut out: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> = BTreeMap::new();
+        for n in 0..NEW_CLIENTS {
+            let c = confirm_client(n);
+            out.entry(maglev.backend_of(c)?).or_default().push(c);
+        }
+        Ok(out)
+    }
+
+    /// `backend`'s first ACK of a flow from each of `clients` (which must
+    /// be the clients its Maglev slot names), within `limits`: each a new
+    /// client's confirmation while the client has no entry. The number sent.
+    pub fn confirm_clients(
+        &self,
+        backend: Ipv4Addr,
+        clients: &[Ipv4Addr],
+        limits: PhaseLimits,
+    ) -> Result<u64> {
+        let (tx, _) = self
+            .backend_tx
+            .get(&backend)
+            .with_context(|| format!("{backend} is not a backend"))?;
+        let sent = tx.blast(
+            limits.blast(clients.len() as u64),
+            crate::stop::requested,
+            |i| self.backend_frame(backend, clients[i as usize], 40000, TCP_ACK),
+        )?;
+        crate::stop::check()?;
+        Ok(sent)
+    }
+
     /// A non-VIP frame, exactly as the NonVip phase sends it (for
     /// BPF_PROG_TEST_RUN).
     pub fn non_vip_frame(&self) -> Result<Vec<u8>> {

@@ -1,7 +1,8 @@
 //! `cargo xtask bench [--quick]`: build the release binaries (like `demo`),
 //! then run the bench (`bench/`, crate balancer-bench): the data plane per
 //! packet against the floor, end to end against nftables, HAProxy and nginx,
-//! the L7 path against HAProxy in `mode http`, and Maglev at scale. Writes `bench/results/latest.md` (`quick.md` with
+//! the L7 path against HAProxy in `mode http`, affinity replication between
+//! two gateways, and Maglev at scale. Writes `bench/results/latest.md` (`quick.md` with
 //! --quick) and a chart beside it.
 
 use anyhow::{Result, ensure};
@@ -33,7 +34,8 @@ pub struct Options {
     quick: bool,
     /// Run only this part (repeatable): perpacket, katran (the per-packet
     /// comparison with Katran alone), underload, e2e, proxy (the L7 path
-    /// against HAProxy), flood, maglev.
+    /// against HAProxy), flood, cluster (affinity replicated between two
+    /// gateways), maglev.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
     /// Katran's balancer.bpf.o, built outside this repository
