@@ -8,8 +8,7 @@ use crate::{
     e2e,
     l7::{Job, L7Gateway},
     proxy::{Measured, Results},
-    report::fmt_spread,
-    summary::spread,
+    summary::{fmt_spread, spread},
     wrk::{CONNECTIONS, Workload},
 };
 

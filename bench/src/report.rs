@@ -14,7 +14,7 @@ use crate::{
     maglev, peer,
     perpacket::{self, Sample, Variant},
     proxy, proxy_report,
-    summary::{Spread, spread},
+    summary::{Spread, fmt_spread, spread},
     traffic::Kind,
     underload,
     wrk::{CONNECTIONS, Workload},
@@ -45,19 +45,6 @@ fn reference_figures(rounds: &[(f64, f64)]) -> Option<(String, String)> {
     let ns: Vec<f64> = rounds.iter().map(|r| r.0).collect();
     let ratio: Vec<f64> = rounds.iter().map(|r| r.0 / r.1).collect();
     Some((fmt_spread(spread(&ns), 1), fmt_spread(spread(&ratio), 2)))
-}
-
-pub fn fmt_spread(s: Spread, digits: usize) -> String {
-    if s.n == 0 {
-        return "–".into();
-    }
-    if s.n == 1 {
-        return format!("{:.*}", digits, s.median);
-    }
-    format!(
-        "{:.*} [{:.*}–{:.*}]",
-        digits, s.median, digits, s.min, digits, s.max
-    )
 }
 
 fn ns(samples: &[Sample]) -> Spread {

@@ -33,6 +33,21 @@ pub fn spread(values: &[f64]) -> Spread {
     }
 }
 
+/// `median [min–max]` with `digits` decimals; the median alone for one
+/// sample, `–` for none.
+pub fn fmt_spread(s: Spread, digits: usize) -> String {
+    if s.n == 0 {
+        return "–".into();
+    }
+    if s.n == 1 {
+        return format!("{:.*}", digits, s.median);
+    }
+    format!(
+        "{:.*} [{:.*}–{:.*}]",
+        digits, s.median, digits, s.min, digits, s.max
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
