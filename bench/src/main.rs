@@ -260,18 +260,8 @@ fn run(args: &Args) -> Result<()> {
     let mut proxy = None;
     let mut flood = None;
     let mut cluster = None;
-    if [
-        "perpacket",
-        "katran",
-        "underload",
-        "e2e",
-        "proxy",
-        "flood",
-        "cluster",
-    ]
-    .iter()
-    .any(|s| wants(s))
-    {
+    // Every part but the Maglev one runs on the testbed.
+    if PARTS.iter().any(|&s| s != "maglev" && wants(s)) {
         eprintln!("==> building the testbed (namespaces, nginx on the backends)");
         let bed = Testbed::new()?;
         if wants("perpacket") {
