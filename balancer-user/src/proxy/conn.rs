@@ -68,6 +68,8 @@ enum Closed {
     /// No backend to send it to, or the backend failed before answering:
     /// the HTTP client gets `answer`.
     Unserved(&'static str),
+    /// The same for a connection that speaks no HTTP: closed, no answer.
+    UnservedQuietly,
     /// Either side reset or ended the connection mid-exchange.
     Io(io::Error),
     /// Put aside at a safe point for an in-place restart: [`Conn`] and
@@ -206,6 +208,7 @@ async fn drive(shared: &Shared, name: &str, mut client: TcpStream, mut conn: Con
             answer
         }
         Err(Closed::Unserved(answer)) => Some(answer),
+        Err(Closed::UnservedQuietly) => None,
     };
     if let Some(status) = answer {
         let response =
@@ -287,7 +290,7 @@ async fn run(
     step: &mut Step,
 ) -> Result<(), Closed> {
     let Some(service) = shared.service(name) else {
-        return Err(Closed::Unserved(UNAVAILABLE));
+        return Err(Closed::UnservedQuietly);
     };
     let config = &service.config;
     let http = config.client_address == ClientAddress::XForwardedFor
@@ -303,14 +306,16 @@ async fn run(
             conn.origin = source;
         }
         if !http {
+            // Not HTTP: nothing is read past the PROXY header, and a
+            // failure closes the connection without an HTTP answer.
             let choice = route::choose(&service, SidRoute::None, || {
                 shared.affinity.by_client(&service, conn.origin)
             })
-            .ok_or(Closed::Unserved(UNAVAILABLE))?;
+            .ok_or(Closed::UnservedQuietly)?;
             shared.stats.request(name, choice.routed_by);
             let mut backend = Backend::connect(shared, &service, choice, conn.origin)
                 .await?
-                .map_err(|_| Closed::Unserved(BAD_GATEWAY))?;
+                .map_err(|_| Closed::UnservedQuietly)?;
             backend.routed_origin = Some(conn.origin);
             backend.stream.try_write_all(&conn.buf).await?;
             conn.buf.clear();
