@@ -232,3 +232,59 @@ pub fn inherited() -> anyhow::Result<Option<Handover<OwnedFd>>> {
     // across exec for us, named once in the handover.
     Ok(Some(handover.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one process writes the next reads back, every descriptor
+    /// number and byte in its place.
+    #[test]
+    fn a_handover_reads_back_as_written() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let handover: Handover<RawFd> = Handover {
+            listeners: vec![ParkedListener {
+                service: "chat".into(),
+                vip: addr("198.18.0.100:80"),
+                fd: 7,
+            }],
+            connections: vec![ParkedConn {
+                service: "chat".into(),
+                client: 8,
+                peer: addr("198.18.4.1:40000"),
+                origin: addr("203.0.113.7:5000"),
+                buf: b"GET /socket.io/?sid=b1.x HTTP/1.1\r\n".to_vec(),
+                rbuf: vec![0, 255, 10],
+                backend: Some(ParkedBackend {
+                    id: 3,
+                    origin: addr("203.0.113.7:5000"),
+                    routed_origin: None,
+                    fd: 9,
+                }),
+                pipes: [
+                    ParkedPipe {
+                        fds: Some((10, 11)),
+                        held: 1200,
+                    },
+                    ParkedPipe { fds: None, held: 0 },
+                ],
+                step: ParkedStep::Response {
+                    request_is_head: false,
+                    request_close: true,
+                },
+            }],
+        };
+        let text = serde_json::to_vec(&handover).unwrap();
+        let back: Handover<RawFd> = serde_json::from_slice(&text).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{handover:?}"));
+        // Every descriptor is visited once by `map`, in a stable order.
+        let mut seen = Vec::new();
+        let mapped = back.map(|fd| {
+            seen.push(fd);
+            fd + 100
+        });
+        assert_eq!(seen, [7, 8, 9, 10, 11]);
+        assert_eq!(mapped.connections[0].client, 108);
+        assert_eq!(mapped.connections[0].pipes[0].held, 1200);
+    }
+}
