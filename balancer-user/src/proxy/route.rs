@@ -14,11 +14,11 @@ use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balancer_common::{
     maps,
-    types::{Affinity, AffinityKey, SERVICE_FOUR_TUPLE},
+    types::{Affinity, AffinityKey},
 };
 
 use super::{http::sid_backend_name, stats::RoutedBy};
-use crate::{accounting::monotonic_ns, state::ServiceState};
+use crate::{accounting::monotonic_ns, config::AffinityMode, state::ServiceState};
 
 /// A backend for one connection or request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +88,9 @@ impl AffinityMap {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&key, 0);
             if let Ok(a) = entry {
-                let fresh = monotonic_ns().saturating_sub(a.last_seen_ns)
-                    <= service.map_value(0, true).affinity_timeout_ns;
+                let age =
+                    std::time::Duration::from_nanos(monotonic_ns().saturating_sub(a.last_seen_ns));
+                let fresh = age <= service.config.affinity_timeout;
                 if fresh && service.backend_by_id(a.backend_id).is_some_and(|b| b.up) {
                     return Some(a.backend_id);
                 }
@@ -126,7 +127,7 @@ impl AffinityMap {
 /// The client's `AFFINITY` key; `None` for four-tuple services, which keep
 /// no affinity.
 fn affinity_key(service: &ServiceState, client: IpAddr) -> Option<AffinityKey> {
-    if service.map_value(0, true).flags & SERVICE_FOUR_TUPLE != 0 {
+    if service.config.affinity == AffinityMode::FourTuple {
         return None;
     }
     let (client, family) = service.masked(client);
