@@ -20,7 +20,7 @@ use anyhow::Result;
 use balancer_tests::topology::{GW_BACKEND_IF, GW_CLIENT_IF};
 
 use crate::{
-    bpf::Hook,
+    bpf::{Hook, Reference},
     gateways::Balancer,
     katran::{self, Katran},
     machine,
@@ -66,6 +66,10 @@ pub struct Results {
     pub rows: BTreeMap<Kind, (Vec<Sample>, Vec<Sample>)>,
     /// Entries in each of Katran's per-CPU LRU maps.
     pub lru_entries: u32,
+    /// Per round, the one-lookup and the one-insert reference's ns under
+    /// the same frames and pacing (`perpacket::reference_ns`): how far
+    /// each program is from issue 16's goals, Katran's included.
+    pub references: Vec<(f64, f64)>,
     /// Packets that found no per-CPU LRU in Katran (must be 0).
     pub fallback: u64,
     /// Share of the CPUs busy with nothing of the bench running, just
@@ -117,6 +121,12 @@ pub fn run(bed: &Testbed, obj: &Path, opts: &Options) -> Result<Outcome> {
             ours_round(bed, &mut traffic, opts, &mut results)?;
             katran_round(bed, &mut traffic, obj, opts, &mut results)?;
         }
+        let ids = || progs::ids_on(bed.topo.gw(), &[GW_CLIENT_IF, GW_BACKEND_IF], Hook::Xdp);
+        let [lookup, insert] = [Reference::Lookup, Reference::Insert].map(|r| {
+            let limits = limits(perpacket::reference_kind(r), opts);
+            perpacket::reference_ns(bed, &mut traffic, r, limits, ids)
+        });
+        results.references.push((lookup?, insert?));
     }
     let (busy1, total1) = machine::cpu_jiffies();
     results.busy_during = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;

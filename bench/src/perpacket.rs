@@ -168,9 +168,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
 /// ns per run of a map-cost reference (`bpf::load_reference`): the insert
 /// under the frames of "SYN, known client", what one conntrack
 /// insert costs by itself on this machine; the lookup under the frames of
-/// "established flow", what one conntrack hit's lookup costs. The lookup's
-/// frames are sent twice and the second pass timed: the first makes each
-/// flow's entry, so every timed run finds one.
+/// "established flow", what one conntrack hit's lookup costs.
 fn reference(
     bed: &Testbed,
     traffic: &mut Traffic,
@@ -178,21 +176,52 @@ fn reference(
     opts: &Options,
     reference: Reference,
 ) -> Result<f64> {
-    let (what, kind) = match reference {
-        Reference::Insert => ("one-insert reference", Kind::NewFlow),
-        Reference::InsertPerCpuLru => ("one-insert reference, BPF_F_NO_COMMON_LRU", Kind::NewFlow),
-        Reference::Lookup => ("one-lookup reference", Kind::Established),
-    };
+    let kind = reference_kind(reference);
+    let limits = limits(kind, opts.phase, opts.new_clients);
+    reference_ns(bed, traffic, reference, limits, || {
+        program_ids(bed, Hook::Xdp, results, reference_name(reference))
+    })
+}
+
+/// The frames a reference is timed under.
+pub fn reference_kind(reference: Reference) -> Kind {
+    match reference {
+        Reference::Insert | Reference::InsertPerCpuLru => Kind::NewFlow,
+        Reference::Lookup => Kind::Established,
+    }
+}
+
+fn reference_name(reference: Reference) -> &'static str {
+    match reference {
+        Reference::Insert => "one-insert reference",
+        Reference::InsertPerCpuLru => "one-insert reference, BPF_F_NO_COMMON_LRU",
+        Reference::Lookup => "one-lookup reference",
+    }
+}
+
+/// [`reference`] within explicit limits, the programs' ids from `ids_of`
+/// (the peer comparison paces new flows). The lookup's frames are sent
+/// twice and the second pass timed: the first makes each flow's entry, so
+/// every timed run finds one.
+pub fn reference_ns(
+    bed: &Testbed,
+    traffic: &mut Traffic,
+    reference: Reference,
+    limits: PhaseLimits,
+    ids_of: impl FnOnce() -> Result<BTreeSet<u32>>,
+) -> Result<f64> {
+    let what = reference_name(reference);
+    let kind = reference_kind(reference);
     let (prog, _map) =
         bpf::load_reference(reference).with_context(|| format!("loading the {what}"))?;
     let _reference = Floor::attach_prog(bed.topo.gw(), Hook::Xdp, prog)?;
     // Every reference map starts empty: the same frames as the balancer's.
     traffic.rewind();
-    let ids = program_ids(bed, Hook::Xdp, results, what)?;
+    let ids = ids_of()?;
     if reference == Reference::Lookup {
-        phase(traffic, kind, &ids, None, opts)?;
+        timed_phase(traffic, kind, &ids, None, limits)?;
     }
-    Ok(phase(traffic, kind, &ids, None, opts)?.ns)
+    Ok(timed_phase(traffic, kind, &ids, None, limits)?.ns)
 }
 
 /// The programs of `hook` on both gateway interfaces, noting how they sit

@@ -197,6 +197,7 @@ fn katran_md(md: &mut String, r: &peer::Results) {
             runs(theirs),
         );
     }
+    katran_references_md(md, r);
     let _ = writeln!(
         md,
         "\nOur SYN writes nothing; our durable write happens when the backend's first ACK confirms the flow. \
@@ -215,6 +216,70 @@ fn katran_md(md: &mut String, r: &peer::Results) {
         r.background_after * 100.0,
         r.busy_during * 100.0,
     );
+}
+
+/// Both programs against the map-cost references timed in the same rounds
+/// (issue 16's goals): how far the peer itself is from them.
+fn katran_references_md(md: &mut String, r: &peer::Results) {
+    if r.references.is_empty() {
+        return;
+    }
+    let empty = (Vec::new(), Vec::new());
+    let row = |k: Kind| r.rows.get(&k).unwrap_or(&empty);
+    let per_round = |samples: &[Sample], pick: fn(&(f64, f64)) -> f64| {
+        spread(
+            &samples
+                .iter()
+                .zip(&r.references)
+                .map(|(s, refs)| s.ns / pick(refs))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let refs =
+        |pick: fn(&(f64, f64)) -> f64| spread(&r.references.iter().map(pick).collect::<Vec<_>>());
+    let _ = writeln!(
+        md,
+        "\nThe same rounds against the one-lookup reference ({} ns) and the one-insert reference ({} ns), timed \
+         after the two programs in each round under the same frames and pacing (median [min–max] of per-round \
+         ratios). Issue 16's goals: an established flow ≤ 1.5× one lookup; a new connection's durable writes ≤ \
+         1.2× one insert (ours are made by the confirmation, Katran's by its SYN).\n\n\
+         | path | reference | ours | Katran |\n|---|---|---|---|",
+        fmt_spread(refs(|x| x.0), 1),
+        fmt_spread(refs(|x| x.1), 1),
+    );
+    let lookup: fn(&(f64, f64)) -> f64 = |x| x.0;
+    let insert: fn(&(f64, f64)) -> f64 = |x| x.1;
+    let lines = [
+        (
+            "established flow",
+            "one lookup",
+            Kind::Established,
+            Kind::Established,
+            lookup,
+        ),
+        (
+            "new connection, known client",
+            "one insert",
+            Kind::Confirm,
+            Kind::NewFlow,
+            insert,
+        ),
+        (
+            "new connection, new client",
+            "one insert",
+            Kind::ConfirmNewClient,
+            Kind::NewClient,
+            insert,
+        ),
+    ];
+    for (label, reference, ours, theirs, pick) in lines {
+        let _ = writeln!(
+            md,
+            "| {label} | {reference} | {} | {} |",
+            fmt_spread(per_round(&row(ours).0, pick), 2),
+            fmt_spread(per_round(&row(theirs).1, pick), 2),
+        );
+    }
 }
 
 /// Every path against the one-lookup and one-insert references (XDP
