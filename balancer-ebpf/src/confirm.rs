@@ -88,16 +88,22 @@ pub fn reply<C: Frame>(ctx: &C, pkt: &Packet) -> Result<Action, ()> {
     if !forward::from_next_hop(ctx, pkt.key.family, backend_id, &pkt.key.src, now) {
         return Ok(stats::pass(Counter::PassReplyWrongPath));
     }
-    // Its source is a backend port: to the gateway itself it is the answer
-    // to a health check, not a reply.
-    if forward::to_this_host(ctx, pkt.key.family, &pkt.key.dst) {
-        return Ok(stats::pass(Counter::PassNotOurs));
-    }
-    rewrite(ctx, pkt, End::Source, &vip.addr, vip.port)?;
     // The FIB's way to the client (no entry holds one), or without a
     // neighbour the way its packets came.
     let learned = client_path::learned(&pkt.key.dst, pkt.key.family);
-    let path = match forward::lookup(ctx, pkt.key.family, pkt.key.proto, learned.as_ref()) {
+    let family = pkt.key.family;
+    let Some(route) =
+        forward::lookup_as_from(ctx, family, pkt.key.proto, &vip.addr, learned.as_ref())
+    else {
+        // Its source is a backend port: to the gateway itself it is the
+        // answer to a health check, not a reply.
+        return Ok(stats::pass(Counter::PassNotOurs));
+    };
+    // Rewritten even when it is passed: with the backend's source the
+    // kernel would forward it, and the client would answer a stranger's
+    // SYN-ACK with a reset that ends the backend's half of the connection.
+    rewrite(ctx, pkt, End::Source, &vip.addr, vip.port)?;
+    let path = match route {
         Ok(path) => path,
         Err(action) => return Ok(action),
     };

@@ -176,6 +176,40 @@ pub fn lookup<C: Frame>(
         return Err(stats::pass(Counter::PassTruncated));
     }
     let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    answer(rc, fib, fallback)
+}
+
+/// [`lookup`] for a reply whose source is still the backend's: the next
+/// hop it will have once its source is `vip`. `None`: the destination is
+/// this host (the reply is the answer to a health check), so nothing is
+/// to be rewritten. One FIB lookup answers both questions.
+#[inline(always)]
+pub fn lookup_as_from<C: Frame>(
+    ctx: &C,
+    family: u8,
+    proto: u8,
+    vip: &[u32; 4],
+    fallback: Option<&L2Path>,
+) -> Option<Result<L2Path, Action>> {
+    let Some(scratch) = scratch() else {
+        return Some(Err(stats::pass(Counter::PassFibOther)));
+    };
+    let fib = &mut scratch.fib;
+    if fib_params(ctx, fib, family, proto).is_none() {
+        return Some(Err(stats::pass(Counter::PassTruncated)));
+    }
+    if family == FAMILY_V4 {
+        fib.__bindgen_anon_3.ipv4_src = vip[0];
+    } else {
+        store_words(unsafe { &mut fib.__bindgen_anon_3.ipv6_src }, vip);
+    }
+    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    (rc != FIB_NOT_FWDED).then(|| answer(rc, fib, fallback))
+}
+
+/// The path in a FIB lookup's answer (`rc`, `fib`), as [`lookup`] says.
+#[inline(always)]
+fn answer(rc: i64, fib: &FibParams, fallback: Option<&L2Path>) -> Result<L2Path, Action> {
     match (rc, fallback) {
         (FIB_SUCCESS, _) => Ok(L2Path {
             ifindex: fib.ifindex,
