@@ -4,6 +4,10 @@
 pub const SERVICES: &str = "SERVICES";
 /// `Array<Backend>` indexed by backend id.
 pub const BACKENDS: &str = "BACKENDS";
+/// `Array<AdminRecord>` of one entry, for the daemon only: the cluster
+/// admin version and the fingerprint of the backend set it stands for, so
+/// that a restarted gateway resumes its version with the backends it kept.
+pub const ADMIN: &str = "ADMIN";
 /// `Array<u32>` of backend ids: every service's two Maglev table halves.
 pub const MAGLEV: &str = "MAGLEV";
 /// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack), keyed as
@@ -99,6 +103,7 @@ pub const ALL: &[&str] = &[
     FRAGMENTS,
     FRAGMENT_SERVICES,
     AFFINITY_EVENTS,
+    ADMIN,
 ];
 
 /// Program names in the object.

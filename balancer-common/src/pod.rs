@@ -10,6 +10,7 @@ pod!(
     Service,
     ServiceSlot,
     Backend,
+    AdminRecord,
     FlowKey,
     Flow,
     BackendVips,

@@ -138,6 +138,19 @@ impl Backend {
     }
 }
 
+/// `ADMIN[0]`: the gateway's cluster admin version
+/// (`balancer_user::cluster::admin`) and the fingerprint of the backend
+/// set it stood for when it was reached, for the daemon only. Pinned with
+/// the backends, so a restart resumes the version only if it finds the
+/// same set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdminRecord {
+    pub version: u64,
+    pub fingerprint: u64,
+}
+const _: () = assert!(size_of::<AdminRecord>() == 16);
+
 /// Key of `CONNTRACK`: a client → VIP flow's 5-tuple, as the client's
 /// packets carry it.
 #[repr(C)]

@@ -20,8 +20,8 @@ use balancer_common::{
         MAX_FLOWS, MAX_FRAGMENTS, MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
     },
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
-        FragmentNat, Pending, Service, ServiceKey, ServiceSlot,
+        AdminRecord, Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey,
+        FragmentKey, FragmentNat, Pending, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -32,6 +32,11 @@ pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// The daemon's own (no program reads it): pinned here so it lives and
+/// goes with the backends it describes.
+#[map]
+pub static ADMIN: Array<AdminRecord> = Array::pinned(1, 0);
 
 #[map]
 pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_DEFAULT_ENTRIES, 0);

@@ -191,6 +191,7 @@ impl Cluster {
             ready,
             ready_reason,
             admin_version: 0,
+            admin_behind: false,
             peers: self.shared.stats.peers(),
             services: Vec::new(),
         }

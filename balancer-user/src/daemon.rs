@@ -63,6 +63,10 @@ pub struct Daemon {
     /// Bumped by every backend change applied here; a peer's admin state
     /// of a higher version is adopted ([`crate::cluster::admin`]).
     admin_version: u64,
+    /// Resumed at start with another backend set than the version stood
+    /// for: the state is offered as one version lower until a change or a
+    /// peer's state puts this gateway level again.
+    admin_behind: bool,
     /// The daemon-terminated services, for their acceptors; sent again
     /// whenever they change.
     routes: watch::Sender<proxy::Routes>,
@@ -123,9 +127,11 @@ impl Daemon {
             directory: watch::Sender::new(Directory::default()),
             cluster: None,
             admin_version: 0,
+            admin_behind: false,
             routes: watch::Sender::new(Arc::default()),
             proxy_stats: Arc::default(),
         };
+        daemon.resume_admin();
         daemon.timeouts.send_replace(daemon.affinity_timeouts());
         daemon.publish_services();
         let all: Vec<(usize, BackendState)> = daemon

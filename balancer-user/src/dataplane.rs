@@ -17,8 +17,9 @@ use balancer_common::{
     counters::{COUNTER_COUNT, COUNTER_SLOTS, Counter},
     maps::{self, MAX_BACKENDS},
     types::{
-        Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey, FragmentKey,
-        FragmentNat, Pending, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey, ServiceSlot,
+        AdminRecord, Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey,
+        FragmentKey, FragmentNat, Pending, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey,
+        ServiceSlot,
     },
 };
 
@@ -40,6 +41,7 @@ pub struct DataPlane {
     fragment_services: HashMap<MapData, ServiceKey, ServiceKey>,
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
+    admin: Array<MapData, AdminRecord>,
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u32>,
     service_slots: Array<MapData, ServiceSlot>,
@@ -71,6 +73,7 @@ fn expected_layout(name: &str, tables: Tables) -> (usize, usize, Option<u32>) {
     match name {
         maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
         maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
+        maps::ADMIN => (s::<u32>(), s::<AdminRecord>(), Some(1)),
         maps::MAGLEV => (s::<u32>(), s::<u32>(), None),
         // `struct bpf_devmap_val`: ifindex and a program fd.
         maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>(), Some(MAX_REDIRECT_DEVS)),
@@ -230,6 +233,7 @@ impl DataPlane {
             fragment_services: take_map(&mut ebpf, maps::FRAGMENT_SERVICES)?,
             services: take_map(&mut ebpf, maps::SERVICES)?,
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
+            admin: take_map(&mut ebpf, maps::ADMIN)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
             service_slots: take_map(&mut ebpf, maps::SERVICE_SLOTS)?,
@@ -317,6 +321,15 @@ impl DataPlane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading AFFINITY"),
         }
+    }
+
+    /// The pinned admin record (all zeros until a cluster change is made).
+    pub fn admin_record(&self) -> anyhow::Result<AdminRecord> {
+        self.admin.get(&0, 0).context("reading ADMIN")
+    }
+
+    pub fn write_admin_record(&mut self, record: AdminRecord) -> anyhow::Result<()> {
+        self.admin.set(0, record, 0).context("writing ADMIN")
     }
 
     /// The sizes of CONNTRACK and AFFINITY.

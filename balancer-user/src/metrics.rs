@@ -589,6 +589,7 @@ pub(crate) mod tests {
                 ready: true,
                 ready_reason: Some("synced 3 entries from 198.18.2.12:7946".to_owned()),
                 admin_version: 0,
+                admin_behind: false,
                 peers: vec![
                     PeerStatus {
                         address: "198.18.2.12:7946".to_owned(),

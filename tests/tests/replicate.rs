@@ -852,6 +852,98 @@ fn a_peer_that_was_down_catches_up_when_it_starts() {
     );
 }
 
+/// The admin version is pinned with the backends: both gateways stopped
+/// and started again (in either order) resume it with their sets; a
+/// gateway that was down through a change, both then restarted, adopts
+/// the newer set rather than overriding it; and a gateway whose restart
+/// brings back a config backend the cluster removed starts behind and
+/// adopts its peer's set.
+#[test]
+fn the_admin_version_survives_restarts_and_the_newer_set_wins() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    g1.start();
+    g2.start();
+    both_linked(&g1, &g2);
+    let fourth = g1.backend(3).to_string();
+    let second = g1.backend(1).to_string();
+    assert!(
+        g1.cli(&["backend", "add", "web", &fourth])
+            .contains("applied on peers")
+    );
+    assert!(
+        g2.cli(&["backend", "drain", "web", &second])
+            .contains("applied on peers")
+    );
+    let (before, fp) = wait_same_set(&g1, &g2, Duration::from_secs(1));
+    assert_eq!(g1.cluster().admin_version, 2);
+
+    // Both stopped; gateway 2 started first, then gateway 1.
+    g1.stop();
+    g2.stop();
+    g2.start();
+    g1.start();
+    both_linked(&g1, &g2);
+    for g in [&g1, &g2] {
+        let c = g.cluster();
+        assert_eq!(
+            (c.admin_version, c.admin_behind),
+            (2, false),
+            "gateway {}",
+            g.n
+        );
+        assert_eq!(
+            g.backend_set(),
+            (before.clone(), fp.clone()),
+            "gateway {}",
+            g.n
+        );
+    }
+    let out = g2.cli(&["backend", "undrain", "web", &second]);
+    assert!(out.contains("applied on peers"), "{out}");
+    wait_same_set(&g1, &g2, Duration::from_secs(1));
+    assert_eq!(g1.cluster().admin_version, 3);
+    assert_eq!(g2.cluster().admin_version, 3);
+
+    // Gateway 2 is down through a change; then both restart, the stale
+    // one first and alone. Unpinned, both would start at 0 and each keep
+    // its own set.
+    g2.stop();
+    let first = g1.backend(0).to_string();
+    let out = g1.cli(&["backend", "set-weight", "web", &first, "3"]);
+    assert!(out.contains("unreachable"), "{out}");
+    let (newer, newer_fp) = g1.backend_set();
+    g1.stop();
+    g2.start();
+    assert_eq!(g2.cluster().admin_version, 3);
+    assert!(g2.backend_set().0.contains(&(first.clone(), 1, false)));
+    g1.start();
+    let (set, set_fp) = wait_same_set(&g1, &g2, Duration::from_secs(10));
+    assert_eq!((set, set_fp), (newer, newer_fp), "the newer set on both");
+    assert_eq!(g1.cluster().admin_version, 4);
+    assert_eq!(g2.cluster().admin_version, 4);
+
+    // A config backend removed cluster-wide comes back with gateway 2's
+    // restart (runtime changes to the config's own backends last until
+    // the next start): gateway 2 resumes version 5 behind, and adopts.
+    let third = g1.backend(2).to_string();
+    both_linked(&g1, &g2);
+    let out = g1.cli(&["backend", "remove", "web", &third]);
+    assert!(out.contains("applied on peers"), "{out}");
+    let (removed, _) = wait_same_set(&g1, &g2, Duration::from_secs(1));
+    assert!(!removed.iter().any(|(a, _, _)| *a == third), "{removed:?}");
+    g2.stop();
+    g2.start();
+    let (set, _) = wait_same_set(&g1, &g2, Duration::from_secs(10));
+    assert_eq!(set, removed, "gateway 2 adopted the set without {third}");
+    let c2 = g2.cluster();
+    assert_eq!((c2.admin_version, c2.admin_behind), (5, false));
+    assert_eq!(g1.cluster().admin_version, 5);
+    println!(
+        "admin version carried over restarts: 2, 3, 4 (stale gateway adopted), 5 (behind, adopted)"
+    );
+}
+
 /// A gateway started later whose config lists the backend gateway 1 got
 /// by `backend add`: the same set, so the same table.
 #[test]

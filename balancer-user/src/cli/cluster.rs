@@ -87,13 +87,18 @@ fn membership_request(action: &ClusterAction) -> Option<(&SocketArg, Request)> {
 /// anything, and the services' fingerprints.
 pub fn render(c: &ClusterStatus) -> String {
     let mut out = format!(
-        "listening on {}; {}; admin version {}\n",
+        "listening on {}; {}; admin version {}{}\n",
         c.listen,
         match (&c.ready, &c.ready_reason) {
             (true, Some(why)) => format!("ready: {why}"),
             _ => "not ready: pulling the peers' entries".to_owned(),
         },
-        c.admin_version
+        c.admin_version,
+        if c.admin_behind {
+            " (behind: a peer's state of it is adopted)"
+        } else {
+            ""
+        }
     );
     let mut table = Table::new(&[
         ("PEER", Align::Left),
@@ -188,6 +193,7 @@ mod tests {
             ready: true,
             ready_reason: Some("synced 2 entries from 198.18.2.12:7946".to_owned()),
             admin_version: 4,
+            admin_behind: true,
             peers: vec![
                 PeerStatus {
                     address: "198.18.2.12:7946".to_owned(),
@@ -215,7 +221,7 @@ mod tests {
         let text = render(&c);
         assert!(
             text.starts_with(
-                "listening on 198.18.2.11:7946; ready: synced 2 entries from 198.18.2.12:7946; admin version 4\n"
+                "listening on 198.18.2.11:7946; ready: synced 2 entries from 198.18.2.12:7946; admin version 4 (behind: a peer's state of it is adopted)\n"
             ),
             "{text}"
         );

@@ -19,6 +19,15 @@
 //!   state (every backend's address, weight, drain) first in every sync;
 //!   a client whose version is lower adopts it before anything else,
 //!   health aside.
+//! - **Across a restart.** The version is pinned with the backends
+//!   (`ADMIN`, beside `BACKENDS`), with the fingerprint of the set it
+//!   stood for ([`AdminState::set_fingerprint`]). A restarted gateway that
+//!   finds that set again resumes the version. One whose set differs (a
+//!   config backend removed at runtime comes back, the config was edited,
+//!   a reload diverged) resumes it *behind*: it offers its state as one
+//!   version lower, so it adopts any peer that holds the version, never
+//!   overrides one, and its own next change still carries a version above
+//!   everything it saw.
 
 use std::{
     collections::HashMap,
@@ -100,6 +109,29 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// A hash of the services' backends, weights and drains, whatever
+    /// their order: equal for equal sets within one build.
+    pub fn set_fingerprint(&self) -> u64 {
+        let mut services: Vec<&AdminService> = self.services.iter().collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for s in services {
+            h.update(&(s.name.len() as u64).to_le_bytes());
+            h.update(s.name.as_bytes());
+            let mut backends = s.backends.clone();
+            backends.sort_by_key(|b| b.address);
+            h.update(&(backends.len() as u64).to_le_bytes());
+            for b in backends {
+                let address = b.address.to_string();
+                h.update(&(address.len() as u64).to_le_bytes());
+                h.update(address.as_bytes());
+                h.update(&b.weight.to_le_bytes());
+                h.update(&[u8::from(b.draining)]);
+            }
+        }
+        h.digest()
+    }
+
     /// Add one `AdminState` frame's services: a service continued from
     /// the last frame goes on where it stopped.
     pub fn extend(&mut self, services: Vec<AdminService>) {
@@ -386,6 +418,35 @@ mod tests {
         let outcome = propose(&outboxes, &[a, d], proposal()).await;
         assert_eq!(outcome.accepted, vec![a]);
         assert_eq!(outcome.refused[0].0, d);
+    }
+
+    #[test]
+    fn the_set_fingerprint_follows_the_set_not_its_order() {
+        let b = |n: u8, weight, draining| AdminBackend {
+            address: format!("198.18.1.1{n}:3000").parse().unwrap(),
+            weight,
+            draining,
+        };
+        let state = |backends: Vec<AdminBackend>, version| AdminState {
+            version,
+            services: vec![AdminService {
+                name: "web".into(),
+                backends,
+            }],
+        };
+        let fp = state(vec![b(1, 1, false), b(2, 1, false)], 3).set_fingerprint();
+        assert_eq!(
+            fp,
+            state(vec![b(2, 1, false), b(1, 1, false)], 9).set_fingerprint()
+        );
+        for other in [
+            vec![b(1, 1, false)],
+            vec![b(1, 2, false), b(2, 1, false)],
+            vec![b(1, 1, true), b(2, 1, false)],
+            vec![b(1, 1, false), b(3, 1, false)],
+        ] {
+            assert_ne!(fp, state(other, 3).set_fingerprint());
+        }
     }
 
     #[test]

@@ -215,6 +215,11 @@ pub struct ClusterStatus {
     /// applies; a gateway behind a peer adopts that peer's backends.
     #[serde(default)]
     pub admin_version: u64,
+    /// Restarted with other backends than the pinned version stood for:
+    /// the state is offered as one version lower, so a peer holding the
+    /// version is adopted.
+    #[serde(default)]
+    pub admin_behind: bool,
     pub peers: Vec<PeerStatus>,
     pub services: Vec<ClusterService>,
 }

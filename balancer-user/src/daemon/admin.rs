@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::bail;
+use balancer_common::types::AdminRecord;
 use tracing::{info, warn};
 
 use super::{Daemon, check_weight, requests::backend_address};
@@ -127,13 +128,66 @@ impl Daemon {
             Op::Undrain => self.set_draining(service, address, false)?,
             Op::SetWeight { weight } => self.set_weight(service, address, weight)?,
         };
-        self.admin_version = self.admin_version.max(version);
+        // A change older than this gateway's version leaves it as it was
+        // (and behind, if it was: its set is still not that version's).
+        if version > self.admin_version {
+            self.admin_version = version;
+            self.admin_behind = false;
+            self.pin_admin();
+        }
         Ok(done)
+    }
+
+    /// The version this gateway's state is offered at: one lower while it
+    /// is behind, so that a peer holding the version wins.
+    fn offered_version(&self) -> u64 {
+        self.admin_version - u64::from(self.admin_behind)
+    }
+
+    /// Take up the admin version the previous daemon pinned: as it was if
+    /// the backends are the set it stood for, else behind.
+    pub(super) fn resume_admin(&mut self) {
+        let record = match self.dataplane.admin_record() {
+            Ok(record) => record,
+            Err(e) => {
+                warn!("cluster: the pinned admin version is unreadable, starting from 0: {e:#}");
+                return;
+            }
+        };
+        if record.version == 0 {
+            return;
+        }
+        self.admin_version = record.version;
+        self.admin_behind = record.fingerprint != self.admin_state().set_fingerprint();
+        if self.admin_behind {
+            warn!(
+                version = record.version,
+                "cluster: resumed the admin version, but the backends differ from the set it \
+                 stood for; a peer's state of that version will be adopted"
+            );
+        } else {
+            info!(
+                version = record.version,
+                "cluster: resumed the admin version"
+            );
+        }
+    }
+
+    /// Pin the version and the set it stands for now. A failure is
+    /// logged: the change is made, and the next one writes again.
+    fn pin_admin(&mut self) {
+        let record = AdminRecord {
+            version: self.admin_version,
+            fingerprint: self.admin_state().set_fingerprint(),
+        };
+        if let Err(e) = self.dataplane.write_admin_record(record) {
+            warn!("cluster: the admin version is not pinned, a restart starts behind: {e:#}");
+        }
     }
 
     fn admin_state(&self) -> AdminState {
         AdminState {
-            version: self.admin_version,
+            version: self.offered_version(),
             services: self
                 .services
                 .iter()
@@ -158,7 +212,7 @@ impl Daemon {
     /// backend added here starts as `backend add` starts one; health is
     /// each gateway's own. A service this gateway lacks is skipped.
     fn adopt_admin(&mut self, state: &AdminState) -> anyhow::Result<Option<String>> {
-        if state.version <= self.admin_version {
+        if state.version <= self.offered_version() {
             return Ok(None);
         }
         let mut done = Vec::new();
@@ -205,6 +259,8 @@ impl Daemon {
             }
         }
         self.admin_version = state.version;
+        self.admin_behind = false;
+        self.pin_admin();
         info!(version = state.version, "adopted a peer's admin state");
         Ok(Some(if done.is_empty() {
             "the same backends already".to_owned()

@@ -75,6 +75,7 @@ impl Daemon {
                     })
                     .collect(),
                 admin_version: self.admin_version,
+                admin_behind: self.admin_behind,
                 ..c.status()
             })
         });
