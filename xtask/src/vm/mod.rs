@@ -78,6 +78,12 @@ const EXCLUDED: &[Exclusion] = &[
               their libraries in the initramfs and a writable run directory for their sockets)",
     },
     Exclusion {
+        binary: "bird6",
+        test: None,
+        why: "the guest has no BIRD (bird, birdc and their libraries in the initramfs, and a \
+              writable run directory for their sockets)",
+    },
+    Exclusion {
         binary: "proxy",
         test: None,
         why: "every test drives Node Socket.IO sessions (through HAProxy, or roaming between \
