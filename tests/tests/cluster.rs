@@ -12,7 +12,11 @@
 //! address); a gateway that dies silently mid-session, where only BGP's
 //! detection window may cost retries; scale-out with a backend added on
 //! one gateway only (gateways linked by `[cluster]`, so the change applies
-//! on both at one instant), with the health disagreement window measured. And the mistakes: the shipped BIRD
+//! on both at one instant), with the health disagreement window measured;
+//! a gateway started later whose config lists the backend set the other
+//! reached by `backend add`. Steady and the dead gateway run again with
+//! plain-TCP sessions ([`IdleSessions`]) against whoami backends: no Node,
+//! so the `--vm` guest runs them. And the mistakes: the shipped BIRD
 //! configs must parse, an announce interface that does not exist is
 //! refused, and a gateway without `[announce]` has nothing to leave.
 
@@ -578,7 +582,8 @@ fn a_gateway_started_later_with_the_same_backends_by_another_history() {
         &socketio_connections(&late),
     );
     println!(
-        "later gateway: up and routed over {joined:?} after its start ({converged:?} waiting for BGP); tables {history:?} on both; session errors {early_errors} across the join, {late_errors} after it"
+        "later gateway: up and routed over {joined:?} after its start ({converged:?} waiting for BGP); table {} on both; session errors {early_errors} across the join, {late_errors} after it",
+        history[0]
     );
 }
 
