@@ -182,23 +182,22 @@ impl Session {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        if self.record.failure.is_none() {
-            self.beat();
-            self.record.final_answered = self.record.failure.is_none();
-        }
+        self.record.final_answered = self.beat();
         self.record
     }
 
-    /// One heartbeat: an answer from the session's backend, or a failure.
-    fn beat(&mut self) {
+    /// One heartbeat: an answer from the session's backend (true), or a
+    /// failure, or a retry (false); false once the session failed.
+    fn beat(&mut self) -> bool {
         if self.record.failure.is_some() {
-            return;
+            return false;
         }
         let started = Instant::now();
         let answer = self.ask();
-        if started.elapsed() > self.record.slowest.0 {
+        let took = started.elapsed();
+        if took > self.record.slowest.0 {
             let at_ms = started.duration_since(self.epoch).as_millis() as u64;
-            self.record.slowest = (started.elapsed(), at_ms);
+            self.record.slowest = (took, at_ms);
         }
         match answer {
             Ok(answer) => match &self.record.backend {
@@ -207,7 +206,7 @@ impl Session {
                 Some(first) => {
                     let moved = format!("answered by {} instead of {first}", answer.backend);
                     self.fail(moved);
-                    return;
+                    return false;
                 }
             },
             Err(e) if self.retry => {
@@ -215,14 +214,15 @@ impl Session {
                 self.stream = None;
                 let at_ms = self.epoch.elapsed().as_millis() as u64;
                 self.record.retried.push((at_ms, format!("heartbeat: {e}")));
-                return;
+                return false;
             }
             Err(e) => {
                 self.fail(format!("heartbeat: {e}"));
-                return;
+                return false;
             }
         }
         self.record.heartbeats += 1;
+        true
     }
 
     /// One question: on the upgraded session's connection (opened first if
