@@ -66,7 +66,7 @@ pub fn cluster_listen(n: usize) -> SocketAddr {
 const CLUSTER_KEY: &str = "the rig's cluster key, more than 32 bytes long";
 
 /// How [`Cluster::add_gateway_with`] configures a gateway.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GatewayOpts {
     /// List only the first this many backends (all when `None`).
     pub listed: Option<usize>,
@@ -79,10 +79,13 @@ pub fn gateway_backend_side(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, 1 + n as u8)
 }
 
-/// The repository's `deploy/bird/NAME`.
+/// The repository's `deploy/bird/NAME`. Without `..`: the `--vm` guest
+/// holds the repository's `deploy` but not this crate's directory.
 pub fn bird_config(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/bird")
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .join("deploy/bird")
         .join(name)
 }
 
@@ -322,6 +325,22 @@ impl Cluster {
         cluster
     }
 
+    /// `count` more client addresses after the last (198.18.0.N/24), with
+    /// no history at the gateways: no affinity entry yet.
+    pub fn add_clients(&mut self, count: u8) -> Vec<Ipv4Addr> {
+        let first = self.clients.len() as u8 + 1;
+        let added: Vec<Ipv4Addr> = (first..first + count)
+            .map(|i| Ipv4Addr::new(198, 18, 0, i))
+            .collect();
+        let lines: Vec<String> = added
+            .iter()
+            .map(|a| format!("addr add {a}/24 dev {CLIENT_IF}"))
+            .collect();
+        self.client.ip_batch(&lines);
+        self.clients.extend(&added);
+        added
+    }
+
     /// Backend `bN` at 198.18.1.(10+N), its default route ECMP over the
     /// gateways' backend-side addresses of `gateways` (1..=count).
     fn add_backend(&mut self) {
@@ -392,11 +411,18 @@ impl Cluster {
         veth(&ns, GW_BACKEND_IF, &self.bsw, &port_name);
         veth(&ns, GW_CLIENT_IF, &self.lan, &port_name);
         // veth quirk (DESIGN.md): a frame XDP-redirected into a veth
-        // reaches the other end only if that end has NAPI.
+        // reaches the other end only if that end has NAPI. And a veth
+        // hands XDP every frame, where a NIC's filter drops those for
+        // other MACs: no unknown unicast to a gateway's port, or a
+        // switch that forgot a dead gateway's MAC would flood its frames
+        // to the live ones, which would carry them and hide the death.
+        // Each gateway's MAC stays known: it talks BGP and checks health
+        // every second on both segments.
         for sw in [&self.lan, &self.bsw] {
             sw.exec("ethtool", ["-K", &port_name, "gro", "on"]);
             sw.ip_batch(&[
                 format!("link set {port_name} master {BRIDGE}"),
+                format!("link set {port_name} type bridge_slave flood off"),
                 format!("link set {port_name} up"),
             ]);
         }

@@ -13,7 +13,11 @@
 //! Every answer must come from the backend the session's first answer
 //! came from. The first failure ends the session: a Socket.IO client would
 //! have lost its session there (`400 Session ID unknown`, or a ping
-//! timeout).
+//! timeout). Sessions started with [`IdleSessions::start_retrying`] instead
+//! retry a heartbeat that got no answer, as a Socket.IO client reconnects
+//! (an upgraded one on a new connection), and only an answer from another
+//! backend ends them: for rigs where a path may fail for a while and the
+//! session must hold across it.
 
 use std::{
     io,
@@ -34,7 +38,7 @@ use crate::{
 
 /// A connect or an answer slower than this is a failure (Socket.IO's own
 /// ping timeout is 20 s; this is a quarter of it).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One session's record.
 #[derive(Debug, Clone)]
@@ -46,6 +50,14 @@ pub struct IdleSession {
     pub heartbeats: u64,
     /// The first failure, and when (ms since the sessions started).
     pub failure: Option<(u64, String)>,
+    /// Heartbeats that got no answer and were retried
+    /// ([`IdleSessions::start_retrying`]), and when, as `failure`.
+    pub retried: Vec<(u64, String)>,
+    /// The local port of every connection the session opened.
+    pub ports: Vec<u16>,
+    /// The longest a heartbeat took, answered or not, and when it started
+    /// (ms since the sessions started).
+    pub slowest: (Duration, u64),
     /// The answer to the last heartbeat, after [`IdleSessions::stop`]
     /// asked for it.
     pub final_answered: bool,
@@ -69,6 +81,27 @@ impl IdleSessions {
         specs: &[SessionSpec],
         heartbeat: Duration,
     ) -> IdleSessions {
+        Self::start_with(ns, vip, specs, heartbeat, false)
+    }
+
+    /// [`IdleSessions::start`], for sessions that retry a heartbeat that
+    /// got no answer (see the module doc).
+    pub fn start_retrying(
+        ns: &NetNs,
+        vip: SocketAddr,
+        specs: &[SessionSpec],
+        heartbeat: Duration,
+    ) -> IdleSessions {
+        Self::start_with(ns, vip, specs, heartbeat, true)
+    }
+
+    fn start_with(
+        ns: &NetNs,
+        vip: SocketAddr,
+        specs: &[SessionSpec],
+        heartbeat: Duration,
+        retry: bool,
+    ) -> IdleSessions {
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let (opened, first_answers) = std::sync::mpsc::channel();
@@ -77,7 +110,7 @@ impl IdleSessions {
             .map(|spec| {
                 let (spec, stop, opened) = (spec.clone(), Arc::clone(&stop), opened.clone());
                 ns.spawn_thread(move || {
-                    let session = Session::open(vip, &spec, epoch);
+                    let session = Session::open(vip, &spec, epoch, retry);
                     let _ = opened.send(());
                     session.run(heartbeat, &stop)
                 })
@@ -112,11 +145,13 @@ struct Session {
     /// An upgraded session's connection.
     stream: Option<TcpStream>,
     epoch: Instant,
+    /// Retry a heartbeat that got no answer.
+    retry: bool,
 }
 
 impl Session {
     /// Runs inside the client namespace (see [`IdleSessions::start`]).
-    fn open(vip: SocketAddr, spec: &SessionSpec, epoch: Instant) -> Session {
+    fn open(vip: SocketAddr, spec: &SessionSpec, epoch: Instant, retry: bool) -> Session {
         let mut session = Session {
             vip,
             record: IdleSession {
@@ -125,17 +160,15 @@ impl Session {
                 backend: None,
                 heartbeats: 0,
                 failure: None,
+                retried: Vec::new(),
+                ports: Vec::new(),
+                slowest: (Duration::ZERO, 0),
                 final_answered: false,
             },
             stream: None,
             epoch,
+            retry,
         };
-        if !spec.polling {
-            match connect_here(spec.address, vip, ANSWER_TIMEOUT) {
-                Ok(stream) => session.stream = Some(stream),
-                Err(e) => session.fail(format!("connect: {e}")),
-            }
-        }
         session.beat();
         session
     }
@@ -149,22 +182,23 @@ impl Session {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        if self.record.failure.is_none() {
-            self.beat();
-            self.record.final_answered = self.record.failure.is_none();
-        }
+        self.record.final_answered = self.beat();
         self.record
     }
 
-    /// One heartbeat: an answer from the session's backend, or a failure.
-    fn beat(&mut self) {
+    /// One heartbeat: an answer from the session's backend (true), or a
+    /// failure, or a retry (false); false once the session failed.
+    fn beat(&mut self) -> bool {
         if self.record.failure.is_some() {
-            return;
+            return false;
         }
-        let answer = match &self.stream {
-            Some(stream) => ask(stream),
-            None => self.poll(),
-        };
+        let started = Instant::now();
+        let answer = self.ask();
+        let took = started.elapsed();
+        if took > self.record.slowest.0 {
+            let at_ms = started.duration_since(self.epoch).as_millis() as u64;
+            self.record.slowest = (took, at_ms);
+        }
         match answer {
             Ok(answer) => match &self.record.backend {
                 None => self.record.backend = Some(answer.backend),
@@ -172,24 +206,45 @@ impl Session {
                 Some(first) => {
                     let moved = format!("answered by {} instead of {first}", answer.backend);
                     self.fail(moved);
-                    return;
+                    return false;
                 }
             },
+            Err(e) if self.retry => {
+                // The next beat reconnects an upgraded session.
+                self.stream = None;
+                let at_ms = self.epoch.elapsed().as_millis() as u64;
+                self.record.retried.push((at_ms, format!("heartbeat: {e}")));
+                return false;
+            }
             Err(e) => {
                 self.fail(format!("heartbeat: {e}"));
-                return;
+                return false;
             }
         }
         self.record.heartbeats += 1;
+        true
     }
 
-    /// A long poll: a new connection from the session's address.
-    fn poll(&self) -> io::Result<Answer> {
-        ask(&connect_here(
-            self.record.address,
-            self.vip,
-            ANSWER_TIMEOUT,
-        )?)
+    /// One question: on the upgraded session's connection (opened first if
+    /// it has none), or, for a long poll, on a new one.
+    fn ask(&mut self) -> io::Result<Answer> {
+        if self.record.polling {
+            return ask(&self.connect()?);
+        }
+        let stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => self.connect()?,
+        };
+        let answer = ask(&stream);
+        self.stream = Some(stream);
+        answer
+    }
+
+    /// A new connection from the session's address.
+    fn connect(&mut self) -> io::Result<TcpStream> {
+        let stream = connect_here(self.record.address, self.vip, ANSWER_TIMEOUT)?;
+        self.record.ports.push(stream.local_addr()?.port());
+        Ok(stream)
     }
 
     fn fail(&mut self, what: String) {

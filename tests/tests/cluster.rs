@@ -12,7 +12,11 @@
 //! address); a gateway that dies silently mid-session, where only BGP's
 //! detection window may cost retries; scale-out with a backend added on
 //! one gateway only (gateways linked by `[cluster]`, so the change applies
-//! on both at one instant), with the health disagreement window measured. And the mistakes: the shipped BIRD
+//! on both at one instant), with the health disagreement window measured;
+//! a gateway started later whose config lists the backend set the other
+//! reached by `backend add`. Steady and the dead gateway run again with
+//! plain-TCP sessions ([`IdleSessions`]) against whoami backends: no Node,
+//! so the `--vm` guest runs them. And the mistakes: the shipped BIRD
 //! configs must parse, an announce interface that does not exist is
 //! refused, and a gateway without `[announce]` has nothing to leave.
 
@@ -31,7 +35,9 @@ use balancer_tests::{
     },
     daemon::{Daemon, attached, balancer, cli, config_head, status},
     http::{self, metric},
+    idle::{ANSWER_TIMEOUT, IdleSession, IdleSessions},
     require_root,
+    servers::Server,
     socketio::{Driver, Session, SessionSpec, SocketIoServer, error_total, errors},
     tcp_whoami,
     topology::GW_CLIENT_IF,
@@ -42,63 +48,123 @@ const CLIENTS: u8 = 12;
 /// The BGP hold time in the shipped configs.
 const HOLD: Duration = Duration::from_secs(3);
 
+/// What the backends run.
+#[derive(Clone, Copy, PartialEq)]
+enum Servers {
+    /// Socket.IO in Node (health-checked over HTTP).
+    SocketIo,
+    /// The whoami TCP servers (health-checked by connecting), for the
+    /// plain-TCP sessions that need no Node (the `--vm` guest).
+    Whoami,
+}
+
 struct Rig {
     cluster: Cluster,
-    _servers: Vec<SocketIoServer>,
+    kind: Servers,
+    /// One per backend, of `kind`.
+    socketio: Vec<SocketIoServer>,
+    _whoami: Vec<Server>,
 }
 
 /// Two gateways, three Socket.IO backends, the VIP routed over both.
 fn rig() -> Rig {
-    rig_with(3, &GatewayOpts::default())
+    rig_with(3, Servers::SocketIo, &[GatewayOpts::default(); 2])
 }
 
-/// Two gateways configured by `opts`, `backends` Socket.IO backends.
-fn rig_with(backends: usize, opts: &GatewayOpts) -> Rig {
+/// `backends` backends running `kind`, and one gateway per `gateways`
+/// entry, configured by it; returns once the router routes over them all.
+fn rig_with(backends: usize, kind: Servers, gateways: &[GatewayOpts]) -> Rig {
     require_root();
     require_bird();
     let mut cluster = Cluster::new(CLIENTS, backends);
-    let servers = cluster
-        .backends
-        .iter()
-        .map(|b| SocketIoServer::start(&b.ns, &b.name, PORT))
-        .collect();
-    let service = format!(
+    let (mut socketio, mut whoami) = (Vec::new(), Vec::new());
+    for b in &cluster.backends {
+        match kind {
+            Servers::SocketIo => socketio.push(SocketIoServer::start(&b.ns, &b.name, PORT)),
+            Servers::Whoami => whoami.push(tcp_whoami(&b.ns, &b.name, PORT)),
+        }
+    }
+    let start = Instant::now();
+    let service = service(kind);
+    for opts in gateways {
+        cluster.add_gateway_with(&service, PORT, opts);
+    }
+    let rig = Rig {
+        cluster,
+        kind,
+        socketio,
+        _whoami: whoami,
+    };
+    let converged = rig.serve();
+    println!(
+        "rig: {} gateways up and the router's ECMP route over them all {:?} after the daemons started ({converged:?} waiting for BGP)",
+        gateways.len(),
+        start.elapsed()
+    );
+    rig
+}
+
+/// The service every gateway serves (the backends are appended).
+fn service(kind: Servers) -> String {
+    let health = match kind {
+        Servers::SocketIo => "check = \"http\"\npath = \"/health\"",
+        Servers::Whoami => "check = \"tcp\"",
+    };
+    format!(
         r#"[[services]]
 name = "web"
 vip = "{VIP}:80"
 [services.health]
-check = "http"
-path = "/health"
+{health}
 interval = "500ms"
 timeout = "300ms"
 rise = 2
 fall = 3
 "#
-    );
-    let start = Instant::now();
-    for _ in 0..2 {
-        cluster.add_gateway_with(&service, PORT, opts);
+    )
+}
+
+impl Rig {
+    /// One more gateway, configured by `opts`; returns once the router
+    /// routes over it too, with how long BGP took.
+    fn add_gateway(&mut self, opts: &GatewayOpts) -> Duration {
+        self.cluster
+            .add_gateway_with(&service(self.kind), PORT, opts);
+        self.serve()
     }
-    cluster.route_backends_over(2);
-    for g in &cluster.gateways {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while status(&g.ns, &g.socket()).services[0]
-            .backends
-            .iter()
-            .any(|b| !b.up)
-        {
-            assert!(Instant::now() < deadline, "g{}: backends not up", g.n);
-            std::thread::sleep(Duration::from_millis(50));
+
+    /// The backends' replies routed over every gateway, each gateway's
+    /// backends up, and the router's route over every gateway; how long
+    /// the last took.
+    fn serve(&self) -> Duration {
+        let c = &self.cluster;
+        c.route_backends_over(c.gateways.len());
+        for g in &c.gateways {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while status(&g.ns, &g.socket()).services[0]
+                .backends
+                .iter()
+                .any(|b| !b.up)
+            {
+                assert!(Instant::now() < deadline, "g{}: backends not up", g.n);
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
+        let all: Vec<usize> = c.gateways.iter().map(|g| g.n).collect();
+        c.wait_next_hops(&all)
     }
-    let converged = cluster.wait_next_hops(&[1, 2]);
-    println!(
-        "rig: 2 gateways up and the router's ECMP route over both {:?} after the daemons started ({converged:?} waiting for BGP)",
-        start.elapsed()
-    );
-    Rig {
-        cluster,
-        _servers: servers,
+
+    /// Every gateway's `table_fingerprint` of the service.
+    fn fingerprints(&self) -> Vec<String> {
+        self.cluster
+            .gateways
+            .iter()
+            .map(|g| {
+                status(&g.ns, &g.socket()).services[0]
+                    .table_fingerprint
+                    .clone()
+            })
+            .collect()
     }
 }
 
@@ -142,19 +208,55 @@ fn report(scenario: &str, sessions: &[Session]) -> usize {
     error_total(sessions)
 }
 
+/// One session's connections, as [`crossed_both`] checks them.
+struct Connections<'a> {
+    id: String,
+    polling: bool,
+    client: Ipv4Addr,
+    ports: &'a [u16],
+}
+
+fn socketio_connections(run: &[Session]) -> Vec<Connections<'_>> {
+    run.iter()
+        .map(|s| Connections {
+            id: s.id.to_string(),
+            polling: s.polling,
+            client: s.address.parse().unwrap(),
+            ports: &s.ports,
+        })
+        .collect()
+}
+
+fn idle_connections(run: &[IdleSession]) -> Vec<Connections<'_>> {
+    run.iter()
+        .enumerate()
+        .map(|(i, s)| Connections {
+            id: format!("{i} ({})", s.address),
+            polling: s.polling,
+            client: match s.address {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => panic!("the rig's clients are IPv4, not {a}"),
+            },
+            ports: &s.ports,
+        })
+        .collect()
+}
+
 /// The gateways each session's connections crossed, by the router's
 /// record; panics on a connection the router did not see.
-fn gateways_of(cluster: &Cluster, sessions: &[Session]) -> Vec<BTreeSet<usize>> {
+fn gateways_of(cluster: &Cluster, sessions: &[Connections]) -> Vec<BTreeSet<usize>> {
     let seen = cluster.connections();
     sessions
         .iter()
         .map(|s| {
-            let client: Ipv4Addr = s.address.parse().unwrap();
             s.ports
                 .iter()
                 .map(|&p| {
-                    *seen.get(&(client, p)).unwrap_or_else(|| {
-                        panic!("session {}: the router saw no SYN from {client}:{p}", s.id)
+                    *seen.get(&(s.client, p)).unwrap_or_else(|| {
+                        panic!(
+                            "session {}: the router saw no SYN from {}:{p}",
+                            s.id, s.client
+                        )
                     })
                 })
                 .collect()
@@ -176,6 +278,40 @@ fn gateways_since_flush(cluster: &Cluster) -> BTreeMap<usize, usize> {
         *per.entry(*g).or_default() += 1;
     }
     per
+}
+
+/// Asserts what traffic over both gateways shows: every long-polling
+/// session's connections (a new one per request) crossed at least two
+/// gateways, and so did some WebSocket session's (an upgraded session's
+/// few connections may all hash to one); prints the counts.
+fn crossed_both(scenario: &str, c: &Cluster, run: &[Connections]) {
+    let crossed = gateways_of(c, run);
+    let mut upgraded_across = 0;
+    for (s, gws) in run.iter().zip(&crossed) {
+        if s.polling {
+            assert!(
+                gws.len() >= 2,
+                "{scenario}: session {} ({} connections) crossed only {gws:?}",
+                s.id,
+                s.ports.len()
+            );
+        } else if gws.len() >= 2 {
+            upgraded_across += 1;
+        }
+    }
+    let websocket = run.iter().filter(|s| !s.polling).count();
+    assert!(
+        websocket == 0 || upgraded_across > 0,
+        "{scenario}: no WebSocket session's connections crossed two gateways"
+    );
+    let upgraded = match websocket {
+        0 => String::new(),
+        _ => format!("; {upgraded_across} of {websocket} WebSocket sessions did too"),
+    };
+    println!(
+        "{scenario}: every long-polling session crossed both gateways{upgraded}; connections per gateway {:?}",
+        gateways_since_flush(c)
+    );
 }
 
 #[test]
@@ -232,32 +368,7 @@ fn steady_sessions_cross_both_gateways_without_errors() {
             "session {s:?}"
         );
     }
-    let crossed = gateways_of(c, &run);
-    let mut upgraded_across = 0;
-    for (s, gws) in run.iter().zip(&crossed) {
-        if s.polling {
-            assert!(
-                gws.len() >= 2,
-                "session {} ({} connections) crossed only {gws:?}",
-                s.id,
-                s.ports.len()
-            );
-        } else if gws.len() >= 2 {
-            upgraded_across += 1;
-        }
-    }
-    let websocket = run.iter().filter(|s| !s.polling).count();
-    assert!(
-        upgraded_across > 0,
-        "no WebSocket session's connections crossed two gateways"
-    );
-    let mut per_gateway = BTreeMap::new();
-    for g in c.connections().values() {
-        *per_gateway.entry(*g).or_insert(0) += 1;
-    }
-    println!(
-        "steady: every long-polling session crossed both gateways; {upgraded_across} of {websocket} WebSocket sessions did too; connections per gateway {per_gateway:?}"
-    );
+    crossed_both("steady", c, &socketio_connections(&run));
 }
 
 /// When each gateway's `status` first shows `backend` with `up == want`,
@@ -308,23 +419,14 @@ fn spread(times: &[Duration]) -> Duration {
 fn scale_out_with_a_backend_added_on_one_gateway_only() {
     let mut rig = rig_with(
         4,
-        &GatewayOpts {
+        Servers::SocketIo,
+        &[GatewayOpts {
             listed: Some(3),
             peers: 2,
-        },
+        }; 2],
     );
+    let before = rig.fingerprints();
     let c = &rig.cluster;
-    let fingerprints = || -> Vec<String> {
-        c.gateways
-            .iter()
-            .map(|g| {
-                status(&g.ns, &g.socket()).services[0]
-                    .table_fingerprint
-                    .clone()
-            })
-            .collect()
-    };
-    let before = fingerprints();
     assert_eq!(before[0], before[1], "one table from one config");
     let specs = sessions(&c.clients, 4, c.clients.len());
     let driver = Driver::start(&c.client, vip(), &specs, Duration::from_secs(8));
@@ -340,7 +442,7 @@ fn scale_out_with_a_backend_added_on_one_gateway_only() {
     let up = when_marked(c, &fourth, true, Duration::from_secs(10));
     let run = driver.finish();
     let errors = report("scale-out, a backend added on gateway 1 only", &run);
-    let after = fingerprints();
+    let after = rig.fingerprints();
     assert_eq!(after[0], after[1], "equal tables after the change");
     assert_ne!(after[0], before[0]);
     assert_eq!(errors, 0, "scale-out: session errors");
@@ -350,17 +452,8 @@ fn scale_out_with_a_backend_added_on_one_gateway_only() {
 
     // Fresh clients: addresses with no affinity entry yet (those above
     // keep theirs, on the old backends).
-    let new_clients: Vec<Ipv4Addr> = (13..=40).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
-    let lines: Vec<String> = new_clients
-        .iter()
-        .map(|a| {
-            format!(
-                "addr add {a}/24 dev {}",
-                balancer_tests::topology::CLIENT_IF
-            )
-        })
-        .collect();
-    c.client.ip_batch(&lines);
+    let new_clients = rig.cluster.add_clients(28);
+    let c = &rig.cluster;
     let fresh = Driver::start(
         &c.client,
         vip(),
@@ -388,7 +481,7 @@ fn scale_out_with_a_backend_added_on_one_gateway_only() {
     // daemon, so in another phase on each: up to an interval apart.
     for (k, what) in [(3, "the added backend"), (0, "a backend from the config")] {
         let killed = Instant::now();
-        rig._servers.remove(k).kill();
+        rig.socketio.remove(k).kill();
         let c = &rig.cluster;
         let address = SocketAddr::new(c.backends[k].addr.into(), PORT).to_string();
         let down = when_marked(c, &address, false, Duration::from_secs(10));
@@ -403,6 +496,95 @@ fn scale_out_with_a_backend_added_on_one_gateway_only() {
             "the gateways disagreed on the health of {what} for {window:?}: more than two check intervals"
         );
     }
+}
+
+/// A gateway started later, whose config lists the backend set gateway 1
+/// reached by another history: gateway 1 started with b1..b3 and got b4 by
+/// `backend add` while gateway 2 was not running (the answer names it
+/// unreachable); gateway 2 starts with b1..b4 in its file, pulls gateway
+/// 1's entries and admin state, announces, and the router spreads over
+/// both. One table per backend set: equal fingerprints whatever the
+/// history, so sessions started before the join (whose connections then
+/// cross both gateways) and fresh ones after it (addresses with no
+/// affinity entry, which only the table places) see 0 errors.
+#[test]
+fn a_gateway_started_later_with_the_same_backends_by_another_history() {
+    let mut rig = rig_with(
+        4,
+        Servers::SocketIo,
+        &[GatewayOpts {
+            listed: Some(3),
+            peers: 2,
+        }],
+    );
+    let c = &rig.cluster;
+    let fourth = SocketAddr::new(c.backends[3].addr.into(), PORT).to_string();
+    let out = c.gateways[0].cli_ok(&["backend", "add", "web", &fourth]);
+    assert!(
+        out.contains(&format!("unreachable: {} (not linked)", cluster_listen(2))),
+        "{out}"
+    );
+    when_marked(c, &fourth, true, Duration::from_secs(10));
+    let history = rig.fingerprints();
+
+    let early = Driver::start(
+        &c.client,
+        vip(),
+        &sessions(&c.clients, 2, 6),
+        Duration::from_secs(16),
+    );
+    early.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let joining = Instant::now();
+    let converged = rig.add_gateway(&GatewayOpts {
+        listed: None,
+        peers: 2,
+    });
+    let joined = joining.elapsed();
+    assert_eq!(
+        rig.fingerprints(),
+        vec![history[0].clone(); 2],
+        "gateway 2's table from its file differs from gateway 1's, reached by `backend add`"
+    );
+    let run = early.finish();
+    let c = &rig.cluster;
+    let early_errors = report("sessions started before gateway 2", &run);
+    assert_eq!(early_errors, 0, "sessions across the join: session errors");
+    for s in &run {
+        assert!(s.connected && s.servers.len() == 1, "session {s:?}");
+    }
+    // Long-polling sessions only: a WebSocket session that upgraded
+    // before the join holds its one connection on gateway 1.
+    let mut polling = socketio_connections(&run);
+    polling.retain(|s| s.polling);
+    crossed_both("sessions started before gateway 2", c, &polling);
+
+    // Fresh clients after the join: no affinity entry anywhere, so each
+    // gateway places them by its own table.
+    flush_connections(c);
+    let fresh = rig.cluster.add_clients(CLIENTS);
+    let c = &rig.cluster;
+    let late = Driver::start(
+        &c.client,
+        vip(),
+        &sessions(&fresh, 4, fresh.len()),
+        Duration::from_secs(6),
+    )
+    .finish();
+    let late_errors = report("fresh sessions after gateway 2 joined", &late);
+    assert_eq!(late_errors, 0, "fresh sessions: session errors");
+    for s in &late {
+        assert!(s.connected && s.servers.len() == 1, "session {s:?}");
+    }
+    crossed_both(
+        "fresh sessions after gateway 2 joined",
+        c,
+        &socketio_connections(&late),
+    );
+    println!(
+        "later gateway: up and routed over {joined:?} after its start ({converged:?} waiting for BGP); table {} on both; session errors {early_errors} across the join, {late_errors} after it",
+        history[0]
+    );
 }
 
 #[test]
@@ -525,6 +707,132 @@ fn a_dead_gateway_costs_only_the_detection_window() {
             "dead gateway: the last error {last:?} after the driver started, the death at {killed_at:?}"
         );
     }
+}
+
+/// How often the plain-TCP sessions beat: a long-polling one makes a new
+/// connection each beat, 20 in [`TCP_STEADY`], so each crosses both
+/// gateways but with odds of 2^-19 (an L4 hash over two next hops), and
+/// the TCG guest carries them.
+const TCP_HEARTBEAT: Duration = Duration::from_millis(400);
+const TCP_STEADY: Duration = Duration::from_secs(8);
+
+/// The plain-TCP sessions ([`IdleSessions`]): one long-polling and one
+/// upgraded from every client address.
+fn tcp_sessions(clients: &[Ipv4Addr]) -> Vec<SessionSpec> {
+    sessions(clients, 1, clients.len())
+}
+
+/// Prints the plain-TCP run's totals; the sessions lost.
+fn tcp_report(scenario: &str, run: &[IdleSession]) -> usize {
+    let lost: Vec<&IdleSession> = run
+        .iter()
+        .filter(|s| s.failure.is_some() || !s.final_answered)
+        .collect();
+    let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in run {
+        *per_backend
+            .entry(s.backend.as_deref().unwrap_or("none"))
+            .or_default() += 1;
+    }
+    println!(
+        "{scenario}: {} plain-TCP sessions, per backend {per_backend:?}, {} TCP connections, {} heartbeats answered, {} retried, {} sessions lost",
+        run.len(),
+        run.iter().map(|s| s.ports.len()).sum::<usize>(),
+        run.iter().map(|s| s.heartbeats).sum::<u64>(),
+        run.iter().map(|s| s.retried.len()).sum::<usize>(),
+        lost.len()
+    );
+    for s in lost.iter().take(5) {
+        println!("  e.g. {s:?}");
+    }
+    lost.len()
+}
+
+/// Steady, in plain TCP (no Node: the `--vm` guest runs it): every
+/// heartbeat answered by the session's first backend, and every
+/// long-polling session's connections crossed both gateways. An upgraded
+/// session holds one connection, so it crosses one gateway inbound (its
+/// backend's replies may take either).
+#[test]
+fn steady_tcp_sessions_cross_both_cluster_gateways_without_errors() {
+    let rig = rig_with(3, Servers::Whoami, &[GatewayOpts::default(); 2]);
+    let c = &rig.cluster;
+    let sessions = IdleSessions::start(&c.client, vip(), &tcp_sessions(&c.clients), TCP_HEARTBEAT);
+    std::thread::sleep(TCP_STEADY);
+    let run = sessions.stop();
+    let lost = tcp_report("steady, 2 gateways, plain TCP", &run);
+    assert_eq!(lost, 0, "steady, plain TCP: sessions lost");
+    for s in &run {
+        assert!(s.heartbeats >= 10, "session {s:?}");
+    }
+    let polling: Vec<IdleSession> = run.into_iter().filter(|s| s.polling).collect();
+    crossed_both("steady, plain TCP", c, &idle_connections(&polling));
+}
+
+/// A gateway that dies silently, in plain TCP (the `--vm` guest runs it):
+/// sessions retry a heartbeat that got no answer, as a Socket.IO client
+/// would, and every retry must fall in the detection window (from the
+/// death until the router and the backends stop using the dead gateway,
+/// plus one answer timeout); no session may reach another backend.
+#[test]
+fn a_dead_cluster_gateway_costs_plain_tcp_sessions_only_the_detection_window() {
+    let mut rig = rig_with(3, Servers::Whoami, &[GatewayOpts::default(); 2]);
+    let c = &rig.cluster;
+    let sessions =
+        IdleSessions::start_retrying(&c.client, vip(), &tcp_sessions(&c.clients), TCP_HEARTBEAT);
+    flush_connections(c);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = gateways_since_flush(c);
+    assert_eq!(
+        before.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "connections before the death: {before:?}"
+    );
+
+    let killed_at = sessions.epoch.elapsed();
+    rig.cluster.gateways[1].die();
+    let detected = rig.cluster.wait_next_hops(&[1]);
+    // Past the window, and a few heartbeats more on the live gateway.
+    std::thread::sleep(HOLD + ANSWER_TIMEOUT);
+    let run = sessions.stop();
+    let lost = tcp_report("a gateway dies, plain TCP", &run);
+    assert_eq!(lost, 0, "a dead gateway, plain TCP: sessions lost");
+    let window_end = killed_at + detected + HOLD + ANSWER_TIMEOUT;
+    let retries: Vec<Duration> = run
+        .iter()
+        .flat_map(|s| &s.retried)
+        .map(|(at, _)| Duration::from_millis(*at))
+        .collect();
+    for s in &run {
+        for (at, what) in &s.retried {
+            let at = Duration::from_millis(*at);
+            assert!(
+                at >= killed_at && at <= window_end,
+                "session from {}: a heartbeat retried at {at:?}, outside {killed_at:?}..{window_end:?}: {what}",
+                s.address
+            );
+        }
+    }
+    let last = retries.iter().max().map(|&at| at - killed_at);
+    // What the window cost the sessions that did not retry: heartbeats
+    // whose SYN or request went to the dead gateway, answered once TCP
+    // retransmitted it over the live one.
+    let (slowest, at) = run.iter().map(|s| s.slowest).max().expect("sessions");
+    let slowest_at = Duration::from_millis(at).as_secs_f64() - killed_at.as_secs_f64();
+    println!(
+        "dead gateway, plain TCP: the router withdrew it {:.1} s after it went silent (BGP hold time {} s); {} heartbeats retried in {} sessions{}; the slowest heartbeat took {:.1} s, started {slowest_at:.1} s from the death; 0 sessions lost",
+        detected.as_secs_f64(),
+        HOLD.as_secs(),
+        retries.len(),
+        run.iter().filter(|s| !s.retried.is_empty()).count(),
+        last.map(|l| format!(", the last {:.1} s after the death", l.as_secs_f64()))
+            .unwrap_or_default(),
+        slowest.as_secs_f64(),
+    );
+    assert!(
+        detected <= HOLD + Duration::from_secs(2),
+        "the router took {detected:?} to withdraw the dead gateway"
+    );
 }
 
 /// One client address, one backend, and no VIP on the gateway's own

@@ -48,34 +48,49 @@ const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 /// `tc` finds the TC program on kernels without TCX links (before 6.6).
 const TOOLS: &[&str] = &["ip", "ethtool", "mount", "umount", "sysctl", "tc"];
 
-/// What the suite leaves out in the VM, and why (README, "The suite in a
-/// VM"). `test: None` leaves the whole binary out.
+/// What the suite leaves out in the VM, and why (docs/operating.md,
+/// "Tests in a VM").
 struct Exclusion {
     binary: &'static str,
-    test: Option<&'static str>,
+    /// The tests left out; none: the whole binary. A name is a `--skip`
+    /// filter: it leaves out every test whose name holds it.
+    tests: &'static [&'static str],
+    /// `tests` are all the binary's tests that run Node: the rest run
+    /// without it.
+    all_node_tests: bool,
     why: &'static str,
 }
 
 const EXCLUDED: &[Exclusion] = &[
     Exclusion {
         binary: "socketio",
-        test: None,
+        tests: &[],
+        all_node_tests: false,
         why: "Node under TCG emulation is too slow for Socket.IO's heartbeats: sessions see ping \
               and ack timeouts that the suite rightly counts as errors, whatever the balancer does",
     },
     Exclusion {
         binary: "flood",
-        test: Some("idle_socketio_sessions_survive_spoofed_handshake_floods"),
+        tests: &["idle_socketio_sessions_survive_spoofed_handshake_floods"],
+        all_node_tests: true,
         why: "60 Node Socket.IO sessions through two spoofed floods: the Socket.IO suite's Node \
               limit under TCG; the same floods over plain-TCP sessions of the same shape \
               (idle_tcp_sessions_survive_spoofed_handshake_floods) run here",
     },
     Exclusion {
         binary: "cluster",
-        test: None,
-        why: "two gateways, a router and 30-60 Node Socket.IO sessions: the Socket.IO suite's \
-              Node limit under TCG, and the guest has no BIRD (it would need bird, birdc and \
-              their libraries in the initramfs and a writable run directory for their sockets)",
+        tests: &[
+            "steady_sessions_cross_both_gateways_without_errors",
+            "scale_out_with_a_backend_added_on_one_gateway_only",
+            "a_gateway_started_later_with_the_same_backends_by_another_history",
+            "cluster_leave_moves_sessions_to_the_other_gateway_and_join_brings_it_back",
+            "a_dead_gateway_costs_only_the_detection_window",
+        ],
+        all_node_tests: true,
+        why: "30-90 Node Socket.IO sessions through the rig: the Socket.IO suite's Node limit \
+              under TCG; the rig itself (BIRD, the router's ECMP) runs here, with plain-TCP \
+              sessions in steady_tcp_sessions_cross_both_cluster_gateways_without_errors and \
+              a_dead_cluster_gateway_costs_plain_tcp_sessions_only_the_detection_window",
     },
     Exclusion {
         binary: "bird6",
@@ -85,19 +100,22 @@ const EXCLUDED: &[Exclusion] = &[
     },
     Exclusion {
         binary: "proxy",
-        test: None,
+        tests: &[],
+        all_node_tests: false,
         why: "every test drives Node Socket.IO sessions (through HAProxy, or roaming between \
               client addresses): the Socket.IO suite's Node limit under TCG, and the guest has no \
               HAProxy",
     },
     Exclusion {
         binary: "module_graph",
-        test: None,
+        tests: &[],
+        all_node_tests: false,
         why: "reads the workspace's sources, not the kernel: the same on every kernel",
     },
     Exclusion {
         binary: "control",
-        test: Some("the_control_group_reads_and_only_root_changes"),
+        tests: &["the_control_group_reads_and_only_root_changes"],
+        all_node_tests: false,
         why: "the guest has no user database (groupadd, useradd, setpriv) to make the test's \
               group and users in",
     },
@@ -179,9 +197,10 @@ pub fn run(opts: &Options) -> Result<()> {
         println!("{report}");
     }
     for e in EXCLUDED {
-        let what = match e.test {
-            Some(test) => format!("{}::{test}", e.binary),
-            None => format!("{} (all of it)", e.binary),
+        let what = match e.tests {
+            [] => format!("{} (all of it)", e.binary),
+            [test] => format!("{}::{test}", e.binary),
+            tests => format!("{}::{{{}}}", e.binary, tests.join(", ")),
         };
         println!("not run in the VM: {what}: {}", e.why);
     }
@@ -268,18 +287,15 @@ fn payload(
     for (name, binary) in binaries {
         if EXCLUDED
             .iter()
-            .any(|e| e.binary == name && e.test.is_none())
+            .any(|e| e.binary == name && e.tests.is_empty())
         {
             continue;
         }
         let mut all = vec!["--test-threads=1".to_owned()];
         for e in EXCLUDED.iter().filter(|e| e.binary == name) {
-            all.extend([
-                "--skip".to_owned(),
-                e.test
-                    .expect("whole binaries are left out above")
-                    .to_owned(),
-            ]);
+            for test in e.tests {
+                all.extend(["--skip".to_owned(), (*test).to_owned()]);
+            }
         }
         all.extend(args.iter().cloned());
         if TC_SUITES.contains(&name.as_str()) {
@@ -301,26 +317,39 @@ fn payload(
     }
     let runs_binary = |name: &str| runs.iter().any(|r| r.name == name);
     let mut tools: Vec<&str> = TOOLS.to_vec();
+    let mut modules = MODULES.to_vec();
     let mut dirs = Vec::new();
     if runs_binary("control")
         && !EXCLUDED
             .iter()
-            .any(|e| e.test == Some("prometheus_scrapes_the_metrics"))
+            .any(|e| e.tests.contains(&"prometheus_scrapes_the_metrics"))
     {
         tools.extend(["promtool", "prometheus"]);
     }
+    // The cluster rig: BIRD on the router and the gateways (their control
+    // sockets and pid files go in the tests' temp dirs, on the guest's
+    // writable root), and the router's nftables record of which gateway
+    // carried each SYN.
+    if runs_binary("cluster") {
+        tools.extend(["bird", "birdc", "nft"]);
+        modules.push("nf_tables");
+    }
     // The alert rules and the dashboard, which the scrape test's Prometheus
-    // loads and the deploy suite checks.
-    if runs_binary("control") || runs_binary("deploy") {
+    // loads and the deploy suite checks, and the BIRD configs the cluster
+    // rig runs.
+    if ["control", "deploy", "cluster"]
+        .iter()
+        .any(|b| runs_binary(b))
+    {
         dirs.push(cmd::workspace_root().join("deploy"));
     }
-    // `flood` runs here without its Node test (see EXCLUDED): its
-    // plain-TCP version needs no Node.
+    // `flood` and `cluster` run here without their Node tests (see
+    // EXCLUDED): the rest need no Node.
     let runs_node = |name: &str| {
         runs_binary(name)
             && !EXCLUDED
                 .iter()
-                .any(|e| e.binary == name && e.test.is_some_and(|t| t.contains("socketio")))
+                .any(|e| e.binary == name && e.all_node_tests)
     };
     if NODE_SUITES.iter().any(|s| runs_node(s)) {
         npm::ensure_socketio_packages()?;
@@ -339,7 +368,7 @@ fn payload(
         runs,
         tools,
         dirs,
-        modules: MODULES.to_vec(),
+        modules,
     })
 }
 
