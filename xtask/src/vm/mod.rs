@@ -93,12 +93,6 @@ const EXCLUDED: &[Exclusion] = &[
               a_dead_cluster_gateway_costs_plain_tcp_sessions_only_the_detection_window",
     },
     Exclusion {
-        binary: "bird6",
-        test: None,
-        why: "the guest has no BIRD (bird, birdc and their libraries in the initramfs, and a \
-              writable run directory for their sockets)",
-    },
-    Exclusion {
         binary: "proxy",
         tests: &[],
         all_node_tests: false,
@@ -326,18 +320,18 @@ fn payload(
     {
         tools.extend(["promtool", "prometheus"]);
     }
-    // The cluster rig: BIRD on the router and the gateways (their control
+    // The cluster rig and the IPv6 BIRD check: BIRD on the router and the gateways (their control
     // sockets and pid files go in the tests' temp dirs, on the guest's
     // writable root), and the router's nftables record of which gateway
     // carried each SYN.
-    if runs_binary("cluster") {
+    if runs_binary("cluster") || runs_binary("bird6") {
         tools.extend(["bird", "birdc", "nft"]);
         modules.push("nf_tables");
     }
     // The alert rules and the dashboard, which the scrape test's Prometheus
     // loads and the deploy suite checks, and the BIRD configs the cluster
     // rig runs.
-    if ["control", "deploy", "cluster"]
+    if ["control", "deploy", "cluster", "bird6"]
         .iter()
         .any(|b| runs_binary(b))
     {
