@@ -833,6 +833,15 @@ fn backend_connections_are_pooled_across_clients() {
         tcp_connect(topo.client(), client.into(), vip, Duration::from_secs(3))
             .expect("connect to the VIP")
     };
+    // The acceptor starts once the daemon serves: wait for the VIP.
+    let start = Instant::now();
+    while let Err(e) = tcp_connect(topo.client(), client.into(), vip, CLOSE_WAIT) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing accepts on the VIP: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pool = |event: &str| {
         let (code, body) =
             http::get(topo.gw(), METRICS.parse().unwrap(), "/metrics").expect("GET /metrics");
