@@ -33,7 +33,8 @@ pub struct Backend {
     pub address: SocketAddr,
     /// Counts the connection open until dropped.
     _open: Open,
-    /// The client it was opened for: the one its PROXY header names.
+    /// The client of its current or last request (with
+    /// `send_proxy_protocol`, the one its PROXY header names).
     pub origin: SocketAddr,
     /// The client whose address chose it for the last request, if its
     /// address did (not a sid): that client's next request stays.

@@ -540,6 +540,9 @@ async fn send_request(
             .await?
             .map_err(|_| Closed::Unserved(BAD_GATEWAY))?,
     };
+    // The client it now serves (the same one when its PROXY header named
+    // it): a new connection for this request speaks for it.
+    to.origin = origin;
     let previous = to.routed_origin;
     to.routed_origin = (choice.routed_by == RoutedBy::Client).then_some(origin);
     let stale = to.remembered.elapsed() > service.config.affinity_timeout / 2;
