@@ -124,6 +124,11 @@ pub struct ServiceSnapshot {
     /// routed them, `sid` or `client`; empty for the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_requests: Vec<(String, u64)>,
+    /// Daemon-terminated services: requests that went on a pooled backend
+    /// connection (`reused`), and those sent again on a new one
+    /// (`retried`); empty for the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_pool: Vec<(String, u64)>,
     pub backends: Vec<BackendSnapshot>,
 }
 
@@ -358,6 +363,20 @@ impl Collector for SnapshotCollector {
                 })
             }),
         )?;
+        counters(
+            &mut enc,
+            format,
+            "balancer_proxy_pool_total",
+            "Daemon-terminated services: requests sent on an idle backend connection from the pool (reused), and requests sent again on a new connection because a reused one ended before answering (retried)",
+            s.services.iter().flat_map(|svc| {
+                svc.proxy_pool.iter().map(|(event, n)| {
+                    (
+                        [("service", svc.name.as_str()), ("event", event.as_str())],
+                        *n,
+                    )
+                })
+            }),
+        )?;
         match &s.cluster {
             Some(cluster) => encode_cluster(&mut enc, format, cluster),
             None => Ok(()),
@@ -545,6 +564,7 @@ pub(crate) mod tests {
                     table_fingerprint: "00112233aabbccdd".to_owned(),
                     proxy_bad_input: vec![("bad_proxy_header".to_owned(), 2)],
                     proxy_requests: vec![("sid".to_owned(), 5)],
+                    proxy_pool: vec![("reused".to_owned(), 6)],
                     backends: vec![
                         backend("198.18.1.1:8080", 100, true, false),
                         backend("198.18.1.2:8080", 200, false, false),
@@ -559,6 +579,7 @@ pub(crate) mod tests {
                     table_fingerprint: "ffeeddcc99887766".to_owned(),
                     proxy_bad_input: Vec::new(),
                     proxy_requests: Vec::new(),
+                    proxy_pool: Vec::new(),
                     backends: vec![
                         backend("[2001:db8::1]:53", 300, true, true),
                         backend("<script>alert(1)</script>", 400, true, false),
@@ -771,6 +792,11 @@ pub(crate) mod tests {
             &[("service", "web"), ("routed_by", "sid")],
             5,
         );
+        put(
+            "balancer_proxy_pool_total",
+            &[("service", "web"), ("event", "reused")],
+            6,
+        );
         assert_eq!(samples, expected, "rendered:\n{text}");
 
         // Types as the contract says (OpenMetrics names a counter's family
@@ -796,6 +822,7 @@ pub(crate) mod tests {
             ("balancer_cluster_messages_rejected", "counter"),
             ("balancer_proxy_bad_input", "counter"),
             ("balancer_proxy_requests", "counter"),
+            ("balancer_proxy_pool", "counter"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -905,7 +932,7 @@ pub(crate) mod tests {
             .lines()
             .filter(|l| l.starts_with("# TYPE ") && l.ends_with("_total counter"))
             .count();
-        assert_eq!(counters, 10, "{text}");
+        assert_eq!(counters, 11, "{text}");
         assert!(!text.contains("# EOF"));
     }
 

@@ -6,7 +6,8 @@
 //! affinity map as the kernel, and splices the bytes.
 //!
 //! Layers, importing downwards only: `listen` (one acceptor per service)
-//! → `conn` (one connection) → `backend` (its backend connection),
+//! → `conn` (one connection) → `pool` (idle backend connections shared by
+//! all) → `backend` (one backend connection),
 //! `route` (which backend), `splice` (moving bytes), `header` and `http`
 //! (parsing, pure), `stats` (counts) and `handover` (what an in-place
 //! restart carries over).
@@ -17,6 +18,7 @@ pub mod handover;
 pub mod header;
 pub mod http;
 mod listen;
+mod pool;
 pub mod route;
 pub mod splice;
 pub mod stats;
@@ -31,7 +33,7 @@ use std::{
 
 pub use conn::resume;
 use handover::{Handover, PARK_WAIT, ParkedConn, ParkedListener};
-pub use listen::{remove_local_routes, run};
+pub use listen::remove_local_routes;
 use tokio::sync::watch;
 
 use crate::state::ServiceState;
@@ -51,11 +53,23 @@ pub fn routes(services: &[ServiceState]) -> Routes {
     )
 }
 
+/// Accept on the daemon-terminated services' VIPs (`inherited`: the
+/// listening sockets a previous process handed over) until the services'
+/// sender is gone or the acceptors park, and meanwhile close the backend
+/// connections idle too long in the pool.
+pub async fn run(shared: Arc<Shared>, inherited: Vec<ParkedListener<OwnedFd>>) {
+    tokio::select! {
+        () = listen::run(Arc::clone(&shared), inherited) => {}
+        () = pool::sweep_every(&shared.pool) => {}
+    }
+}
+
 /// What every connection task reads.
 pub struct Shared {
     routes: watch::Receiver<Routes>,
     affinity: route::AffinityMap,
     stats: Arc<stats::ProxyStats>,
+    pool: pool::Pool,
     /// True once connections and acceptors are to park (a restart in
     /// place).
     parking: watch::Sender<bool>,
@@ -77,6 +91,7 @@ impl Shared {
             routes,
             affinity,
             stats,
+            pool: pool::Pool::default(),
             parking: watch::Sender::new(false),
             live: AtomicUsize::new(0),
             acceptors: AtomicUsize::new(0),
@@ -118,6 +133,9 @@ impl Shared {
                 "not parked in time (a body in flight): they close with this process"
             );
         }
+        // Idle backend connections hold no client's state: closed here,
+        // the next process opens its own.
+        self.pool.clear();
         std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner))
     }
 

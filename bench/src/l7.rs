@@ -43,17 +43,25 @@ pub enum L7Gateway {
     /// the program, no HTTP read.
     Kernel,
     Balancer(Job),
+    /// HAProxy with its default `http-reuse safe`: a client connection's
+    /// first request gets a server connection of its own.
     Haproxy(Job),
+    /// HAProxy with `http-reuse always`: idle server connections are
+    /// shared by every client connection, first requests included, as the
+    /// balancer's pool does.
+    HaproxyReuseAlways(Job),
 }
 
 impl L7Gateway {
-    /// Measured in this order each round: each pair balancer, HAProxy.
-    pub const ALL: [L7Gateway; 5] = [
+    /// Measured in this order each round: each pair balancer, HAProxy
+    /// (for sid, HAProxy also with `http-reuse always`).
+    pub const ALL: [L7Gateway; 6] = [
         L7Gateway::Kernel,
         L7Gateway::Balancer(Job::ForwardedFor),
         L7Gateway::Haproxy(Job::ForwardedFor),
         L7Gateway::Balancer(Job::Sid),
         L7Gateway::Haproxy(Job::Sid),
+        L7Gateway::HaproxyReuseAlways(Job::Sid),
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +75,12 @@ impl L7Gateway {
             }
             L7Gateway::Balancer(Job::Sid) => "balancer L7, `affinity = \"sid\"`",
             L7Gateway::Haproxy(Job::Sid) => "HAProxy `balance url_param sid` consistent",
+            L7Gateway::HaproxyReuseAlways(Job::ForwardedFor) => {
+                "HAProxy `balance hdr(X-Forwarded-For)` consistent, `http-reuse always`"
+            }
+            L7Gateway::HaproxyReuseAlways(Job::Sid) => {
+                "HAProxy `balance url_param sid` consistent, `http-reuse always`"
+            }
         }
     }
 
@@ -74,7 +88,9 @@ impl L7Gateway {
     pub fn request(self, i: u8) -> Request {
         match self {
             L7Gateway::Kernel => Request::default(),
-            L7Gateway::Balancer(job) | L7Gateway::Haproxy(job) => job_request(job, i),
+            L7Gateway::Balancer(job)
+            | L7Gateway::Haproxy(job)
+            | L7Gateway::HaproxyReuseAlways(job) => job_request(job, i),
         }
     }
 
@@ -93,11 +109,13 @@ impl L7Gateway {
                 let services = balancer_services(job, &bed.backend_http());
                 Guard::Balancer(Box::new(Balancer::with_services(bed, HOOK, &services)?))
             }
-            L7Gateway::Haproxy(job) => {
+            L7Gateway::Haproxy(job) | L7Gateway::HaproxyReuseAlways(job) => {
                 let conf = bed.dir.path("haproxy-l7.cfg");
                 let stats = bed.dir.path("haproxy-l7.sock");
                 let _ = std::fs::remove_file(&stats);
-                std::fs::write(&conf, haproxy_conf(job, vip, &bed.backend_http(), &stats))?;
+                let reuse_always = matches!(self, L7Gateway::HaproxyReuseAlways(_));
+                let text = haproxy_conf(job, reuse_always, vip, &bed.backend_http(), &stats);
+                std::fs::write(&conf, text)?;
                 let args = ["-db", "-f", conf.to_str().unwrap()];
                 let server = gateways::start_server(
                     bed.topo.gw(),
@@ -211,10 +229,17 @@ fn balancer_services(job: Job, backends: &[SocketAddr]) -> String {
 }
 
 /// HAProxy doing the same job in `mode http`: keep-alive on both sides,
-/// the default `http-reuse` (safe), consistent hashing of what routes.
-/// For X-Forwarded-For, as the balancer, it believes the header only from
-/// the wrk hosts and hashes the peer's address otherwise.
-fn haproxy_conf(job: Job, vip: SocketAddr, backends: &[SocketAddr], stats: &Path) -> String {
+/// the default `http-reuse` (safe) unless `reuse_always`, consistent
+/// hashing of what routes. For X-Forwarded-For, as the balancer, it
+/// believes the header only from the wrk hosts and hashes the peer's
+/// address otherwise.
+fn haproxy_conf(
+    job: Job,
+    reuse_always: bool,
+    vip: SocketAddr,
+    backends: &[SocketAddr],
+    stats: &Path,
+) -> String {
     let servers: String = backends
         .iter()
         .enumerate()
@@ -230,12 +255,17 @@ fn haproxy_conf(job: Job, vip: SocketAddr, backends: &[SocketAddr], stats: &Path
         ),
         Job::Sid => (String::new(), "url_param sid"),
     };
+    let reuse = if reuse_always {
+        "  http-reuse always\n"
+    } else {
+        ""
+    };
     format!(
         "global\n  maxconn 8000\n  stats socket {}\n\
          defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  \
          timeout server 60s\n  timeout http-keep-alive 60s\n\
          frontend bench\n  bind {vip}\n{frontend}  default_backend backends\n\
-         backend backends\n  balance {balance}\n  hash-type consistent\n{servers}",
+         backend backends\n  balance {balance}\n  hash-type consistent\n{reuse}{servers}",
         stats.display()
     )
 }

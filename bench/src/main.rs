@@ -205,7 +205,7 @@ fn options(quick: bool) -> Plan {
             peer: peer_options(&pp),
             under_load,
             e2e,
-            // Five gateways: shorter runs keep the part near 3 minutes.
+            // Six gateways: shorter runs keep the part near 3.5 minutes.
             proxy: e2e::Options {
                 duration: Duration::from_secs(5),
                 ..e2e

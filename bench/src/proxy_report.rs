@@ -98,9 +98,22 @@ fn ratios_md(md: &mut String, r: &Results) {
          | job | keep-alive req/s | close conn/s | p99 keep-alive | p99 close | gateway process CPU/req (ka) | (close) | ahead of HAProxy (issue 19) |\n\
          |---|---|---|---|---|---|---|---|"
     );
-    for (job, name) in [(Job::ForwardedFor, "X-Forwarded-For"), (Job::Sid, "sid")] {
+    let pairs = [
+        (
+            Job::ForwardedFor,
+            L7Gateway::Haproxy(Job::ForwardedFor),
+            "X-Forwarded-For",
+        ),
+        (Job::Sid, L7Gateway::Haproxy(Job::Sid), "sid"),
+        (
+            Job::Sid,
+            L7Gateway::HaproxyReuseAlways(Job::Sid),
+            "sid, against HAProxy `http-reuse always`",
+        ),
+    ];
+    for (job, haproxy, name) in pairs {
         let ours = |w| r.runs.get(L7Gateway::Balancer(job), w);
-        let theirs = |w| r.runs.get(L7Gateway::Haproxy(job), w);
+        let theirs = |w| r.runs.get(haproxy, w);
         if ours(Workload::KeepAlive).is_empty() || theirs(Workload::KeepAlive).is_empty() {
             continue;
         }

@@ -141,6 +141,23 @@ pub fn tcp_whoami_proxied(ns: &NetNs, name: &str, port: u16) -> Server {
     })
 }
 
+/// An HTTP/1.1 whoami: every request (its head; no body is read) gets
+/// `200` with the body `<name> <peer addr:port>\n`, so a test sees which
+/// connection of the gateway's carried it. A request with `Connection:
+/// close` gets `Connection: close` and the connection closes. After
+/// [`HTTP_REQUESTS_PER_CONNECTION`] answers, the next request closes the
+/// connection unanswered: a backend that closes an idle keep-alive
+/// connection just as a request arrives, the race a gateway's connection
+/// pool has to survive.
+pub fn http_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
+    Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
+        http_accept_loop(&socket.into(), name, stop)
+    })
+}
+
+/// Requests [`http_whoami`] answers on one connection.
+pub const HTTP_REQUESTS_PER_CONNECTION: usize = 5;
+
 /// Starts the TCP whoami server on `port` of every one of `backends`.
 pub fn tcp_whoami_on(backends: &[crate::Backend], port: u16) -> Vec<Server> {
     backends
@@ -271,6 +288,68 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+fn http_accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool) {
+    let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                conns.retain(|(_, thread)| !thread.is_finished());
+                let handle = stream.try_clone().expect("clone accepted stream");
+                let name = name.to_owned();
+                conns.push((
+                    handle,
+                    thread::spawn(move || serve_http(stream, &name, peer)),
+                ));
+            }
+            Err(e) if is_timeout(&e) || stop.load(Ordering::Relaxed) => {}
+            Err(e) => panic!("accept on {:?}: {e}", listener.local_addr()),
+        }
+    }
+    for (stream, thread) in conns {
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = thread.join();
+    }
+}
+
+fn serve_http(stream: TcpStream, name: &str, peer: SocketAddr) {
+    if stream.set_read_timeout(None).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(&stream);
+    for answered in 0.. {
+        let mut close = false;
+        let mut line = String::new();
+        // The request line, then fields up to the blank line.
+        let mut lines = 0;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+            lines += 1;
+            if line == "\r\n" && lines > 1 {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            close |= lower.starts_with("connection:") && lower.contains("close");
+        }
+        if answered == HTTP_REQUESTS_PER_CONNECTION {
+            break;
+        }
+        let body = format!("{name} {peer}\n");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if (&stream).write_all(answer.as_bytes()).is_err() || close {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool, proxied: bool) {

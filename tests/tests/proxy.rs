@@ -747,3 +747,177 @@ fn a_restart_in_place_keeps_proxied_sessions() {
         sid.len()
     );
 }
+
+/// One `GET` on `stream` and its answer: the head and the body (read to
+/// its `Content-Length`).
+fn get(mut stream: &TcpStream, path: &str, close: bool) -> (String, String) {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: pool\r\n{connection}\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send a request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "closed before an answer: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer ({e}): {:?}", String::from_utf8_lossy(&got)),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    while got.len() < end + length {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("body cut short: {other:?}"),
+        }
+    }
+    (head, String::from_utf8_lossy(&got[end..]).into_owned())
+}
+
+/// The gateway port a backend saw (its answer is `<name> <peer>`), after
+/// checking that `backend` answered.
+fn seen_port(body: &str, backend: &str) -> u16 {
+    let (name, peer) = body.trim_end().split_once(' ').expect("`<name> <peer>`");
+    assert_eq!(name, backend, "answered by another backend");
+    peer.parse::<SocketAddr>().expect("a peer address").port()
+}
+
+/// A backend connection outlives the client it was opened for: the daemon
+/// keeps it open when the client says `Connection: close`, pools it, and
+/// gives it to the next request for that backend from any client. The
+/// backends see few connections where clients made many; a pooled
+/// connection that the backend closes as a request arrives costs that
+/// request nothing (it is sent again), and each is counted.
+#[test]
+fn backend_connections_are_pooled_across_clients() {
+    use balancer_tests::servers::{HTTP_REQUESTS_PER_CONNECTION, http_whoami};
+
+    const HTTP: u16 = 3200;
+    const CLIENTS: usize = 2 * HTTP_REQUESTS_PER_CONNECTION;
+    require_root();
+    let topo = Topology::new(&TopologyOpts {
+        clients_v4: 2,
+        extra_nets: vec![],
+        vips: vec![VIP_V4.into()],
+        ..TopologyOpts::default()
+    });
+    let bpffs = TempBpffs::new();
+    let _servers: Vec<_> = topo
+        .backends()
+        .iter()
+        .map(|b| http_whoami(b.ns(), b.name(), HTTP))
+        .collect();
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 85);
+    let config = format!(
+        "{}[[services]]\nname = \"pooled\"\nvip = \"{vip}\"\naffinity = \"sid\"\n\
+         [services.health]\ncheck = \"none\"\n{}",
+        config_head(&bpffs, METRICS),
+        named_backends_toml(topo.backends(), HTTP),
+    );
+    let mut daemon = Daemon::start(topo.gw(), &config, &bpffs.pin_dir(), &[]);
+    daemon.wait_serving(topo.gw(), &bpffs.control_socket());
+    let client = topo.clients_v4()[0];
+    let connect = || {
+        tcp_connect(topo.client(), client.into(), vip, Duration::from_secs(3))
+            .expect("connect to the VIP")
+    };
+    // The acceptor starts once the daemon serves: wait for the VIP.
+    let start = Instant::now();
+    while let Err(e) = tcp_connect(topo.client(), client.into(), vip, CLOSE_WAIT) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing accepts on the VIP: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pool = |event: &str| {
+        let (code, body) =
+            http::get(topo.gw(), METRICS.parse().unwrap(), "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        metric(
+            &body,
+            "balancer_proxy_pool_total",
+            &[("service", "pooled"), ("event", event)],
+        )
+        .unwrap_or(0.0)
+    };
+
+    // One client after another, each with `Connection: close`, all for b1.
+    let mut ports = Vec::new();
+    for i in 0..CLIENTS {
+        let stream = connect();
+        let (head, body) = get(&stream, &format!("/?EIO=4&sid=b1.client{i}"), true);
+        assert!(head.starts_with("HTTP/1.1 200 "), "client {i}: {head:?}");
+        assert!(
+            head.contains("Connection: close\r\n"),
+            "client {i}: the answer does not say the connection closes: {head:?}"
+        );
+        assert_closed(&stream, "a client that asked to close");
+        ports.push(seen_port(&body, "b1"));
+    }
+    // b1 answers 5 requests per connection, then closes it unanswered as
+    // the 6th arrives: that request is sent again on a new connection,
+    // which serves the rest.
+    let (first, second) = ports.split_at(HTTP_REQUESTS_PER_CONNECTION);
+    assert!(
+        first.iter().all(|p| *p == first[0])
+            && second.iter().all(|p| *p == second[0])
+            && first[0] != second[0],
+        "{CLIENTS} clients reached b1 from gateway ports {ports:?}: not 2 pooled connections"
+    );
+    assert_eq!(
+        pool("reused"),
+        (CLIENTS - 1) as f64,
+        "requests on a pooled connection"
+    );
+    assert_eq!(pool("retried"), 1.0, "requests sent again");
+
+    // A keep-alive client whose requests alternate between b2 and b3: each
+    // request finds its backend's connection again, left in the pool by
+    // the request before last.
+    let stream = connect();
+    let mut seen: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
+    for i in 0..4 {
+        let backend = ["b2", "b3"][i % 2];
+        let (head, body) = get(&stream, &format!("/?EIO=4&sid={backend}.ka"), false);
+        assert!(head.starts_with("HTTP/1.1 200 "), "request {i}: {head:?}");
+        assert!(!head.contains("Connection: close"), "request {i}: {head:?}");
+        seen.entry(backend)
+            .or_default()
+            .insert(seen_port(&body, backend));
+    }
+    assert!(
+        seen.values().all(|ports| ports.len() == 1),
+        "alternating requests opened new backend connections: {seen:?}"
+    );
+    assert_eq!(
+        pool("reused"),
+        (CLIENTS + 1) as f64,
+        "the 3rd and 4th request reuse"
+    );
+    let connections = metric_sum(
+        &http::get(topo.gw(), METRICS.parse().unwrap(), "/metrics")
+            .expect("GET /metrics")
+            .1,
+        "balancer_backend_connections_total",
+        &[("service", "pooled")],
+    );
+    assert_eq!(connections, 4.0, "backend connections opened");
+    println!(
+        "pool: {CLIENTS} close clients reached b1 over 2 connections (ports {ports:?}, 1 request sent again), a keep-alive client alternating b2/b3 over one each; 4 backend connections for {} requests",
+        CLIENTS + 4
+    );
+    drop(daemon);
+}

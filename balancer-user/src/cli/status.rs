@@ -63,8 +63,9 @@ pub fn render(s: &Snapshot) -> String {
             };
             let refused = counts(&svc.proxy_bad_input, false);
             out.push_str(&format!(
-                "  proxied: requests by {}; bad input {}\n",
+                "  proxied: requests by {}; pooled backend connections {}; bad input {}\n",
                 counts(&svc.proxy_requests, true),
+                counts(&svc.proxy_pool, true),
                 if refused.is_empty() {
                     "none".to_owned()
                 } else {
@@ -194,6 +195,7 @@ mod tests {
                         ("untrusted_source".to_owned(), 2),
                     ],
                     proxy_requests: vec![("sid".to_owned(), 40), ("client".to_owned(), 9)],
+                    proxy_pool: vec![("reused".to_owned(), 30), ("retried".to_owned(), 1)],
                     backends: vec![
                         BackendSnapshot {
                             weight: 10,
@@ -220,6 +222,7 @@ mod tests {
                     table_fingerprint: String::new(),
                     proxy_bad_input: Vec::new(),
                     proxy_requests: Vec::new(),
+                    proxy_pool: Vec::new(),
                     backends: vec![],
                 },
             ],
@@ -241,7 +244,7 @@ mod tests {
         let got = render(&sample());
         let want = "\
 chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12  table 0123456789abcdef
-  proxied: requests by sid 40, client 9; bad input untrusted_source 2
+  proxied: requests by sid 40, client 9; pooled backend connections reused 30, retried 1; bad input untrusted_source 2
   BACKEND           WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
   198.18.1.11:3000      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
   198.18.1.12:3000       1  draining            0      0          0/0          0 B/0 B  -

@@ -36,6 +36,7 @@ impl Daemon {
                 table_fingerprint: fingerprint::table_fingerprint(s),
                 proxy_bad_input: self.proxy_counts(s, |p| p.bad_inputs(&s.config.name)),
                 proxy_requests: self.proxy_counts(s, |p| p.requests(&s.config.name)),
+                proxy_pool: self.proxy_counts(s, |p| p.pool_events(&s.config.name)),
                 backends: s
                     .backends
                     .iter()

@@ -1,8 +1,8 @@
 //! One connection to a backend, as a client connection holds it: opened
 //! for a choice (with the PROXY v2 header and the client's affinity entry
-//! when due), reused while requests keep going there, counted open until
-//! dropped. And the two socket calls every layer above needs on shared
-//! references.
+//! when due), reused while requests keep going there (and by other clients
+//! through [`super::pool`]), counted open until dropped. And the two socket
+//! calls every layer above needs on shared references.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -30,9 +30,11 @@ pub struct Unreachable;
 
 pub struct Backend {
     pub id: u32,
+    pub address: SocketAddr,
     /// Counts the connection open until dropped.
     _open: Open,
-    /// The client it was opened for: the one its PROXY header names.
+    /// The client of its current or last request (with
+    /// `send_proxy_protocol`, the one its PROXY header names).
     pub origin: SocketAddr,
     /// The client whose address chose it for the last request, if its
     /// address did (not a sid): that client's next request stays.
@@ -81,7 +83,13 @@ impl Backend {
         };
         stream.set_nodelay(true)?;
         shared.stats.opened(choice.backend_id);
-        let backend = Backend::adopt(&shared.stats, choice.backend_id, origin, stream);
+        let backend = Backend::adopt(
+            &shared.stats,
+            choice.backend_id,
+            choice.address,
+            origin,
+            stream,
+        );
         if service.config.send_proxy_protocol {
             let vip = service.config.vip;
             backend
@@ -101,9 +109,16 @@ impl Backend {
 
     /// A connection already open (and counted: see
     /// [`ProxyStats::resumed`] for one a previous process opened).
-    pub fn adopt(stats: &Arc<ProxyStats>, id: u32, origin: SocketAddr, stream: TcpStream) -> Self {
+    pub fn adopt(
+        stats: &Arc<ProxyStats>,
+        id: u32,
+        address: SocketAddr,
+        origin: SocketAddr,
+        stream: TcpStream,
+    ) -> Self {
         Backend {
             id,
+            address,
             _open: Open {
                 id,
                 stats: Arc::clone(stats),
@@ -122,9 +137,13 @@ impl Backend {
     pub fn still_open(&self) -> bool {
         // Backends close idle keep-alive connections after seconds (Node
         // after 5 s): one used within the last second needs no probe.
-        if self.last_used.elapsed() < KEEPALIVE_TRUSTED {
-            return true;
-        }
+        self.last_used.elapsed() < KEEPALIVE_TRUSTED || self.idle_and_open()
+    }
+
+    /// Neither closed by the backend nor holding bytes nobody asked for:
+    /// what a connection from the pool, about to serve another client,
+    /// must be (one receive call, which finds nothing to read).
+    pub fn idle_and_open(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }

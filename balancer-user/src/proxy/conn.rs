@@ -8,7 +8,8 @@
 //!    request head is read and routed on its own, so requests of several
 //!    sessions that a CDN pools on one connection each reach their
 //!    backend; a connection to a backend is kept while consecutive
-//!    requests go there. Bodies with a length are spliced, chunked ones
+//!    requests go there, and otherwise taken from, and given back to, the
+//!    daemon's [`super::pool`] of idle ones. Bodies with a length are spliced, chunked ones
 //!    copied (they must be walked to find their end). A `101 Switching
 //!    Protocols` turns the connection into a spliced tunnel;
 //! 4. otherwise the connection is tunnelled to the client's backend as a
@@ -43,7 +44,7 @@ use super::{
     http::{self, Body, ChunkedFraming, HeadError},
     route::{self, SidRoute},
     splice::{self, Pipe},
-    stats::{BadInput, RoutedBy},
+    stats::{BadInput, PoolEvent, RoutedBy},
 };
 use crate::{
     config::{AffinityMode, ClientAddress},
@@ -72,6 +73,10 @@ enum Closed {
     UnservedQuietly,
     /// Either side reset or ended the connection mid-exchange.
     Io(io::Error),
+    /// The backend ended or reset the connection before any byte of its
+    /// answer: the request may be sent again (`Conn::resend`), else the
+    /// HTTP client gets a 502.
+    NoAnswer,
     /// Put aside at a safe point for an in-place restart: [`Conn`] and
     /// [`Step`] say where it stands.
     Park,
@@ -118,6 +123,15 @@ struct Conn {
     /// Backend bytes read and not yet passed on.
     rbuf: Vec<u8>,
     backend: Option<Backend>,
+    /// The backend was asked to keep its connection open after the
+    /// request in flight, and the connection carries no client's identity:
+    /// once the response ends cleanly, other clients may use it.
+    poolable: bool,
+    /// The request in flight's head, when it went on a reused connection
+    /// and may be sent again (idempotent, no body): if that connection
+    /// ends before any answer (the backend closed it as idle just then),
+    /// the request goes once more on a new one. Empty otherwise.
+    resend: Vec<u8>,
     /// Client → backend, backend → client.
     pipes: [Pipe; 2],
 }
@@ -137,6 +151,8 @@ pub async fn serve(
         buf: Vec::with_capacity(READ_CHUNK),
         rbuf: Vec::new(),
         backend: None,
+        poolable: false,
+        resend: Vec::new(),
         pipes: [Pipe::default(), Pipe::default()],
     };
     drive(&shared, &name, client, conn, Step::Start).await;
@@ -154,7 +170,9 @@ pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Resul
     let backend = match parked.backend {
         Some(b) => {
             shared.stats.resumed(b.id);
-            let mut backend = Backend::adopt(&shared.stats, b.id, b.origin, stream(b.fd)?);
+            let stream = stream(b.fd)?;
+            let address = stream.peer_addr()?;
+            let mut backend = Backend::adopt(&shared.stats, b.id, address, b.origin, stream);
             backend.routed_origin = b.routed_origin;
             Some(backend)
         }
@@ -167,6 +185,10 @@ pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Resul
         buf: parked.buf,
         rbuf: parked.rbuf,
         backend,
+        // Not carried over: a resumed connection is not pooled, and its
+        // request is not sent again.
+        poolable: false,
+        resend: Vec::new(),
         pipes: [Pipe::resume(a), Pipe::resume(b)],
     };
     let step = match parked.step {
@@ -208,6 +230,7 @@ async fn drive(shared: &Shared, name: &str, mut client: TcpStream, mut conn: Con
             answer
         }
         Err(Closed::Unserved(answer)) => Some(answer),
+        Err(Closed::NoAnswer) => Some(BAD_GATEWAY),
         Err(Closed::UnservedQuietly) => None,
     };
     if let Some(status) = answer {
@@ -339,6 +362,7 @@ async fn run(
                 )
                 .await;
                 let Some(head) = head? else {
+                    give_back(shared, conn);
                     return Ok(());
                 };
                 // The service as it is now: a reload or a health change
@@ -356,23 +380,38 @@ async fn run(
                 request_is_head,
                 request_close,
             } => {
-                let to = conn.backend.as_mut().expect("a request went to a backend");
                 let mut answered = false;
                 // Interim `1xx` heads pass on, then the final one and its
                 // body. Only waiting for a head may park: a body in flight
                 // finishes first.
                 let response = loop {
-                    let head = unless_parking(
+                    let to = conn.backend.as_ref().expect("a request went to a backend");
+                    let read = unless_parking(
                         shared,
                         read_response_head(&to.stream, &mut conn.rbuf, request_is_head, answered),
                     )
-                    .await?;
+                    .await;
+                    let mut head = match read {
+                        Err(Closed::NoAnswer) if !conn.resend.is_empty() => {
+                            send_again(shared, &service, conn).await?;
+                            continue;
+                        }
+                        read => read?,
+                    };
+                    conn.resend.clear();
                     answered = true;
+                    let to = conn.backend.as_ref().expect("a request went to a backend");
                     if head.status == 101 {
                         // The backend's first frames, if any, go with it.
                         client.try_write_all(&conn.rbuf).await?;
                         conn.rbuf.clear();
                         break head;
+                    }
+                    let last = !(100..200).contains(&head.status);
+                    if last && request_close && !head.close {
+                        // The backend was asked to keep the connection;
+                        // the client is told that this one closes.
+                        head.len = http::add_close(&mut conn.rbuf, head.len);
                     }
                     relay_message(
                         &to.stream,
@@ -383,10 +422,11 @@ async fn run(
                         &mut conn.pipes[1],
                     )
                     .await?;
-                    if !(100..200).contains(&head.status) {
+                    if last {
                         break head;
                     }
                 };
+                let to = conn.backend.as_mut().expect("a request went to a backend");
                 to.last_used = Instant::now();
                 if response.status == 101 {
                     // What the client sent after its upgrade request (its
@@ -396,7 +436,11 @@ async fn run(
                     *step = Step::Tunnel;
                     continue;
                 }
-                if response.close || request_close {
+                if response.close {
+                    return Ok(());
+                }
+                if request_close {
+                    give_back(shared, conn);
                     return Ok(());
                 }
                 *step = Step::Request { deadline: None };
@@ -453,39 +497,131 @@ async fn send_request(
     })
     .ok_or(Closed::Unserved(UNAVAILABLE))?;
     shared.stats.request(name, choice.routed_by);
-    // A connection whose PROXY header named another client (a CDN pools
-    // many on one) is not reused: the backend would take this request for
-    // that client's.
-    let reusable = |b: &Backend| {
-        b.id == choice.backend_id
-            && (!service.config.send_proxy_protocol || b.origin == origin)
-            && b.still_open()
+    let spp = service.config.send_proxy_protocol;
+    // A client's `close` is not passed on, so that the backend connection
+    // can serve others after it (HTTP/1.1 only: an HTTP/1.0 request would
+    // need a keep-alive the backend may not speak; an upgrade becomes a
+    // tunnel, never pooled).
+    let mut head_len = head.len;
+    let rewrite = head.close && head.http11 && !head.upgrade && !spp;
+    if rewrite {
+        head_len = http::drop_close(&mut conn.buf, head.len);
+    }
+    let retryable = head.idempotent && head.body == Body::None;
+    // A connection kept from the last request: reused if it goes to this
+    // backend, unless its PROXY header named another client (a CDN pools
+    // many on one: the backend would take this request for that
+    // client's); otherwise pooled for others.
+    let kept = match conn.backend.take() {
+        Some(b) if b.id == choice.backend_id && (!spp || b.origin == origin) => {
+            b.still_open().then_some(b)
+        }
+        Some(b) => {
+            give_back_backend(shared, conn, b);
+            None
+        }
+        None => None,
     };
-    let mut to = match conn.backend.take() {
-        Some(b) if reusable(&b) => b,
-        _ => Backend::connect(shared, service, choice, origin)
+    if kept.is_none() {
+        // Bytes the last backend sent unasked are not this one's.
+        conn.rbuf.clear();
+    }
+    let pooled = || {
+        let b = shared.pool.take(choice.backend_id, choice.address)?;
+        shared.stats.pool(name, PoolEvent::Reused);
+        Some(b)
+    };
+    // A pooled connection only for a request that may be sent again.
+    let reused = kept.or_else(|| (retryable && !spp).then(pooled).flatten());
+    let fresh = reused.is_none();
+    let mut to = match reused {
+        Some(b) => b,
+        None => Backend::connect(shared, service, choice, origin)
             .await?
             .map_err(|_| Closed::Unserved(BAD_GATEWAY))?,
     };
+    // The client it now serves (the same one when its PROXY header named
+    // it): a new connection for this request speaks for it.
+    to.origin = origin;
+    let previous = to.routed_origin;
     to.routed_origin = (choice.routed_by == RoutedBy::Client).then_some(origin);
-    if to.routed_origin.is_some() && to.remembered.elapsed() > service.config.affinity_timeout / 2 {
-        // A keep-alive connection older than half the affinity timeout
-        // refreshes its client's entry, as a long kernel flow does.
+    let stale = to.remembered.elapsed() > service.config.affinity_timeout / 2;
+    if !fresh && to.routed_origin.is_some() && (stale || previous != to.routed_origin) {
+        // A connection now used for another client (from the pool, or a
+        // CDN's), or a keep-alive one older than half the affinity
+        // timeout (as a long kernel flow), writes the client's entry.
         if let Err(e) = shared.affinity.remember(service, origin.ip(), to.id) {
             tracing::warn!(service = %name, "cannot refresh the client's affinity: {e}");
         }
         to.remembered = Instant::now();
     }
+    conn.poolable = !spp && (!head.close || rewrite);
     let to = conn.backend.insert(to);
-    relay_message(
-        client,
-        &to.stream,
-        &mut conn.buf,
-        head.len,
-        head.body,
-        &mut conn.pipes[0],
-    )
-    .await
+    conn.resend.clear();
+    if fresh || !retryable {
+        return relay_message(
+            client,
+            &to.stream,
+            &mut conn.buf,
+            head_len,
+            head.body,
+            &mut conn.pipes[0],
+        )
+        .await;
+    }
+    // On a reused connection, a request that may be sent again is kept
+    // until its answer starts.
+    conn.resend.extend_from_slice(&conn.buf[..head_len]);
+    conn.buf.drain(..head_len);
+    if to.stream.try_write_all(&conn.resend).await.is_err() {
+        send_again(shared, service, conn).await?;
+    }
+    Ok(())
+}
+
+/// Send the request in `conn.resend` once more, on a new connection to the
+/// same backend: the reused one it went on ended before any answer.
+async fn send_again(
+    shared: &Shared,
+    service: &ServiceState,
+    conn: &mut Conn,
+) -> Result<(), Closed> {
+    let old = conn.backend.take().expect("a request went to a backend");
+    shared.stats.pool(&service.config.name, PoolEvent::Retried);
+    tracing::debug!(service = %service.config.name, backend = %old.address, "a reused connection ended before answering: sending the request again");
+    let choice = route::Choice {
+        backend_id: old.id,
+        address: old.address,
+        routed_by: match old.routed_origin {
+            Some(_) => RoutedBy::Client,
+            None => RoutedBy::Sid,
+        },
+    };
+    let mut fresh = Backend::connect(shared, service, choice, old.origin)
+        .await?
+        .map_err(|_| Closed::Unserved(BAD_GATEWAY))?;
+    fresh.routed_origin = old.routed_origin;
+    drop(old);
+    conn.rbuf.clear();
+    let resend = std::mem::take(&mut conn.resend);
+    fresh.stream.try_write_all(&resend).await?;
+    conn.backend = Some(fresh);
+    Ok(())
+}
+
+/// Once a client is done with it (it closed, or its next request goes
+/// elsewhere), the backend connection goes to the pool if its last
+/// exchange left it clean.
+fn give_back(shared: &Shared, conn: &mut Conn) {
+    if let Some(b) = conn.backend.take() {
+        give_back_backend(shared, conn, b);
+    }
+}
+
+fn give_back_backend(shared: &Shared, conn: &Conn, backend: Backend) {
+    if conn.poolable && conn.rbuf.is_empty() {
+        shared.pool.put(backend);
+    }
 }
 
 /// Splice `client` and `backend` both ways until both end. Meanwhile the
@@ -698,7 +834,13 @@ async fn read_response_head(
         }
         rbuf.reserve(READ_CHUNK);
         let read = timeout(RESPONSE_TIMEOUT, backend.read_some(rbuf)).await;
+        let nothing_yet = !answered && rbuf.is_empty();
         match read {
+            Ok(Ok(0)) if nothing_yet => return Err(Closed::NoAnswer),
+            Ok(Err(e)) if nothing_yet => {
+                tracing::debug!("a backend connection failed before answering: {e}");
+                return Err(Closed::NoAnswer);
+            }
             Ok(Ok(0)) | Err(_) if !answered => return Err(Closed::Unserved(BAD_GATEWAY)),
             Ok(Ok(0)) | Err(_) => return Err(early_end()),
             Ok(Ok(_)) => {}

@@ -3,12 +3,16 @@
 //! open or becomes a tunnel, and what picks the backend (the engine.io
 //! `sid`, the client's address from `X-Forwarded-For`).
 //!
-//! The bytes are forwarded as they came, so nothing here rewrites a head.
-//! That is why framing that two HTTP implementations could read
-//! differently (request smuggling, RFC 9112 §6.1 and §6.3) is an error
-//! rather than something to repair: `Transfer-Encoding` with
-//! `Content-Length`, differing `Content-Length`s, a request whose last
-//! transfer coding is not `chunked`, and a bare LF where CRLF belongs.
+//! The bytes are forwarded as they came, but for one connection option:
+//! a client's `close` is taken off the request before it goes to the
+//! backend, so that the backend connection can serve other clients
+//! afterwards, and said in the response instead ([`drop_close`],
+//! [`add_close`]). Framing is never rewritten. That is why framing that two
+//! HTTP implementations could read differently (request smuggling, RFC
+//! 9112 §6.1 and §6.3) is an error rather than something to repair:
+//! `Transfer-Encoding` with `Content-Length`, differing `Content-Length`s,
+//! a request whose last transfer coding is not `chunked`, and a bare LF
+//! where CRLF belongs.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -45,6 +49,11 @@ pub struct RequestHead {
     pub len: usize,
     /// A response to HEAD has no body whatever its headers say.
     pub method_is_head: bool,
+    /// GET, HEAD, OPTIONS, TRACE, PUT or DELETE (RFC 9110 §9.2.2): a
+    /// proxy may send it again when its connection failed before any
+    /// answer.
+    pub idempotent: bool,
+    pub http11: bool,
     /// The engine.io session id: the `sid` query parameter when the target
     /// has exactly one, non-empty and without `%` or `+`. The ids backends
     /// give (`<name>.<uuid>`) need no escaping, so an escaped one is not
@@ -109,6 +118,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError> {
     let value = RequestHead {
         len,
         method_is_head: request.method == Some("HEAD"),
+        idempotent: matches!(
+            request.method,
+            Some("GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+        ),
+        http11,
         sid: request.path.and_then(query_sid).map(str::to_owned),
         forwarded_for: forwarded_for(request.headers)?,
         upgrade: http11 && fields.connection_upgrade && fields.upgrade,
@@ -166,6 +180,58 @@ pub fn parse_response(
         close,
     };
     Ok(Parsed::Done { value, len })
+}
+
+/// The head of `len` bytes at the start of `buf` without the `close`
+/// option of its `Connection` fields (a field left empty goes); the new
+/// head length. The head was parsed already: CRLF line ends, no folding.
+pub fn drop_close(buf: &mut Vec<u8>, len: usize) -> usize {
+    let mut head = Vec::with_capacity(len);
+    for line in buf[..len].split_inclusive(|&b| b == b'\n') {
+        let Some((name, value)) = header_field(line) else {
+            head.extend_from_slice(line);
+            continue;
+        };
+        if !name.eq_ignore_ascii_case(b"connection") {
+            head.extend_from_slice(line);
+            continue;
+        }
+        let kept: Vec<&[u8]> = list(value)
+            .filter(|t| !t.eq_ignore_ascii_case(b"close"))
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(&kept.join(&b", "[..]));
+        head.extend_from_slice(b"\r\n");
+    }
+    let new_len = head.len();
+    buf.splice(..len, head);
+    new_len
+}
+
+/// `Connection: close` added at the end of the response head of `len`
+/// bytes at the start of `buf`; the new head length.
+pub fn add_close(buf: &mut Vec<u8>, len: usize) -> usize {
+    const FIELD: &[u8] = b"Connection: close\r\n";
+    // Before the blank line that ends the head.
+    let at = len - 2;
+    buf.splice(at..at, FIELD.iter().copied());
+    len + FIELD.len()
+}
+
+/// A header line's name and value (with its CRLF); `None` for the
+/// request line and the blank line.
+fn header_field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    // A request line's target may hold a colon, after a space.
+    if name.is_empty() || name.contains(&b' ') {
+        return None;
+    }
+    Some((name, &line[colon + 1..]))
 }
 
 /// At most [`MAX_HEAD`] bytes: a head not complete by then is refused, and
@@ -603,6 +669,8 @@ Upgrade: websocket\r\n\
             RequestHead {
                 len: POLLING_GET.len(),
                 method_is_head: false,
+                idempotent: true,
+                http11: true,
                 sid: Some("b1.4f1c2d3e-9a8b-4c7d-8e6f-0123456789ab".into()),
                 forwarded_for: ips(&["203.0.113.7", "198.51.100.2"]),
                 upgrade: false,
@@ -649,6 +717,44 @@ Upgrade: websocket\r\n\
         assert!(!request(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(!request(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").upgrade);
         assert!(request(b"GET / HTTP/1.1\r\nconnection: UPGRADE\r\nupgrade: h2c\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn close_is_taken_off_a_request_and_put_on_a_response() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
+            (
+                b"GET http://a:80/x HTTP/1.1\r\nconnection: Close, X-Trace\r\nConnection:close\r\nX-Trace: 1\r\n\r\n",
+                b"GET http://a:80/x HTTP/1.1\r\nconnection: X-Trace\r\nX-Trace: 1\r\n\r\n",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX-Connection: close\r\n\r\n",
+                b"GET / HTTP/1.1\r\nX-Connection: close\r\n\r\n",
+            ),
+        ];
+        for &(before, after) in cases {
+            let mut buf = before.to_vec();
+            buf.extend_from_slice(b"next");
+            let len = drop_close(&mut buf, request(before).len);
+            assert_eq!(
+                String::from_utf8_lossy(&buf[..len]),
+                String::from_utf8_lossy(after)
+            );
+            assert_eq!(&buf[len..], b"next");
+            assert!(!request(&buf[..len]).close);
+        }
+        let mut buf = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let head_len = response(&buf, false).len;
+        let len = add_close(&mut buf, head_len);
+        let head = response(&buf, false);
+        assert_eq!(
+            (head.len, head.close, head.body),
+            (len, true, Body::Length(2))
+        );
+        assert_eq!(&buf[len..], b"ok");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the daemon-terminated services count, for `/metrics` and `status`:
-//! bad input by reason, requests by what routed them, and per backend the
+//! bad input by reason, requests by what routed them, reuses of pooled
+//! backend connections, and per backend the
 //! connections opened and open now (the kernel counts these for the
 //! services it forwards; here the daemon does).
 
@@ -71,17 +72,41 @@ impl RoutedBy {
     }
 }
 
+/// What happened with the pool of idle backend connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolEvent {
+    /// A request went on an idle connection from the pool.
+    Reused,
+    /// A request went on a reused connection (pooled or kept) that ended
+    /// before answering, and was sent again on a new one.
+    Retried,
+}
+
+impl PoolEvent {
+    pub const ALL: [PoolEvent; 2] = [PoolEvent::Reused, PoolEvent::Retried];
+
+    /// The `event` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PoolEvent::Reused => "reused",
+            PoolEvent::Retried => "retried",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendCounts {
     pub connections_total: u64,
     pub active: u64,
 }
 
-/// One service's counts, indexed like `BadInput::ALL` and `RoutedBy::ALL`.
+/// One service's counts, indexed like `BadInput::ALL`, `RoutedBy::ALL` and
+/// `PoolEvent::ALL`.
 #[derive(Clone, Copy, Debug, Default)]
 struct ServiceCounts {
     bad_input: [u64; BadInput::ALL.len()],
     requests: [u64; RoutedBy::ALL.len()],
+    pool: [u64; PoolEvent::ALL.len()],
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +138,10 @@ impl ProxyStats {
 
     pub fn request(&self, service: &str, routed_by: RoutedBy) {
         self.service(service, |c| c.requests[routed_by as usize] += 1);
+    }
+
+    pub fn pool(&self, service: &str, event: PoolEvent) {
+        self.service(service, |c| c.pool[event as usize] += 1);
     }
 
     /// A connection to backend `id` opened; [`ProxyStats::closed`] when it
@@ -163,6 +192,14 @@ impl ProxyStats {
             .map(|&r| (r.as_str().to_owned(), counts.requests[r as usize]))
             .collect()
     }
+
+    pub fn pool_events(&self, service: &str) -> Vec<(String, u64)> {
+        let counts = self.counts(service);
+        PoolEvent::ALL
+            .iter()
+            .map(|&e| (e.as_str().to_owned(), counts.pool[e as usize]))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +219,14 @@ mod tests {
         for (i, &r) in RoutedBy::ALL.iter().enumerate() {
             assert_eq!(r as usize, i, "RoutedBy::ALL is in declaration order");
         }
+        for (i, &e) in PoolEvent::ALL.iter().enumerate() {
+            assert_eq!(e as usize, i, "PoolEvent::ALL is in declaration order");
+        }
+        stats.pool("chat", PoolEvent::Retried);
+        assert_eq!(
+            stats.pool_events("chat"),
+            [("reused".to_owned(), 0), ("retried".to_owned(), 1)]
+        );
         let bad: Vec<(String, u64)> = stats.bad_inputs("chat");
         assert!(bad.contains(&("head_too_large".to_owned(), 2)));
         assert_eq!(bad.iter().map(|(_, n)| n).sum::<u64>(), 2);
