@@ -8,6 +8,11 @@ pub const BACKENDS: &str = "BACKENDS";
 /// admin version and the fingerprint of the backend set it stands for, so
 /// that a restarted gateway resumes its version with the backends it kept.
 pub const ADMIN: &str = "ADMIN";
+/// `Array<BackendName>` indexed by backend id, for the daemon only: the
+/// names of backends added with `balancer backend add --name`, so that a
+/// restarted daemon keeps them with the backends (`BACKENDS` has no room
+/// for a name). Config backends' names come from the config.
+pub const BACKEND_NAMES: &str = "BACKEND_NAMES";
 /// `Array<u32>` of backend ids: every service's two Maglev table halves.
 pub const MAGLEV: &str = "MAGLEV";
 /// `LruHashMap<FlowKey, Flow>`: client → VIP flows (conntrack), keyed as
@@ -104,6 +109,7 @@ pub const ALL: &[&str] = &[
     FRAGMENT_SERVICES,
     AFFINITY_EVENTS,
     ADMIN,
+    BACKEND_NAMES,
 ];
 
 /// Program names in the object.

@@ -11,6 +11,7 @@ pod!(
     ServiceSlot,
     Backend,
     AdminRecord,
+    BackendName,
     FlowKey,
     Flow,
     BackendVips,

@@ -151,6 +151,49 @@ pub struct AdminRecord {
 }
 const _: () = assert!(size_of::<AdminRecord>() == 16);
 
+/// The longest backend (or service) name: the config's limit, and what a
+/// `BACKEND_NAMES` entry holds.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Value of `BACKEND_NAMES`, indexed by backend id: a runtime backend's
+/// name, NUL-padded (names are 1..=64 of `A-Z a-z 0-9 _ . -`, so a NUL
+/// never belongs to one); all zeros for none. For the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendName {
+    pub bytes: [u8; MAX_NAME_LEN],
+}
+const _: () = assert!(size_of::<BackendName>() == MAX_NAME_LEN);
+
+impl Default for BackendName {
+    fn default() -> Self {
+        BackendName {
+            bytes: [0; MAX_NAME_LEN],
+        }
+    }
+}
+
+impl BackendName {
+    /// `name`'s entry, or `None` if it does not fit.
+    pub fn new(name: &str) -> Option<Self> {
+        let mut bytes = [0; MAX_NAME_LEN];
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
+        Some(BackendName { bytes })
+    }
+
+    /// The name's bytes: up to the first NUL; empty for none.
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_NAME_LEN);
+        &self.bytes[..len]
+    }
+}
+
 /// Key of `CONNTRACK`: a client → VIP flow's 5-tuple, as the client's
 /// packets carry it.
 #[repr(C)]

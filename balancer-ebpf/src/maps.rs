@@ -20,8 +20,8 @@ use balancer_common::{
         MAX_FLOWS, MAX_FRAGMENTS, MAX_PENDING, MAX_REDIRECT_DEVS, MAX_SERVICES, PORTS,
     },
     types::{
-        AdminRecord, Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey,
-        FragmentKey, FragmentNat, Pending, Service, ServiceKey, ServiceSlot,
+        AdminRecord, Affinity, AffinityKey, Backend, BackendName, BackendStats, BackendVips, Flow,
+        FlowKey, FragmentKey, FragmentNat, Pending, Service, ServiceKey, ServiceSlot,
     },
 };
 
@@ -37,6 +37,10 @@ pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 /// goes with the backends it describes.
 #[map]
 pub static ADMIN: Array<AdminRecord> = Array::pinned(1, 0);
+
+/// The daemon's own, like `ADMIN`: runtime backends' names.
+#[map]
+pub static BACKEND_NAMES: Array<BackendName> = Array::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_DEFAULT_ENTRIES, 0);

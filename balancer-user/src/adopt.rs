@@ -15,7 +15,8 @@
 //! - a weight set with `balancer backend set-weight` stays over the
 //!   config's (like a drain, it is the operator's word on that backend);
 //! - backends added with `balancer backend add` stay although the config
-//!   does not list them; a config backend removed with `balancer backend
+//!   does not list them, with the name they were given (`BACKEND_NAMES`);
+//!   a config backend removed with `balancer backend
 //!   remove` comes back, as the config lists it (runtime changes to the
 //!   config's own backends last until the next start, as in HAProxy);
 //! - pinned services and backends the config dropped are removed.
@@ -58,6 +59,8 @@ pub struct Pinned {
     pub services: Vec<PinnedService>,
     /// `(id, slot)` of every backend slot in use.
     pub backends: Vec<(u32, Backend)>,
+    /// The pinned names of backends in use, by id (`BACKEND_NAMES`).
+    pub names: HashMap<u32, String>,
     /// Entries the `MAGLEV` array holds.
     pub maglev_capacity: u32,
 }
@@ -216,7 +219,7 @@ pub fn plan(config: &Config, pinned: &Pinned) -> anyhow::Result<Plan> {
                     draining: p.state & BACKEND_ADMIN_DRAIN != 0,
                     runtime: true,
                     weight_set: p.state & BACKEND_ADMIN_WEIGHT != 0,
-                    name: None,
+                    name: pinned.names.get(&id).cloned(),
                 });
             } else {
                 ids.release(id);

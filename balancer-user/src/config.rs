@@ -145,8 +145,9 @@ pub const MIN_TABLE_ENTRIES: u32 = 1024;
 /// The largest `[tables]` size, 64Mi entries: about 8 GiB of kernel memory
 /// for `flows` ([`tables::bytes`]).
 pub const MAX_TABLE_ENTRIES: u32 = 1 << 26;
-/// Service names show up in metric labels and CLI arguments; keep them short.
-pub const MAX_NAME_LEN: usize = 64;
+/// Service names show up in metric labels and CLI arguments; keep them
+/// short. Backend names are as long at most: `BACKEND_NAMES` holds them.
+pub const MAX_NAME_LEN: usize = balancer_common::types::MAX_NAME_LEN;
 /// `IFNAMSIZ - 1`.
 const MAX_IFNAME_LEN: usize = 15;
 /// `sizeof(sun_path) - 1`.
@@ -525,6 +526,15 @@ impl ServiceConfig {
     /// error's field is `backend` or `backend.<key>`.
     pub fn check_new_backend(&self, backend: &BackendConfig) -> Result<(), ConfigError> {
         check_backend(self, "backend", backend, &self.backends)?;
+        if self.affinity == AffinityMode::Sid && backend.name.is_none() {
+            return Err(ConfigError::invalid(
+                "backend.name",
+                format!(
+                    r#"required in service {:?} (affinity = "sid"): the prefix of the session ids this backend mints (--name)"#,
+                    self.name
+                ),
+            ));
+        }
         if self.backends.len() >= self.table_size as usize {
             return Err(ConfigError::invalid(
                 "backend",
@@ -1138,11 +1148,17 @@ fn check_positive(field: impl FnOnce() -> String, d: Duration) -> Result<(), Con
     Ok(())
 }
 
+/// Is `name` a valid service or backend name: 1 to [`MAX_NAME_LEN`] of
+/// `A-Z a-z 0-9 _ . -`?
+pub fn valid_name(name: &str) -> bool {
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && name.chars().all(name_ok)
+}
+
 /// A service's or a backend's name: it shows in metric labels, CLI
 /// arguments and session ids.
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(name_ok) {
+    if !valid_name(name) {
         return Err(ConfigError::invalid(
             field,
             format!("{name:?} is not a valid name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -)"),

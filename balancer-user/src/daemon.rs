@@ -318,36 +318,42 @@ impl Daemon {
 
     /// `balancer backend add`. With health checks the backend starts down
     /// and takes clients once it passes `rise` checks: no client is sent to
-    /// a server nobody has seen answer.
+    /// a server nobody has seen answer. Its `name` (the sid prefix) is
+    /// pinned before the backend is, so a restart never finds it unnamed.
     pub fn add_backend(
         &mut self,
         service: &str,
         address: SocketAddr,
         weight: u32,
+        name: Option<&str>,
     ) -> anyhow::Result<String> {
         let i = self.service_index(service)?;
-        self.check_new_backend(i, address, weight)?;
+        self.check_new_backend(i, address, weight, name)?;
         let s = &self.services[i];
         let checked = s.config.health.check != HealthCheckKind::None;
         let Some(id) = self.ids.allocate() else {
             bail!("no free backend id: all are in use")
         };
-        let result = self.dataplane.reset_backend_stats(id).and_then(|()| {
-            let mut next = self.services[i].clone();
-            let b = BackendState {
-                id,
-                address,
-                weight,
-                up: !checked,
-                draining: false,
-                runtime: true,
-                weight_set: false,
-                name: None,
-            };
-            next.backends.push(b.clone());
-            self.commit(i, next)?;
-            Ok(b)
-        });
+        let result = self
+            .dataplane
+            .reset_backend_stats(id)
+            .and_then(|()| self.dataplane.write_backend_name(id, name))
+            .and_then(|()| {
+                let mut next = self.services[i].clone();
+                let b = BackendState {
+                    id,
+                    address,
+                    weight,
+                    up: !checked,
+                    draining: false,
+                    runtime: true,
+                    weight_set: false,
+                    name: name.map(str::to_owned),
+                };
+                next.backends.push(b.clone());
+                self.commit(i, next)?;
+                Ok(b)
+            });
         let b = match result {
             Ok(b) => b,
             Err(e) => {
@@ -357,20 +363,27 @@ impl Daemon {
         };
         self.start_check(i, &b);
         self.changes.insert(b.id, Change::now());
-        info!(service, backend = %address, weight, id, "backend added");
+        info!(service, backend = %address, weight, name, id, "backend added");
+        let named = name.map_or(String::new(), |n| format!(", name {n}"));
         Ok(if checked {
             format!(
-                "added {address} to {service} (weight {weight}); it takes clients once it passes {} health checks",
+                "added {address} to {service} (weight {weight}{named}); it takes clients once it passes {} health checks",
                 self.services[i].config.health.rise
             )
         } else {
-            format!("added {address} to {service} (weight {weight})")
+            format!("added {address} to {service} (weight {weight}{named})")
         })
     }
 
-    /// Would `address` (of `weight`) be accepted as a new backend of
-    /// service `i`? The one-line reason if not.
-    fn check_new_backend(&self, i: usize, address: SocketAddr, weight: u32) -> anyhow::Result<()> {
+    /// Would `address` (of `weight`, named `name`) be accepted as a new
+    /// backend of service `i`? The one-line reason if not.
+    fn check_new_backend(
+        &self,
+        i: usize,
+        address: SocketAddr,
+        weight: u32,
+        name: Option<&str>,
+    ) -> anyhow::Result<()> {
         let s = &self.services[i];
         let mut check = s.config.clone();
         check.backends = s
@@ -386,12 +399,32 @@ impl Daemon {
             .check_new_backend(&BackendConfig {
                 address,
                 weight,
-                name: None,
+                name: name.map(str::to_owned),
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !self.ids.has_free() {
             bail!("no free backend id: all are in use");
         }
+        Ok(())
+    }
+
+    /// Name runtime backend `address` of `service` `name`, as a peer's
+    /// admin state has it (the peer's set is whole and was checked there,
+    /// so the name is not checked against this gateway's half-adopted one).
+    fn set_runtime_name(
+        &mut self,
+        service: &str,
+        address: SocketAddr,
+        name: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let i = self.service_index(service)?;
+        let k = self.backend_index(i, address)?;
+        let id = self.services[i].backends[k].id;
+        self.dataplane.write_backend_name(id, name)?;
+        let mut next = self.services[i].clone();
+        next.backends[k].name = name.map(str::to_owned);
+        self.commit(i, next)?;
+        info!(service, backend = %address, name, "backend named as a peer names it");
         Ok(())
     }
 

@@ -17,8 +17,8 @@ use balancer_common::{
     counters::{COUNTER_COUNT, COUNTER_SLOTS, Counter},
     maps::{self, MAX_BACKENDS},
     types::{
-        AdminRecord, Affinity, AffinityKey, Backend, BackendStats, BackendVips, Flow, FlowKey,
-        FragmentKey, FragmentNat, Pending, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey,
+        AdminRecord, Affinity, AffinityKey, Backend, BackendName, BackendStats, BackendVips, Flow,
+        FlowKey, FragmentKey, FragmentNat, Pending, SERVICE_AMBIGUOUS_REPLIES, Service, ServiceKey,
         ServiceSlot,
     },
 };
@@ -42,6 +42,7 @@ pub struct DataPlane {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
     admin: Array<MapData, AdminRecord>,
+    backend_names: Array<MapData, BackendName>,
     maglev: Array<MapData, u32>,
     vip_ports: Array<MapData, u32>,
     service_slots: Array<MapData, ServiceSlot>,
@@ -74,6 +75,7 @@ fn expected_layout(name: &str, tables: Tables) -> (usize, usize, Option<u32>) {
         maps::SERVICES => (s::<ServiceKey>(), s::<Service>(), Some(MAX_SERVICES)),
         maps::BACKENDS => (s::<u32>(), s::<Backend>(), Some(MAX_BACKENDS)),
         maps::ADMIN => (s::<u32>(), s::<AdminRecord>(), Some(1)),
+        maps::BACKEND_NAMES => (s::<u32>(), s::<BackendName>(), Some(MAX_BACKENDS)),
         maps::MAGLEV => (s::<u32>(), s::<u32>(), None),
         // `struct bpf_devmap_val`: ifindex and a program fd.
         maps::REDIRECT_DEVS => (s::<u32>(), 2 * s::<u32>(), Some(MAX_REDIRECT_DEVS)),
@@ -234,6 +236,7 @@ impl DataPlane {
             services: take_map(&mut ebpf, maps::SERVICES)?,
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             admin: take_map(&mut ebpf, maps::ADMIN)?,
+            backend_names: take_map(&mut ebpf, maps::BACKEND_NAMES)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             vip_ports: take_map(&mut ebpf, maps::VIP_PORTS)?,
             service_slots: take_map(&mut ebpf, maps::SERVICE_SLOTS)?,
@@ -359,15 +362,24 @@ impl DataPlane {
             });
         }
         let mut backends = Vec::new();
+        let mut names = std::collections::HashMap::new();
         for id in 0..MAX_BACKENDS {
             let b = self.backends.get(&id, 0).context("reading BACKENDS")?;
             if b.in_use() {
                 backends.push((id, b));
+                let name = self
+                    .backend_names
+                    .get(&id, 0)
+                    .context("reading BACKEND_NAMES")?;
+                if !name.as_bytes().is_empty() {
+                    names.insert(id, String::from_utf8_lossy(name.as_bytes()).into_owned());
+                }
             }
         }
         Ok(Pinned {
             services,
             backends,
+            names,
             maglev_capacity: self.maglev_capacity,
         })
     }
@@ -385,7 +397,21 @@ impl DataPlane {
     pub fn clear_backend(&mut self, id: u32) -> anyhow::Result<()> {
         self.backends
             .set(id, Backend::default(), 0)
-            .context("clearing a BACKENDS slot")
+            .context("clearing a BACKENDS slot")?;
+        self.write_backend_name(id, None)
+    }
+
+    /// Pin backend `id`'s runtime name (`None`: it has none), for a
+    /// restarted daemon to find with the backend.
+    pub fn write_backend_name(&mut self, id: u32, name: Option<&str>) -> anyhow::Result<()> {
+        let entry = match name {
+            Some(name) => BackendName::new(name)
+                .with_context(|| format!("backend name {name:?} is too long"))?,
+            None => BackendName::default(),
+        };
+        self.backend_names
+            .set(id, entry, 0)
+            .context("writing BACKEND_NAMES")
     }
 
     /// Zero a backend id's counters before a new backend takes the id.

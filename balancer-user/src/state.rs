@@ -30,8 +30,9 @@ pub struct BackendState {
     /// `weight` was set with `balancer backend set-weight`: a restart keeps
     /// it over the config's.
     pub weight_set: bool,
-    /// The config's `name`: the prefix of the engine.io session ids it
-    /// mints (`affinity = "sid"`). Backends added at run time have none.
+    /// The config's `name`, or the one given with `backend add --name`:
+    /// the prefix of the engine.io session ids it mints (`affinity =
+    /// "sid"`).
     pub name: Option<String>,
 }
 

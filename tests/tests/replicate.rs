@@ -15,15 +15,16 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData};
 use balancer_common::{
     addr::{from_words, to_words},
-    maps::{AFFINITY, BACKENDS},
-    types::{Affinity, AffinityKey, Backend},
+    maps::{AFFINITY, BACKEND_NAMES, BACKENDS},
+    types::{Affinity, AffinityKey, Backend, BackendName},
 };
 use balancer_tests::{
     TIMEOUT, Topology, TopologyOpts,
     bpffs::TempBpffs,
-    daemon::{Daemon, backends_toml, cli_ok, config_head},
+    daemon::{Daemon, backends_toml, cli_ok, config_head, named_backends_toml},
     http,
     servers::Server,
+    socketio::SocketIoServer,
     tcp_ask,
     topology::VIP_V4,
 };
@@ -36,6 +37,8 @@ use balancer_user::{
 };
 
 const PORT: u16 = 3000;
+/// The Socket.IO servers' port, for the sid service.
+const SIO_PORT: u16 = 3001;
 const CLUSTER_PORT: u16 = 7946;
 /// The link between the two gateway namespaces.
 const LINK_IF: &str = "cl";
@@ -44,6 +47,11 @@ const KEY: &str = "a shared key for the test cluster, 48 bytes long.";
 
 fn vip() -> SocketAddr {
     SocketAddr::new(VIP_V4.into(), 80)
+}
+
+/// The `affinity = "sid"` service's VIP (the daemon terminates it).
+fn sid_vip() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 83)
 }
 
 fn cluster_ip(n: u8) -> Ipv4Addr {
@@ -67,6 +75,9 @@ struct Gateway {
     /// How many of the topology's backends the config lists (the rest are
     /// for `backend add`).
     listed: usize,
+    /// The config has a second service, "chat" with `affinity = "sid"`,
+    /// on the same backends (named `b1`, ...).
+    sid: bool,
     _servers: Vec<Server>,
     daemon: Option<Daemon>,
 }
@@ -91,6 +102,7 @@ impl Gateway {
             key_file,
             announce_state: None,
             listed: 3,
+            sid: false,
             _servers: servers,
             daemon: None,
         }
@@ -121,7 +133,16 @@ impl Gateway {
                     .take(self.listed)
                     .map(|b| SocketAddr::new(b.v4().into(), PORT))
             ),
-        )
+        ) + &if self.sid {
+            format!(
+                "[[services]]\nname = \"chat\"\nvip = \"{}\"\naffinity = \"sid\"\n\
+                 [services.health]\ncheck = \"none\"\n{}",
+                sid_vip(),
+                named_backends_toml(&self.topo.backends()[..self.listed], SIO_PORT)
+            )
+        } else {
+            String::new()
+        }
     }
 
     fn start(&mut self) {
@@ -190,6 +211,80 @@ impl Gateway {
             .find(|b| b.name() == answer.backend)
             .expect("a known backend");
         SocketAddr::new(b.v4().into(), PORT)
+    }
+
+    /// A new engine.io session, made directly with the Socket.IO server on
+    /// the topology's `n`th backend (0-based): its id, which that server
+    /// prefixes with its name.
+    fn session_on(&self, n: usize) -> String {
+        let server = SocketAddr::new(self.topo.backends()[n].v4().into(), SIO_PORT);
+        let (code, body) = http::get(
+            self.topo.gw(),
+            server,
+            "/socket.io/?EIO=4&transport=polling",
+        )
+        .expect("an engine.io handshake");
+        assert_eq!(code, 200, "{body}");
+        let start = body.find("\"sid\":\"").expect("a sid") + 7;
+        let len = body[start..].find('"').expect("a quoted sid");
+        body[start..start + len].to_owned()
+    }
+
+    /// An engine.io packet (a pong) posted to session `sid` from `client`
+    /// through this gateway's sid service: the answer's status. Only the
+    /// server holding the session answers 200; any other, 400.
+    fn post_by_sid(&self, client: Ipv4Addr, sid: &str) -> u16 {
+        let mut stream = balancer_tests::servers::tcp_connect(
+            self.topo.client(),
+            client.into(),
+            sid_vip(),
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("gateway {}: {client} -> {}: {e}", self.n, sid_vip()));
+        write!(
+            stream,
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 1\r\nConnection: close\r\n\r\n3",
+            sid_vip()
+        )
+        .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line)
+            .unwrap_or_else(|e| panic!("gateway {}: sid {sid} from {client}: {e}", self.n));
+        line.split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("gateway {}: not an HTTP answer: {line:?}", self.n))
+    }
+
+    /// The "chat" service's backends (address, weight, draining).
+    fn chat_set(&self) -> Vec<(String, u32, bool)> {
+        let status = balancer_tests::daemon::status(self.topo.gw(), &self.bpffs.control_socket());
+        let s = status
+            .services
+            .iter()
+            .find(|s| s.name == "chat")
+            .expect("the chat service");
+        let mut set: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| (b.address.clone(), b.weight, b.draining))
+            .collect();
+        set.sort();
+        set
+    }
+
+    /// Every name pinned in BACKEND_NAMES.
+    fn pinned_names(&self) -> Vec<String> {
+        let map = MapData::from_pin(self.bpffs.pin_dir().join(BACKEND_NAMES)).expect("pinned");
+        let names: Array<MapData, BackendName> =
+            Array::try_from(Map::Array(map)).expect("an array");
+        names
+            .iter()
+            .map(|n| n.expect("readable"))
+            .filter(|n| !n.as_bytes().is_empty())
+            .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+            .collect()
     }
 
     fn affinity_map(&self) -> HashMap<MapData, AffinityKey, Affinity> {
@@ -941,6 +1036,101 @@ fn the_admin_version_survives_restarts_and_the_newer_set_wins() {
     assert_eq!(g1.cluster().admin_version, 5);
     println!(
         "admin version carried over restarts: 2, 3, 4 (stale gateway adopted), 5 (behind, adopted)"
+    );
+}
+
+/// `backend add --name` on one gateway: the runtime backend takes the
+/// sessions its name prefixes, on both gateways; the name is pinned, so a
+/// gateway restarted with no peer to ask still routes them and resumes its
+/// admin version level; a removed backend's name is unpinned. A bad, a
+/// duplicate or a missing name is refused in one line and changes nothing
+/// on either gateway.
+#[test]
+fn a_runtime_backends_name_routes_its_sessions_on_every_gateway_and_across_restarts() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    // Socket.IO servers minting `NAME.<uuid>` session ids on every backend
+    // of both topologies; dropped before the namespaces.
+    let _sio: Vec<SocketIoServer> = [&g1, &g2]
+        .iter()
+        .flat_map(|g| g.topo.backends())
+        .map(|b| SocketIoServer::start_sid_prefixed(b.ns(), b.name(), SIO_PORT))
+        .collect();
+    g1.sid = true;
+    g2.sid = true;
+    g1.start();
+    g2.start();
+    both_linked(&g1, &g2);
+    let fourth = SocketAddr::new(g1.topo.backends()[3].v4().into(), SIO_PORT).to_string();
+    let clients: Vec<Ipv4Addr> = g1.topo.clients_v4()[..6].to_vec();
+    let before = g1.chat_set();
+    assert_eq!(before.len(), 3);
+    // Not a backend of the service yet: its prefix is unknown, the client's
+    // address picks another server, which does not know the session.
+    let sid = g1.session_on(3);
+    assert!(sid.starts_with("b4."), "{sid}");
+    assert_eq!(g1.post_by_sid(clients[0], &sid), 400);
+
+    for (args, says) in [
+        (vec!["--name", "b 4"], "is not a valid name"),
+        (vec!["--name", "b2"], "duplicate backend name \"b2\""),
+        (vec![], "backend.name: required"),
+    ] {
+        let mut argv = vec!["backend", "add", "chat", &fourth];
+        argv.extend(&args);
+        let out = balancer_tests::daemon::cli(g1.topo.gw(), &g1.bpffs.control_socket(), &argv);
+        assert!(!out.status.success(), "{argv:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{argv:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{argv:?}: {err}");
+    }
+    for g in [&g1, &g2] {
+        assert_eq!(g.chat_set(), before, "gateway {}: changed", g.n);
+        assert_eq!(g.cluster().admin_version, 0, "gateway {}", g.n);
+    }
+
+    let out = g1.cli(&["backend", "add", "chat", &fourth, "--name", "b4"]);
+    assert!(
+        out.contains(&format!("added {fourth} to chat (weight 1, name b4)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("applied on peers {}", cluster_addr(2))),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for g in [&g1, &g2] {
+        let sid = g.session_on(3);
+        for &client in &clients {
+            assert_eq!(
+                g.post_by_sid(client, &sid),
+                200,
+                "gateway {}, client {client}: {sid} did not reach b4",
+                g.n
+            );
+        }
+        assert_eq!(g.pinned_names(), ["b4"], "gateway {}", g.n);
+    }
+
+    // Gateway 2 restarts while gateway 1 is away: only its pins can give
+    // it the name.
+    g1.stop();
+    g2.stop();
+    g2.start();
+    let c2 = g2.cluster();
+    assert_eq!((c2.admin_version, c2.admin_behind), (1, false));
+    let sid = g2.session_on(3);
+    for &client in &clients {
+        assert_eq!(g2.post_by_sid(client, &sid), 200, "after a restart");
+    }
+
+    let out = g2.cli(&["backend", "remove", "chat", &fourth]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(g2.pinned_names().is_empty(), "{:?}", g2.pinned_names());
+    assert_eq!(g2.post_by_sid(clients[0], &sid), 400, "removed: by client");
+    println!(
+        "b4 added by name on gateway 1: {} clients' requests with b4's session ids reached it on both gateways and after gateway 2's restart",
+        clients.len()
     );
 }
 

@@ -47,6 +47,9 @@ fn pin(services: &[ServiceState], capacity: u32) -> Pinned {
         });
         for b in &s.backends {
             pinned.backends.push((b.id, b.map_value(s.id)));
+            if let (true, Some(name)) = (b.runtime, &b.name) {
+                pinned.names.insert(b.id, name.clone());
+            }
         }
     }
     pinned
@@ -125,7 +128,7 @@ fn a_restart_after_runtime_changes_builds_the_table_a_fresh_gateway_builds() {
 fn runtime_state_survives_and_the_configs_changes_apply() {
     let mut first = fresh(TWO_SERVICES);
     // At runtime: .12 went down, was drained and given weight 7, .13 was
-    // added.
+    // added, named "b13".
     first[0].backends[1].up = false;
     first[0].backends[1].draining = true;
     first[0].backends[1].weight = 7;
@@ -138,7 +141,7 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
         draining: false,
         runtime: true,
         weight_set: false,
-        name: None,
+        name: Some("b13".into()),
     });
     let pinned = pin(&first, 10_000);
     // The new config drops the dns service and .11, and lists .14.
@@ -169,9 +172,9 @@ fn runtime_state_survives_and_the_configs_changes_apply() {
     );
     let b13 = find("198.18.1.13:3000").unwrap();
     assert_eq!(
-        (b13.id, b13.weight, b13.runtime),
-        (9, 3, true),
-        "a runtime backend is kept"
+        (b13.id, b13.weight, b13.runtime, b13.name.as_deref()),
+        (9, 3, true, Some("b13")),
+        "a runtime backend is kept, with its name"
     );
     let b14 = find("198.18.1.14:3000").unwrap();
     assert!(

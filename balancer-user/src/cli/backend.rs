@@ -22,6 +22,11 @@ pub enum BackendAction {
         /// Its share of new clients, 1..=65535 (1 when left out; the daemon checks it).
         #[arg(long, value_name = "N")]
         weight: Option<u32>,
+        /// The prefix of the engine.io session ids it mints, as the
+        /// config's `name`: required with `affinity = "sid"`, unique in the
+        /// service, 1 to 64 of A-Z a-z 0-9 _ . - (the daemon checks it).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -84,6 +89,7 @@ fn to_request(action: &BackendAction) -> (&SocketArg, Request) {
         BackendAction::Add {
             target,
             weight,
+            name,
             socket,
         } => {
             let (service, address) = parts(target);
@@ -93,6 +99,7 @@ fn to_request(action: &BackendAction) -> (&SocketArg, Request) {
                     service,
                     address,
                     weight: *weight,
+                    name: name.clone(),
                 },
             )
         }
@@ -147,7 +154,15 @@ mod tests {
 
     #[test]
     fn cli_backend_requests() {
-        let (socket, req) = parse(&["add", "chat", "198.18.1.14:3000", "--weight", "3"]);
+        let (socket, req) = parse(&[
+            "add",
+            "chat",
+            "198.18.1.14:3000",
+            "--weight",
+            "3",
+            "--name",
+            "b4",
+        ]);
         assert_eq!(
             socket,
             std::path::Path::new(crate::config::DEFAULT_CONTROL_SOCKET)
@@ -157,7 +172,8 @@ mod tests {
             Request::BackendAdd {
                 service: "chat".into(),
                 address: "198.18.1.14:3000".into(),
-                weight: Some(3)
+                weight: Some(3),
+                name: Some("b4".into()),
             }
         );
         let (_, req) = parse(&["add", "chat", "[2001:db8::1]:80"]);
@@ -166,7 +182,8 @@ mod tests {
             Request::BackendAdd {
                 service: "chat".into(),
                 address: "[2001:db8::1]:80".into(),
-                weight: None
+                weight: None,
+                name: None,
             }
         );
         let (socket, req) = parse(&["remove", "--socket", "/tmp/s", "chat", "not-an-address"]);

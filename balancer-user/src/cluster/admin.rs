@@ -16,7 +16,8 @@
 //! - **Catch-up.** Every gateway keeps an admin version, a Lamport counter:
 //!   a change carries the origin's version + 1, and whoever applies it
 //!   takes the larger of its own and that. A link's server sends its admin
-//!   state (every backend's address, weight, drain) first in every sync;
+//!   state (every backend's address, weight, drain, name) first in every
+//!   sync;
 //!   a client whose version is lower adopts it before anything else,
 //!   health aside.
 //! - **Across a restart.** The version is pinned with the backends
@@ -58,13 +59,19 @@ pub const MAX_SKEW: Duration = Duration::from_secs(5);
 pub const MAX_REASON: usize = 1000;
 
 /// What a backend change does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Add { weight: u32 },
+    /// `name`: the prefix of the engine.io session ids it mints.
+    Add {
+        weight: u32,
+        name: Option<String>,
+    },
     Remove,
     Drain,
     Undrain,
-    SetWeight { weight: u32 },
+    SetWeight {
+        weight: u32,
+    },
 }
 
 /// A backend change, by names every gateway shares.
@@ -88,11 +95,13 @@ pub struct Proposal {
 }
 
 /// One backend as the operator set it (health is each gateway's own).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminBackend {
     pub address: SocketAddr,
     pub weight: u32,
     pub draining: bool,
+    /// Its sid prefix, from the config or `backend add --name`.
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,8 +118,10 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// A hash of the services' backends, weights and drains, whatever
-    /// their order: equal for equal sets within one build.
+    /// A hash of the services' backends, weights, drains and names,
+    /// whatever their order: equal for equal sets within one build. An
+    /// unnamed backend hashes as before names were carried, so a pinned
+    /// fingerprint of a set without names still matches after an upgrade.
     pub fn set_fingerprint(&self) -> u64 {
         let mut services: Vec<&AdminService> = self.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -127,6 +138,10 @@ impl AdminState {
                 h.update(address.as_bytes());
                 h.update(&b.weight.to_le_bytes());
                 h.update(&[u8::from(b.draining)]);
+                if let Some(name) = &b.name {
+                    h.update(&[0xff, name.len() as u8]);
+                    h.update(name.as_bytes());
+                }
             }
         }
         h.digest()
@@ -366,7 +381,10 @@ mod tests {
             change: Change {
                 service: "web".into(),
                 backend: "198.18.1.14:3000".parse().unwrap(),
-                op: Op::Add { weight: 1 },
+                op: Op::Add {
+                    weight: 1,
+                    name: None,
+                },
             },
         }
     }
@@ -426,6 +444,11 @@ mod tests {
             address: format!("198.18.1.1{n}:3000").parse().unwrap(),
             weight,
             draining,
+            name: None,
+        };
+        let named = |n: u8, name: &str| AdminBackend {
+            name: Some(name.into()),
+            ..b(n, 1, false)
         };
         let state = |backends: Vec<AdminBackend>, version| AdminState {
             version,
@@ -444,9 +467,14 @@ mod tests {
             vec![b(1, 2, false), b(2, 1, false)],
             vec![b(1, 1, true), b(2, 1, false)],
             vec![b(1, 1, false), b(3, 1, false)],
+            vec![named(1, "b1"), b(2, 1, false)],
         ] {
             assert_ne!(fp, state(other, 3).set_fingerprint());
         }
+        assert_ne!(
+            state(vec![named(1, "b1")], 3).set_fingerprint(),
+            state(vec![named(1, "b2")], 3).set_fingerprint()
+        );
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! replayed, dropped or reordered within its connection fails the sequence
 //! check, and a frame reflected back to its sender fails the MAC (the side
 //! is part of it).
+//!
+//! Backend names (the engine.io sid prefixes) came after version 1 and
+//! kept it: a message without a name is encoded as version 1 encoded it,
+//! and one with a name uses codes a version-1 peer refuses as malformed
+//! (an add with a name is op 6, a named backend in an admin state has
+//! flag bit 1), so an older peer drops and counts what it cannot keep
+//! rather than apply it without the name, and a mixed cluster keeps
+//! working for everything else during an upgrade.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -19,6 +27,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::admin::{AdminBackend, AdminService, Change, MAX_REASON, Op, Proposal};
+use crate::config::valid_name;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -108,22 +117,37 @@ const ANSWER: u8 = 9;
 const CANCEL: u8 = 10;
 const ADMIN_STATE: u8 = 11;
 
-/// Backends in one `AdminState` frame at most: 24 bytes each, with room
-/// for every service's name.
+/// Backends in one `AdminState` frame at most: 24 bytes each unnamed.
 pub const MAX_ADMIN_BACKENDS: usize = 1500;
 /// Services in one `AdminState` frame at most.
 pub const MAX_ADMIN_SERVICES: usize = 256;
+/// Address and port (19), weight (4), flags (1); a name adds its length
+/// byte and its bytes.
 const ADMIN_BACKEND_LEN: usize = 19 + 4 + 1;
+/// The bytes of backends one `AdminState` frame holds at most, with room
+/// for every service's name: 1500 unnamed backends, fewer named ones.
+const MAX_ADMIN_BACKEND_BYTES: usize = MAX_ADMIN_BACKENDS * ADMIN_BACKEND_LEN;
 const _: () = assert!(
     4 + HEADER_LEN
         + 8
         + 1
         + 2
         + MAX_ADMIN_SERVICES * (1 + 64 + 2)
-        + MAX_ADMIN_BACKENDS * ADMIN_BACKEND_LEN
+        + MAX_ADMIN_BACKEND_BYTES
         + MAC_LEN
         <= MAX_FRAME
 );
+/// Admin state backend flags.
+const ADMIN_DRAINING: u8 = 1;
+const ADMIN_NAMED: u8 = 2;
+/// Propose op codes.
+const OP_ADD: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const OP_DRAIN: u8 = 3;
+const OP_UNDRAIN: u8 = 4;
+const OP_SET_WEIGHT: u8 = 5;
+/// An add with a name, which follows the service's name.
+const OP_ADD_NAMED: u8 = 6;
 
 /// Why a received frame (or connection) was refused: the `reason` label
 /// of `balancer_cluster_messages_rejected_total`.
@@ -337,16 +361,26 @@ fn encode_payload(message: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&p.version.to_be_bytes());
             out.extend_from_slice(&p.apply_at_ms.to_be_bytes());
             let (op, weight) = match p.change.op {
-                Op::Add { weight } => (1, weight),
-                Op::Remove => (2, 0),
-                Op::Drain => (3, 0),
-                Op::Undrain => (4, 0),
-                Op::SetWeight { weight } => (5, weight),
+                Op::Add { weight, name: None } => (OP_ADD, weight),
+                Op::Add {
+                    weight,
+                    name: Some(_),
+                } => (OP_ADD_NAMED, weight),
+                Op::Remove => (OP_REMOVE, 0),
+                Op::Drain => (OP_DRAIN, 0),
+                Op::Undrain => (OP_UNDRAIN, 0),
+                Op::SetWeight { weight } => (OP_SET_WEIGHT, weight),
             };
             out.push(op);
             out.extend_from_slice(&weight.to_be_bytes());
             encode_socket(p.change.backend, out);
             encode_name(&p.change.service, out);
+            if let Op::Add {
+                name: Some(name), ..
+            } = &p.change.op
+            {
+                encode_name(name, out);
+            }
         }
         Message::Answer { id, refusal } => {
             out.extend_from_slice(&id.to_be_bytes());
@@ -379,14 +413,20 @@ fn encode_payload(message: &Message, out: &mut Vec<u8>) {
                 for b in &s.backends {
                     encode_socket(b.address, out);
                     out.extend_from_slice(&b.weight.to_be_bytes());
-                    out.push(u8::from(b.draining));
+                    let draining = if b.draining { ADMIN_DRAINING } else { 0 };
+                    let named = if b.name.is_some() { ADMIN_NAMED } else { 0 };
+                    out.push(draining | named);
+                    if let Some(name) = &b.name {
+                        encode_name(name, out);
+                    }
                 }
             }
         }
     }
 }
 
-/// A service name: its length (one byte, 1..=64) and its bytes.
+/// A service's or a backend's name: its length (one byte, 1..=64) and
+/// its bytes.
 fn encode_name(name: &str, out: &mut Vec<u8>) {
     let bytes = &name.as_bytes()[..name.len().min(64)];
     out.push(bytes.len() as u8);
@@ -442,6 +482,15 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| Reject::Malformed)
     }
 
+    /// A backend's name: one a config could hold, else `Malformed`.
+    fn backend_name(&mut self) -> Result<String, Reject> {
+        let name = self.name()?;
+        if !valid_name(&name) {
+            return Err(Reject::Malformed);
+        }
+        Ok(name)
+    }
+
     fn end(&self) -> Result<(), Reject> {
         if self.0.is_empty() {
             Ok(())
@@ -455,16 +504,23 @@ fn decode_propose(p: &[u8]) -> Result<Message, Reject> {
     let mut r = Reader(p);
     let (id, version, apply_at_ms) = (r.u64()?, r.u64()?, r.u64()?);
     let (op, weight) = (r.u8()?, r.u32()?);
-    let op = match (op, weight) {
-        (1, w) => Op::Add { weight: w },
-        (2, 0) => Op::Remove,
-        (3, 0) => Op::Drain,
-        (4, 0) => Op::Undrain,
-        (5, w) => Op::SetWeight { weight: w },
-        _ => return Err(Reject::Malformed),
-    };
     let backend = r.socket()?;
     let service = r.name()?;
+    let op = match (op, weight) {
+        (OP_ADD, w) => Op::Add {
+            weight: w,
+            name: None,
+        },
+        (OP_ADD_NAMED, w) => Op::Add {
+            weight: w,
+            name: Some(r.backend_name()?),
+        },
+        (OP_REMOVE, 0) => Op::Remove,
+        (OP_DRAIN, 0) => Op::Drain,
+        (OP_UNDRAIN, 0) => Op::Undrain,
+        (OP_SET_WEIGHT, w) => Op::SetWeight { weight: w },
+        _ => return Err(Reject::Malformed),
+    };
     r.end()?;
     Ok(Message::Propose(Proposal {
         id,
@@ -517,15 +573,20 @@ fn decode_admin_state(p: &[u8]) -> Result<Message, Reject> {
         for _ in 0..n {
             let address = r.socket()?;
             let weight = r.u32()?;
-            let draining = match r.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(Reject::Malformed),
+            let flags = r.u8()?;
+            if flags & !(ADMIN_DRAINING | ADMIN_NAMED) != 0 {
+                return Err(Reject::Malformed);
+            }
+            let name = if flags & ADMIN_NAMED != 0 {
+                Some(r.backend_name()?)
+            } else {
+                None
             };
             backends.push(AdminBackend {
                 address,
                 weight,
-                draining,
+                draining: flags & ADMIN_DRAINING != 0,
+                name,
             });
         }
         services.push(AdminService { name, backends });
@@ -538,12 +599,14 @@ fn decode_admin_state(p: &[u8]) -> Result<Message, Reject> {
     })
 }
 
-/// `state` as `AdminState` messages that each fit a frame.
+/// `state` as `AdminState` messages that each fit a frame: a frame is cut
+/// at [`MAX_ADMIN_SERVICES`] services, [`MAX_ADMIN_BACKENDS`] backends or
+/// their bytes, and a service cut goes on in the next one.
 pub fn admin_state_messages(state: &super::admin::AdminState) -> Vec<Message> {
     let mut messages = Vec::new();
     let mut services: Vec<AdminService> = Vec::new();
-    let mut backends = 0;
-    let flush = |services: &mut Vec<AdminService>, messages: &mut Vec<Message>| {
+    let (mut backends, mut bytes) = (0, 0);
+    let mut flush = |services: &mut Vec<AdminService>| {
         messages.push(Message::AdminState {
             version: state.version,
             more: true,
@@ -551,25 +614,34 @@ pub fn admin_state_messages(state: &super::admin::AdminState) -> Vec<Message> {
         });
     };
     for s in &state.services {
-        let mut rest = &s.backends[..];
-        loop {
-            if services.len() == MAX_ADMIN_SERVICES || backends == MAX_ADMIN_BACKENDS {
-                flush(&mut services, &mut messages);
-                backends = 0;
+        if services.len() == MAX_ADMIN_SERVICES {
+            flush(&mut services);
+            (backends, bytes) = (0, 0);
+        }
+        services.push(AdminService {
+            name: s.name.clone(),
+            backends: Vec::new(),
+        });
+        for b in &s.backends {
+            let len = ADMIN_BACKEND_LEN + b.name.as_ref().map_or(0, |n| 1 + n.len());
+            if backends == MAX_ADMIN_BACKENDS || bytes + len > MAX_ADMIN_BACKEND_BYTES {
+                flush(&mut services);
+                (backends, bytes) = (0, 0);
+                services.push(AdminService {
+                    name: s.name.clone(),
+                    backends: Vec::new(),
+                });
             }
-            let n = rest.len().min(MAX_ADMIN_BACKENDS - backends);
-            services.push(AdminService {
-                name: s.name.clone(),
-                backends: rest[..n].to_vec(),
-            });
-            backends += n;
-            rest = &rest[n..];
-            if rest.is_empty() {
-                break;
-            }
+            services
+                .last_mut()
+                .expect("pushed above")
+                .backends
+                .push(b.clone());
+            backends += 1;
+            bytes += len;
         }
     }
-    flush(&mut services, &mut messages);
+    flush(&mut services);
     if let Some(Message::AdminState { more, .. }) = messages.last_mut() {
         *more = false;
     }
@@ -725,6 +797,40 @@ mod tests {
                     op: Op::SetWeight { weight: 9 },
                 },
             }),
+            Message::Propose(Proposal {
+                id: 4,
+                version: 5,
+                apply_at_ms: 6,
+                change: Change {
+                    service: "chat".into(),
+                    backend: "198.18.1.14:3000".parse().unwrap(),
+                    op: Op::Add {
+                        weight: 2,
+                        name: Some("b4".into()),
+                    },
+                },
+            }),
+            Message::AdminState {
+                version: 3,
+                more: false,
+                services: vec![AdminService {
+                    name: "chat".into(),
+                    backends: vec![
+                        AdminBackend {
+                            address: "198.18.1.14:3000".parse().unwrap(),
+                            weight: 2,
+                            draining: true,
+                            name: Some("b4".into()),
+                        },
+                        AdminBackend {
+                            address: "198.18.1.15:3000".parse().unwrap(),
+                            weight: 1,
+                            draining: false,
+                            name: None,
+                        },
+                    ],
+                }],
+            },
             Message::Answer {
                 id: 1,
                 refusal: None,
@@ -879,6 +985,7 @@ mod tests {
             address: SocketAddr::new(Ipv4Addr::from(0xc612_0000 + i).into(), 3000),
             weight: i % 7 + 1,
             draining: i.is_multiple_of(3),
+            name: None,
         };
         let state = super::super::admin::AdminState {
             version: 42,
@@ -922,6 +1029,138 @@ mod tests {
                 services: vec![]
             }]
         );
+    }
+
+    /// Without a name, an add and an admin state are the bytes version 1
+    /// sent, so a version-1 peer reads them; with one, it refuses them.
+    #[test]
+    fn unnamed_backends_are_encoded_as_version_1_encoded_them() {
+        let add = |name: Option<&str>| {
+            let mut out = Vec::new();
+            encode_payload(
+                &Message::Propose(Proposal {
+                    id: 1,
+                    version: 2,
+                    apply_at_ms: 3,
+                    change: Change {
+                        service: "web".into(),
+                        backend: "198.18.1.14:3000".parse().unwrap(),
+                        op: Op::Add {
+                            weight: 9,
+                            name: name.map(Into::into),
+                        },
+                    },
+                }),
+                &mut out,
+            );
+            out
+        };
+        let mut v1 = [&[0, 0, 0, 0, 0, 0, 0, 1][..], &[0, 0, 0, 0, 0, 0, 0, 2]].concat();
+        v1.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 9, 4, 198, 18, 1, 14]);
+        v1.extend_from_slice(&[0; 12]);
+        v1.extend_from_slice(&[0x0b, 0xb8, 3, b'w', b'e', b'b']);
+        assert_eq!(add(None), v1);
+        let named = add(Some("b4"));
+        assert_eq!(named[24], OP_ADD_NAMED);
+        assert_eq!(&named[named.len() - 3..], &[2, b'b', b'4']);
+    }
+
+    /// Authentic frames naming a backend with a name no config could
+    /// hold, or with unknown flags: refused, never applied.
+    #[test]
+    fn a_malformed_backend_name_is_refused() {
+        let key = session_key(KEY, &[1; 16], &[2; 16]);
+        let seal = |m: &Message| Sealer::session(key.clone(), Side::Client).seal(m);
+        let open = |frame: &[u8]| Opener::session(key.clone(), Side::Client).open(&frame[4..]);
+        let propose = |name: &str| {
+            Message::Propose(Proposal {
+                id: 1,
+                version: 2,
+                apply_at_ms: 3,
+                change: Change {
+                    service: "web".into(),
+                    backend: "198.18.1.14:3000".parse().unwrap(),
+                    op: Op::Add {
+                        weight: 1,
+                        name: Some(name.into()),
+                    },
+                },
+            })
+        };
+        let state = |name: &str| Message::AdminState {
+            version: 1,
+            more: false,
+            services: vec![AdminService {
+                name: "web".into(),
+                backends: vec![AdminBackend {
+                    address: "198.18.1.14:3000".parse().unwrap(),
+                    weight: 1,
+                    draining: false,
+                    name: Some(name.into()),
+                }],
+            }],
+        };
+        for bad in ["b 4", "b/4", "b\n4", "é"] {
+            assert_eq!(
+                open(&seal(&propose(bad))),
+                Err(Reject::Malformed),
+                "{bad:?}"
+            );
+            assert_eq!(open(&seal(&state(bad))), Err(Reject::Malformed), "{bad:?}");
+        }
+        assert!(open(&seal(&propose("b4"))).is_ok());
+        let mut flags = seal(&state("b4"));
+        // The flags byte: after the frame header, version, more, count,
+        // service name, backend count, address and weight.
+        let at = 4 + HEADER_LEN + 8 + 1 + 2 + 4 + 2 + 19 + 4;
+        assert_eq!(flags[at], ADMIN_NAMED);
+        flags[at] |= 4;
+        let body = &flags[4..flags.len() - MAC_LEN];
+        let mut m = mac(&key);
+        m.update(&[Side::Client as u8]);
+        m.update(body);
+        let tag = m.finalize().into_bytes();
+        let n = flags.len();
+        flags[n - MAC_LEN..].copy_from_slice(&tag);
+        assert_eq!(open(&flags), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn named_backends_cut_admin_state_frames_by_their_bytes() {
+        let state = super::super::admin::AdminState {
+            version: 7,
+            services: vec![AdminService {
+                name: "web".into(),
+                backends: (0..1500u32)
+                    .map(|i| AdminBackend {
+                        address: SocketAddr::new(Ipv4Addr::from(0xc612_0000 + i).into(), 3000),
+                        weight: 1,
+                        draining: false,
+                        name: Some(format!("{i:0>64}")),
+                    })
+                    .collect(),
+            }],
+        };
+        let messages = admin_state_messages(&state);
+        assert!(
+            messages.len() > 1,
+            "1500 named backends do not fit one frame"
+        );
+        let (mut sealer, mut opener) = session();
+        let mut read = super::super::admin::AdminState::default();
+        for m in &messages {
+            let frame = sealer.seal(m);
+            assert!(frame.len() - 4 <= MAX_FRAME);
+            let Ok(Message::AdminState {
+                version, services, ..
+            }) = opener.open(body(&frame))
+            else {
+                panic!("an admin state")
+            };
+            read.version = version;
+            read.extend(services);
+        }
+        assert_eq!(read, state);
     }
 
     #[test]

@@ -876,6 +876,38 @@ fn check_new_backend_for_the_cli() {
 }
 
 #[test]
+fn a_new_backend_of_a_sid_service_needs_a_valid_unique_name() {
+    let text = minimal(
+        r#"affinity = "sid"
+[[services.backends]]
+address = "198.18.1.11:3000"
+name = "b1"
+"#,
+    );
+    let service = &Config::from_str(&text).unwrap().services[0];
+    let named = |name: Option<&str>| BackendConfig {
+        name: name.map(Into::into),
+        ..BackendConfig::new(addr("198.18.1.12:3000"))
+    };
+    service.check_new_backend(&named(Some("b2"))).unwrap();
+    for (name, says) in [
+        (None, "required in service"),
+        (Some("b1"), "duplicate backend name \"b1\""),
+        (Some("b 2"), "is not a valid name"),
+        (Some(""), "is not a valid name"),
+    ] {
+        let err = service.check_new_backend(&named(name)).unwrap_err();
+        assert_eq!(err.field(), Some("backend.name"), "{name:?}");
+        assert!(err.to_string().contains(says), "{name:?}: {err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+    // Elsewhere a name is optional, and checked when given.
+    let plain = &Config::from_str(EXAMPLE_CONFIG).unwrap().services[0];
+    plain.check_new_backend(&named(None)).unwrap();
+    assert!(plain.check_new_backend(&named(Some("a/b"))).is_err());
+}
+
+#[test]
 fn from_file_names_the_file() {
     let dir = std::env::temp_dir().join(format!("balancer-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

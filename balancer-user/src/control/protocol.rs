@@ -15,11 +15,14 @@ pub enum Request {
     /// Services, backends, states and counts (the same as `GET /status`).
     Status,
     /// Add `address` to `service`; it takes clients once it passes `rise`
-    /// health checks (at once with `check = "none"`).
+    /// health checks (at once with `check = "none"`). `name` is the prefix
+    /// of the engine.io session ids it mints (`affinity = "sid"`).
     BackendAdd {
         service: String,
         address: String,
         weight: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// Remove `address`: its flows and affinities move on their next packet.
     BackendRemove { service: String, address: String },

@@ -35,11 +35,13 @@ pub fn change_of(request: &Request) -> anyhow::Result<Option<Change>> {
             service,
             address,
             weight,
+            name,
         } => (
             service,
             address,
             Op::Add {
                 weight: weight.unwrap_or(1),
+                name: name.clone(),
             },
         ),
         Request::BackendRemove { service, address } => (service, address, Op::Remove),
@@ -102,10 +104,12 @@ impl Daemon {
     /// Would this gateway apply `change` now?
     fn check_change(&self, change: &Change) -> anyhow::Result<()> {
         let i = self.service_index(&change.service)?;
-        match change.op {
-            Op::Add { weight } => self.check_new_backend(i, change.backend, weight),
+        match &change.op {
+            Op::Add { weight, name } => {
+                self.check_new_backend(i, change.backend, *weight, name.as_deref())
+            }
             Op::SetWeight { weight } => {
-                check_weight(weight)?;
+                check_weight(*weight)?;
                 self.backend_index(i, change.backend).map(drop)
             }
             Op::Remove | Op::Drain | Op::Undrain => self.backend_index(i, change.backend).map(drop),
@@ -119,14 +123,16 @@ impl Daemon {
         let (service, address) = (change.service.as_str(), change.backend);
         let i = self.service_index(service)?;
         let present = self.services[i].backend(address).is_some();
-        let done = match change.op {
+        let done = match &change.op {
             Op::Add { .. } if present => format!("{address} is in {service} already"),
-            Op::Add { weight } => self.add_backend(service, address, weight)?,
+            Op::Add { weight, name } => {
+                self.add_backend(service, address, *weight, name.as_deref())?
+            }
             Op::Remove if !present => format!("{address} is not in {service} already"),
             Op::Remove => self.remove_backend(service, address)?,
             Op::Drain => self.set_draining(service, address, true)?,
             Op::Undrain => self.set_draining(service, address, false)?,
-            Op::SetWeight { weight } => self.set_weight(service, address, weight)?,
+            Op::SetWeight { weight } => self.set_weight(service, address, *weight)?,
         };
         // A change older than this gateway's version leaves it as it was
         // (and behind, if it was: its set is still not that version's).
@@ -200,6 +206,7 @@ impl Daemon {
                             address: b.address,
                             weight: b.weight,
                             draining: b.draining,
+                            name: b.name.clone(),
                         })
                         .collect(),
                 })
@@ -207,10 +214,11 @@ impl Daemon {
         }
     }
 
-    /// Make every service named in `state` have its backends, weights and
-    /// drains, if `state` is of a higher version than this gateway's. A
-    /// backend added here starts as `backend add` starts one; health is
-    /// each gateway's own. A service this gateway lacks is skipped.
+    /// Make every service named in `state` have its backends, weights,
+    /// drains and runtime backends' names, if `state` is of a higher
+    /// version than this gateway's. A backend added here starts as
+    /// `backend add` starts one; health is each gateway's own. A service
+    /// this gateway lacks is skipped.
     fn adopt_admin(&mut self, state: &AdminState) -> anyhow::Result<Option<String>> {
         if state.version <= self.offered_version() {
             return Ok(None);
@@ -225,8 +233,8 @@ impl Daemon {
                 continue;
             };
             let name = target.name.as_str();
-            let want: HashMap<SocketAddr, AdminBackend> =
-                target.backends.iter().map(|b| (b.address, *b)).collect();
+            let want: HashMap<SocketAddr, &AdminBackend> =
+                target.backends.iter().map(|b| (b.address, b)).collect();
             let extra: Vec<SocketAddr> = self.services[i]
                 .backends
                 .iter()
@@ -239,7 +247,7 @@ impl Daemon {
             }
             for b in &target.backends {
                 let Some(have) = self.services[i].backend(b.address).cloned() else {
-                    self.add_backend(name, b.address, b.weight)?;
+                    self.add_backend(name, b.address, b.weight, b.name.as_deref())?;
                     done.push(format!("{name}: +{} (weight {})", b.address, b.weight));
                     if b.draining {
                         self.set_draining(name, b.address, true)?;
@@ -250,6 +258,22 @@ impl Daemon {
                 if have.weight != b.weight {
                     self.set_weight(name, b.address, b.weight)?;
                     done.push(format!("{name}: {} weight {}", b.address, b.weight));
+                }
+                // A config backend's name is the config's: a peer that
+                // names it otherwise has another config.
+                if have.name != b.name && !have.runtime {
+                    warn!(
+                        service = name,
+                        backend = %b.address,
+                        "cluster: a peer names a config backend otherwise; the config's name is kept"
+                    );
+                } else if have.name != b.name {
+                    self.set_runtime_name(name, b.address, b.name.as_deref())?;
+                    done.push(format!(
+                        "{name}: {} named {}",
+                        b.address,
+                        b.name.as_deref().unwrap_or("(none)")
+                    ));
                 }
                 if have.draining != b.draining {
                     self.set_draining(name, b.address, b.draining)?;

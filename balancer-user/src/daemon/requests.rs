@@ -40,9 +40,13 @@ impl Daemon {
                 service,
                 address,
                 weight,
-            } => {
-                done(self.add_backend(&service, backend_address(&address)?, weight.unwrap_or(1))?)
-            }
+                name,
+            } => done(self.add_backend(
+                &service,
+                backend_address(&address)?,
+                weight.unwrap_or(1),
+                name.as_deref(),
+            )?),
             Request::BackendRemove { service, address } => {
                 done(self.remove_backend(&service, backend_address(&address)?)?)
             }
