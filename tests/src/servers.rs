@@ -128,7 +128,7 @@ impl Drop for Server {
 /// Starts the TCP whoami server on `port` of every address in `ns`.
 pub fn tcp_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
     Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
-        accept_loop(&socket.into(), name, stop, false)
+        accept_loop(&socket.into(), name, stop, serve_tcp)
     })
 }
 
@@ -137,7 +137,7 @@ pub fn tcp_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
 /// connection without a valid header is closed.
 pub fn tcp_whoami_proxied(ns: &NetNs, name: &str, port: u16) -> Server {
     Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
-        accept_loop(&socket.into(), name, stop, true)
+        accept_loop(&socket.into(), name, stop, serve_tcp_proxied)
     })
 }
 
@@ -151,7 +151,7 @@ pub fn tcp_whoami_proxied(ns: &NetNs, name: &str, port: u16) -> Server {
 /// pool has to survive.
 pub fn http_whoami(ns: &NetNs, name: &str, port: u16) -> Server {
     Server::start(ns, name, port, Type::STREAM, |socket, name, stop| {
-        http_accept_loop(&socket.into(), name, stop)
+        accept_loop(&socket.into(), name, stop, serve_http)
     })
 }
 
@@ -290,29 +290,6 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn http_accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool) {
-    let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                conns.retain(|(_, thread)| !thread.is_finished());
-                let handle = stream.try_clone().expect("clone accepted stream");
-                let name = name.to_owned();
-                conns.push((
-                    handle,
-                    thread::spawn(move || serve_http(stream, &name, peer)),
-                ));
-            }
-            Err(e) if is_timeout(&e) || stop.load(Ordering::Relaxed) => {}
-            Err(e) => panic!("accept on {:?}: {e}", listener.local_addr()),
-        }
-    }
-    for (stream, thread) in conns {
-        let _ = stream.shutdown(Shutdown::Both);
-        let _ = thread.join();
-    }
-}
-
 fn serve_http(stream: TcpStream, name: &str, peer: SocketAddr) {
     if stream.set_read_timeout(None).is_err() {
         return;
@@ -352,7 +329,14 @@ fn serve_http(stream: TcpStream, name: &str, peer: SocketAddr) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool, proxied: bool) {
+/// Accept until `stop`, serving each connection on a thread of its own
+/// with `serve(stream, name, peer)`.
+fn accept_loop(
+    listener: &TcpListener,
+    name: &str,
+    stop: &AtomicBool,
+    serve: fn(TcpStream, &str, SocketAddr),
+) {
     // Each connection: a clone to shut it down on stop, and its thread.
     let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -361,20 +345,7 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool, proxied: b
                 conns.retain(|(_, thread)| !thread.is_finished());
                 let handle = stream.try_clone().expect("clone accepted stream");
                 let name = name.to_owned();
-                conns.push((
-                    handle,
-                    thread::spawn(move || {
-                        let peer = if proxied {
-                            match read_proxy_header(&stream) {
-                                Some(source) => source,
-                                None => return,
-                            }
-                        } else {
-                            peer
-                        };
-                        serve_tcp(stream, &name, peer)
-                    }),
-                ));
+                conns.push((handle, thread::spawn(move || serve(stream, &name, peer))));
             }
             // A timeout, or the shutdown that `stop` uses to wake us.
             Err(e) if is_timeout(&e) || stop.load(Ordering::Relaxed) => {}
@@ -384,6 +355,13 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &AtomicBool, proxied: b
     for (stream, thread) in conns {
         let _ = stream.shutdown(Shutdown::Both);
         let _ = thread.join();
+    }
+}
+
+/// [`serve_tcp`] behind a PROXY header: the peer it names is the client.
+fn serve_tcp_proxied(stream: TcpStream, name: &str, _peer: SocketAddr) {
+    if let Some(source) = read_proxy_header(&stream) {
+        serve_tcp(stream, name, source);
     }
 }
 
