@@ -168,14 +168,7 @@ pub fn lookup<C: Frame>(
     proto: u8,
     fallback: Option<&L2Path>,
 ) -> Result<L2Path, Action> {
-    let Some(scratch) = scratch() else {
-        return Err(stats::pass(Counter::PassFibOther));
-    };
-    let fib = &mut scratch.fib;
-    if fib_params(ctx, fib, family, proto).is_none() {
-        return Err(stats::pass(Counter::PassTruncated));
-    }
-    let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
+    let (rc, fib) = fib_lookup(ctx, family, proto, None)?;
     answer(rc, fib, fallback)
 }
 
@@ -191,20 +184,39 @@ pub fn lookup_as_from<C: Frame>(
     vip: &[u32; 4],
     fallback: Option<&L2Path>,
 ) -> Option<Result<L2Path, Action>> {
+    let (rc, fib) = match fib_lookup(ctx, family, proto, Some(vip)) {
+        Ok(found) => found,
+        Err(action) => return Some(Err(action)),
+    };
+    (rc != FIB_NOT_FWDED).then(|| answer(rc, fib, fallback))
+}
+
+/// `bpf_fib_lookup` for the packet's addresses and length, its source
+/// taken as `src` when given; the return code and the filled parameters.
+/// `Err`: no scratch space, or a truncated header (passed, counted).
+#[inline(always)]
+fn fib_lookup<C: Frame>(
+    ctx: &C,
+    family: u8,
+    proto: u8,
+    src: Option<&[u32; 4]>,
+) -> Result<(i64, &'static FibParams), Action> {
     let Some(scratch) = scratch() else {
-        return Some(Err(stats::pass(Counter::PassFibOther)));
+        return Err(stats::pass(Counter::PassFibOther));
     };
     let fib = &mut scratch.fib;
     if fib_params(ctx, fib, family, proto).is_none() {
-        return Some(Err(stats::pass(Counter::PassTruncated)));
+        return Err(stats::pass(Counter::PassTruncated));
     }
-    if family == FAMILY_V4 {
-        fib.__bindgen_anon_3.ipv4_src = vip[0];
-    } else {
-        store_words(unsafe { &mut fib.__bindgen_anon_3.ipv6_src }, vip);
+    if let Some(src) = src {
+        if family == FAMILY_V4 {
+            fib.__bindgen_anon_3.ipv4_src = src[0];
+        } else {
+            store_words(unsafe { &mut fib.__bindgen_anon_3.ipv6_src }, src);
+        }
     }
     let rc = unsafe { bpf_fib_lookup(ctx.raw(), fib, size_of::<FibParams>() as i32, 0) };
-    (rc != FIB_NOT_FWDED).then(|| answer(rc, fib, fallback))
+    Ok((rc, fib))
 }
 
 /// The path in a FIB lookup's answer (`rc`, `fib`), as [`lookup`] says.
