@@ -47,10 +47,11 @@ pub enum Reply {
     NotOurs,
     /// The flow's entry, whose backend sent the packet, and the flow's VIP.
     Flow(*mut Flow, &'static ServiceKey),
-    /// The flow's entry names another backend: the packet is not the
-    /// flow's (a host that is not the flow's backend gets nothing
-    /// rewritten).
-    OtherBackend,
+    /// The flow's entry names another backend, and the flow's VIP: the
+    /// packet is not the flow's (a host that is not the flow's backend gets
+    /// nothing rewritten), unless that flow is over and the client reuses
+    /// its 4-tuple (`paths::reopened`).
+    OtherBackend(*mut Flow, &'static ServiceKey),
     /// No entry: a flow its backend has not confirmed yet, or whose entry
     /// is gone (`confirm`).
     NoFlow,
@@ -85,7 +86,7 @@ pub fn reply_flow(reply: &FlowKey) -> Reply {
                 }
                 match flow_of_reply(reply, &vips.vips[i]) {
                     Reply::Flow(flow, vip) => return Reply::Flow(flow, vip),
-                    Reply::OtherBackend => found = Reply::OtherBackend,
+                    Reply::OtherBackend(flow, vip) => found = Reply::OtherBackend(flow, vip),
                     _ => {}
                 }
             }
@@ -131,7 +132,7 @@ fn flow_of_reply(reply: &FlowKey, vip: &'static ServiceKey) -> Reply {
         Some(b) if b.in_use() && b.addr == reply.src && b.port == reply.sport => {
             Reply::Flow(flow, vip)
         }
-        _ => Reply::OtherBackend,
+        _ => Reply::OtherBackend(flow, vip),
     }
 }
 

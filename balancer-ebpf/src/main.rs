@@ -158,17 +158,18 @@ fn balance<C: Frame>(ctx: &C, pkt: &Packet) -> Next {
         return Next::Verdict(verdict(ctx, paths::to_backend(ctx, pkt, service)));
     }
     match lookup::reply_flow(&pkt.key) {
-        Reply::Flow(flow, vip) if !paths::reopened(pkt, flow) => {
+        Reply::Flow(flow, vip) if !paths::reopened(pkt, flow, vip) => {
             Next::Verdict(verdict(ctx, paths::to_client(ctx, pkt, flow, vip)))
         }
         Reply::Flow(..) | Reply::NoFlow => Next::ReplyWithoutFlow,
+        Reply::OtherBackend(flow, vip) if paths::reopened(pkt, flow, vip) => Next::ReplyWithoutFlow,
         Reply::NotOurs if lookup::to_backend_port(&pkt.key) => {
             // A host's packet straight to a backend port: remembered so its
             // replies are not taken for a VIP flow's.
             confirm::remember_direct(&pkt.key);
             Next::Verdict(ctx.verdict(stats::pass(Counter::PassNotOurs)))
         }
-        Reply::OtherBackend | Reply::NotOurs => {
+        Reply::OtherBackend(..) | Reply::NotOurs => {
             Next::Verdict(ctx.verdict(stats::pass(Counter::PassNotOurs)))
         }
     }

@@ -13,7 +13,8 @@ use crate::{
     ctx::Frame,
     forward, fragment,
     ip::{End, ttl_expired},
-    maps::CONNTRACK,
+    lookup::client_key,
+    maps::{BACKENDS, CONNTRACK},
     nat::rewrite,
     parse::{L3_OFF, Packet, TCP_ACK, TCP_SYN},
     scratch::scratch,
@@ -47,17 +48,29 @@ pub fn to_backend<C: Frame>(ctx: &C, pkt: &Packet, service: &Service) -> Result<
     ))
 }
 
-/// A SYN-ACK in a flow whose entry says the connection is over: the client
-/// reuses the 4-tuple, and the new connection is confirmed afresh by its
-/// backend's next packet (`confirm`). Removes the old entry (its key is
-/// still in `Scratch::reply_key`, from `lookup::reply_flow`).
+/// A SYN-ACK on the 4-tuple of a flow that is over (its entry saw both
+/// FINs or an RST) or whose backend is no longer up: the client reuses the
+/// 4-tuple, and the new connection is confirmed afresh by its backend's
+/// next packet (`confirm`). Removes the old entry (`vip`: the flow's).
+///
+/// The entry may name another backend than the sender: the client's
+/// affinity moved between the two connections (its backend failed, or a
+/// peer's entry replaced it). Kept, that entry would make every SYN-ACK of
+/// the new connection pass as a stranger's until the daemon expires it,
+/// seconds of SYN retries. An entry of a live flow on a backend that is up
+/// stays: a SYN-ACK is then the answer to a SYN anyone could have sent.
 #[inline(always)]
-pub fn reopened(pkt: &Packet, flow: *mut Flow) -> bool {
+pub fn reopened(pkt: &Packet, flow: *mut Flow, vip: &ServiceKey) -> bool {
     let flow = unsafe { &*flow };
-    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK || !tcp_closed(flow.tcp_state()) {
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        return false;
+    }
+    let backend_up = BACKENDS.get(flow.backend_id).is_some_and(|b| b.is_up());
+    if backend_up && !tcp_closed(flow.tcp_state()) {
         return false;
     }
     if let Some(s) = scratch() {
+        client_key(&mut s.reply_key, &pkt.key, vip);
         let _ = CONNTRACK.remove(&s.reply_key);
     }
     true

@@ -179,6 +179,32 @@ impl Fixture {
         self.dataplane.counter(c).unwrap()
     }
 
+    /// Point `client`'s affinity entry at `service` to `backend_id`, as a
+    /// cluster peer's entry or a failover moves it. The entry must exist
+    /// (a confirmed flow made it); it stays as fresh as it was.
+    pub fn move_affinity(&self, service: &str, client: IpAddr, backend_id: u32) {
+        use aya::maps::{HashMap, Map, MapData};
+        use balancer_common::types::{Affinity, AffinityKey};
+        let service = self.service(service);
+        let (masked, family) = service.masked(client);
+        let key = AffinityKey {
+            service_id: service.id,
+            family,
+            _pad: [0; 3],
+            client: masked,
+        };
+        let pinned = self
+            .dataplane
+            .pin_dir()
+            .join(balancer_common::maps::AFFINITY);
+        let data = MapData::from_pin(&pinned).expect("pinned AFFINITY");
+        let mut map = HashMap::<_, AffinityKey, Affinity>::try_from(Map::LruHashMap(data))
+            .expect("AFFINITY is an LRU hash");
+        let mut entry = map.get(&key, 0).expect("the client's affinity entry");
+        entry.backend_id = backend_id;
+        map.insert(key, entry, 0).expect("write AFFINITY");
+    }
+
     /// Every counter, for before/after comparisons.
     pub fn counters(&self) -> Counters {
         Counters(Counter::ALL.map(|c| self.counter(c)))

@@ -415,6 +415,46 @@ test_both_modes! {
         assert!(!tcp_closed(flow.tcp_state()));
         assert_eq!(connections(), 2);
     }
+
+    fn a_reused_4_tuple_reaches_a_new_backend_once_the_old_flow_is_over(fx) {
+        // A client's connection ends (both FINs); its affinity then moves to
+        // another backend (its backend failed, or a peer's entry replaced
+        // it) and it reuses the 4-tuple at once, as a busy client's
+        // ephemeral ports do. The new backend's SYN-ACK finds the closed
+        // entry naming the old backend: it must replace it, not pass as a
+        // stranger's reply for as long as the entry lives.
+        let (client, port) = ("198.18.0.3", 40007);
+        let syn = Frame::tcp(client, port, "198.18.0.100", 80, TCP_SYN).build();
+        let old = parse(&fx.run_client_frame(&syn).1).dst_sock();
+        let key = flow_key(client, port, "198.18.0.100", 80);
+        let web = fx.service("web");
+        let new = web.backends.iter().map(|b| b.address).find(|&b| b != old).unwrap();
+        let new_id = web.backend(new).unwrap().id;
+        fx.run_backend_frame(&from_backend(old, client, port, TCP_ACK).build());
+        fx.run_client_frame(&Frame::tcp(client, port, "198.18.0.100", 80, TCP_FIN | TCP_ACK).build());
+        fx.run_backend_frame(&from_backend(old, client, port, TCP_FIN | TCP_ACK).build());
+        assert!(tcp_closed(fx.dataplane.flow(&key).unwrap().expect("the old entry").tcp_state()));
+        fx.move_affinity("web", client.parse().unwrap(), new_id);
+
+        let (verdict, out) = fx.run_client_frame(&syn);
+        assert_eq!(verdict, Verdict::Forwarded);
+        assert_eq!(parse(&out).dst_sock(), new, "the SYN follows the moved affinity");
+        let (verdict, out) = fx.run_backend_frame(&from_backend(new, client, port, TCP_SYN | TCP_ACK).build());
+        assert_eq!(verdict, Verdict::Forwarded, "the new backend's SYN-ACK reaches the client");
+        assert_eq!(parse(&out).src_sock(), "198.18.0.100:80".parse().unwrap(), "from the VIP");
+        assert_eq!(fx.dataplane.flow(&key).unwrap(), None, "the closed entry is gone");
+        fx.run_client_frame(&Frame::tcp(client, port, "198.18.0.100", 80, TCP_ACK).build());
+        assert_eq!(fx.run_backend_frame(&from_backend(new, client, port, TCP_ACK).build()).0, Verdict::Forwarded);
+        let flow = fx.dataplane.flow(&key).unwrap().expect("the new connection's entry");
+        assert_eq!(flow.backend_id, new_id);
+
+        // The contrast: that connection is live, so a SYN-ACK from the old
+        // backend on its 4-tuple (the answer to a SYN anyone could send)
+        // passes untouched and the live entry stays.
+        let stray = from_backend(old, client, port, TCP_SYN | TCP_ACK).build();
+        assert_eq!(fx.run_backend_frame(&stray), (Verdict::Pass, stray.clone()));
+        assert_eq!(fx.dataplane.flow(&key).unwrap().map(|f| f.backend_id), Some(new_id), "the live entry stays");
+    }
 }
 
 /// The fixture's services, and a second VIP with the same backends as
