@@ -137,6 +137,10 @@ pub struct ServiceSnapshot {
 pub struct BackendSnapshot {
     /// `ADDR:PORT`.
     pub address: String,
+    /// The config's `name`, or the one `backend add --name` gave it: the
+    /// prefix of the session ids it mints (`affinity = "sid"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub weight: u32,
     pub up: bool,
     pub draining: bool,
@@ -538,6 +542,7 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> Snapshot {
         let backend = |address: &str, base: u64, up: bool, draining: bool| BackendSnapshot {
             address: address.to_owned(),
+            name: None,
             weight: base as u32,
             up,
             draining,

@@ -1110,6 +1110,18 @@ fn a_runtime_backends_name_routes_its_sessions_on_every_gateway_and_across_resta
             );
         }
         assert_eq!(g.pinned_names(), ["b4"], "gateway {}", g.n);
+        let shown = balancer_tests::daemon::status(g.topo.gw(), &g.bpffs.control_socket());
+        let b4 = shown
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .find(|b| b.address == fourth);
+        assert_eq!(
+            b4.and_then(|b| b.name.as_deref()),
+            Some("b4"),
+            "gateway {}: status --json names it",
+            g.n
+        );
     }
 
     // Gateway 2 restarts while gateway 1 is away: only its pins can give

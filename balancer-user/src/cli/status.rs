@@ -89,7 +89,10 @@ pub fn render(s: &Snapshot) -> String {
         ]);
         for b in &svc.backends {
             table.row(vec![
-                b.address.clone(),
+                match &b.name {
+                    Some(name) => format!("{} ({name})", b.address),
+                    None => b.address.clone(),
+                },
                 b.weight.to_string(),
                 state(b).to_owned(),
                 b.active_connections.to_string(),
@@ -206,6 +209,7 @@ mod tests {
                             bytes_in: 10_035,
                             bytes_out: 1_258_291,
                             last_check: Some("ok (200) 3 ms, 2s ago".to_owned()),
+                            name: Some("b1".to_owned()),
                             ..backend("198.18.1.11:3000", true, false)
                         },
                         backend("198.18.1.12:3000", true, true),
@@ -245,11 +249,11 @@ mod tests {
         let want = "\
 chat  198.18.0.100:80/tcp  affinity source-ip  affinity entries 12  table 0123456789abcdef
   proxied: requests by sid 40, client 9; pooled backend connections reused 30, retried 1; bad input untrusted_source 2
-  BACKEND           WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
-  198.18.1.11:3000      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
-  198.18.1.12:3000       1  draining            0      0          0/0          0 B/0 B  -
-  198.18.1.13:3000       1  down                0      0          0/0          0 B/0 B  -
-  198.18.1.14:3000       1  down+draining       0      0          0/0          0 B/0 B  -
+  BACKEND                WEIGHT  STATE          ACTIVE  TOTAL  PKTS IN/OUT     BYTES IN/OUT  LAST CHECK
+  198.18.1.11:3000 (b1)      10  up                  3   1500      120/118  9.8 KiB/1.2 MiB  ok (200) 3 ms, 2s ago
+  198.18.1.12:3000            1  draining            0      0          0/0          0 B/0 B  -
+  198.18.1.13:3000            1  down                0      0          0/0          0 B/0 B  -
+  198.18.1.14:3000            1  down+draining       0      0          0/0          0 B/0 B  -
 
 dns  [2001:db8::53]:53/udp  affinity four-tuple  affinity entries 0  table -
   no backends

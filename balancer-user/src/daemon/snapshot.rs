@@ -138,6 +138,7 @@ impl Daemon {
         });
         BackendSnapshot {
             address: b.address.to_string(),
+            name: b.name.clone(),
             weight: b.weight,
             up: b.up,
             draining: b.draining,
