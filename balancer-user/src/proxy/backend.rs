@@ -4,9 +4,10 @@
 //! through [`super::pool`]), counted open until dropped. And the two socket
 //! calls every layer above needs on shared references.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use tokio::{
+    io::Interest,
     net::TcpStream,
     time::{Instant, timeout},
 };
@@ -23,6 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A backend connection used this recently is taken to be open without a
 /// probe.
 const KEEPALIVE_TRUSTED: Duration = Duration::from_secs(1);
+
+/// Room a read makes in its buffer first, at least.
+const READ_ROOM: usize = 4096;
 
 /// Why a backend could not be reached: logged, and the client gets a 502.
 #[derive(Debug)]
@@ -171,13 +175,37 @@ impl SharedIo for TcpStream {
     }
 
     async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.reserve(READ_ROOM);
         loop {
             self.readable().await?;
-            match self.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            let spare = buf.spare_capacity_mut();
+            let room = spare.len();
+            let mut read = 0;
+            // A read that leaves room in `buf` emptied the socket's receive
+            // queue: tokio is told `WouldBlock` so that it forgets the
+            // socket's readiness, and the next read waits for new bytes
+            // rather than making a call that finds none (HAProxy does the
+            // same). That costs nothing it needs: bytes that arrive meanwhile
+            // raise a new readiness event, which tokio does not clear, and
+            // an end of stream stays readable.
+            let result = self.try_io(Interest::READABLE, || {
+                // SAFETY: recv(2) writes at most `room` bytes into the
+                // spare capacity it is given.
+                let n = unsafe { libc::recv(self.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+                read = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+                match read {
+                    n if n > 0 && n < room => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            });
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read == 0 => continue,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
             }
+            // SAFETY: recv(2) initialised the first `read` spare bytes.
+            unsafe { buf.set_len(buf.len() + read) };
+            return Ok(read);
         }
     }
 }

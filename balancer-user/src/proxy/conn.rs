@@ -31,7 +31,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::TcpStream,
     time::{Instant, timeout, timeout_at},
 };
@@ -671,7 +671,7 @@ async fn read_more(
     answer: Option<&'static str>,
 ) -> Result<usize, Closed> {
     buf.reserve(READ_CHUNK);
-    match timeout_at(deadline, stream.read_buf(buf)).await {
+    match timeout_at(deadline, stream.read_some(buf)).await {
         Ok(read) => Ok(read?),
         Err(_) => Err(Closed::Refused(BadInput::HeaderTimeout, answer)),
     }
@@ -728,7 +728,7 @@ async fn read_request(
         }
         let read = match *deadline {
             Some(at) => read_more(client, buf, at, Some(TIMEOUT)).await?,
-            None => match timeout(KEEPALIVE_IDLE, client.read_buf(buf)).await {
+            None => match timeout(KEEPALIVE_IDLE, client.read_some(buf)).await {
                 Ok(read) => read?,
                 // Idle between requests: closed quietly, as servers do.
                 Err(_) => return Ok(None),
