@@ -6,13 +6,14 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::SocketAddr,
+    net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use balancer_tests::topology::VIP_V4;
+use balancer_tests::{NetNs, topology::VIP_V4};
 
 use crate::{
     bpf::Hook,
@@ -74,23 +75,36 @@ impl L7Gateway {
                 "HAProxy `balance hdr(X-Forwarded-For)` consistent"
             }
             L7Gateway::Balancer(Job::Sid) => "balancer L7, `affinity = \"sid\"`",
-            L7Gateway::Haproxy(Job::Sid) => "HAProxy `balance url_param sid` consistent",
+            L7Gateway::Haproxy(Job::Sid) => "HAProxy `use-server` by sid prefix",
             L7Gateway::HaproxyReuseAlways(Job::ForwardedFor) => {
                 "HAProxy `balance hdr(X-Forwarded-For)` consistent, `http-reuse always`"
             }
             L7Gateway::HaproxyReuseAlways(Job::Sid) => {
-                "HAProxy `balance url_param sid` consistent, `http-reuse always`"
+                "HAProxy `use-server` by sid prefix, `http-reuse always`"
             }
         }
     }
 
-    /// What client host `i` (from 1) asks for.
-    pub fn request(self, i: u8) -> Request {
+    /// What each client host asks for, in host order, once the gateway is
+    /// up (`start`). For X-Forwarded-For, each host names a client the
+    /// gateway sends to a backend of its own: host i's to bi
+    /// ([`spread_clients`]).
+    pub fn requests(self, bed: &Testbed) -> Result<Vec<Request>> {
+        let hosts = 1..=bed.hosts.len() as u8;
         match self {
-            L7Gateway::Kernel => Request::default(),
-            L7Gateway::Balancer(job)
-            | L7Gateway::Haproxy(job)
-            | L7Gateway::HaproxyReuseAlways(job) => job_request(job, i),
+            L7Gateway::Kernel => Ok(hosts.map(|_| Request::default()).collect()),
+            L7Gateway::Balancer(Job::ForwardedFor)
+            | L7Gateway::Haproxy(Job::ForwardedFor)
+            | L7Gateway::HaproxyReuseAlways(Job::ForwardedFor) => Ok(spread_clients(bed)?
+                .into_iter()
+                .map(|client| Request {
+                    path: "/".into(),
+                    headers: vec![format!("X-Forwarded-For: {client}")],
+                })
+                .collect()),
+            L7Gateway::Balancer(Job::Sid)
+            | L7Gateway::Haproxy(Job::Sid)
+            | L7Gateway::HaproxyReuseAlways(Job::Sid) => Ok(hosts.map(sid_request).collect()),
         }
     }
 
@@ -137,19 +151,56 @@ pub fn vip() -> SocketAddr {
     SocketAddr::new(VIP_V4.into(), HTTP_PORT)
 }
 
-fn job_request(job: Job, i: u8) -> Request {
-    match job {
-        // One client behind each proxy host, its own address.
-        Job::ForwardedFor => Request {
-            path: "/".into(),
-            headers: vec![format!("X-Forwarded-For: 203.0.113.{i}")],
-        },
-        // Host i's session lives on backend bi (3 hosts, 3 backends).
-        Job::Sid => Request {
-            path: format!("/?EIO=4&transport=polling&sid=b{i}.bench{i}"),
-            headers: Vec::new(),
-        },
+/// Host i's session lives on backend bi (3 hosts, 3 backends).
+fn sid_request(i: u8) -> Request {
+    Request {
+        path: format!("/?EIO=4&transport=polling&sid=b{i}.bench{i}"),
+        headers: Vec::new(),
     }
+}
+
+/// Client addresses (one per wrk host) that the running gateway sends to
+/// b1, b2, … in turn, found by asking it: every backend's nginx answers
+/// with its name. The balancer and HAProxy hash the header differently, and
+/// with one fixed address per host a hash of three keys may put two or
+/// three on one nginx; its single worker then takes more requests per
+/// wake-up, which makes the whole machine cheaper per request and flatters
+/// that gateway's row. With one client per backend on every gateway, the
+/// backends' work is the same in every row.
+fn spread_clients(bed: &Testbed) -> Result<Vec<String>> {
+    let mut picked: Vec<String> = Vec::new();
+    for i in 1..=bed.hosts.len() {
+        let backend = format!("b{i}");
+        let mut found = None;
+        for c in 1..=250u8 {
+            let client = format!("203.0.113.{c}");
+            if !picked.contains(&client) && served_by(&bed.hosts[0], &client)? == backend {
+                found = Some(client);
+                break;
+            }
+        }
+        picked.push(found.with_context(|| format!("no client address reaches {backend}"))?);
+    }
+    Ok(picked)
+}
+
+/// The backend that answers a request naming `client` in X-Forwarded-For,
+/// sent from `host` (a trusted proxy) to the VIP.
+fn served_by(host: &NetNs, client: &str) -> Result<String> {
+    host.run(|| {
+        let mut stream = TcpStream::connect_timeout(&vip(), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: {client}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_owned());
+        body.with_context(|| format!("no HTTP answer: {answer:?}"))
+    })
 }
 
 /// A gateway set up for traffic.
@@ -229,10 +280,11 @@ fn balancer_services(job: Job, backends: &[SocketAddr]) -> String {
 }
 
 /// HAProxy doing the same job in `mode http`: keep-alive on both sides,
-/// the default `http-reuse` (safe) unless `reuse_always`, consistent
-/// hashing of what routes. For X-Forwarded-For, as the balancer, it
-/// believes the header only from the wrk hosts and hashes the peer's
-/// address otherwise.
+/// the default `http-reuse` (safe) unless `reuse_always`. For
+/// X-Forwarded-For, as the balancer, it believes the header only from the
+/// wrk hosts and hashes the peer's address otherwise (consistent hashing of
+/// the header); for sid, `use-server` sends a request to the server its
+/// sid's prefix names, and `balance source` places the others.
 fn haproxy_conf(
     job: Job,
     reuse_always: bool,
@@ -253,7 +305,15 @@ fn haproxy_conf(
             ),
             "hdr(X-Forwarded-For)",
         ),
-        Job::Sid => (String::new(), "url_param sid"),
+        // The balancer's job: the backend the sid's prefix names, else
+        // by the client's address.
+        Job::Sid => (String::new(), "source"),
+    };
+    let by_prefix: String = match job {
+        Job::ForwardedFor => String::new(),
+        Job::Sid => (1..=backends.len())
+            .map(|i| format!("  use-server b{i} if {{ urlp(sid) -m beg b{i}. }}\n"))
+            .collect(),
     };
     let reuse = if reuse_always {
         "  http-reuse always\n"
@@ -265,7 +325,7 @@ fn haproxy_conf(
          defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  \
          timeout server 60s\n  timeout http-keep-alive 60s\n\
          frontend bench\n  bind {vip}\n{frontend}  default_backend backends\n\
-         backend backends\n  balance {balance}\n  hash-type consistent\n{reuse}{servers}",
+         backend backends\n  balance {balance}\n  hash-type consistent\n{reuse}{by_prefix}{servers}",
         stats.display()
     )
 }

@@ -15,7 +15,7 @@ use crate::{
     e2e::Options,
     l7::{L7Gateway, Running, ServerCounts},
     testbed::Testbed,
-    wrk::{self, Load, Request, Runs, Workload},
+    wrk::{self, Load, Runs, Workload},
 };
 
 /// What the gateway counted during a phase (differences of its counts).
@@ -70,9 +70,7 @@ pub fn run(bed: &Testbed, opts: &Options) -> Result<Results> {
             {
                 results.notes.push(note);
             }
-            let requests: Vec<Request> = (1..=bed.hosts.len() as u8)
-                .map(|i| gateway.request(i))
-                .collect();
+            let requests = gateway.requests(bed)?;
             let targets = vec![crate::l7::vip(); bed.hosts.len()];
             // Warm caches, neighbour entries and the proxies' pools.
             wrk::run_requests(

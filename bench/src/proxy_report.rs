@@ -45,9 +45,11 @@ pub fn markdown(md: &mut String, r: &Results, opts: &e2e::Options) {
         "\n## The L7 path against HAProxy\n\n\
          wrk from 3 client hosts × {CONNECTIONS} connections, {} s per run, {rounds} round(s) (median; [min–max] \
          with more than one), to nginx in 3 backends, through each gateway in turn. *X-Forwarded-For*: each wrk \
-         host is a trusted proxy sending `X-Forwarded-For: 203.0.113.<host>`; the backend is chosen by that \
-         address. *sid*: host i requests `/?EIO=4&transport=polling&sid=bi.…`; the balancer sends it to the \
-         backend named bi, HAProxy to the backend the sid hashes to. The balancer runs in TC mode. Keep-alive: \
+         host is a trusted proxy sending `X-Forwarded-For: 203.0.113.<n>`; the backend is chosen by that \
+         address, and n is picked per gateway (by asking it) so that host i's client lands on backend bi in \
+         every row. *sid*: host i requests `/?EIO=4&transport=polling&sid=bi.…`; the balancer and HAProxy \
+         (`use-server` on the sid's prefix) send it to the backend named bi. So every row gives each nginx one \
+         wrk host. The balancer runs in TC mode. Keep-alive: \
          requests on open connections; close: `Connection: close` (requests/s = new connections/s). p50 is the \
          mean of the hosts' medians, p99 the worst host's. CPU per request: *gateway process* = user + system \
          time of the processes in the gateway namespace (the daemon, or HAProxy) over the run; *machine* = all \

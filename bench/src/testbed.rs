@@ -184,7 +184,9 @@ pub fn nft(ns: &NetNs, dir: &WorkDir, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// nginx in a backend: one worker, no logging, `GET /` answered from memory.
+/// nginx in a backend: one worker, no logging, `GET /` answered from memory
+/// with the backend's name (`b1\n`: as short as any body), so a probe
+/// can tell which backend a gateway sent it to.
 fn backend_nginx(ns: &NetNs, name: &str, dir: &WorkDir) -> Result<Server> {
     let conf = dir.path(&format!("{name}-nginx.conf"));
     std::fs::write(&conf, backend_conf(name, &dir.0))?;
@@ -207,6 +209,6 @@ fn backend_conf(name: &str, dir: &Path) -> String {
         "worker_processes 1;\ndaemon off;\npid {d}/{name}-nginx.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections 8192; multi_accept on; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {d}/{name}-body;\n\
-         \x20 server {{ listen {HTTP_PORT} reuseport backlog=65535; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+         \x20 server {{ listen {HTTP_PORT} reuseport backlog=65535; location / {{ return 200 \"{name}\\n\"; }} }}\n}}\n"
     )
 }
