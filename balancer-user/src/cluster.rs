@@ -38,9 +38,10 @@ use std::{
 };
 
 use anyhow::Context;
+use balancer_common::types::AffinityEvent;
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, watch},
     time::{sleep, timeout},
 };
 use tracing::{info, warn};
@@ -105,14 +106,16 @@ pub async fn prepare(config: &config::Cluster) -> anyhow::Result<Option<Prepared
 }
 
 impl Prepared {
-    /// Start the links, the kernel reports' reader and the
-    /// re-announcements. `directory` follows the daemon's services;
-    /// `admin` applies peers' backend changes.
+    /// Start the links, the readers of the kernel's reports and of
+    /// `daemons_entries` (the entries the daemon makes for the services it
+    /// terminates), and the re-announcements. `directory` follows the
+    /// daemon's services; `admin` applies peers' backend changes.
     pub fn start(
         self,
         pin_dir: &Path,
         directory: watch::Receiver<Directory>,
         admin: Arc<dyn Admin>,
+        daemons_entries: mpsc::Receiver<AffinityEvent>,
     ) -> anyhow::Result<Cluster> {
         let table = Arc::new(Mutex::new(Table::open(pin_dir)?));
         let events = Events::open(pin_dir)?;
@@ -132,6 +135,7 @@ impl Prepared {
             tokio::spawn(link::connect_forever(Arc::clone(&shared), *peer));
         }
         tokio::spawn(report_new(Arc::clone(&shared), events));
+        tokio::spawn(report_daemons(Arc::clone(&shared), daemons_entries));
         tokio::spawn(reannounce(Arc::clone(&shared)));
         info!(listen = %self.listen, peers = self.peers.len(), "cluster: linking to peers");
         Ok(Cluster {
@@ -220,28 +224,43 @@ async fn report_new(shared: Arc<Shared>, mut events: Events) {
                 continue;
             }
         };
-        let now = monotonic_ns();
-        let taken = Instant::now();
-        let directory = shared.directory.borrow();
-        let mut oldest = 0;
-        let entries: Vec<_> = batch
-            .iter()
-            .filter_map(|e| {
-                let age = now.saturating_sub(e.last_seen_ns);
-                oldest = oldest.max(age);
-                directory.outgoing(&e.key, e.backend_id, age)
-            })
-            .collect();
-        drop(directory);
-        if !entries.is_empty() {
-            // No link up: nobody to send to, and each peer pulls what it
-            // missed when it links again.
-            let _ = shared.announce.send(Arc::new(Batch {
-                entries,
-                taken,
-                oldest_ns: Some(oldest),
-            }));
-        }
+        send_new(&shared, &batch);
+    }
+}
+
+/// The entries the daemon itself makes (for the services it terminates:
+/// `proxy::route::AffinityMap::remember`), sent as the kernel's are.
+async fn report_daemons(shared: Arc<Shared>, mut made: mpsc::Receiver<AffinityEvent>) {
+    let mut batch = Vec::new();
+    while made.recv_many(&mut batch, MAX_ENTRIES).await > 0 {
+        send_new(&shared, &batch);
+        batch.clear();
+    }
+}
+
+/// New entries to every linked peer.
+fn send_new(shared: &Shared, batch: &[AffinityEvent]) {
+    let now = monotonic_ns();
+    let taken = Instant::now();
+    let directory = shared.directory.borrow();
+    let mut oldest = 0;
+    let entries: Vec<_> = batch
+        .iter()
+        .filter_map(|e| {
+            let age = now.saturating_sub(e.last_seen_ns);
+            oldest = oldest.max(age);
+            directory.outgoing(&e.key, e.backend_id, age)
+        })
+        .collect();
+    drop(directory);
+    if !entries.is_empty() {
+        // No link up: nobody to send to, and each peer pulls what it
+        // missed when it links again.
+        let _ = shared.announce.send(Arc::new(Batch {
+            entries,
+            taken,
+            oldest_ns: Some(oldest),
+        }));
     }
 }
 

@@ -31,10 +31,11 @@ use std::{
     },
 };
 
+use balancer_common::types::AffinityEvent;
 pub use conn::resume;
 use handover::{Handover, PARK_WAIT, ParkedConn, ParkedListener};
 pub use listen::remove_local_routes;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::state::ServiceState;
 
@@ -140,6 +141,12 @@ impl Shared {
     }
 
     /// Service `name` as it is now; `None` once a reload removed it.
+    /// Send the affinity entries connections make to `reports` too (the
+    /// cluster's peers).
+    pub fn report_affinity_to(&self, reports: mpsc::Sender<AffinityEvent>) {
+        self.affinity.report_to(reports);
+    }
+
     fn service(&self, name: &str) -> Option<Arc<ServiceState>> {
         self.routes
             .borrow()

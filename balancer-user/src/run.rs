@@ -27,6 +27,11 @@ use crate::{
     metrics, netif, notify, pin, proxy, state,
 };
 
+/// Entries the daemon made for its proxied clients, waiting to go to the
+/// cluster's peers; beyond this many the peers get them with the next
+/// re-announcement (the kernel's ring buffer holds about 26,000).
+const DAEMON_ENTRIES_QUEUED: usize = 16_384;
+
 /// The interfaces the config names, resolved; one entry when clients and
 /// backends share an interface (one-arm).
 pub fn interfaces(config: &Config) -> anyhow::Result<Vec<Interface>> {
@@ -167,7 +172,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cluster = match cluster {
         Some(prepared) => {
             let gateway = Arc::new(admin::Gateway(Arc::clone(&daemon)));
-            let cluster = prepared.start(&pin_dir, directory, gateway)?;
+            let (made, daemons_entries) = mpsc::channel(DAEMON_ENTRIES_QUEUED);
+            proxy_shared.report_affinity_to(made);
+            let cluster = prepared.start(&pin_dir, directory, gateway, daemons_entries)?;
             lock(&daemon).set_cluster(cluster.clone());
             Some(cluster)
         }

@@ -1148,6 +1148,41 @@ fn a_runtime_backends_name_routes_its_sessions_on_every_gateway_and_across_resta
 
 /// A gateway started later whose config lists the backend gateway 1 got
 /// by `backend add`: the same set, so the same table.
+/// An entry the daemon makes for a client of a service it terminates (the
+/// sid service's fallback by client address) reaches the peer at once, as
+/// the kernel's confirmations do: not at the next re-announcement, which is
+/// minutes away with these timeouts.
+#[test]
+fn a_proxied_clients_entry_reaches_the_peer_at_once() {
+    balancer_tests::require_root();
+    let (mut g1, mut g2) = pair();
+    let _http: Vec<Server> = [&g1, &g2]
+        .iter()
+        .flat_map(|g| g.topo.backends())
+        .map(|b| balancer_tests::servers::http_whoami(b.ns(), b.name(), SIO_PORT))
+        .collect();
+    g1.sid = true;
+    g2.sid = true;
+    g1.start();
+    g2.start();
+    both_linked(&g1, &g2);
+    let client = g1.topo.clients_v4()[7];
+    assert_eq!(g2.affinity_of(client), None);
+    // No backend has that prefix: routed by the client's address, which
+    // makes the client's entry on gateway 1.
+    let sent = Instant::now();
+    assert_eq!(g1.post_by_sid(client, "nobody.x"), 200);
+    let on_g1 = g1.affinity_of(client).expect("gateway 1 made the client's entry");
+    let on_g2 = wait_for("the entry on gateway 2", Duration::from_secs(3), || {
+        g2.affinity_of(client)
+    });
+    assert_eq!(on_g2, on_g1, "the same backend");
+    println!(
+        "a proxied client's entry reached the peer {} ms after its request",
+        sent.elapsed().as_millis()
+    );
+}
+
 #[test]
 fn a_later_gateway_with_the_backend_in_its_config_has_the_same_table() {
     balancer_tests::require_root();

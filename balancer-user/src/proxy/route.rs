@@ -7,15 +7,16 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, OnceLock, PoisonError},
 };
 
 use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balancer_common::{
     maps,
-    types::{Affinity, AffinityKey},
+    types::{Affinity, AffinityEvent, AffinityKey},
 };
+use tokio::sync::mpsc;
 
 use super::{http::sid_backend_name, stats::RoutedBy};
 use crate::{accounting::monotonic_ns, config::AffinityMode, state::ServiceState};
@@ -64,6 +65,10 @@ pub fn by_sid(service: &ServiceState, sid: Option<&str>) -> SidRoute {
 /// This gateway's `AFFINITY` map, shared by every connection task.
 pub struct AffinityMap {
     map: Mutex<HashMap<MapData, AffinityKey, Affinity>>,
+    /// Where the entries this daemon makes go to be sent to the cluster's
+    /// peers at once, as the kernel reports the entries its confirmations
+    /// make (`AFFINITY_EVENTS`); set when the gateway has peers.
+    reports: OnceLock<mpsc::Sender<AffinityEvent>>,
 }
 
 impl AffinityMap {
@@ -74,7 +79,13 @@ impl AffinityMap {
         let map = HashMap::try_from(Map::from_map_data(data)?)?;
         Ok(AffinityMap {
             map: Mutex::new(map),
+            reports: OnceLock::new(),
         })
+    }
+
+    /// Send every entry [`AffinityMap::remember`] makes to `reports` too.
+    pub fn report_to(&self, reports: mpsc::Sender<AffinityEvent>) {
+        let _ = self.reports.set(reports);
     }
 
     /// The backend for `client` (its address, and port for four-tuple
@@ -120,7 +131,17 @@ impl AffinityMap {
         self.map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, value, 0)
+            .insert(key, value, 0)?;
+        if let Some(reports) = self.reports.get() {
+            // Full: the peers get it with the next re-announcement.
+            let _ = reports.try_send(AffinityEvent {
+                key,
+                backend_id,
+                _pad: 0,
+                last_seen_ns: value.last_seen_ns,
+            });
+        }
+        Ok(())
     }
 }
 
