@@ -352,6 +352,23 @@ fn pair() -> (Gateway, Gateway) {
     (g1, g2)
 }
 
+/// Both gateways started with the sid service ("chat"), a server made by
+/// `server` on every backend of both topologies (returned last, so it is
+/// dropped before the namespaces).
+fn sid_pair<S>(server: impl Fn(&balancer_tests::Backend) -> S) -> (Gateway, Gateway, Vec<S>) {
+    let (mut g1, mut g2) = pair();
+    let servers = [&g1, &g2]
+        .iter()
+        .flat_map(|g| g.topo.backends())
+        .map(server)
+        .collect();
+    g1.sid = true;
+    g2.sid = true;
+    g1.start();
+    g2.start();
+    (g1, g2, servers)
+}
+
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -1048,18 +1065,9 @@ fn the_admin_version_survives_restarts_and_the_newer_set_wins() {
 #[test]
 fn a_runtime_backends_name_routes_its_sessions_on_every_gateway_and_across_restarts() {
     balancer_tests::require_root();
-    let (mut g1, mut g2) = pair();
-    // Socket.IO servers minting `NAME.<uuid>` session ids on every backend
-    // of both topologies; dropped before the namespaces.
-    let _sio: Vec<SocketIoServer> = [&g1, &g2]
-        .iter()
-        .flat_map(|g| g.topo.backends())
-        .map(|b| SocketIoServer::start_sid_prefixed(b.ns(), b.name(), SIO_PORT))
-        .collect();
-    g1.sid = true;
-    g2.sid = true;
-    g1.start();
-    g2.start();
+    // Socket.IO servers minting `NAME.<uuid>` session ids.
+    let (mut g1, mut g2, _sio) =
+        sid_pair(|b| SocketIoServer::start_sid_prefixed(b.ns(), b.name(), SIO_PORT));
     both_linked(&g1, &g2);
     let fourth = SocketAddr::new(g1.topo.backends()[3].v4().into(), SIO_PORT).to_string();
     let clients: Vec<Ipv4Addr> = g1.topo.clients_v4()[..6].to_vec();
@@ -1146,25 +1154,15 @@ fn a_runtime_backends_name_routes_its_sessions_on_every_gateway_and_across_resta
     );
 }
 
-/// A gateway started later whose config lists the backend gateway 1 got
-/// by `backend add`: the same set, so the same table.
 /// An entry the daemon makes for a client of a service it terminates (the
 /// sid service's fallback by client address) reaches the peer at once, as
-/// the kernel's confirmations do: not at the next re-announcement, which is
-/// minutes away with these timeouts.
+/// the kernel's confirmations do, not at the next re-announcement (up to
+/// 30 s away).
 #[test]
 fn a_proxied_clients_entry_reaches_the_peer_at_once() {
     balancer_tests::require_root();
-    let (mut g1, mut g2) = pair();
-    let _http: Vec<Server> = [&g1, &g2]
-        .iter()
-        .flat_map(|g| g.topo.backends())
-        .map(|b| balancer_tests::servers::http_whoami(b.ns(), b.name(), SIO_PORT))
-        .collect();
-    g1.sid = true;
-    g2.sid = true;
-    g1.start();
-    g2.start();
+    let (g1, g2, _http) =
+        sid_pair(|b| balancer_tests::servers::http_whoami(b.ns(), b.name(), SIO_PORT));
     both_linked(&g1, &g2);
     let client = g1.topo.clients_v4()[7];
     assert_eq!(g2.affinity_of(client), None);
@@ -1172,7 +1170,9 @@ fn a_proxied_clients_entry_reaches_the_peer_at_once() {
     // makes the client's entry on gateway 1.
     let sent = Instant::now();
     assert_eq!(g1.post_by_sid(client, "nobody.x"), 200);
-    let on_g1 = g1.affinity_of(client).expect("gateway 1 made the client's entry");
+    let on_g1 = g1
+        .affinity_of(client)
+        .expect("gateway 1 made the client's entry");
     let on_g2 = wait_for("the entry on gateway 2", Duration::from_secs(3), || {
         g2.affinity_of(client)
     });
@@ -1183,6 +1183,8 @@ fn a_proxied_clients_entry_reaches_the_peer_at_once() {
     );
 }
 
+/// A gateway started later whose config lists the backend gateway 1 got
+/// by `backend add`: the same set, so the same table.
 #[test]
 fn a_later_gateway_with_the_backend_in_its_config_has_the_same_table() {
     balancer_tests::require_root();
