@@ -170,13 +170,7 @@ impl Gateway {
     fn backend_set(&self) -> (Vec<(String, u32, bool)>, String) {
         let status = balancer_tests::daemon::status(self.topo.gw(), &self.bpffs.control_socket());
         let s = &status.services[0];
-        let mut set: Vec<_> = s
-            .backends
-            .iter()
-            .map(|b| (b.address.clone(), b.weight, b.draining))
-            .collect();
-        set.sort();
-        (set, s.table_fingerprint.clone())
+        (set_of(s), s.table_fingerprint.clone())
     }
 
     /// The topology's `n`th backend (0-based), by address.
@@ -265,13 +259,7 @@ impl Gateway {
             .iter()
             .find(|s| s.name == "chat")
             .expect("the chat service");
-        let mut set: Vec<_> = s
-            .backends
-            .iter()
-            .map(|b| (b.address.clone(), b.weight, b.draining))
-            .collect();
-        set.sort();
-        set
+        set_of(s)
     }
 
     /// Every name pinned in BACKEND_NAMES.
@@ -323,6 +311,18 @@ impl Gateway {
     fn affinity_of(&self, client: Ipv4Addr) -> Option<SocketAddr> {
         self.affinities().get(&IpAddr::V4(client)).map(|(b, _)| *b)
     }
+}
+
+/// A service's backends as `status --json` shows them (address, weight,
+/// draining), sorted.
+fn set_of(service: &balancer_user::metrics::ServiceSnapshot) -> Vec<(String, u32, bool)> {
+    let mut set: Vec<_> = service
+        .backends
+        .iter()
+        .map(|b| (b.address.clone(), b.weight, b.draining))
+        .collect();
+    set.sort();
+    set
 }
 
 /// Both gateways, linked, neither daemon started; the shared key written.

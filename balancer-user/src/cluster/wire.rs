@@ -1031,28 +1031,31 @@ mod tests {
         );
     }
 
+    /// A proposal to add 198.18.1.14:3000 to "web" (id 1, version 2, at 3
+    /// ms).
+    fn propose_add(weight: u32, name: Option<&str>) -> Message {
+        Message::Propose(Proposal {
+            id: 1,
+            version: 2,
+            apply_at_ms: 3,
+            change: Change {
+                service: "web".into(),
+                backend: "198.18.1.14:3000".parse().unwrap(),
+                op: Op::Add {
+                    weight,
+                    name: name.map(Into::into),
+                },
+            },
+        })
+    }
+
     /// Without a name, an add and an admin state are the bytes version 1
     /// sent, so a version-1 peer reads them; with one, it refuses them.
     #[test]
     fn unnamed_backends_are_encoded_as_version_1_encoded_them() {
         let add = |name: Option<&str>| {
             let mut out = Vec::new();
-            encode_payload(
-                &Message::Propose(Proposal {
-                    id: 1,
-                    version: 2,
-                    apply_at_ms: 3,
-                    change: Change {
-                        service: "web".into(),
-                        backend: "198.18.1.14:3000".parse().unwrap(),
-                        op: Op::Add {
-                            weight: 9,
-                            name: name.map(Into::into),
-                        },
-                    },
-                }),
-                &mut out,
-            );
+            encode_payload(&propose_add(9, name), &mut out);
             out
         };
         let mut v1 = [&[0, 0, 0, 0, 0, 0, 0, 1][..], &[0, 0, 0, 0, 0, 0, 0, 2]].concat();
@@ -1072,21 +1075,7 @@ mod tests {
         let key = session_key(KEY, &[1; 16], &[2; 16]);
         let seal = |m: &Message| Sealer::session(key.clone(), Side::Client).seal(m);
         let open = |frame: &[u8]| Opener::session(key.clone(), Side::Client).open(&frame[4..]);
-        let propose = |name: &str| {
-            Message::Propose(Proposal {
-                id: 1,
-                version: 2,
-                apply_at_ms: 3,
-                change: Change {
-                    service: "web".into(),
-                    backend: "198.18.1.14:3000".parse().unwrap(),
-                    op: Op::Add {
-                        weight: 1,
-                        name: Some(name.into()),
-                    },
-                },
-            })
-        };
+        let propose = |name: &str| propose_add(1, Some(name));
         let state = |name: &str| Message::AdminState {
             version: 1,
             more: false,
