@@ -25,8 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// probe.
 const KEEPALIVE_TRUSTED: Duration = Duration::from_secs(1);
 
-/// Room a read makes in its buffer first, at least.
-const READ_ROOM: usize = 4096;
+/// Bytes read at a time into a buffer: [`SharedIo::read_some`] makes at
+/// least this much room first.
+pub const READ_CHUNK: usize = 4096;
 
 /// Why a backend could not be reached: logged, and the client gets a 502.
 #[derive(Debug)]
@@ -175,7 +176,7 @@ impl SharedIo for TcpStream {
     }
 
     async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        buf.reserve(READ_ROOM);
+        buf.reserve(READ_CHUNK);
         loop {
             self.readable().await?;
             let spare = buf.spare_capacity_mut();

@@ -38,7 +38,7 @@ use tokio::{
 
 use super::{
     Running, Shared,
-    backend::{Backend, SharedIo},
+    backend::{Backend, READ_CHUNK, SharedIo},
     handover::{ParkedBackend, ParkedConn, ParkedStep},
     header::{self, Parsed, ProxyHeader},
     http::{self, Body, ChunkedFraming, HeadError},
@@ -58,8 +58,6 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(75);
 /// How long a backend may take to start its answer. Long-polling requests
 /// are held by the backend for up to Socket.IO's `pingInterval` (25 s).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Bytes read at a time into a head buffer.
-const READ_CHUNK: usize = 4096;
 
 /// Why a connection ended early.
 #[derive(Debug)]
@@ -670,7 +668,6 @@ async fn read_more(
     deadline: Instant,
     answer: Option<&'static str>,
 ) -> Result<usize, Closed> {
-    buf.reserve(READ_CHUNK);
     match timeout_at(deadline, stream.read_some(buf)).await {
         Ok(read) => Ok(read?),
         Err(_) => Err(Closed::Refused(BadInput::HeaderTimeout, answer)),
@@ -793,7 +790,6 @@ async fn relay_message(
                 if framing.done() {
                     break;
                 }
-                buf.reserve(READ_CHUNK);
                 if from.read_some(buf).await? == 0 {
                     return Err(early_end());
                 }
@@ -832,7 +828,6 @@ async fn read_response_head(
                 });
             }
         }
-        rbuf.reserve(READ_CHUNK);
         let read = timeout(RESPONSE_TIMEOUT, backend.read_some(rbuf)).await;
         let nothing_yet = !answered && rbuf.is_empty();
         match read {
