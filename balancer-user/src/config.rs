@@ -29,6 +29,7 @@
 //! | `announce` | left out: the daemon adds and removes no address |
 //! | `announce.state_file` | `"/var/lib/balancer/announce.state"` |
 //! | `tables.flows` / `affinity` | `1048576` / `1048576` ([`MIN_TABLE_ENTRIES`]..=[`MAX_TABLE_ENTRIES`]) |
+//! | `proxy.threads` | one per CPU the daemon may run on (1..=[`MAX_PROXY_THREADS`]) |
 //! | `services.protocol` | `"tcp"` |
 //! | `services.affinity` | `"source-ip"` |
 //! | `services.source_prefix_v4` / `_v6` | `32` / `128` |
@@ -161,6 +162,7 @@ pub struct Config {
     pub bpf: Bpf,
     pub control: Control,
     pub tables: Tables,
+    pub proxy: Proxy,
     /// `[announce]`: `None` when the section is left out (one gateway, no
     /// routing daemon: the VIPs are the operator's to configure).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +186,8 @@ struct ConfigFile {
     #[serde(default)]
     tables: Tables,
     #[serde(default)]
+    proxy: Proxy,
+    #[serde(default)]
     announce: Option<Announce>,
     #[serde(default)]
     cluster: Cluster,
@@ -202,6 +206,7 @@ impl ConfigFile {
             bpf: self.bpf,
             control: self.control,
             tables: self.tables,
+            proxy: self.proxy,
             announce: self.announce,
             cluster: self.cluster,
             services: self.services,
@@ -382,6 +387,24 @@ impl Default for Tables {
         }
     }
 }
+
+/// `[proxy]`: not in the contract's example, optional, ours. How the
+/// daemon runs the services it terminates (`client_address` other than
+/// `"packet"`, or `affinity = "sid"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table ([proxy])")]
+pub struct Proxy {
+    /// Threads that run their connections, each with its own event loop
+    /// (HAProxy's `nbthread`); `None`: one per CPU the daemon may run on.
+    #[serde(
+        deserialize_with = "de::proxy_threads",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub threads: Option<u16>,
+}
+
+/// `proxy.threads` at most.
+pub const MAX_PROXY_THREADS: u16 = 1024;
 
 /// `[[services]]`: one VIP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1055,6 +1078,14 @@ fn table_size(v: i64) -> Result<u32, String> {
         .map(|n| format!("; the next prime is {n}"))
         .unwrap_or_default();
     Err(format!("{m} is not a prime{hint}"))
+}
+
+fn proxy_threads(v: i64) -> Result<Option<u16>, String> {
+    u16::try_from(v)
+        .ok()
+        .filter(|n| (1..=MAX_PROXY_THREADS).contains(n))
+        .map(Some)
+        .ok_or_else(|| out_of_range(v, 1, MAX_PROXY_THREADS.into()))
 }
 
 /// `[tables]` sizes.

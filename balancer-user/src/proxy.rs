@@ -6,7 +6,7 @@
 //! affinity map as the kernel, and splices the bytes.
 //!
 //! Layers, importing downwards only: `listen` (one acceptor per service)
-//! → `conn` (one connection) → `pool` (idle backend connections shared by
+//! → `conn` (one connection, on one of the `workers` threads) → `pool` (idle backend connections shared by
 //! all) → `backend` (one backend connection),
 //! `route` (which backend), `splice` (moving bytes), `header` and `http`
 //! (parsing, pure), `stats` (counts) and `handover` (what an in-place
@@ -22,6 +22,7 @@ mod pool;
 pub mod route;
 pub mod splice;
 pub mod stats;
+mod workers;
 
 use std::{
     os::fd::OwnedFd,
@@ -80,24 +81,33 @@ pub struct Shared {
     acceptors: AtomicUsize,
     /// What they put aside.
     parked: Mutex<Handover<OwnedFd>>,
+    /// The threads connections run on.
+    workers: workers::Workers,
 }
 
 impl Shared {
+    /// With `threads` proxy threads ([`workers`]), or one per CPU.
     pub fn new(
         routes: watch::Receiver<Routes>,
         affinity: route::AffinityMap,
         stats: Arc<stats::ProxyStats>,
-    ) -> Self {
-        Shared {
+        threads: Option<u16>,
+    ) -> std::io::Result<Self> {
+        let workers = match threads {
+            Some(n) => workers::Workers::start(n.into())?,
+            None => workers::Workers::per_cpu()?,
+        };
+        Ok(Shared {
             routes,
             affinity,
             stats,
-            pool: pool::Pool::default(),
+            pool: pool::Pool::new(workers.len()),
             parking: watch::Sender::new(false),
             live: AtomicUsize::new(0),
             acceptors: AtomicUsize::new(0),
             parked: Mutex::default(),
-        }
+            workers,
+        })
     }
 
     fn park_connection(&self, conn: ParkedConn<OwnedFd>) {

@@ -25,6 +25,7 @@ pub fn restart_only(running: &Config, next: &Config) -> anyhow::Result<()> {
         flatten("interfaces", json(&c.interfaces), &mut all);
         flatten("bpf", json(&c.bpf), &mut all);
         flatten("tables", json(&c.tables), &mut all);
+        flatten("proxy", json(&c.proxy), &mut all);
         flatten("metrics", json(&c.metrics), &mut all);
         flatten("control", json(&c.control), &mut all);
         flatten("announce", json(&c.announce), &mut all);

@@ -131,6 +131,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let tables = Arc::new(FlowTables::open(&pin_dir)?);
     let counts = SharedCounts::default();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let proxy_threads = config.proxy.threads;
     let source = ConfigSource {
         path: config_path.to_owned(),
         config,
@@ -152,7 +153,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         daemon.watch_routes(),
         proxy::route::AffinityMap::open(&pin_dir)?,
         daemon.proxy_stats(),
-    ));
+        proxy_threads,
+    )?);
     let handover = handover.unwrap_or_default();
     if !handover.connections.is_empty() || !handover.listeners.is_empty() {
         info!(

@@ -820,8 +820,10 @@ fn backend_connections_are_pooled_across_clients() {
         .map(|b| http_whoami(b.ns(), b.name(), HTTP))
         .collect();
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), 85);
+    // One proxy thread: each thread pools its own connections, and the
+    // clients' order of ports below is that of one pool.
     let config = format!(
-        "{}[[services]]\nname = \"pooled\"\nvip = \"{vip}\"\naffinity = \"sid\"\n\
+        "{}[proxy]\nthreads = 1\n[[services]]\nname = \"pooled\"\nvip = \"{vip}\"\naffinity = \"sid\"\n\
          [services.health]\ncheck = \"none\"\n{}",
         config_head(&bpffs, METRICS),
         named_backends_toml(topo.backends(), HTTP),

@@ -144,6 +144,7 @@ integers! {
     status: u16 = super::status;
     count: u32 = super::count;
     table_entries: u32 = super::table_entries;
+    proxy_threads: Option<u16> = super::proxy_threads;
 }
 
 /// `[[services]]` and `[[services.backends]]`: an array of tables, whose

@@ -53,6 +53,7 @@ fn example_parses_with_its_values() {
                 flows: 1 << 20,
                 affinity: 1 << 20
             },
+            proxy: Proxy::default(),
             announce: None,
             cluster: Cluster::default(),
             services: vec![ServiceConfig {
@@ -432,7 +433,7 @@ fn unknown_keys() {
     );
     assert!(
         err.to_string().contains(
-            "`interfaces`, `metrics`, `bpf`, `control`, `tables`, `announce`, `cluster`, `services`"
+            "`interfaces`, `metrics`, `bpf`, `control`, `tables`, `proxy`, `announce`, `cluster`, `services`"
         ),
         "{err}"
     );
@@ -943,6 +944,30 @@ fn from_file_names_the_file() {
     );
     assert!(!err.to_string().contains('\n'));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn proxy_threads() {
+    let threads =
+        |text: &str| Config::from_str(&format!("{text}{}", minimal(""))).map(|c| c.proxy.threads);
+    assert_eq!(threads("").unwrap(), None, "left out: one per CPU");
+    assert_eq!(threads("[proxy]\n").unwrap(), None);
+    assert_eq!(threads("[proxy]\nthreads = 3\n").unwrap(), Some(3));
+    assert_invalid(
+        &format!("[proxy]\nthreads = 0\n{}", minimal("")),
+        "proxy.threads",
+        "proxy.threads: 0 is out of range 1..=1024",
+    );
+    assert_invalid(
+        &format!("[proxy]\nthreads = \"auto\"\n{}", minimal("")),
+        "proxy.threads",
+        r#"expected an integer, got a string ("auto")"#,
+    );
+    assert_invalid(
+        &format!("[proxy]\nworkers = 2\n{}", minimal("")),
+        "proxy.workers",
+        "unknown field `workers`, expected `threads`",
+    );
 }
 
 #[test]

@@ -134,15 +134,23 @@ struct Conn {
     pipes: [Pipe; 2],
 }
 
-/// Serve one accepted connection of service `name`; `running` counts it
-/// until it ends or parks.
+/// Serve one accepted connection of service `name` on the proxy thread
+/// that runs this (the socket joins its epoll); `running` counts it until
+/// it ends or parks.
 pub async fn serve(
     shared: Arc<Shared>,
     running: Running,
     name: Arc<str>,
-    client: TcpStream,
+    client: std::net::TcpStream,
     peer: SocketAddr,
 ) {
+    let client = match TcpStream::from_std(client) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(service = %name, peer = %peer, "cannot take a connection: {e}");
+            return;
+        }
+    };
     let conn = Conn {
         peer,
         origin: peer,
@@ -157,38 +165,26 @@ pub async fn serve(
     drop(running);
 }
 
-/// Go on with a connection a previous process parked.
+/// Go on with a connection a previous process parked, on the next proxy
+/// thread.
 pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Result<()> {
-    let stream = |fd: OwnedFd| {
-        let std = std::net::TcpStream::from(fd);
-        std.set_nonblocking(true)?;
-        TcpStream::from_std(std)
+    let nonblocking = |fd: OwnedFd| -> io::Result<std::net::TcpStream> {
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(stream)
     };
-    let client = stream(parked.client)?;
+    let client = nonblocking(parked.client)?;
     let backend = match parked.backend {
         Some(b) => {
-            shared.stats.resumed(b.id);
-            let stream = stream(b.fd)?;
+            let stream = nonblocking(b.fd)?;
             let address = stream.peer_addr()?;
-            let mut backend = Backend::adopt(&shared.stats, b.id, address, b.origin, stream);
-            backend.routed_origin = b.routed_origin;
-            Some(backend)
+            Some((b.id, b.origin, b.routed_origin, address, stream))
         }
         None => None,
     };
     let [a, b] = parked.pipes;
-    let conn = Conn {
-        peer: parked.peer,
-        origin: parked.origin,
-        buf: parked.buf,
-        rbuf: parked.rbuf,
-        backend,
-        // Not carried over: a resumed connection is not pooled, and its
-        // request is not sent again.
-        poolable: false,
-        resend: Vec::new(),
-        pipes: [Pipe::resume(a), Pipe::resume(b)],
-    };
+    let pipes = [Pipe::resume(a), Pipe::resume(b)];
+    let (peer, origin, buf, rbuf) = (parked.peer, parked.origin, parked.buf, parked.rbuf);
     let step = match parked.step {
         ParkedStep::Request => Step::Request { deadline: None },
         ParkedStep::Response {
@@ -202,8 +198,40 @@ pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Resul
     };
     let name: Arc<str> = parked.service.into();
     let running = Running::connection(&shared);
-    tokio::spawn(async move {
-        drive(&shared, &name, client, conn, step).await;
+    let workers = Arc::clone(&shared);
+    workers.workers.spawn(async move {
+        // The sockets join this thread's epoll.
+        let adopted = TcpStream::from_std(client).and_then(|client| {
+            let backend = match backend {
+                Some((id, origin, routed_origin, address, stream)) => {
+                    let stream = TcpStream::from_std(stream)?;
+                    shared.stats.resumed(id);
+                    let mut backend = Backend::adopt(&shared.stats, id, address, origin, stream);
+                    backend.routed_origin = routed_origin;
+                    Some(backend)
+                }
+                None => None,
+            };
+            Ok((client, backend))
+        });
+        match adopted {
+            Ok((client, backend)) => {
+                let conn = Conn {
+                    peer,
+                    origin,
+                    buf,
+                    rbuf,
+                    backend,
+                    // Not carried over: a resumed connection is not pooled,
+                    // and its request is not sent again.
+                    poolable: false,
+                    resend: Vec::new(),
+                    pipes,
+                };
+                drive(&shared, &name, client, conn, step).await;
+            }
+            Err(e) => tracing::warn!(service = %name, peer = %peer, "cannot resume a carried-over connection: {e}"),
+        }
         drop(running);
     });
     Ok(())

@@ -7,13 +7,18 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    os::fd::OwnedFd,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::Arc,
     time::Duration,
 };
 
-use tokio::{net::TcpSocket, task::JoinHandle};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::TcpSocket,
+    task::JoinHandle,
+};
 use tracing::{error, info, warn};
 
 use super::{Routes, Running, Shared, conn, handover::ParkedListener};
@@ -64,7 +69,7 @@ pub async fn run(shared: Arc<Shared>, mut inherited: Vec<ParkedListener<OwnedFd>
                 Some(l) => adopt(l.fd),
                 None => listen(service),
             };
-            match listener {
+            match listener.and_then(watch_readable) {
                 Ok(task) => {
                     let name: Arc<str> = service.config.name.as_str().into();
                     let acceptor = Running::acceptor(&shared);
@@ -95,14 +100,14 @@ pub async fn run(shared: Arc<Shared>, mut inherited: Vec<ParkedListener<OwnedFd>
 }
 
 /// A listening socket a previous process handed over.
-fn adopt(fd: OwnedFd) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::from(fd);
+fn adopt(fd: OwnedFd) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::from(fd);
     listener.set_nonblocking(true)?;
-    Ok(tokio::net::TcpListener::from_std(listener)?)
+    Ok(listener)
 }
 
 /// The VIP made local, and a listening socket on it.
-fn listen(service: &ServiceState) -> anyhow::Result<tokio::net::TcpListener> {
+fn listen(service: &ServiceState) -> anyhow::Result<TcpListener> {
     let vip = service.config.vip;
     local_route(Op::Add, vip.ip())?;
     let socket = match vip {
@@ -112,7 +117,69 @@ fn listen(service: &ServiceState) -> anyhow::Result<tokio::net::TcpListener> {
     // A restarted daemon binds while the last one's connections linger.
     socket.set_reuseaddr(true)?;
     socket.bind(vip)?;
-    Ok(socket.listen(BACKLOG)?)
+    Ok(socket.listen(BACKLOG)?.into_std()?)
+}
+
+/// `listener` in this thread's epoll.
+fn watch_readable(listener: TcpListener) -> anyhow::Result<AsyncFd<TcpListener>> {
+    // SAFETY: a `TcpListener` owns its descriptor until dropped or taken
+    // back with `into_inner`, and always returns that one.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1.into())
+}
+
+/// One connection waiting on `listener`, non-blocking already, with its
+/// peer. Not made a tokio stream here: the proxy thread it goes to
+/// registers it with its own epoll.
+fn accept_one(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    // SAFETY: an all-zero `sockaddr_storage` is valid, and accept4(2)
+    // writes at most `len` bytes of the peer's address into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&storage) as libc::socklen_t;
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&raw mut storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4(2) returned a new descriptor that nothing else owns.
+    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    match peer_address(&storage) {
+        Some(peer) => Ok((stream, peer)),
+        None => stream.peer_addr().map(|peer| (stream, peer)),
+    }
+}
+
+/// The address accept4(2) wrote, if IPv4 or IPv6 (saves a getpeername(2)
+/// per connection).
+fn peer_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let at = std::ptr::from_ref(storage);
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`.
+            let a = unsafe { &*at.cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a `sockaddr_in6`.
+            let a = unsafe { &*at.cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Accept until parked; then the listening socket is put aside for the
@@ -122,19 +189,25 @@ async fn accept(
     running: Running,
     name: Arc<str>,
     vip: SocketAddr,
-    listener: tokio::net::TcpListener,
+    listener: AsyncFd<TcpListener>,
 ) {
     let mut parking = shared.parking.subscribe();
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            ready = listener.readable() => match ready {
+                Ok(mut ready) => match ready.try_io(|l| accept_one(l.get_ref())) {
+                    Ok(accepted) => accepted,
+                    Err(_would_block) => continue,
+                },
+                Err(e) => Err(e),
+            },
             _ = parking.wait_for(|p| *p) => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let connection = Running::connection(&shared);
-                tokio::spawn(conn::serve(
+                shared.workers.spawn(conn::serve(
                     Arc::clone(&shared),
                     connection,
                     Arc::clone(&name),
@@ -148,14 +221,11 @@ async fn accept(
             }
         }
     }
-    match listener.into_std() {
-        Ok(listener) => shared.park_listener(ParkedListener {
-            service: name.to_string(),
-            vip,
-            fd: listener.into(),
-        }),
-        Err(e) => warn!(service = %name, "cannot park the listening socket: {e}"),
-    }
+    shared.park_listener(ParkedListener {
+        service: name.to_string(),
+        vip,
+        fd: listener.into_inner().into(),
+    });
     drop(running);
 }
 

@@ -20,15 +20,20 @@
 //!
 //! An in-place restart closes the idle connections (the next process opens
 //! its own): they hold no client's state.
+//!
+//! Each proxy thread ([`super::workers`]) has a shard of its own: a
+//! connection is registered with the epoll of the thread that opened it,
+//! so only a task on that thread can wait on it without another thread
+//! waking it.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use super::backend::Backend;
+use super::{backend::Backend, workers};
 
 /// How long a connection may idle in the pool.
 pub const POOL_IDLE: Duration = Duration::from_secs(2);
@@ -37,14 +42,30 @@ pub const POOL_MAX: usize = 256;
 
 /// Idle connections by backend id and address (a reload may give an id
 /// another address), newest last.
-#[derive(Default)]
+type Idle = HashMap<(u32, SocketAddr), Vec<Backend>>;
+
+/// One [`Idle`] per proxy thread.
 pub struct Pool {
-    idle: Mutex<HashMap<(u32, SocketAddr), Vec<Backend>>>,
+    shards: Vec<Mutex<Idle>>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new(1)
+    }
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, SocketAddr), Vec<Backend>>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A pool for `threads` proxy threads.
+    pub fn new(threads: usize) -> Self {
+        Pool {
+            shards: (0..threads.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The calling thread's shard.
+    fn lock(&self) -> MutexGuard<'_, Idle> {
+        lock(&self.shards[workers::current() % self.shards.len()])
     }
 
     /// Keep `backend`, whose last exchange ended cleanly, for the next
@@ -77,29 +98,40 @@ impl Pool {
 
     /// Close the connections idle past [`POOL_IDLE`].
     pub fn sweep(&self) {
-        let mut expired = Vec::new();
-        self.lock().retain(|_, list| {
-            let (fresh, old) = std::mem::take(list)
-                .into_iter()
-                .partition(|b: &Backend| b.last_used.elapsed() < POOL_IDLE);
-            *list = fresh;
-            expired.extend(old);
-            !list.is_empty()
-        });
-        drop(expired);
+        for shard in &self.shards {
+            let mut expired = Vec::new();
+            lock(shard).retain(|_, list| {
+                let (fresh, old) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|b: &Backend| b.last_used.elapsed() < POOL_IDLE);
+                *list = fresh;
+                expired.extend(old);
+                !list.is_empty()
+            });
+            drop(expired);
+        }
     }
 
     /// Close every idle connection.
     pub fn clear(&self) {
-        let all = std::mem::take(&mut *self.lock());
-        drop(all);
+        for shard in &self.shards {
+            let all = std::mem::take(&mut *lock(shard));
+            drop(all);
+        }
     }
 
-    /// Idle connections held, over all backends.
+    /// Idle connections held, over all backends and threads.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.shards
+            .iter()
+            .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
+            .sum()
     }
+}
+
+fn lock(shard: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Sweep `pool` every half [`POOL_IDLE`], for ever.
