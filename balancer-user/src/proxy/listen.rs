@@ -132,10 +132,11 @@ fn watch_readable(listener: TcpListener) -> anyhow::Result<AsyncFd<TcpListener>>
 /// peer. Not made a tokio stream here: the proxy thread it goes to
 /// registers it with its own epoll.
 fn accept_one(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    // SAFETY: an all-zero `sockaddr_storage` is valid, and accept4(2)
-    // writes at most `len` bytes of the peer's address into it.
+    // SAFETY: an all-zero `sockaddr_storage` is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of_val(&storage) as libc::socklen_t;
+    // SAFETY: accept4(2) writes at most `len` bytes of the peer's address
+    // into `storage`, which has that many.
     let fd = unsafe {
         libc::accept4(
             listener.as_raw_fd(),
