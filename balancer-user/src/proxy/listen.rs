@@ -244,3 +244,31 @@ pub fn remove_local_routes(services: &[ServiceState]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_one_gives_a_nonblocking_stream_and_its_peer() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(local).unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut accepted, peer) = accept_one(&listener).unwrap();
+            assert_eq!(peer, client.local_addr().unwrap(), "{local}");
+            let mut byte = [0u8; 1];
+            let read = std::io::Read::read(&mut accepted, &mut byte);
+            assert_eq!(
+                read.map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "{local}: the stream does not block"
+            );
+            listener.set_nonblocking(true).unwrap();
+            assert_eq!(
+                accept_one(&listener).map(drop).map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "{local}: nothing more waits"
+            );
+        }
+    }
+}
