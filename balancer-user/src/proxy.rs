@@ -6,8 +6,9 @@
 //! affinity map as the kernel, and splices the bytes.
 //!
 //! Layers, importing downwards only: `listen` (one acceptor per service)
-//! → `conn` (one connection, on one of the `workers` threads) → `pool` (idle backend connections shared by
-//! all) → `backend` (one backend connection),
+//! → `conn` (one connection, on one of the `workers` threads) → `pool`
+//! (idle backend connections, shared by a thread's connections) →
+//! `backend` (one backend connection),
 //! `route` (which backend), `splice` (moving bytes), `header` and `http`
 //! (parsing, pure), `stats` (counts) and `handover` (what an in-place
 //! restart carries over).

@@ -1,5 +1,5 @@
-//! Idle backend connections shared by every client connection of the
-//! daemon, per backend: a request that has no connection to its backend
+//! Idle backend connections shared by the client connections of a proxy
+//! thread, per backend: a request that has no connection to its backend
 //! at hand takes one here rather than opening one, and a connection whose
 //! exchange ended cleanly comes back here when its client goes (a client's
 //! `Connection: close` included: the backend is asked to keep the
@@ -37,7 +37,8 @@ use super::{backend::Backend, workers};
 
 /// How long a connection may idle in the pool.
 pub const POOL_IDLE: Duration = Duration::from_secs(2);
-/// Idle connections kept per backend; the oldest go first beyond it.
+/// Idle connections kept per backend, over all proxy threads; the oldest
+/// go first beyond it.
 pub const POOL_MAX: usize = 256;
 
 /// Idle connections by backend id and address (a reload may give an id
@@ -47,6 +48,9 @@ type Idle = HashMap<(u32, SocketAddr), Vec<Backend>>;
 /// One [`Idle`] per proxy thread.
 pub struct Pool {
     shards: Vec<Mutex<Idle>>,
+    /// Idle connections kept per backend in each shard: [`POOL_MAX`] over
+    /// all of them.
+    shard_max: usize,
 }
 
 impl Default for Pool {
@@ -58,8 +62,10 @@ impl Default for Pool {
 impl Pool {
     /// A pool for `threads` proxy threads.
     pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
         Pool {
-            shards: (0..threads.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..threads).map(|_| Mutex::default()).collect(),
+            shard_max: POOL_MAX.div_ceil(threads),
         }
     }
 
@@ -78,7 +84,7 @@ impl Pool {
             let mut idle = self.lock();
             let list = idle.entry((backend.id, backend.address)).or_default();
             list.push(backend);
-            (list.len() > POOL_MAX).then(|| list.remove(0))
+            (list.len() > self.shard_max).then(|| list.remove(0))
         };
         // Closed outside the lock.
         drop(evicted);
@@ -254,5 +260,18 @@ mod tests {
         }
         assert_eq!(pool.len(), POOL_MAX);
         assert_eq!(stats.backend(1).active, 0, "the three oldest are closed");
+    }
+
+    #[tokio::test]
+    async fn the_limit_is_shared_by_the_threads_shards() {
+        let (backends, _servers, stats) = connections(POOL_MAX).await;
+        // Two proxy threads: this thread files under the first one's shard,
+        // which keeps its half of the limit.
+        let pool = Pool::new(2);
+        for b in backends {
+            pool.put(b);
+        }
+        assert_eq!(pool.len(), POOL_MAX / 2);
+        assert_eq!(stats.backend(1).active, (POOL_MAX / 2) as u64);
     }
 }

@@ -40,14 +40,28 @@ impl Workers {
     pub fn start(count: usize) -> io::Result<Self> {
         let mut handles = Vec::new();
         for index in 0..count.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
-            handles.push(runtime.handle().clone());
+            // The runtime is made on its thread, which keeps it: one made
+            // here would be dropped here if the thread could not start,
+            // and dropping a runtime inside the daemon's panics.
+            let (made, handle) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("proxy-{index}"))
                 .spawn(move || {
                     INDEX.set(index);
-                    runtime.block_on(std::future::pending::<()>());
+                    match Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => {
+                            let _ = made.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = made.send(Err(e));
+                        }
+                    }
                 })?;
+            let handle = handle.recv().map_err(|_| {
+                io::Error::other(format!("proxy thread {index} ended before its runtime ran"))
+            })??;
+            handles.push(handle);
         }
         Ok(Workers {
             handles,
