@@ -17,6 +17,7 @@ use std::{
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpSocket,
+    sync::watch,
     task::JoinHandle,
 };
 use tracing::{error, info, warn};
@@ -69,8 +70,9 @@ pub async fn run(shared: Arc<Shared>, mut inherited: Vec<ParkedListener<OwnedFd>
                 Some(l) => adopt(l.fd),
                 None => listen(service),
             };
-            match listener.and_then(watch_readable) {
-                Ok(task) => {
+            let threads = shared.workers.len();
+            match listener.and_then(|l| per_thread(l, threads)) {
+                Ok((listener, copies)) => {
                     let name: Arc<str> = service.config.name.as_str().into();
                     let acceptor = Running::acceptor(&shared);
                     let handle = tokio::spawn(accept(
@@ -78,7 +80,8 @@ pub async fn run(shared: Arc<Shared>, mut inherited: Vec<ParkedListener<OwnedFd>
                         acceptor,
                         name,
                         service.config.vip,
-                        task,
+                        listener,
+                        copies,
                     ));
                     running.insert(service.config.name.clone(), (service.config.vip, handle));
                     info!(service = %service.config.name, vip = %service.config.vip, "accepting (the daemon terminates this service's connections)");
@@ -118,6 +121,17 @@ fn listen(service: &ServiceState) -> anyhow::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(vip)?;
     Ok(socket.listen(BACKLOG)?.into_std()?)
+}
+
+/// `listener`, and a descriptor of it for each of `threads` proxy threads.
+fn per_thread(
+    listener: TcpListener,
+    threads: usize,
+) -> anyhow::Result<(TcpListener, Vec<TcpListener>)> {
+    let copies = (0..threads)
+        .map(|_| listener.try_clone())
+        .collect::<io::Result<_>>()?;
+    Ok((listener, copies))
 }
 
 /// `listener` in this thread's epoll.
@@ -183,34 +197,82 @@ fn peer_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Accept until parked; then the listening socket is put aside for the
-/// next process, so that no SYN meets a closed port.
+/// Accept on every proxy thread until parked; then the listening socket is
+/// put aside for the next process, so that no SYN meets a closed port.
+/// Aborting this task (the service went) stops the threads' acceptors.
+///
+/// Each thread accepts on its own descriptor (`copies`), in its own epoll,
+/// and serves what it accepts: a connection goes to a thread free to take
+/// it, with no hand-over between threads, and accepting competes with the
+/// thread's connections for its time, so that a gateway short of CPU
+/// leaves new connections in the listen backlog rather than in memory.
 async fn accept(
     shared: Arc<Shared>,
     running: Running,
     name: Arc<str>,
     vip: SocketAddr,
-    listener: AsyncFd<TcpListener>,
+    listener: TcpListener,
+    copies: Vec<TcpListener>,
 ) {
+    // Dropped with this task: the threads' acceptors see it go.
+    let (_alive, gone) = watch::channel(());
+    for (thread, copy) in copies.into_iter().enumerate() {
+        shared.workers.spawn_on(
+            thread,
+            accept_on_thread(
+                Arc::clone(&shared),
+                Running::acceptor(&shared),
+                Arc::clone(&name),
+                copy,
+                gone.clone(),
+            ),
+        );
+    }
+    let _ = shared.parking.subscribe().wait_for(|p| *p).await;
+    shared.park_listener(ParkedListener {
+        service: name.to_string(),
+        vip,
+        fd: listener.into(),
+    });
+    drop(running);
+}
+
+/// One proxy thread's acceptor: until parked, or until `gone` says the
+/// service's acceptor went.
+async fn accept_on_thread(
+    shared: Arc<Shared>,
+    running: Running,
+    name: Arc<str>,
+    listener: TcpListener,
+    mut gone: watch::Receiver<()>,
+) {
+    let listener = match watch_readable(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(service = %name, "a proxy thread cannot accept: {e:#}");
+            return;
+        }
+    };
     let mut parking = shared.parking.subscribe();
     loop {
         let accepted = tokio::select! {
             ready = listener.readable() => match ready {
                 Ok(mut ready) => match ready.try_io(|l| accept_one(l.get_ref())) {
                     Ok(accepted) => accepted,
+                    // Another thread took it.
                     Err(_would_block) => continue,
                 },
                 Err(e) => Err(e),
             },
             _ = parking.wait_for(|p| *p) => break,
+            _ = gone.changed() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let connection = Running::connection(&shared);
-                shared.workers.spawn(conn::serve(
+                tokio::spawn(conn::serve(
                     Arc::clone(&shared),
-                    connection,
+                    Running::connection(&shared),
                     Arc::clone(&name),
                     stream,
                     peer,
@@ -222,11 +284,6 @@ async fn accept(
             }
         }
     }
-    shared.park_listener(ParkedListener {
-        service: name.to_string(),
-        vip,
-        fd: listener.into_inner().into(),
-    });
     drop(running);
 }
 

@@ -1,8 +1,10 @@
 //! The threads client connections run on: one single-threaded tokio
 //! runtime per CPU, each with its own epoll, the way HAProxy runs one
-//! event loop per thread. A connection stays on the thread it is given,
-//! with its backend connections (registered there too, and pooled there:
-//! [`super::pool`] keeps one shard per thread). So a request's readiness
+//! event loop per thread. Every thread accepts on the VIPs (each on its
+//! own descriptor of the listening socket, see [`super::listen`]), and a
+//! connection stays on the thread that accepted it, with its backend
+//! connections (registered there too, and pooled there: [`super::pool`]
+//! keeps one shard per thread). So a request's readiness
 //! events, its task and its backend meet on one thread: no work stealing,
 //! and no other thread woken per request, which on a gateway whose cores
 //! are busy is time every request waited for (issue 19's bench: keep-alive
@@ -78,6 +80,14 @@ impl Workers {
         self.handles.len()
     }
 
+    /// Run `task` on worker `index`.
+    pub fn spawn_on<F>(&self, index: usize, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.handles[index % self.handles.len()].spawn(task);
+    }
+
     /// Run `task` on the next worker in turn. Sockets it makes or adopts
     /// (`TcpStream::from_std`) inside are that worker's.
     pub fn spawn<F>(&self, task: F)
@@ -112,5 +122,10 @@ mod tests {
             [(0, name(0)), (0, name(0)), (1, name(1)), (1, name(1))]
         );
         assert_eq!(current(), 0, "a thread that is no worker");
+        workers.spawn_on(1, async move {
+            tx.send((current(), std::thread::current().name().map(str::to_owned)))
+                .unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), (1, name(1)), "spawn_on");
     }
 }
