@@ -229,6 +229,12 @@ mod tests {
         let bigger = format!("[tables]\nflows = 2000000\n{WEB}");
         let e = restart_only(&running, &config(&bigger)).unwrap_err();
         assert!(e.to_string().starts_with("tables.flows changed"), "{e}");
+        let threads = format!("[proxy]\nthreads = 4\n{WEB}");
+        let e = restart_only(&running, &config(&threads)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "proxy.threads changed (unset -> 4): that needs a restart, not a reload"
+        );
         // An optional section or key, added or left out.
         let announced = format!("[announce]\ninterface = \"lo\"\n{WEB}");
         let e = restart_only(&running, &config(&announced)).unwrap_err();
