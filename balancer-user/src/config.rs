@@ -1,12 +1,15 @@
 //! The daemon's config file (TOML): its types, parsing and validation.
 //!
 //! The format is the contract in DESIGN.md ("Config (TOML) — contract"); see
-//! [`EXAMPLE_CONFIG`]. On top of it, one optional section of ours:
+//! [`EXAMPLE_CONFIG`]. On top of it, two optional sections of ours:
 //!
 //! ```toml
 //! [control]
 //! socket = "/run/balancer/control.sock"   # the CLI's control socket; this is the default
 //! group = "balancer"   # may run read-only commands (status, lookup, flows); none if left out
+//!
+//! [proxy]
+//! threads = 4          # threads for the services the daemon terminates; one per CPU if left out
 //! ```
 //!
 //! Parsing validates: [`Config::from_file`] and [`Config::from_str`] return
