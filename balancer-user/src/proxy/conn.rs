@@ -198,8 +198,7 @@ pub fn resume(shared: Arc<Shared>, parked: ParkedConn<OwnedFd>) -> anyhow::Resul
     };
     let name: Arc<str> = parked.service.into();
     let running = Running::connection(&shared);
-    let workers = Arc::clone(&shared);
-    workers.workers.spawn(async move {
+    Arc::clone(&shared).workers.spawn(async move {
         // The sockets join this thread's epoll.
         let adopted = TcpStream::from_std(client).and_then(|client| {
             let backend = match backend {
