@@ -87,7 +87,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// With `threads` proxy threads ([`workers`]), or one per CPU.
+    /// With `threads` proxy threads (the `workers` module), or one per CPU.
     pub fn new(
         routes: watch::Receiver<Routes>,
         affinity: route::AffinityMap,

@@ -143,8 +143,8 @@ fn watch_readable(listener: TcpListener) -> anyhow::Result<AsyncFd<TcpListener>>
 }
 
 /// One connection waiting on `listener`, non-blocking already, with its
-/// peer. Not made a tokio stream here: the proxy thread it goes to
-/// registers it with its own epoll.
+/// peer, as a std stream: [`conn::serve`] registers it with the epoll of
+/// the thread that runs it.
 fn accept_one(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     // SAFETY: an all-zero `sockaddr_storage` is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -53,12 +53,6 @@ pub struct Pool {
     shard_max: usize,
 }
 
-impl Default for Pool {
-    fn default() -> Self {
-        Pool::new(1)
-    }
-}
-
 impl Pool {
     /// A pool for `threads` proxy threads.
     pub fn new(threads: usize) -> Self {
@@ -186,7 +180,7 @@ mod tests {
             .iter()
             .map(|b| b.stream.local_addr().unwrap().port())
             .collect();
-        let pool = Pool::default();
+        let pool = Pool::new(1);
         for b in backends {
             pool.put(b);
         }
@@ -218,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn sweep_closes_the_expired_and_clear_closes_all() {
         let (mut backends, _servers, stats) = connections(3).await;
-        let pool = Pool::default();
+        let pool = Pool::new(1);
         let address = backends[0].address;
         let last = backends.pop().unwrap();
         for b in backends {
@@ -246,7 +240,7 @@ mod tests {
     #[tokio::test]
     async fn at_most_pool_max_per_backend() {
         let (backends, _servers, stats) = connections(3).await;
-        let pool = Pool::default();
+        let pool = Pool::new(1);
         let address = backends[0].address;
         for b in backends {
             pool.put(b);

@@ -8,8 +8,8 @@
 //! events, its task and its backend meet on one thread: no work stealing,
 //! and no other thread woken per request, which on a gateway whose cores
 //! are busy is time every request waited for (issue 19's bench: keep-alive
-//! requests/s 0.80–0.96× HAProxy with the shared multi-threaded runtime,
-//! 1.00–1.05× like this).
+//! requests/s 0.80–0.96× HAProxy's with the shared multi-threaded runtime,
+//! 1.07–1.09× like this; bench/results/proxy.md).
 
 use std::{
     cell::Cell,
@@ -32,7 +32,8 @@ pub fn current() -> usize {
 
 pub struct Workers {
     handles: Vec<Handle>,
-    /// The next worker a connection goes to, taken in turn.
+    /// The next worker [`Workers::spawn`] gives a task to (a connection
+    /// resumed after a restart in place), taken in turn.
     next: AtomicUsize,
 }
 
